@@ -1,0 +1,1 @@
+"""crosstvr: fine-grained text-to-video retrieval with frozen image encoders (CrossTVR)."""

@@ -1,0 +1,233 @@
+"""One typed configuration for every run.
+
+A run is fully described by a `CrossTVRConfig`: loaded from a YAML or TOML file, then
+overridden by dotted `key=value` strings (from the CLI or from flow parameters). The
+resolved object is what every step reads and what MLflow records, so two runs with the
+same resolved config did the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_HOME_ENV = "CROSSTVR_HOME"
+
+
+def default_home() -> str:
+    """`$CROSSTVR_HOME`, else `.crosstvr/` in the current directory."""
+    return os.environ.get(DEFAULT_HOME_ENV) or str(Path.cwd() / ".crosstvr")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which corpus to index and evaluate."""
+
+    kind: Literal["generated", "folder"] = "generated"
+    # generated: where the benchmark is rendered (default: <home>/datasets/<name>);
+    # folder: the directory the captions file's video paths are relative to.
+    root: str | None = None
+    # folder: CSV or JSONL with columns video, caption, split (train/test).
+    captions_file: str | None = None
+    name: str = "generated-fine-grained"
+    # generated benchmark sizes: a test group is one base video plus its near-duplicates.
+    num_train_videos: int = Field(1200, ge=1)
+    num_test_groups: int = Field(60, ge=1)
+    captions_per_train_video: int = Field(3, ge=1)
+    frame_size: int = Field(64, ge=16)
+    rendered_frames: int = Field(16, ge=2)
+    fps: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class EncoderConfig(_Section):
+    """The frozen image-text encoder, loaded through open_clip."""
+
+    # open_clip model name (e.g. ViT-B-32) or one of the configs shipped in
+    # crosstvr_core/model_configs (the embedded default is a tiny ViT).
+    name: str = "crosstvr-tiny-vit"
+    # open_clip pretrained tag (e.g. "openai"), a local checkpoint file, or None for a
+    # random init with `init_seed`, saved under <home>/weights and loaded back from disk.
+    pretrained: str | None = None
+    init_seed: int = 0
+    frame_batch_size: int = Field(256, ge=1)
+    text_batch_size: int = Field(256, ge=1)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    torch_threads: int = Field(1, ge=1)
+
+
+class SamplingConfig(_Section):
+    """How frames are taken from each video."""
+
+    num_frames: int = Field(8, ge=1)
+
+
+class RayConfig(_Section):
+    """Ray runtime and the resources of each Ray Data stage (same code on CPU and GPU)."""
+
+    address: str | None = None  # None: a local runtime for this run; "auto" or ray://...
+    num_cpus: int | None = 2  # for a local runtime only
+    include_dashboard: bool = False
+    decode_num_cpus: float = Field(1.0, gt=0)
+    decode_batch_size: int = Field(16, ge=1)
+    encode_num_cpus: float = Field(1.0, ge=0)
+    encode_num_gpus: float = Field(0.0, ge=0)
+    encode_pool_size: int = Field(1, ge=1)
+
+
+class Stage1Config(_Section):
+    """Candidate selection by cosine similarity."""
+
+    method: Literal["meanP"] = "meanP"
+
+
+class RerankerConfig(_Section):
+    """The CrossTVR decoupled cross-attention re-ranker."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_heads: int = Field(4, ge=1)
+    num_layers: int = Field(1, ge=1)
+    num_queries: int = Field(8, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """Re-ranker training on cached tokens."""
+
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    hard_negatives: bool = True
+    # softmax temperature over stage-1 similarities when sampling hard negatives
+    hard_negative_temperature: float = Field(0.05, gt=0)
+    seed: int = 0
+    torch_threads: int = Field(2, ge=1)
+
+
+class EvalConfig(_Section):
+    """Two-stage evaluation."""
+
+    top_k: int = Field(15, ge=1)
+    fusion_weight: float = 1.0
+    # stage-2 score added to the stage-1 cosine: the VTM probability or its raw logit
+    fusion_score: Literal["prob", "logit"] = "prob"
+    batch_size: int = Field(256, ge=1)
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking."""
+
+    # None: $MLFLOW_TRACKING_URI if set, else a SQLite store under <home>/mlflow.
+    tracking_uri: str | None = None
+    experiment: str = "crosstvr"
+    log_model: bool = True
+
+
+class CrossTVRConfig(_Section):
+    """Everything a run needs to know."""
+
+    home: str = Field(default_factory=default_home)
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    ray: RayConfig = RayConfig()
+    stage1: Stage1Config = Stage1Config()
+    reranker: RerankerConfig = RerankerConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def lance_uri(self) -> str:
+        """One LanceDB database per dataset: tables of two corpora never mix."""
+        return str(self.home_path / "lance" / f"{self.data.name}.lancedb")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, the form MLflow params take."""
+        return flatten(self.model_dump())
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names it."""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _read_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}': not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file '{path}': expected .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file '{path}': cannot parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': top level must be a mapping")
+    return data
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}': expected key=value (e.g. train.epochs=3)")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{override}': empty key segment")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': '{part}' is not a section")
+        node = child
+    # YAML scalars: 3 -> int, 1e-3 -> float, true -> bool, null -> None, text -> str
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> CrossTVRConfig:
+    """Defaults <- file <- overrides, validated; errors name the key that is wrong."""
+    tree: dict[str, Any] = _read_file(path) if path else {}
+    for override in overrides:
+        _apply_override(tree, override)
+    try:
+        return CrossTVRConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config: {problems}") from exc

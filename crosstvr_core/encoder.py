@@ -1,0 +1,215 @@
+"""The frozen image-text encoder: one loader, tokens by asking for them.
+
+CrossTVR keeps the CLIP encoders frozen, so their tokens are computed once and cached.
+`load_frozen_encoder` is the one entry point: an open_clip model name plus a pretrained
+tag, a local checkpoint file, or nothing (a seeded random init that is saved to disk and
+loaded back through the same checkpoint path as real weights). Tokens come from open_clip's
+public `forward_intermediates`, never from forward hooks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+def register_bundled_model_configs() -> list[str]:
+    """Make the JSON model configs shipped with crosstvr known to open_clip."""
+    names = []
+    for path in sorted(MODEL_CONFIG_DIR.glob("*.json")):
+        if path.stem not in open_clip.list_models():
+            open_clip.add_model_config(path)
+        names.append(path.stem)
+    return names
+
+
+class EncoderError(ValueError):
+    """An encoder that cannot be loaded or used as asked; the message names it."""
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def random_init_checkpoint(name: str, seed: int, weights_dir: str | Path) -> Path:
+    """Save a seeded random init of `name` once; later calls reuse the file.
+
+    This is the embedded default: no pretrained weights can be fetched on an offline
+    machine, but the checkpoint still goes through open_clip's local-file loading path.
+    """
+    register_bundled_model_configs()
+    weights_dir = Path(weights_dir)
+    path = weights_dir / f"{name}-random-seed{seed}.pt"
+    if path.is_file():
+        return path
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves half a checkpoint
+    return path
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which frozen encoder: open_clip name + (pretrained tag | checkpoint path | None)."""
+
+    name: str
+    pretrained: str | None = None
+    precision: str = "fp32"
+
+
+class FrozenEncoder:
+    """An open_clip model in eval mode with gradients off, plus what callers need to know.
+
+    `encoder_id` identifies the exact weights (name, tag or checkpoint hash, input size);
+    it is stored with every cached token so tokens of two encoders never mix.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, spec: EncoderSpec, weights_id: str):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.spec = spec
+        cfg = model.visual.preprocess_cfg
+        self.image_size = int(cfg["size"][0] if isinstance(cfg["size"], tuple | list) else cfg["size"])
+        self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.encoder_id = f"{spec.name}|{weights_id}|{self.image_size}px"
+        probe = self._probe_shapes()
+        self.embed_dim, self.vision_width, self.num_patches, self.text_width = probe
+        self.context_length = int(getattr(model, "context_length", tokenizer.context_length))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> FrozenEncoder:
+        self.model.to(device)
+        return self
+
+    def _probe_shapes(self) -> tuple[int, int, int, int]:
+        image = torch.zeros(1, 3, self.image_size, self.image_size)
+        with torch.no_grad():
+            cls, patches = self._image_tokens(image)
+            _, tokens, _ = self.encode_captions(["probe"])
+        return cls.shape[-1], patches.shape[-1], patches.shape[1], tokens.shape[-1]
+
+    def _autocast(self):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.spec.precision)
+        enabled = dtype is not None and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
+
+    def _image_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad(), self._autocast():
+            out = self.model.forward_intermediates(
+                image=images.to(self.device),
+                image_indices=1,
+                normalize=False,
+                normalize_intermediates=True,  # final LayerNorm, as the model's own output
+                image_output_fmt="NLC",
+            )
+        # projected pooled embedding == encode_image; last block's patch tokens after ln_post
+        return out["image_features"].float(), out["image_intermediates"][-1].float()
+
+    def preprocess_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 [N, S, S, 3] frames at the encoder's size -> normalised float [N, 3, S, S]."""
+        frames = torch.as_tensor(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise EncoderError(f"frames: expected [N, H, W, 3] uint8, got {tuple(frames.shape)}")
+        if frames.shape[1:3] != (self.image_size, self.image_size):
+            raise EncoderError(
+                f"frames: expected {self.image_size}x{self.image_size} (decode at the encoder's "
+                f"size), got {frames.shape[1]}x{frames.shape[2]}"
+            )
+        x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def encode_frames(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 frames [N, S, S, 3] -> (CLS embedding [N, D] projected, patches [N, P, Wv])."""
+        return self._image_tokens(self.preprocess_frames(frames))
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
+
+    def encode_captions(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """texts -> (EOT embedding [N, D] projected, token features [N, L, Wt], lengths [N])."""
+        ids = self.tokenize(list(texts)).to(self.device)
+        with torch.no_grad(), self._autocast():
+            out = self.model.forward_intermediates(
+                text=ids, text_indices=1, normalize=False, normalize_intermediates=True
+            )
+        tokens = out["text_intermediates"][-1].float()
+        return out["text_features"].float(), tokens, self._text_lengths(ids)
+
+    def _text_lengths(self, ids: torch.Tensor) -> torch.Tensor:
+        if getattr(self.model, "text_pool_type", "argmax") == "argmax":
+            # CLIP BPE: the EOT token has the highest id; everything after it is padding
+            return (ids.argmax(dim=-1) + 1).cpu()
+        pad_id = getattr(self.tokenizer, "pad_token_id", 0) or 0
+        return (ids != pad_id).sum(dim=-1).clamp(min=1).cpu()
+
+
+def load_frozen_encoder(
+    spec: EncoderSpec, *, init_seed: int = 0, weights_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> FrozenEncoder:
+    """open_clip name + pretrained tag / local checkpoint / None (seeded random init on disk)."""
+    register_bundled_model_configs()
+    if spec.name not in open_clip.list_models():
+        raise EncoderError(
+            f"encoder '{spec.name}': unknown open_clip model (see open_clip.list_models())"
+        )
+    pretrained = spec.pretrained
+    if pretrained is None:
+        if weights_dir is None:
+            raise EncoderError(f"encoder '{spec.name}': random init needs a weights_dir")
+        pretrained = str(random_init_checkpoint(spec.name, init_seed, weights_dir))
+    path = Path(pretrained).expanduser()
+    if path.suffix in (".pt", ".pth", ".bin", ".safetensors") or path.exists():
+        if not path.is_file():
+            raise EncoderError(f"encoder '{spec.name}': checkpoint '{path}' not found")
+        weights_id = f"sha256:{_file_sha256(path)[:16]}"
+        pretrained = str(path)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(spec.name)
+        if pretrained not in tags:
+            raise EncoderError(
+                f"encoder '{spec.name}': pretrained '{pretrained}' is neither a file nor one of "
+                f"its open_clip tags {tags}"
+            )
+        weights_id = f"tag:{pretrained}"
+    try:
+        model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
+    except (RuntimeError, OSError) as exc:
+        raise EncoderError(f"encoder '{spec.name}': cannot load '{pretrained}': {exc}") from exc
+    tokenizer = open_clip.get_tokenizer(spec.name)
+    return FrozenEncoder(model, tokenizer, spec, weights_id)
+
+
+def model_card(encoder: FrozenEncoder) -> str:
+    """A JSON summary of the encoder's identity and token shapes (stored with the tables)."""
+    return json.dumps(
+        {
+            "encoder_id": encoder.encoder_id,
+            "image_size": encoder.image_size,
+            "embed_dim": encoder.embed_dim,
+            "vision_width": encoder.vision_width,
+            "num_patches": encoder.num_patches,
+            "text_width": encoder.text_width,
+            "context_length": encoder.context_length,
+        },
+        sort_keys=True,
+    )

@@ -1,0 +1,90 @@
+"""Negative sampling for the re-ranker's video-text matching loss.
+
+BLIP-style hard mining: the negatives a re-ranker must learn to reject are the ones stage 1
+already confuses with the positive, so they are drawn from softmax(stage-1 similarity / tau)
+with the positives masked out. Random negatives (uniform, positives excluded) are the
+`hard_negatives=False` ablation. All samplers draw from an explicit `torch.Generator` on CPU,
+so a seed fixes every negative of a training run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _sample_from_candidates(
+    logits: torch.Tensor, candidates: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One column per row from softmax(logits) restricted to `candidates` [B, N] -> [B].
+
+    A row whose candidate logits are all non-finite (e.g. -inf outside a stage-1 top-K)
+    falls back to uniform over its candidates; a row without any candidate is an error,
+    since no negative exists for it.
+    """
+    if logits.shape != candidates.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} vs candidates {tuple(candidates.shape)}")
+    empty = ~candidates.any(dim=1)
+    if empty.any():
+        row = int(empty.nonzero()[0, 0])
+        raise ValueError(f"negative sampling: row {row} has no candidate left after masking")
+    logits = logits.detach().to("cpu", torch.float32).nan_to_num(nan=float("-inf"))
+    candidates = candidates.to("cpu")
+    logits = logits.masked_fill(~candidates, float("-inf"))
+    no_finite = ~torch.isfinite(logits).any(dim=1, keepdim=True)  # [B, 1]
+    # all candidates at -inf: uniform over candidates instead of softmax -> NaN
+    logits = torch.where(no_finite & candidates, torch.zeros_like(logits), logits)
+    # +inf logits (a degenerate similarity) would give NaN after softmax: clamp them
+    logits = logits.clamp(max=torch.finfo(torch.float32).max)
+    probs = torch.softmax(logits, dim=1)  # [B, N]
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # [B]
+
+
+def sample_hard_negative_videos(
+    sim_rows: torch.Tensor,
+    positive_video: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One hard negative video per text: sim_rows [B, V], positive_video [B] -> [B]."""
+    batch, num_videos = sim_rows.shape
+    positive_video = positive_video.to("cpu")
+    candidates = torch.ones(batch, num_videos, dtype=torch.bool)
+    candidates[torch.arange(batch), positive_video] = False
+    return _sample_from_candidates(sim_rows.float() / temperature, candidates, generator)
+
+
+def sample_hard_negative_texts(
+    sim_cols: torch.Tensor,
+    caption_video: torch.Tensor,
+    batch_videos: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One hard negative caption per video, every caption of that video masked.
+
+    sim_cols [B, T] (similarity of each batch video to all captions), caption_video [T]
+    (video row of each caption), batch_videos [B] -> caption rows [B].
+    """
+    candidates = caption_video.to("cpu")[None, :] != batch_videos.to("cpu")[:, None]  # [B, T]
+    return _sample_from_candidates(sim_cols.float() / temperature, candidates, generator)
+
+
+def random_negative_videos(
+    positive_video: torch.Tensor, num_videos: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Uniform negative video per text, never the positive: positive_video [B] -> [B]."""
+    if num_videos < 2:
+        raise ValueError(f"negative sampling: need at least 2 videos, got {num_videos}")
+    positive_video = positive_video.to("cpu")
+    draw = torch.randint(0, num_videos - 1, positive_video.shape, generator=generator)
+    return draw + (draw >= positive_video).long()  # skip over the positive
+
+
+def random_negative_texts(
+    caption_video: torch.Tensor,
+    batch_videos: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Uniform negative caption per video, never one of its own: batch_videos [B] -> [B]."""
+    candidates = caption_video.to("cpu")[None, :] != batch_videos.to("cpu")[:, None]  # [B, T]
+    return _sample_from_candidates(torch.zeros(candidates.shape), candidates, generator)

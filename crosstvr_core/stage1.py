@@ -1,0 +1,38 @@
+"""Stage 1: candidate selection by cosine similarity (CLIP4Clip meanP, zero-shot).
+
+A video's embedding is the mean of its valid frames' projected CLS embeddings; a caption's
+is its projected EOT embedding; the score is their cosine. Everything the re-ranker ever
+sees comes from this matrix's top K, so its recall@K is the ceiling of the whole system.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from crosstvr_core.token_bank import TokenBank
+
+
+def mean_pooled_video_embeddings(bank: TokenBank) -> torch.Tensor:
+    """[V, F, D] frame CLS embeddings -> [V, D] L2-normalised mean over valid frames."""
+    frames = F.normalize(bank.video_cls.float(), dim=-1)  # [V, F, D]
+    mask = bank.frame_mask.float().unsqueeze(-1)  # [V, F, 1]
+    pooled = (frames * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [V, D]
+    return F.normalize(pooled, dim=-1)
+
+
+def text_embeddings(bank: TokenBank) -> torch.Tensor:
+    """[T, D] L2-normalised EOT embeddings."""
+    return F.normalize(bank.text_eot.float(), dim=-1)
+
+
+def meanp_similarity(bank_text: TokenBank, bank_video: TokenBank | None = None) -> torch.Tensor:
+    """Cosine similarity [T, V] between captions and mean-pooled videos."""
+    bank_video = bank_video or bank_text
+    return text_embeddings(bank_text) @ mean_pooled_video_embeddings(bank_video).T
+
+
+def top_k_candidates(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the k best columns (scores [N, k], indices [N, k]), best first."""
+    k = min(k, sim.shape[1])
+    return torch.topk(sim, k, dim=1)

@@ -1,0 +1,276 @@
+"""Lance tables: the contract between the pipeline's steps.
+
+One LanceDB database per dataset holds three tables:
+  * `videos`       — one row per source file: identity, probe facts, status ok/failed, error;
+  * `video_tokens` — the frozen encoder's per-frame CLS embeddings and patch tokens (fp16);
+  * `captions`     — caption text plus its cached EOT embedding and token features (fp16).
+Token columns are fixed-size lists so a row is random-accessible without decoding others.
+The encoder identity lives in every row and in the table schema metadata: opening a table
+with another encoder's tokens is refused, so two encoders' tokens can never mix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import torch
+
+from crosstvr_core.token_bank import TokenBank
+
+VIDEOS = "videos"
+VIDEO_TOKENS = "video_tokens"
+CAPTIONS = "captions"
+ENCODER_KEY = b"crosstvr.encoder_id"
+SHAPES_KEY = b"crosstvr.shapes"
+
+
+class EncoderMismatchError(ValueError):
+    """A table holds tokens of another encoder (or other shapes) than the one asked for."""
+
+
+@dataclass(frozen=True)
+class TokenShapes:
+    """Shapes of the cached tokens; fixed per database because token columns are fixed-size."""
+
+    num_frames: int  # F
+    embed_dim: int  # D (projected CLS / EOT)
+    num_patches: int  # P
+    vision_width: int  # Wv
+    context_length: int  # L
+    text_width: int  # Wt
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+
+def videos_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("corpus", pa.string()),
+            ("split", pa.string()),
+            ("uri", pa.string()),
+            ("content_hash", pa.string()),
+            ("duration", pa.float64()),
+            ("fps", pa.float64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("size_bytes", pa.int64()),
+            ("num_frames_sampled", pa.int32()),
+            ("status", pa.string()),  # "ok" | "failed"
+            ("error", pa.string()),
+            ("encoder_id", pa.string()),
+            ("indexed_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+def video_tokens_schema(shapes: TokenShapes, encoder_id: str) -> pa.Schema:
+    f, d, p, w = shapes.num_frames, shapes.embed_dim, shapes.num_patches, shapes.vision_width
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("content_hash", pa.string()),
+            ("encoder_id", pa.string()),
+            ("frame_mask", pa.list_(pa.bool_(), f)),
+            ("cls", pa.list_(pa.float16(), f * d)),  # [F, D] row-major
+            ("patches", pa.list_(pa.float16(), f * p * w)),  # [F, P, Wv] row-major
+        ],
+        metadata={ENCODER_KEY: encoder_id.encode(), SHAPES_KEY: shapes.to_json()},
+    )
+
+
+def captions_schema(shapes: TokenShapes, encoder_id: str) -> pa.Schema:
+    d, length, w = shapes.embed_dim, shapes.context_length, shapes.text_width
+    return pa.schema(
+        [
+            ("caption_id", pa.string()),
+            ("video_id", pa.string()),
+            ("split", pa.string()),
+            ("text", pa.string()),
+            ("meta", pa.string()),  # JSON of dataset-specific fields (e.g. group, variant)
+            ("encoder_id", pa.string()),
+            ("eot", pa.list_(pa.float16(), d)),  # [D]
+            ("tokens", pa.list_(pa.float16(), length * w)),  # [L, Wt] row-major
+            ("length", pa.int32()),
+        ],
+        metadata={ENCODER_KEY: encoder_id.encode(), SHAPES_KEY: shapes.to_json()},
+    )
+
+
+def fixed_list(array: np.ndarray, dtype=np.float16) -> pa.FixedSizeListArray:
+    """[N, ...] numpy -> fixed-size-list column of N rows."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    width = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
+    return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), width)
+
+
+def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
+    """Fixed-size-list column -> numpy [N, *shape] without per-row Python work."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape((len(column), *shape))
+
+
+class TokenIndex:
+    """The three tables of one dataset, bound to one encoder."""
+
+    def __init__(self, uri: str | Path, encoder_id: str, shapes: TokenShapes):
+        self.uri = str(uri)
+        self.encoder_id = encoder_id
+        self.shapes = shapes
+        if "://" not in self.uri:  # object-store URIs need no directory
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(self.uri)
+        self.videos = self._open_or_create(VIDEOS, videos_schema())
+        self.video_tokens = self._open_or_create(
+            VIDEO_TOKENS, video_tokens_schema(shapes, encoder_id)
+        )
+        self.captions = self._open_or_create(CAPTIONS, captions_schema(shapes, encoder_id))
+
+    def _open_or_create(self, name: str, schema: pa.Schema):
+        if not self.db.table_exists(name):
+            return self.db.create_table(name, schema=schema)
+        table = self.db.open_table(name)
+        if schema.metadata:
+            stored = table.schema.metadata or {}
+            if stored.get(ENCODER_KEY) != schema.metadata[ENCODER_KEY]:
+                raise EncoderMismatchError(
+                    f"table '{name}' at {self.uri} holds tokens of encoder "
+                    f"'{stored.get(ENCODER_KEY, b'?').decode()}', not '{self.encoder_id}': "
+                    "index into another database (another data.name) or delete it"
+                )
+            if stored.get(SHAPES_KEY) != schema.metadata[SHAPES_KEY]:
+                raise EncoderMismatchError(
+                    f"table '{name}' at {self.uri} holds token shapes "
+                    f"{stored.get(SHAPES_KEY, b'?').decode()}, not {schema.metadata[SHAPES_KEY].decode()}"
+                )
+        return table
+
+    # --- writes -----------------------------------------------------------------------
+    def _check_rows(self, name: str, rows: pa.Table) -> None:
+        if "encoder_id" in rows.column_names:
+            ids = set(rows.column("encoder_id").to_pylist()) - {self.encoder_id, ""}
+            if ids:
+                raise EncoderMismatchError(
+                    f"rows for table '{name}' carry encoder_id {sorted(ids)}, table is "
+                    f"'{self.encoder_id}'"
+                )
+
+    def upsert(self, name: str, rows: pa.Table, key: str) -> dict[str, int]:
+        """Insert new keys, replace existing ones, in one atomic commit."""
+        if rows.num_rows == 0:
+            return {"inserted": 0, "updated": 0}
+        self._check_rows(name, rows)
+        table = getattr(self, name)
+        rows = rows.select(table.schema.names).cast(table.schema)
+        result = (
+            table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all()
+            .execute(rows)
+        )
+        return {"inserted": result.num_inserted_rows, "updated": result.num_updated_rows}
+
+    def delete_videos(self, video_ids: list[str]) -> None:
+        """Remove videos (and their tokens and captions) that left the corpus."""
+        if not video_ids:
+            return
+        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in video_ids)
+        for table in (self.video_tokens, self.captions, self.videos):
+            table.delete(f"video_id IN ({quoted})")
+
+    def delete_captions_except(self, caption_ids: set[str]) -> int:
+        """Drop captions no longer in the dataset's annotation file; returns how many."""
+        existing = set(self.captions.to_lance().to_table(columns=["caption_id"])
+                       .column("caption_id").to_pylist())
+        stale = sorted(existing - caption_ids)
+        for start in range(0, len(stale), 500):
+            quoted = ", ".join("'" + c.replace("'", "''") + "'" for c in stale[start:start + 500])
+            self.captions.delete(f"caption_id IN ({quoted})")
+        return len(stale)
+
+    def compact(self) -> None:
+        for table in (self.videos, self.video_tokens, self.captions):
+            table.optimize()
+
+    # --- reads ------------------------------------------------------------------------
+    def versions(self) -> dict[str, int]:
+        """Current version of each table: what a run read or wrote, for lineage."""
+        return {
+            VIDEOS: self.videos.version,
+            VIDEO_TOKENS: self.video_tokens.version,
+            CAPTIONS: self.captions.version,
+        }
+
+    def video_states(self) -> dict[str, tuple[str, str]]:
+        """video_id -> (content_hash, status) of every indexed video."""
+        table = self.videos.to_lance().to_table(columns=["video_id", "content_hash", "status"])
+        tokens = set(
+            self.video_tokens.to_lance().to_table(columns=["video_id"]).column("video_id")
+            .to_pylist()
+        )
+        out = {}
+        for vid, chash, status in zip(*(table.column(c).to_pylist() for c in table.column_names),
+                                      strict=True):
+            # an "ok" row without its tokens (a kill between the two commits) is redone
+            out[vid] = (chash, status if vid in tokens or status != "ok" else "incomplete")
+        return out
+
+    def caption_texts(self) -> dict[str, str]:
+        """caption_id -> text of every encoded caption (to skip unchanged ones)."""
+        table = self.captions.to_lance().to_table(columns=["caption_id", "text"])
+        return dict(zip(table.column("caption_id").to_pylist(), table.column("text").to_pylist(),
+                        strict=True))
+
+    def load_token_bank(self, split: str) -> TokenBank:
+        """All ok videos of `split` and their captions, as fp16 tensors aligned by row."""
+        s = self.shapes
+        quoted_split = split.replace("'", "''")
+        videos = self.videos.to_lance().to_table(
+            columns=["video_id"], filter=f"split = '{quoted_split}' AND status = 'ok'"
+        )
+        ok_ids = videos.column("video_id").to_pylist()
+        tokens = self.video_tokens.to_lance().to_table(
+            columns=["video_id", "frame_mask", "cls", "patches"]
+        )
+        keep = set(ok_ids)
+        rows = [i for i, v in enumerate(tokens.column("video_id").to_pylist()) if v in keep]
+        tokens = tokens.take(rows).sort_by("video_id")
+        video_ids = tokens.column("video_id").to_pylist()
+        row_of = {vid: i for i, vid in enumerate(video_ids)}
+        captions = self.captions.to_lance().to_table(
+            columns=["caption_id", "video_id", "eot", "tokens", "length"],
+            filter=f"split = '{quoted_split}'",
+        ).sort_by("caption_id")
+        cap_rows = [i for i, v in enumerate(captions.column("video_id").to_pylist()) if v in row_of]
+        captions = captions.take(cap_rows)
+        lengths = torch.from_numpy(captions.column("length").to_numpy().astype(np.int64))
+        positions = torch.arange(s.context_length)
+        return TokenBank(
+            video_ids=video_ids,
+            video_cls=torch.from_numpy(
+                fixed_list_to_numpy(tokens.column("cls"), (s.num_frames, s.embed_dim))),
+            video_patches=torch.from_numpy(fixed_list_to_numpy(
+                tokens.column("patches"), (s.num_frames, s.num_patches, s.vision_width))),
+            frame_mask=torch.from_numpy(
+                fixed_list_to_numpy(tokens.column("frame_mask"), (s.num_frames,)).astype(bool)),
+            caption_ids=captions.column("caption_id").to_pylist(),
+            text_eot=torch.from_numpy(fixed_list_to_numpy(captions.column("eot"), (s.embed_dim,))),
+            text_tokens=torch.from_numpy(fixed_list_to_numpy(
+                captions.column("tokens"), (s.context_length, s.text_width))),
+            text_mask=positions[None, :] < lengths[:, None],
+            caption_video=torch.tensor(
+                [row_of[v] for v in captions.column("video_id").to_pylist()], dtype=torch.long),
+        )
+
+    def caption_meta(self, caption_ids: list[str]) -> list[dict]:
+        """Dataset-specific fields of captions, in the order asked."""
+        table = self.captions.to_lance().to_table(columns=["caption_id", "meta"])
+        meta = dict(zip(table.column("caption_id").to_pylist(),
+                        table.column("meta").to_pylist(), strict=True))
+        return [json.loads(meta.get(c) or "{}") for c in caption_ids]

@@ -1,0 +1,76 @@
+"""The cached frozen-encoder tokens of one split, as tensors.
+
+Training and evaluation of stage 1 and stage 2 read only this (never the encoder): it is
+filled from the Lance tables once, then indexed by row. Tokens stay fp16 here, as stored,
+and are cast to float32 per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TokenBank:
+    """Video and caption tokens of one split, aligned by row index.
+
+    Shapes (V videos, T captions, F frames, P patches, D embed dim, Wv / Wt widths):
+      video_ids [V], video_cls [V, F, D] (projected frame CLS embeddings),
+      video_patches [V, F, P, Wv] (unprojected patch tokens), frame_mask [V, F] (True = real
+      frame, False = padding of a short clip), caption_ids [T], text_eot [T, D] (projected
+      EOT embedding), text_tokens [T, L, Wt] (unprojected token features),
+      text_mask [T, L] (True = real token), caption_video [T] (row of the caption's video).
+    """
+
+    video_ids: list[str]
+    video_cls: torch.Tensor
+    video_patches: torch.Tensor
+    frame_mask: torch.Tensor
+    caption_ids: list[str]
+    text_eot: torch.Tensor
+    text_tokens: torch.Tensor
+    text_mask: torch.Tensor
+    caption_video: torch.Tensor
+
+    def __post_init__(self) -> None:
+        v, f = self.frame_mask.shape
+        t = len(self.caption_ids)
+        checks = {
+            "video_ids": len(self.video_ids) == v,
+            "video_cls": self.video_cls.shape[:2] == (v, f),
+            "video_patches": self.video_patches.shape[:2] == (v, f),
+            "text_eot": self.text_eot.shape[0] == t,
+            "text_tokens": self.text_tokens.shape[0] == t,
+            "text_mask": self.text_mask.shape == self.text_tokens.shape[:2],
+            "caption_video": self.caption_video.shape == (t,),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"TokenBank: inconsistent shapes for {', '.join(bad)}")
+        if t and (self.caption_video.min() < 0 or self.caption_video.max() >= v):
+            raise ValueError("TokenBank: caption_video points outside the video rows")
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def num_captions(self) -> int:
+        return len(self.caption_ids)
+
+    def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Float32 visual inputs of the re-ranker for video rows [B]."""
+        return {
+            "video_cls": self.video_cls[rows].float(),
+            "video_patches": self.video_patches[rows].float(),
+            "frame_mask": self.frame_mask[rows],
+        }
+
+    def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Float32 text inputs of the re-ranker for caption rows [B]."""
+        return {
+            "text_tokens": self.text_tokens[rows].float(),
+            "text_mask": self.text_mask[rows],
+        }

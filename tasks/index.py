@@ -1,0 +1,276 @@
+"""Index a corpus: decode (Ray tasks) -> frozen tokens (Ray actor pool) -> Lance upserts.
+
+Re-indexing is an upsert keyed on video_id + content hash: unchanged videos are skipped
+before decoding, changed ones replaced, new ones added, removed ones deleted. Token rows
+are committed before their `videos` row turns "ok", so a kill between the two commits
+leaves a video that the next run simply redoes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+from prefect import task
+
+from crosstvr_core.config import CrossTVRConfig
+from crosstvr_core.datasets import RetrievalDataset
+from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
+from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
+from crosstvr_core.video_decode import VideoDecodeError, decode_uniform_frames, file_content_hash
+
+log = logging.getLogger(__name__)
+WRITE_BATCH_ROWS = 128
+
+
+@dataclass(frozen=True)
+class IndexRef:
+    """What later steps need to read the index: where, which encoder, which versions."""
+
+    uri: str
+    encoder_id: str
+    shapes: dict
+    versions: dict
+    counts: dict
+
+    def open(self) -> TokenIndex:
+        return TokenIndex(self.uri, self.encoder_id, TokenShapes(**self.shapes))
+
+
+def encoder_spec(cfg: CrossTVRConfig) -> EncoderSpec:
+    return EncoderSpec(cfg.encoder.name, cfg.encoder.pretrained, cfg.encoder.precision)
+
+
+def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:
+    return load_frozen_encoder(
+        encoder_spec(cfg), init_seed=cfg.encoder.init_seed,
+        weights_dir=cfg.home_path / "weights", device=device,
+    )
+
+
+def token_shapes(cfg: CrossTVRConfig, encoder: FrozenEncoder) -> TokenShapes:
+    return TokenShapes(
+        num_frames=cfg.sampling.num_frames, embed_dim=encoder.embed_dim,
+        num_patches=encoder.num_patches, vision_width=encoder.vision_width,
+        context_length=encoder.context_length, text_width=encoder.text_width,
+    )
+
+
+# --- Ray Data stages ------------------------------------------------------------------
+def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int) -> dict:
+    """Stateless Ray task: hash, skip if unchanged, else decode F frames per video.
+
+    Never raises for a bad file: the row comes back with status "failed" and the error.
+    """
+    n = len(batch["video_id"])
+    out = {k: batch[k] for k in ("video_id", "path", "split")}
+    frames = np.zeros((n, num_frames, size, size, 3), np.uint8)
+    masks = np.zeros((n, num_frames), bool)
+    fields = {k: [] for k in ("status", "error", "content_hash")}
+    probes = {k: [] for k in ("duration", "fps", "width", "height", "size_bytes")}
+    for i in range(n):
+        path, known = str(batch["path"][i]), str(batch["known_hash"][i])
+        status, error, chash, probe = "ok", "", "", None
+        try:
+            chash = file_content_hash(path)
+            if chash == known:
+                status = "skip"
+            else:
+                frames[i], masks[i], probe = decode_uniform_frames(path, num_frames, size)
+        except (VideoDecodeError, OSError) as exc:
+            status, error = "failed", str(exc)
+        fields["status"].append(status)
+        fields["error"].append(error)
+        fields["content_hash"].append(chash)
+        for key in probes:
+            probes[key].append(getattr(probe, key, 0) if probe else 0)
+    out.update({k: np.array(v, dtype=object) for k, v in fields.items()})
+    out.update({k: np.array(v, dtype=np.float64) for k, v in probes.items()})
+    out["frames"], out["frame_mask"] = frames, masks
+    return out
+
+
+class _EncoderActor:
+    """Ray actor base: loads the frozen encoder once per actor (GPU when granted)."""
+
+    def __init__(self, cfg_json: str):
+        cfg = CrossTVRConfig.model_validate_json(cfg_json)
+        torch.set_num_threads(cfg.encoder.torch_threads)
+        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        self.encoder = load_encoder(cfg, device=device)
+        self.cfg = cfg
+
+
+class FrameEncoderActor(_EncoderActor):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        frames = batch.pop("frames")  # [B, F, S, S, 3]
+        b, f = frames.shape[:2]
+        enc = self.encoder
+        cls = np.zeros((b, f, enc.embed_dim), np.float16)
+        patches = np.zeros((b, f, enc.num_patches, enc.vision_width), np.float16)
+        rows = np.flatnonzero(batch["status"] == "ok")
+        if rows.size:
+            flat = frames[rows].reshape(-1, *frames.shape[2:])  # [B' * F, S, S, 3]
+            chunk = self.cfg.encoder.frame_batch_size
+            outs = [enc.encode_frames(flat[s:s + chunk]) for s in range(0, len(flat), chunk)]
+            cls[rows] = torch.cat([o[0] for o in outs]).view(len(rows), f, -1).half().numpy()
+            patches[rows] = (
+                torch.cat([o[1] for o in outs]).view(len(rows), f, *patches.shape[2:])
+                .half().numpy()
+            )
+        batch["cls"], batch["patches"] = cls, patches
+        return batch
+
+
+class CaptionEncoderActor(_EncoderActor):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        texts = [str(t) for t in batch["text"]]
+        chunk = self.cfg.encoder.text_batch_size
+        eots, tokens, lengths = [], [], []
+        for s in range(0, len(texts), chunk):
+            eot, tok, length = self.encoder.encode_captions(texts[s:s + chunk])
+            eots.append(eot)
+            tokens.append(tok)
+            lengths.append(length)
+        batch["eot"] = torch.cat(eots).half().numpy()  # [B, D]
+        batch["tokens"] = torch.cat(tokens).half().numpy()  # [B, L, Wt]
+        batch["length"] = torch.cat(lengths).numpy().astype(np.int32)
+        return batch
+
+
+# --- Lance writes -----------------------------------------------------------------------
+def _write_video_batch(index: TokenIndex, batch: dict, corpus: str) -> dict[str, int]:
+    status = batch["status"]
+    done = np.flatnonzero(status != "skip")
+    ok = np.flatnonzero(status == "ok")
+    if ok.size:
+        index.upsert("video_tokens", pa.table({
+            "video_id": batch["video_id"][ok].astype(str),
+            "content_hash": batch["content_hash"][ok].astype(str),
+            "encoder_id": [index.encoder_id] * ok.size,
+            "frame_mask": fixed_list(batch["frame_mask"][ok], np.bool_),
+            "cls": fixed_list(batch["cls"][ok]),
+            "patches": fixed_list(batch["patches"][ok]),
+        }), key="video_id")
+    if done.size:
+        now = dt.datetime.now(dt.UTC)
+        index.upsert("videos", pa.table({
+            "video_id": batch["video_id"][done].astype(str),
+            "corpus": [corpus] * done.size,
+            "split": batch["split"][done].astype(str),
+            "uri": batch["path"][done].astype(str),
+            "content_hash": batch["content_hash"][done].astype(str),
+            "duration": batch["duration"][done],
+            "fps": batch["fps"][done],
+            "width": batch["width"][done].astype(np.int32),
+            "height": batch["height"][done].astype(np.int32),
+            "size_bytes": batch["size_bytes"][done].astype(np.int64),
+            "num_frames_sampled": batch["frame_mask"][done].sum(1).astype(np.int32),
+            "status": status[done].astype(str),
+            "error": batch["error"][done].astype(str),
+            "encoder_id": [index.encoder_id] * done.size,
+            "indexed_at": pa.array([now] * done.size, pa.timestamp("us", tz="UTC")),
+        }), key="video_id")
+    return {s: int((status == s).sum()) for s in ("ok", "failed", "skip")}
+
+
+def _write_caption_batch(index: TokenIndex, batch: dict) -> int:
+    index.upsert("captions", pa.table({
+        "caption_id": batch["caption_id"].astype(str),
+        "video_id": batch["video_id"].astype(str),
+        "split": batch["split"].astype(str),
+        "text": batch["text"].astype(str),
+        "meta": batch["meta"].astype(str),
+        "encoder_id": [index.encoder_id] * len(batch["caption_id"]),
+        "eot": fixed_list(batch["eot"]),
+        "tokens": fixed_list(batch["tokens"]),
+        "length": batch["length"],
+    }), key="caption_id")
+    return len(batch["caption_id"])
+
+
+def _actor_stage_args(cfg: CrossTVRConfig) -> dict:
+    return {
+        "compute": ray.data.ActorPoolStrategy(size=cfg.ray.encode_pool_size),
+        "num_cpus": cfg.ray.encode_num_cpus,
+        "num_gpus": cfg.ray.encode_num_gpus,
+        "fn_constructor_kwargs": {"cfg_json": cfg.model_dump_json()},
+    }
+
+
+def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
+                 size: int) -> dict[str, int]:
+    states = index.video_states()
+    wanted = {v.video_id for v in dataset.videos}
+    removed = sorted(set(states) - wanted)
+    index.delete_videos(removed)
+    items = [
+        {"video_id": v.video_id, "path": v.path, "split": v.split,
+         # only a video whose last index succeeded may be skipped
+         "known_hash": states[v.video_id][0] if states.get(v.video_id, ("", ""))[1] == "ok"
+         else ""}
+        for v in dataset.videos
+    ]
+    counts = {"ok": 0, "failed": 0, "skip": 0, "removed": len(removed)}
+    if not items:
+        return counts
+    blocks = max(1, min(len(items) // cfg.ray.decode_batch_size, 200))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(
+        decode_batch, batch_size=cfg.ray.decode_batch_size, batch_format="numpy",
+        num_cpus=cfg.ray.decode_num_cpus,
+        fn_kwargs={"num_frames": cfg.sampling.num_frames, "size": size},
+    )
+    ds = ds.map_batches(
+        FrameEncoderActor, batch_size=cfg.ray.decode_batch_size * 4, batch_format="numpy",
+        **_actor_stage_args(cfg),
+    )
+    for batch in ds.iter_batches(batch_size=WRITE_BATCH_ROWS, batch_format="numpy"):
+        for key, value in _write_video_batch(index, batch, dataset.name).items():
+            counts[key] += value
+    return counts
+
+
+def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex) -> dict:
+    existing = index.caption_texts()
+    todo = [c for c in dataset.captions if existing.get(c.caption_id) != c.text]
+    stale = index.delete_captions_except({c.caption_id for c in dataset.captions})
+    counts = {"encoded": 0, "unchanged": len(dataset.captions) - len(todo), "removed": stale}
+    if not todo:
+        return counts
+    items = [
+        {"caption_id": c.caption_id, "video_id": c.video_id, "split": c.split,
+         "text": c.text, "meta": json.dumps(c.meta, sort_keys=True)}
+        for c in todo
+    ]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 256, 50)))
+    ds = ds.map_batches(
+        CaptionEncoderActor, batch_size=cfg.encoder.text_batch_size, batch_format="numpy",
+        **_actor_stage_args(cfg),
+    )
+    for batch in ds.iter_batches(batch_size=WRITE_BATCH_ROWS * 4, batch_format="numpy"):
+        counts["encoded"] += _write_caption_batch(index, batch)
+    return counts
+
+
+def run_index(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexRef:
+    """Bring the Lance tables of `dataset` up to date with its files and captions."""
+    encoder = load_encoder(cfg)  # driver side: identity and shapes only
+    shapes = token_shapes(cfg, encoder)
+    index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes)
+    video_counts = index_videos(cfg, dataset, index, encoder.image_size)
+    caption_counts = index_captions(cfg, dataset, index)
+    index.compact()
+    counts = {f"videos_{k}": v for k, v in video_counts.items()}
+    counts.update({f"captions_{k}": v for k, v in caption_counts.items()})
+    log.info("indexed %s: %s", dataset.name, counts)
+    return IndexRef(index.uri, encoder.encoder_id, asdict(shapes), index.versions(), counts)
+
+
+index_task = task(run_index, name="index-corpus", retries=2, retry_delay_seconds=5)

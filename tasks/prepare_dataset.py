@@ -1,0 +1,106 @@
+"""Resolve the configured corpus to a folder + captions file; render it first if generated.
+
+The generated benchmark lives in a directory named by a hash of its generation parameters,
+so a changed size or seed renders a new benchmark instead of reusing stale clips. Rendering
+is a Ray Data map over the video specs (ffmpeg encodes each clip); clips that already
+exist are kept, so an interrupted render resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from prefect import task
+
+from crosstvr_core import synthetic
+from crosstvr_core.config import CrossTVRConfig
+from crosstvr_core.datasets import RetrievalDataset, load_folder_dataset
+
+CAPTIONS_FILE = "captions.jsonl"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str
+    root: str
+    captions_file: str
+
+    def load(self) -> RetrievalDataset:
+        return load_folder_dataset(self.root, self.captions_file, self.name)
+
+
+def generation_params(cfg: CrossTVRConfig) -> dict:
+    d = cfg.data
+    return {
+        "num_train_videos": d.num_train_videos, "num_test_groups": d.num_test_groups,
+        "captions_per_train_video": d.captions_per_train_video, "frame_size": d.frame_size,
+        "rendered_frames": d.rendered_frames, "fps": d.fps, "seed": d.seed,
+    }
+
+
+def generated_root(cfg: CrossTVRConfig) -> Path:
+    if cfg.data.root:
+        return Path(cfg.data.root).expanduser().resolve()
+    params = json.dumps(generation_params(cfg), sort_keys=True).encode()
+    digest = hashlib.sha256(params).hexdigest()[:10]
+    return cfg.home_path / "datasets" / f"{cfg.data.name}-{digest}"
+
+
+def _render_batch(batch: dict, root: str, frame_size: int, num_frames: int, fps: int) -> dict:
+    specs = [_spec_from_json(s) for s in batch["spec"]]
+    paths = [synthetic.render_video(s, root, frame_size, num_frames, fps) for s in specs]
+    return {"path": paths}
+
+
+def _spec_json(spec: synthetic.VideoSpec) -> str:
+    return json.dumps(spec.__dict__)
+
+
+def _spec_from_json(text: str) -> synthetic.VideoSpec:
+    fields = json.loads(text)
+    fields["objects"] = tuple(tuple(obj) for obj in fields["objects"])  # JSON made them lists
+    return synthetic.VideoSpec(**fields)
+
+
+def render_generated_benchmark(cfg: CrossTVRConfig) -> DatasetRef:
+    d = cfg.data
+    root = generated_root(cfg)
+    captions = root / CAPTIONS_FILE
+    if captions.is_file():  # written last: its presence means the render completed
+        return DatasetRef(d.name, str(root), str(captions))
+    root.mkdir(parents=True, exist_ok=True)
+    specs = synthetic.make_benchmark_specs(d.num_train_videos, d.num_test_groups, d.seed)
+    items = [{"spec": _spec_json(s)} for s in specs]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 32, 100)))
+    ds = ds.map_batches(
+        _render_batch, batch_size=32, batch_format="numpy", num_cpus=1,
+        fn_kwargs={"root": str(root), "frame_size": d.frame_size,
+                   "num_frames": d.rendered_frames, "fps": d.fps},
+    )
+    rendered = sum(len(b["path"]) for b in ds.iter_batches(batch_size=256, batch_format="numpy"))
+    if rendered != len(specs):
+        raise RuntimeError(f"generated benchmark: rendered {rendered} of {len(specs)} clips")
+    (root / "generation.json").write_text(json.dumps(generation_params(cfg), indent=2))
+    synthetic.write_captions_file(
+        synthetic.caption_rows(specs, d.captions_per_train_video, d.seed), captions
+    )
+    return DatasetRef(d.name, str(root), str(captions))
+
+
+def prepare_dataset(cfg: CrossTVRConfig) -> DatasetRef:
+    """Generated: render (once) and point at it; folder: validate the captions file."""
+    if cfg.data.kind == "generated":
+        ref = render_generated_benchmark(cfg)
+    else:
+        if not cfg.data.root or not cfg.data.captions_file:
+            raise ValueError("data.kind=folder needs data.root and data.captions_file")
+        ref = DatasetRef(cfg.data.name, cfg.data.root, cfg.data.captions_file)
+    ref.load()  # fail now, with the file's own error, not three steps later
+    return ref
+
+
+prepare_dataset_task = task(prepare_dataset, name="prepare-dataset", retries=1)

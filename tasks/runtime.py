@@ -1,0 +1,56 @@
+"""Process-level set-up shared by every task: offline settings and the Ray runtime.
+
+The offline settings are applied by the project, not by the user's shell: importing
+`tasks` sets them (without overriding values the user set on purpose).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Nothing leaves the machine: telemetry, analytics and hub look-ups all off.
+OFFLINE_ENV = {
+    "DO_NOT_TRACK": "true",  # MLflow wants the word true, not 1
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "HF_HUB_OFFLINE": "1",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def apply_offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+@contextmanager
+def ray_runtime(ray_cfg) -> Iterator[None]:
+    """Connect to `ray_cfg.address`, or start a local runtime sized by config for this run.
+
+    A runtime this function started is shut down on exit; an existing one is left alone.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs = {
+        "include_dashboard": ray_cfg.include_dashboard,
+        "log_to_driver": True,
+        "configure_logging": True,
+        "logging_level": "WARNING",
+    }
+    if ray_cfg.address:
+        ray.init(address=ray_cfg.address, **kwargs)
+    else:
+        ray.init(num_cpus=ray_cfg.num_cpus, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
