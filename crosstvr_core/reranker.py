@@ -251,6 +251,7 @@ class CrossTVRReranker(nn.Module):
         text = self.text_proj(text)  # [B, L, H]
         cls = self.cls_proj(cls) + self.type_embed[0]  # [B, F, H]
         patches = self.patch_proj(patches) + self.type_embed[1] + self.patch_pos[:num_patches]
+        # patches: [B, F, P, H]
         visual = torch.cat([cls.unsqueeze(2), patches], dim=2)  # [B, F, 1+P, H]
         visual = visual.reshape(batch * frames, 1 + num_patches, hidden)  # [B*F, 1+P, H]
         text_padding = ~text_mask  # [B, L]

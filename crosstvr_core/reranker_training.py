@@ -62,11 +62,11 @@ def _sample_negatives(
     bank: TokenBank,
     stage1_sim: torch.Tensor,
     text_rows: torch.Tensor,
+    positive_video: torch.Tensor,
     cfg: TrainConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(negative video per text [B], negative caption per positive video [B])."""
-    positive_video = bank.caption_video[text_rows]  # [B]
     if cfg.hard_negatives:
         tau = cfg.hard_negative_temperature
         neg_video = sample_hard_negative_videos(
@@ -96,7 +96,8 @@ def train_reranker(
     stage1_sim [T, V]: stage-1 similarity of the bank's captions to its videos, the
     distribution hard negatives are drawn from. Fits the input statistics from `bank` first
     if the model has none. Returns one record per epoch (epoch counts from 1, as passed to
-    `on_epoch_end`); the model is left in eval mode on `device`.
+    `on_epoch_end`, which may switch the model to eval: each epoch switches it back to
+    train); the model is left in eval mode on `device`.
     """
     device = torch.device(device)
     num_captions, num_videos = bank.num_captions, bank.num_videos
@@ -113,7 +114,7 @@ def train_reranker(
     generator = torch.Generator().manual_seed(cfg.seed)
     if not model.has_input_stats:
         model.fit_input_stats(bank)
-    model.to(device).train()
+    model.to(device)
 
     steps_per_epoch = math.ceil(num_captions / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
@@ -122,11 +123,12 @@ def train_reranker(
     )
 
     history: list[dict] = []
+    metric_names = ("loss", "accuracy", "pos_prob", "pos_beats_neg_video", "grad_norm")
     for epoch in range(1, cfg.epochs + 1):
+        model.train()
         start = time.perf_counter()
         order = torch.randperm(num_captions, generator=generator)
-        totals = {"loss": 0.0, "accuracy": 0.0, "pos_prob": 0.0, "ranked_above": 0.0}
-        grad_norm_sum = 0.0
+        totals = dict.fromkeys(metric_names, 0.0)
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"reranker epoch {epoch}/{cfg.epochs}",
@@ -137,7 +139,9 @@ def train_reranker(
             text_rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # [B]
             batch = text_rows.shape[0]
             positive_video = bank.caption_video[text_rows]  # [B]
-            neg_video, neg_text = _sample_negatives(bank, stage1_sim, text_rows, cfg, generator)
+            neg_video, neg_text = _sample_negatives(
+                bank, stage1_sim, text_rows, positive_video, cfg, generator
+            )
             # 3B pairs: (text, its video), (text, negative video), (negative text, video)
             pair_text = torch.cat([text_rows, text_rows, neg_text])  # [3B]
             pair_video = torch.cat([positive_video, neg_video, positive_video])  # [3B]
@@ -156,12 +160,18 @@ def train_reranker(
             schedule.step()
 
             with torch.no_grad():
-                pos, neg_v = logits[:batch], logits[batch : 2 * batch]
-                totals["loss"] += loss.item()
-                totals["accuracy"] += ((logits > 0).float() == labels).float().mean().item()
-                totals["pos_prob"] += torch.sigmoid(pos).mean().item()
-                totals["ranked_above"] += (pos > neg_v).float().mean().item()
-                grad_norm_sum += float(grad_norm)
+                pos, neg_video_logits = logits[:batch], logits[batch : 2 * batch]
+                metrics = torch.stack(
+                    [
+                        loss,
+                        ((logits > 0).float() == labels).float().mean(),
+                        torch.sigmoid(pos).mean(),
+                        (pos > neg_video_logits).float().mean(),
+                        grad_norm.float(),
+                    ]
+                ).tolist()  # one device sync per step
+            for name, value in zip(totals, metrics, strict=True):
+                totals[name] += value
             bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
         bar.close()
 
@@ -169,7 +179,6 @@ def train_reranker(
         record = {
             "epoch": epoch,
             **{name: value / steps_per_epoch for name, value in totals.items()},
-            "grad_norm": grad_norm_sum / steps_per_epoch,
             "lr": schedule.get_last_lr()[0],
             "seconds": seconds,
             "pairs_per_second": 3 * num_captions / seconds,

@@ -114,7 +114,7 @@ def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ..
     """Fixed-size-list column -> numpy [N, *shape] without per-row Python work."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False)
+    values = column.flatten().to_numpy(zero_copy_only=False).copy()  # writable for torch
     return values.reshape((len(column), *shape))
 
 
@@ -135,8 +135,9 @@ class TokenIndex:
         self.captions = self._open_or_create(CAPTIONS, captions_schema(shapes, encoder_id))
 
     def _open_or_create(self, name: str, schema: pa.Schema):
-        if not self.db.table_exists(name):
-            return self.db.create_table(name, schema=schema)
+        if name not in self.db.list_tables().tables:
+            # exist_ok: another run may create it between the check and here
+            return self.db.create_table(name, schema=schema, exist_ok=True)
         table = self.db.open_table(name)
         if schema.metadata:
             stored = table.schema.metadata or {}

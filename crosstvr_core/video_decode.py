@@ -208,7 +208,11 @@ def _pad_slots(num_decoded: int, num_frames: int) -> tuple[np.ndarray, np.ndarra
     return source, mask
 
 
-_TRANSPOSE = {90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}
+_ROTATE_FILTERS: dict[int, list[tuple[str, ...]]] = {
+    90: [("transpose", "clock")],
+    180: [("hflip",), ("vflip",)],
+    270: [("transpose", "cclock")],
+}
 
 
 def _decode_indices(
@@ -230,16 +234,20 @@ def _decode_indices(
     stream = stream.filter("select", "+".join(f"eq(n,{i})" for i in indices))
     # Shorter displayed side -> size, aspect kept (sample aspect ratio included), then crop.
     stream = stream.filter(
-        "scale", w=f"max({size},round({size}*dar))", h=f"max({size},round({size}/dar))",
+        "scale",
+        w=f"max({size},round({size}*dar))",
+        h=f"max({size},round({size}/dar))",
         flags="bicubic",
     )
     stream = stream.filter("crop", size, size)
     # Rotation is applied after the crop, so only the kept size x size frames are turned.
-    for spec in _TRANSPOSE.get(probe.rotation, []):
-        name, _, arg = spec.partition("=")
-        stream = stream.filter(name, arg) if arg else stream.filter(name)
+    for spec in _ROTATE_FILTERS.get(probe.rotation, []):
+        stream = stream.filter(*spec)
     out = stream.output(
-        "pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough",
+        "pipe:",
+        format="rawvideo",
+        pix_fmt="rgb24",
+        fps_mode="passthrough",
         **{"frames:v": len(indices)},
     )
     global_args = ["-hide_banner", "-nostdin", "-v", "error"] + (["-xerror"] if strict else [])
@@ -285,10 +293,14 @@ def decode_uniform_frames(
         probe = probe_video(path)
     else:
         _check_readable_file(path)
-    decode = dict(size=size, strict=strict, timeout_s=timeout_s, threads=threads)
+
+    def decode(indices: list[int]) -> np.ndarray:
+        return _decode_indices(
+            path, probe, indices, size, strict=strict, timeout_s=timeout_s, threads=threads
+        )
 
     indices = uniform_frame_indices(probe.num_frames, num_frames)
-    frames = _decode_indices(path, probe, indices, **decode)
+    frames = decode(indices)
     got = len(frames)
     if got == 0:
         raise _fail(path, f"no frames decoded (expected {len(indices)} of {probe.num_frames})")
@@ -309,7 +321,7 @@ def decode_uniform_frames(
             if all(index in position for index in retry):
                 frames = frames[[position[index] for index in retry]]
             else:
-                frames = _decode_indices(path, probe, retry, **decode)
+                frames = decode(retry)
                 if len(frames) < len(retry):
                     raise _fail(
                         path,

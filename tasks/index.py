@@ -82,7 +82,9 @@ def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int) -> di
             if chash == known:
                 status = "skip"
             else:
-                frames[i], masks[i], probe = decode_uniform_frames(path, num_frames, size)
+                frames[i], masks[i], probe = decode_uniform_frames(
+                    path, num_frames, size, threads=1
+                )
         except (VideoDecodeError, OSError) as exc:
             status, error = "failed", str(exc)
         fields["status"].append(status)
@@ -259,8 +261,10 @@ def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenI
     return counts
 
 
-def run_index(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexRef:
-    """Bring the Lance tables of `dataset` up to date with its files and captions."""
+def run_index(cfg: CrossTVRConfig, dataset_ref) -> IndexRef:
+    """Bring the Lance tables of a dataset (a `DatasetRef`) up to date with its files and
+    captions."""
+    dataset = dataset_ref.load()
     encoder = load_encoder(cfg)  # driver side: identity and shapes only
     shapes = token_shapes(cfg, encoder)
     index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from crosstvr_core.config import default_home
 
 # Nothing leaves the machine: telemetry, analytics and hub look-ups all off.
 OFFLINE_ENV = {
@@ -24,9 +27,16 @@ OFFLINE_ENV = {
 }
 
 
+# A temporary Prefect server (flow run without PREFECT_API_URL) can take > 20 s on 2 busy cores.
+PREFECT_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+
+
 def apply_offline_env() -> None:
-    for key, value in OFFLINE_ENV.items():
+    """Offline defaults, and Prefect's home under CROSSTVR_HOME (its SQLite needs the dir)."""
+    for key, value in {**OFFLINE_ENV, **PREFECT_ENV}.items():
         os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(Path(default_home()) / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -18,6 +20,16 @@ from crosstvr_core.token_bank import TokenBank
 
 FRAMES, PATCHES, LENGTH = 4, 3, 6
 EMBED, VISION, TEXT = 12, 10, 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and spin-waiting threads slow these tests
+    down many times over when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def random_bank(
