@@ -1,0 +1,46 @@
+"""Shared fixtures. State of the whole session lives in one temporary CROSSTVR_HOME."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# before any project module reads it (Prefect's home is derived from it at import)
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="crosstvr-tests-"))
+os.environ["CROSSTVR_HOME"] = str(_SESSION_HOME)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray runtime for the tests that run Ray Data pipelines."""
+    import ray
+
+    from tasks.runtime import apply_offline_env
+
+    apply_offline_env()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(session_home):
+    """The embedded default encoder (random init saved to disk, loaded back)."""
+    from crosstvr_core.encoder import EncoderSpec, load_frozen_encoder
+
+    return load_frozen_encoder(
+        EncoderSpec("crosstvr-tiny-vit"), init_seed=0, weights_dir=session_home / "weights"
+    )

@@ -1,0 +1,68 @@
+import pytest
+
+from crosstvr_core.config import ConfigError, CrossTVRConfig, load_config
+
+
+def test_defaults_are_the_embedded_benchmark():
+    cfg = load_config()
+    assert cfg.data.kind == "generated"
+    assert cfg.encoder.name == "crosstvr-tiny-vit" and cfg.encoder.pretrained is None
+    assert cfg.eval.top_k == 15 and cfg.eval.fusion_weight == 1.0
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: 0.01\ndata:\n  name: mine\n")
+    cfg = load_config(path, ["train.epochs=5", "encoder.pretrained=openai", "train.lr=1e-4"])
+    assert cfg.train.epochs == 5  # override wins over the file
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.data.name == "mine"
+    assert cfg.encoder.pretrained == "openai"
+
+
+def test_toml_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[eval]\ntop_k = 7\n")
+    assert load_config(path).eval.top_k == 7
+
+
+def test_null_override_and_flat_keys():
+    cfg = load_config(None, ["ray.address=null"])
+    assert cfg.ray.address is None
+    flat = cfg.flat()
+    assert flat["train.epochs"] == cfg.train.epochs and "reranker.hidden_size" in flat
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["train.epochs=0"], "train.epochs"),
+        (["train.epoch=3"], "train.epoch"),
+        (["nosuchsection.x=1"], "nosuchsection"),
+        (["train.epochs"], "key=value"),
+        (["eval.fusion_score=max"], "eval.fusion_score"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(bad)
+    wrong = tmp_path / "c.json"
+    wrong.write_text("{}")
+    with pytest.raises(ConfigError, match="expected .yaml"):
+        load_config(wrong)
+
+
+def test_home_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("CROSSTVR_HOME", str(tmp_path))
+    cfg = CrossTVRConfig()
+    assert cfg.home_path == tmp_path.resolve()
+    assert cfg.lance_uri.startswith(str(tmp_path.resolve()))
