@@ -224,10 +224,13 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
         return counts
     blocks = max(1, min(len(items) // cfg.ray.decode_batch_size, 200))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
+    decode_cpus = cfg.ray.decode_num_cpus
     ds = ds.map_batches(
         decode_batch, batch_size=cfg.ray.decode_batch_size, batch_format="numpy",
-        num_cpus=cfg.ray.decode_num_cpus,
         fn_kwargs={"num_frames": cfg.sampling.num_frames, "size": size},
+        # resources via a function: Ray Data then never fuses decoding into the encoder
+        # actor, so decode tasks run in parallel beside the actor pool instead of inside it
+        ray_remote_args_fn=lambda: {"num_cpus": decode_cpus},
     )
     ds = ds.map_batches(
         FrameEncoderActor, batch_size=cfg.ray.decode_batch_size * 4, batch_format="numpy",

@@ -1,0 +1,88 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from crosstvr_core.storage import EncoderMismatchError, TokenIndex, TokenShapes, fixed_list
+
+SHAPES = TokenShapes(num_frames=3, embed_dim=4, num_patches=2, vision_width=5,
+                     context_length=6, text_width=7)
+
+
+def _video_rows(ids, encoder_id="enc-a", status="ok"):
+    n = len(ids)
+    return pa.table({
+        "video_id": ids, "corpus": ["c"] * n, "split": ["test"] * n, "uri": ids,
+        "content_hash": [f"h-{i}" for i in ids], "duration": [1.0] * n, "fps": [8.0] * n,
+        "width": [64] * n, "height": [64] * n, "size_bytes": [10] * n,
+        "num_frames_sampled": [3] * n, "status": [status] * n, "error": [""] * n,
+        "encoder_id": [encoder_id] * n,
+        "indexed_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
+    })
+
+
+def _token_rows(ids, rng, encoder_id="enc-a"):
+    n = len(ids)
+    return pa.table({
+        "video_id": ids, "content_hash": [f"h-{i}" for i in ids], "encoder_id": [encoder_id] * n,
+        "frame_mask": fixed_list(np.array([[True, True, False]] * n), np.bool_),
+        "cls": fixed_list(rng.normal(size=(n, 3, 4))),
+        "patches": fixed_list(rng.normal(size=(n, 3, 2, 5))),
+    })
+
+
+def _caption_rows(ids, rng):
+    n = len(ids)
+    return pa.table({
+        "caption_id": [f"{i}#0" for i in ids], "video_id": ids, "split": ["test"] * n,
+        "text": [f"caption of {i}" for i in ids], "meta": ['{"variant": "base"}'] * n,
+        "encoder_id": ["enc-a"] * n, "eot": fixed_list(rng.normal(size=(n, 4))),
+        "tokens": fixed_list(rng.normal(size=(n, 6, 7))), "length": pa.array([3] * n, pa.int32()),
+    })
+
+
+def test_round_trip_into_a_token_bank(tmp_path):
+    rng = np.random.default_rng(0)
+    index = TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    tokens = _token_rows(["b", "a"], rng)
+    index.upsert("video_tokens", tokens, key="video_id")
+    index.upsert("videos", _video_rows(["b", "a"]), key="video_id")
+    index.upsert("captions", _caption_rows(["a", "b"], rng), key="caption_id")
+    bank = index.load_token_bank("test")
+    assert bank.video_ids == ["a", "b"]  # sorted, aligned with tokens
+    assert bank.video_patches.shape == (2, 3, 2, 5)
+    assert bank.frame_mask[0].tolist() == [True, True, False]
+    b_cls = np.asarray(tokens.column("cls")[0].as_py(), np.float16).reshape(3, 4)
+    np.testing.assert_array_equal(bank.video_cls[1].numpy(), b_cls)  # fp16 exact
+    assert bank.caption_video.tolist() == [0, 1]
+    assert bank.text_mask[0].tolist() == [True] * 3 + [False] * 3
+    assert index.caption_meta(bank.caption_ids)[0] == {"variant": "base"}
+
+
+def test_upsert_replaces_and_counts(tmp_path):
+    rng = np.random.default_rng(1)
+    index = TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    assert index.upsert("videos", _video_rows(["a", "b"]), "video_id") == {"inserted": 2, "updated": 0}
+    assert index.upsert("videos", _video_rows(["b", "c"]), "video_id") == {"inserted": 1, "updated": 1}
+    assert index.videos.count_rows() == 3
+    index.upsert("video_tokens", _token_rows(["a", "b"], rng), "video_id")
+    states = index.video_states()
+    assert states["a"] == ("h-a", "ok") and states["c"] == ("h-c", "incomplete")
+    index.delete_videos(["a"])
+    assert "a" not in index.video_states() and index.video_tokens.count_rows() == 1
+
+
+def test_another_encoder_is_refused(tmp_path):
+    TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    with pytest.raises(EncoderMismatchError, match="enc-a"):
+        TokenIndex(tmp_path / "db", "enc-b", SHAPES)
+    other_shapes = TokenShapes(**{**SHAPES.__dict__, "num_frames": 4})
+    with pytest.raises(EncoderMismatchError, match="shapes"):
+        TokenIndex(tmp_path / "db", "enc-a", other_shapes)
+
+
+def test_rows_of_another_encoder_are_refused(tmp_path):
+    index = TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    with pytest.raises(EncoderMismatchError, match="enc-b"):
+        index.upsert("video_tokens", _token_rows(["x"], np.random.default_rng(2), "enc-b"),
+                     "video_id")
+    assert index.video_tokens.count_rows() == 0
