@@ -50,8 +50,9 @@ start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$CROSS
 start mlflow "$BIN/mlflow" server --host 127.0.0.1 --port "$CROSSTVR_MLFLOW_PORT" --workers 1 \
     --backend-store-uri "sqlite:///$CROSSTVR_HOME/mlflow/mlflow.db" \
     --artifacts-destination "$CROSSTVR_HOME/mlflow/artifacts"
-wait_for prefect-server 120 curl -sf "http://127.0.0.1:$CROSSTVR_PREFECT_PORT/api/health"
-wait_for mlflow 120 curl -sf "http://127.0.0.1:$CROSSTVR_MLFLOW_PORT/health"
+http_ok() { "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "$1"; }
+wait_for prefect-server 120 http_ok "http://127.0.0.1:$CROSSTVR_PREFECT_PORT/api/health"
+wait_for mlflow 120 http_ok "http://127.0.0.1:$CROSSTVR_MLFLOW_PORT/health"
 start serve "$BIN/python" -m flows.serve
 wait_for serve 120 "$BIN/prefect" deployment inspect crosstvr/full-benchmark
 echo "[up] Prefect UI  http://127.0.0.1:$CROSSTVR_PREFECT_PORT"

@@ -1,0 +1,85 @@
+"""The real flow end to end on the tiny config: Prefect (test server), Ray, Lance, MLflow."""
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from crosstvr_core.metrics import retrieval_metrics
+from crosstvr_core.report import METRIC_KEYS
+from crosstvr_core.storage import TokenIndex
+from tests.conftest import TINY_CONFIG
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def flow_result(prefect_server, ray_local, tmp_path_factory):
+    from flows.full_benchmark import crosstvr
+
+    home = tmp_path_factory.mktemp("flow-home")
+    overrides = [f"home={home}"]
+    result = crosstvr(config_file=str(TINY_CONFIG), overrides=overrides)
+    return home, overrides, result
+
+
+def test_flow_logs_every_metric_to_a_parent_run(flow_result):
+    home, _, result = flow_result
+    metrics = result["metrics"]
+    for stage in ("stage1", "twostage"):
+        for direction in ("t2v", "v2t"):
+            for key in METRIC_KEYS:
+                assert f"{stage}/{direction}_{key}" in metrics
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.data.metrics["twostage/t2v_R1"] == pytest.approx(metrics["twostage/t2v_R1"])
+    assert parent.data.params["train.epochs"] == "2"  # the full resolved config
+    assert parent.data.params["encoder.name"] == "crosstvr-tiny-vit"
+    assert "prefect.flow_run_id" in parent.data.tags
+    assert parent.data.tags["crosstvr.encoder_id"].startswith("crosstvr-tiny-vit|sha256:")
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {c.data.tags["mlflow.runName"] for c in children} == {
+        "stage1", "train-reranker", "two-stage-eval"}
+    train = next(c for c in children if c.data.tags["mlflow.runName"] == "train-reranker")
+    artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
+    assert "figures" in artifacts and "training_history.json" in artifacts
+    logged_models = mlflow.search_logged_models(
+        experiment_ids=[parent.info.experiment_id], output_format="list")
+    assert any(m.source_run_id == train.info.run_id for m in logged_models)
+
+
+def test_logged_stage1_metrics_recompute_from_the_saved_similarity(flow_result):
+    from crosstvr_core.config import load_config
+    from tasks.index import load_encoder, token_shapes
+
+    home, _, result = flow_result
+    sim = torch.load(home / "runs" / result["mlflow_run_id"] / "stage1_test.pt")
+    cfg = load_config(TINY_CONFIG, [f"home={home}"])
+    encoder = load_encoder(cfg)
+    bank = TokenIndex(cfg.lance_uri, encoder.encoder_id, token_shapes(cfg, encoder)) \
+        .load_token_bank("test")
+    expected = retrieval_metrics(sim, bank.caption_video)
+    assert result["metrics"]["stage1/t2v_R5"] == pytest.approx(expected["t2v"]["R5"])
+    assert result["metrics"]["stage1/v2t_MnR"] == pytest.approx(expected["v2t"]["MnR"])
+    assert np.isfinite(list(result["metrics"].values())).all()
+
+
+def test_rerunning_the_flow_skips_unchanged_videos(flow_result):
+    from flows.full_benchmark import crosstvr
+
+    home, overrides, _ = flow_result
+    again = crosstvr(config_file=str(TINY_CONFIG), overrides=overrides + ["train.epochs=1"])
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    metrics = client.get_run(again["mlflow_run_id"]).data.metrics
+    assert metrics["index/videos_ok"] == 0 and metrics["index/videos_skip"] > 0
+    assert metrics["index/captions_encoded"] == 0
