@@ -76,7 +76,7 @@ class RayConfig(_Section):
     address: str | None = None  # None: a local runtime for this run; "auto" or ray://...
     num_cpus: int | None = 2  # for a local runtime only
     include_dashboard: bool = False
-    decode_num_cpus: float = Field(1.0, gt=0)
+    decode_num_cpus: float = Field(0.5, gt=0)  # two decode tasks beside one encoder actor
     decode_batch_size: int = Field(16, ge=1)
     encode_num_cpus: float = Field(1.0, ge=0)
     encode_num_gpus: float = Field(0.0, ge=0)
