@@ -86,7 +86,25 @@ class RayConfig(_Section):
 class Stage1Config(_Section):
     """Candidate selection by cosine similarity."""
 
-    method: Literal["meanP"] = "meanP"
+    # meanP: zero-shot mean pooling; seqTransf: trained temporal head over frozen frame
+    # embeddings (CLIP4Clip); external: a similarity matrix from another retriever.
+    method: Literal["meanP", "seqTransf", "external"] = "seqTransf"
+    # seqTransf head and its training (cached frame embeddings only)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    # dual softmax (DSL) re-normalisation of the similarity at inference
+    dual_softmax: bool = False
+    dual_softmax_temperature: float = Field(0.01, gt=0)
+    # external: .npy [num_captions, num_videos] + JSON lists of caption ids / video ids
+    external_similarity: str | None = None
+    external_caption_ids: str | None = None
+    external_video_ids: str | None = None
 
 
 class RerankerConfig(_Section):

@@ -25,6 +25,7 @@ from crosstvr_core.token_bank import TokenBank
 VIDEOS = "videos"
 VIDEO_TOKENS = "video_tokens"
 CAPTIONS = "captions"
+STAGE1_CANDIDATES = "stage1_candidates"
 ENCODER_KEY = b"crosstvr.encoder_id"
 SHAPES_KEY = b"crosstvr.shapes"
 
@@ -103,6 +104,21 @@ def captions_schema(shapes: TokenShapes, encoder_id: str) -> pa.Schema:
     )
 
 
+def stage1_candidates_schema() -> pa.Schema:
+    """Per query (a caption, or a video for v2t), its stage-1 top-K, for hard-negative mining."""
+    return pa.schema(
+        [
+            ("key", pa.string()),  # "<stage1 model id>|<query kind>|<query id>"
+            ("stage1_model_id", pa.string()),
+            ("split", pa.string()),
+            ("query_kind", pa.string()),  # "caption" | "video"
+            ("query_id", pa.string()),
+            ("candidate_ids", pa.list_(pa.string())),  # best first
+            ("scores", pa.list_(pa.float32())),
+        ]
+    )
+
+
 def fixed_list(array: np.ndarray, dtype=np.float16) -> pa.FixedSizeListArray:
     """[N, ...] numpy -> fixed-size-list column of N rows."""
     array = np.ascontiguousarray(array, dtype=dtype)
@@ -176,6 +192,29 @@ class TokenIndex:
             .execute(rows)
         )
         return {"inserted": result.num_inserted_rows, "updated": result.num_updated_rows}
+
+    def write_stage1_candidates(
+        self, stage1_model_id: str, split: str, query_kind: str, query_ids: list[str],
+        candidate_ids: list[list[str]], scores: np.ndarray,
+    ) -> int:
+        """Upsert the top-K candidates of each query under a stage-1 model id."""
+        if STAGE1_CANDIDATES not in self.db.list_tables().tables:
+            self.db.create_table(STAGE1_CANDIDATES, schema=stage1_candidates_schema(),
+                                 exist_ok=True)
+        table = self.db.open_table(STAGE1_CANDIDATES)
+        n = len(query_ids)
+        rows = pa.table({
+            "key": [f"{stage1_model_id}|{query_kind}|{q}" for q in query_ids],
+            "stage1_model_id": [stage1_model_id] * n,
+            "split": [split] * n,
+            "query_kind": [query_kind] * n,
+            "query_id": query_ids,
+            "candidate_ids": candidate_ids,
+            "scores": [row.astype(np.float32).tolist() for row in np.asarray(scores)],
+        }, schema=stage1_candidates_schema())
+        table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all() \
+            .execute(rows)
+        return n
 
     def delete_videos(self, video_ids: list[str]) -> None:
         """Remove videos (and their tokens and captions) that left the corpus."""

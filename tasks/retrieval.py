@@ -18,10 +18,13 @@ from prefect import task
 
 from crosstvr_core import report
 from crosstvr_core.config import CrossTVRConfig
+from crosstvr_core.external_similarity import load_external_similarity
 from crosstvr_core.metrics import retrieval_metrics, text_to_video_ranks, video_to_text_ranks
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.reranker_training import score_pairs, train_reranker
-from crosstvr_core.stage1 import meanp_similarity
+from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
+from crosstvr_core.temporal_head import TemporalHead, dual_softmax
+from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
 from crosstvr_core.two_stage import rerank_text_to_video, rerank_video_to_text
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
@@ -46,28 +49,99 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _ceiling(sim: torch.Tensor, bank, k: int, prefix: str) -> dict[str, float]:
+    """Recall of the true item within the top K: the re-ranker's ceiling, both directions."""
+    t2v = text_to_video_ranks(sim, bank.caption_video)
+    v2t = video_to_text_ranks(sim, bank.caption_video)
+    return {f"{prefix}/t2v_recall_at_{k}": float(100.0 * np.mean(t2v < k)),
+            f"{prefix}/v2t_recall_at_{k}": float(100.0 * np.mean(v2t < k))}
+
+
+def _stage1_metrics(sim: torch.Tensor, bank, k: int, prefix: str) -> dict[str, float]:
+    metrics = report.flat_metrics(prefix, retrieval_metrics(sim, bank.caption_video))
+    metrics.update(_ceiling(sim, bank, k, prefix))
+    return metrics
+
+
+def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[TemporalHead, str]:
+    """Train the CLIP4Clip seqTransf head on cached frame embeddings; returns it + its id."""
+    head = TemporalHead.from_config(cfg.stage1, train.video_cls.shape[-1],
+                                    train.video_cls.shape[1])
+
+    def on_epoch_end(epoch: int, record: dict, _head) -> None:
+        mlflow.log_metrics({f"stage1_train/{k}": float(v) for k, v in record.items()
+                            if isinstance(v, int | float) and k != "epoch"}, step=epoch)
+
+    history = train_temporal_head(head, train, cfg.stage1, device=_device(),
+                                  on_epoch_end=on_epoch_end)
+    mlflow.log_figure(report.training_curve_figure(history, "stage-1 seqTransf training"),
+                      "figures/stage1_training_curve.png")
+    path = run_dir / "stage1_seqtransf.pt"
+    torch.save({"state_dict": head.state_dict(), "stage1": cfg.stage1.model_dump(),
+                "embed_dim": head.embed_dim, "num_frames": head.num_frames}, path)
+    if cfg.tracking.log_model:
+        mlflow.pytorch.log_model(head.cpu(), name="stage1_seqtransf",
+                                 serialization_format="pickle")
+    return head.eval(), f"seqTransf|{mlflow.active_run().info.run_id}"
+
+
+def _export_candidates(index, model_id: str, split: str, bank, sim: torch.Tensor, k: int):
+    """Each caption's top-K videos and each video's top-K captions, for hard negatives."""
+    scores, top = top_k_candidates(sim, k)
+    index.write_stage1_candidates(model_id, split, "caption", bank.caption_ids,
+                                  [[bank.video_ids[i] for i in row] for row in top.tolist()],
+                                  scores.numpy())
+    scores, top = top_k_candidates(sim.T, k)
+    index.write_stage1_candidates(model_id, split, "video", bank.video_ids,
+                                  [[bank.caption_ids[i] for i in row] for row in top.tolist()],
+                                  scores.numpy())
+
+
 def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_run_id: str
                ) -> Stage1Ref:
-    """meanP cosine similarities for train (hard negatives) and test (evaluation)."""
+    """Stage-1 similarities for train (hard negatives) and test (evaluation).
+
+    meanP is always computed as the zero-shot baseline; seqTransf trains a temporal head on
+    the cached train tokens; external reads another retriever's test matrix (train negatives
+    then come from meanP). DSL, when on, re-weights the test matrix only.
+    """
+    torch.set_num_threads(cfg.train.torch_threads)
+    s1, k = cfg.stage1, cfg.eval.top_k
     index = index_ref.open()
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
+    banks = {split: index.load_token_bank(split) for split in (TRAIN_SPLIT, TEST_SPLIT)}
+    for split, bank in banks.items():
+        if bank.num_videos == 0 or bank.num_captions == 0:
+            raise ValueError(f"split '{split}': no indexed videos or captions in {index.uri}")
+    train, test = banks[TRAIN_SPLIT], banks[TEST_SPLIT]
     with step_run(cfg, parent_run_id, "stage1"):
+        mlflow.log_params({"stage1.num_test_captions": test.num_captions,
+                           "stage1.num_test_videos": test.num_videos})
+        sims = {split: meanp_similarity(bank) for split, bank in banks.items()}
+        metrics = _stage1_metrics(sims[TEST_SPLIT], test, k, "stage1_meanP")
+        model_id = f"meanP|{index_ref.encoder_id}"
+        if s1.method == "seqTransf":
+            head, model_id = _train_seqtransf(cfg, train, out)
+            sims = {split: temporal_similarity(head, bank, device=_device())
+                    for split, bank in banks.items()}
+        elif s1.method == "external":
+            if not (s1.external_similarity and s1.external_caption_ids and s1.external_video_ids):
+                raise ValueError("stage1.method=external needs stage1.external_similarity, "
+                                 "stage1.external_caption_ids and stage1.external_video_ids")
+            sims[TEST_SPLIT] = load_external_similarity(
+                s1.external_similarity, s1.external_caption_ids, s1.external_video_ids,
+                test.caption_ids, test.video_ids)
+            model_id = f"external|{Path(s1.external_similarity).name}"
+        if s1.dual_softmax:
+            sims[TEST_SPLIT] = dual_softmax(sims[TEST_SPLIT], s1.dual_softmax_temperature)
+        metrics.update(_stage1_metrics(sims[TEST_SPLIT], test, k, "stage1"))
         paths = {}
-        for split in (TRAIN_SPLIT, TEST_SPLIT):
-            bank = index.load_token_bank(split)
-            if bank.num_videos == 0 or bank.num_captions == 0:
-                raise ValueError(f"split '{split}': no indexed videos or captions in {index.uri}")
-            sim = meanp_similarity(bank)
+        for split, bank in banks.items():
             paths[split] = str(out / f"stage1_{split}.pt")
-            torch.save(sim, paths[split])
-            if split == TEST_SPLIT:
-                metrics = report.flat_metrics("stage1", retrieval_metrics(sim, bank.caption_video))
-                ranks = text_to_video_ranks(sim, bank.caption_video)
-                k = cfg.eval.top_k
-                metrics[f"stage1/t2v_recall_at_{k}"] = float(100.0 * np.mean(ranks < k))
-        mlflow.log_params({"stage1.num_test_captions": bank.num_captions,
-                           "stage1.num_test_videos": bank.num_videos})
+            torch.save(sims[split], paths[split])
+            _export_candidates(index, model_id, split, bank, sims[split], k)
+        mlflow.set_tag("crosstvr.stage1_model_id", model_id)
         mlflow.log_metrics(metrics)
     log_metrics_to(parent_run_id, metrics)
     return Stage1Ref(paths, metrics)

@@ -41,6 +41,8 @@ def test_flow_logs_every_metric_to_a_parent_run(flow_result):
     client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     parent = client.get_run(result["mlflow_run_id"])
     assert parent.data.metrics["twostage/t2v_R1"] == pytest.approx(metrics["twostage/t2v_R1"])
+    assert "stage1_meanP/t2v_R1" in parent.data.metrics  # zero-shot baseline beside seqTransf
+    assert "stage1/t2v_recall_at_5" in parent.data.metrics  # the re-ranker's ceiling (K=5)
     assert parent.data.params["train.epochs"] == "2"  # the full resolved config
     assert parent.data.params["encoder.name"] == "crosstvr-tiny-vit"
     assert "prefect.flow_run_id" in parent.data.tags
@@ -72,6 +74,21 @@ def test_logged_stage1_metrics_recompute_from_the_saved_similarity(flow_result):
     assert result["metrics"]["stage1/t2v_R5"] == pytest.approx(expected["t2v"]["R5"])
     assert result["metrics"]["stage1/v2t_MnR"] == pytest.approx(expected["v2t"]["MnR"])
     assert np.isfinite(list(result["metrics"].values())).all()
+
+
+def test_stage1_candidates_are_exported_for_hard_negatives(flow_result):
+    import lancedb
+
+    from crosstvr_core.config import load_config
+
+    home, _, _ = flow_result
+    cfg = load_config(TINY_CONFIG, [f"home={home}"])
+    table = lancedb.connect(cfg.lance_uri).open_table("stage1_candidates").to_arrow()
+    rows = table.to_pylist()
+    captions = [r for r in rows if r["query_kind"] == "caption" and r["split"] == "train"]
+    assert captions and all(len(r["candidate_ids"]) == cfg.eval.top_k for r in captions)
+    assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in captions)
+    assert all(r["stage1_model_id"].startswith("seqTransf|") for r in rows)
 
 
 def test_rerunning_the_flow_skips_unchanged_videos(flow_result):

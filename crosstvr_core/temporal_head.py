@@ -1,0 +1,126 @@
+"""Stage 1, trained: CLIP4Clip's "seqTransf" temporal head over frozen frame embeddings.
+
+meanP cannot see frame order (a door opening and closing pool to the same vector). The head
+runs a small transformer over the sequence of frame CLS embeddings with learned frame
+positions and adds its output to the frames as a residual before the masked mean, as in
+CLIP4Clip. Unlike CLIP4Clip the residual branch is scaled by a per-channel gate that starts
+at zero (LayerScale / ReZero), so an untrained head IS meanP and training starts from the
+zero-shot baseline instead of from a random perturbation of it.
+
+The text side stays frozen and parameter-free: a caption is its cached EOT embedding,
+L2-normalised (`encode_text`). No text adapter: the stage-1 text embedding then stays the
+exact CLIP one that meanP uses, and a head can only move videos, never re-map queries.
+
+`dual_softmax` is the inference-only DSL re-weighting (CAMoE / DSL).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crosstvr_core.config import Stage1Config
+
+# CLIP's temperature: init 1/0.07, the scale never exceeds 100.
+LOGIT_SCALE_INIT = math.log(1.0 / 0.07)
+LOGIT_SCALE_MAX = 100.0
+
+
+class TemporalHead(nn.Module):
+    """Frame CLS embeddings [B, F, D] + frame mask [B, F] -> unit video embeddings [B, D]."""
+
+    # 1-D parameters AdamW must not decay (also every bias and LayerNorm weight)
+    _NO_DECAY = ("frame_position", "residual_gate", "logit_scale")
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_frames: int,
+        num_layers: int,
+        num_heads: int,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"TemporalHead: embed_dim {embed_dim} not divisible by {num_heads}")
+        self.embed_dim, self.num_frames = embed_dim, num_frames
+        self.num_layers, self.num_heads = num_layers, num_heads
+        self.frame_position = nn.Parameter(torch.randn(num_frames, embed_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            embed_dim,
+            num_heads,
+            dim_feedforward=4 * embed_dim,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # nested tensors are unsupported with pre-LN; the final norm closes the pre-LN stack
+        self.transformer = nn.TransformerEncoder(
+            layer, num_layers, norm=nn.LayerNorm(embed_dim), enable_nested_tensor=False
+        )
+        # zero gate: output = frames exactly, so the untrained head equals meanP
+        self.residual_gate = nn.Parameter(torch.zeros(embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+
+    @classmethod
+    def from_config(cls, cfg: Stage1Config, embed_dim: int, num_frames: int) -> TemporalHead:
+        """A head initialised from cfg.seed, without touching the global RNG."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return cls(embed_dim, num_frames, cfg.num_layers, cfg.num_heads)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at 100 (CLIP)."""
+        return self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay weight matrices only."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            plain = param.ndim < 2 or name in self._NO_DECAY
+            (no_decay if plain else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    @staticmethod
+    def encode_text(text_eot: torch.Tensor) -> torch.Tensor:
+        """Frozen text side: cached EOT embeddings [T, D] -> float32 unit vectors [T, D]."""
+        return F.normalize(text_eot.float(), dim=-1)
+
+    def forward(self, frame_cls: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """frame_cls [B, F, D], frame_mask [B, F] (True = real frame) -> float32 [B, D]."""
+        frames = frame_cls.shape[1]
+        if frames > self.num_frames:
+            raise ValueError(f"TemporalHead: {frames} frames, built for {self.num_frames}")
+        mask = frame_mask.bool()
+        x = F.normalize(frame_cls.float(), dim=-1)  # [B, F, D], as meanP
+        # a clip with no real frame would make attention NaN: let it attend to its padding
+        # (its pooled embedding is zero whatever the transformer says)
+        padding = ~mask & mask.any(dim=1, keepdim=True)  # [B, F], True = ignore
+        hidden = self.transformer(x + self.frame_position[:frames], src_key_padding_mask=padding)
+        x = F.normalize(x + self.residual_gate * hidden.float(), dim=-1)  # [B, F, D]
+        weights = mask.float().unsqueeze(-1)  # [B, F, 1]
+        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, D]
+        return F.normalize(pooled, dim=-1)
+
+
+def dual_softmax(sim: torch.Tensor, temperature: float) -> torch.Tensor:
+    """DSL re-weighting of a text x video similarity [T, V] -> [T, V] (inference only).
+
+    out[t, v] = sim[t, v] * softmax_t(sim[:, v] / temperature)[t]: each score is multiplied
+    by a prior over the TEXT axis (dim 0), i.e. how much query t stands out among all
+    queries for video v. A "hub" video close to every query spreads its prior thin and is
+    demoted. Text->video ranking is read along rows of the result, as for `sim`.
+    It needs the whole query set at once (transductive) and changes the scale of the
+    scores; training never uses it.
+    """
+    sim = sim.float()
+    return sim * torch.softmax(sim / temperature, dim=0)

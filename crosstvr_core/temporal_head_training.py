@@ -1,0 +1,171 @@
+"""Training the seqTransf temporal head on cached frame embeddings, and scoring with it.
+
+Both read only a TokenBank (frame CLS + caption EOT embeddings): the frozen encoder ran once
+when the bank was filled, so an epoch is a few small transformer passes, not a CLIP pass.
+
+Loss: CLIP's symmetric InfoNCE over the in-batch caption x video similarity times
+exp(logit_scale). A batch is a shuffled slice of caption rows, so two captions of one video
+can meet: each distinct video is encoded once and is one column of text->video, and in
+video->text a video's other captions are masked as false negatives (never sampled away).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from crosstvr_core.config import Stage1Config
+from crosstvr_core.reranker_training import _autocast, warmup_cosine
+from crosstvr_core.temporal_head import TemporalHead
+from crosstvr_core.token_bank import TokenBank
+
+EpochCallback = Callable[[int, dict, TemporalHead], None]
+GRAD_CLIP = 1.0
+
+
+def contrastive_loss(
+    text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE of captions [B, D] vs the batch's distinct videos [U, D] (unit
+    vectors); caption_video [B] is the column of each caption's video.
+
+    text->video: each caption against the U videos, each counted once. video->text: for
+    each caption, its video against the B captions, the video's other captions masked as
+    false negatives (a video with n captions gives n rows, one per positive).
+    """
+    logits = scale * (text @ video.T)  # [B, U]
+    t2v = F.cross_entropy(logits, caption_video)
+    by_video = logits.T[caption_video]  # [B, B]: row j = the video of caption j vs captions
+    same = caption_video[:, None] == caption_video[None, :]  # [B, B]
+    false_negative = same & ~torch.eye(len(same), dtype=torch.bool, device=same.device)
+    by_video = by_video.masked_fill(false_negative, float("-inf"))
+    target = torch.arange(len(by_video), device=by_video.device)
+    return 0.5 * (t2v + F.cross_entropy(by_video, target))
+
+
+def train_temporal_head(
+    head: TemporalHead,
+    bank: TokenBank,
+    cfg: Stage1Config,
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train `head` on the bank's caption/video pairs; no encoder is involved.
+
+    Seeded by cfg.seed (caption order; the global seed too, for dropout): the same head
+    init, bank and cfg give the same result on CPU. Returns one record per epoch (epoch
+    counts from 1, as passed to `on_epoch_end`, which may switch the head to eval: each
+    epoch switches it back); the head is left in eval mode on `device`.
+    """
+    device = torch.device(device)
+    num_captions = bank.num_captions
+    if bank.num_videos < 2:
+        raise ValueError("train_temporal_head: need at least 2 training videos")
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    head.to(device)
+    # the bank's embeddings are small (fp16, one vector per frame / caption): move them once
+    video_cls = bank.video_cls.to(device)  # [V, F, D]
+    frame_mask = bank.frame_mask.to(device)  # [V, F]
+    text = head.encode_text(bank.text_eot.to(device))  # [T, D], frozen
+    caption_video = bank.caption_video.to(device)  # [T]
+
+    steps_per_epoch = math.ceil(num_captions / cfg.batch_size)
+    optimizer = torch.optim.AdamW(head.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
+    )
+
+    history: list[dict] = []
+    for epoch in range(1, cfg.epochs + 1):
+        head.train()
+        start = time.perf_counter()
+        order = torch.randperm(num_captions, generator=generator).to(device)
+        total = torch.zeros((), device=device)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"seqTransf epoch {epoch}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for step in bar:
+            rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # [B]
+            videos = caption_video[rows]  # [B]
+            unique, inverse = torch.unique(videos, return_inverse=True)  # [U], [B]
+            with _autocast(device):
+                video = head(video_cls[unique], frame_mask[unique])  # [U, D]
+            loss = contrastive_loss(text[rows], video, inverse, head.scale())
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), GRAD_CLIP)
+            optimizer.step()
+            schedule.step()
+            total += loss.detach()
+            if progress:  # one device sync per step only when someone watches
+                bar.set_postfix(loss=f"{total.item() / (step + 1):.4f}")
+        bar.close()
+
+        seconds = time.perf_counter() - start
+        record = {
+            "epoch": epoch,
+            "loss": total.item() / steps_per_epoch,
+            "lr": schedule.get_last_lr()[0],
+            "logit_scale": head.scale().item(),  # the multiplier exp(logit_scale), <= 100
+            "residual_gate": head.residual_gate.detach().abs().mean().item(),  # 0 = meanP
+            "seconds": seconds,
+            "captions_per_second": num_captions / seconds,
+        }
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record, head)
+    head.eval()
+    return history
+
+
+def temporal_video_embeddings(
+    head: TemporalHead,
+    bank: TokenBank,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Unit video embeddings [V, D] (float32, on `device`); eval mode, no grad, batched.
+    The head's train/eval mode is restored."""
+    device = torch.device(device)
+    was_training = head.training
+    head.to(device).eval()
+    out = torch.empty(bank.num_videos, head.embed_dim, device=device)
+    # inference mode only around the forward: moving the head inside it would turn its
+    # parameters into inference tensors that a later training step cannot use
+    with torch.inference_mode():
+        for start in range(0, bank.num_videos, batch_size):
+            rows = slice(start, start + batch_size)
+            frames = bank.video_cls[rows].to(device)  # [b, F, D]
+            with _autocast(device):
+                out[rows] = head(frames, bank.frame_mask[rows].to(device))
+    head.train(was_training)
+    return out
+
+
+def temporal_similarity(
+    head: TemporalHead,
+    bank_text: TokenBank,
+    bank_video: TokenBank | None = None,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Cosine similarity [T, V] (float32, CPU) of frozen caption embeddings vs the head's
+    video embeddings. Raw cosine: apply `dual_softmax` on top if the config asks for it."""
+    bank_video = bank_text if bank_video is None else bank_video
+    video = temporal_video_embeddings(head, bank_video, batch_size=batch_size, device=device)
+    text = head.encode_text(bank_text.text_eot.to(video.device))  # [T, D]
+    return (text @ video.T).cpu()

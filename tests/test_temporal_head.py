@@ -1,0 +1,219 @@
+"""Fast checks of the seqTransf temporal head, dual softmax and the head's training loop."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crosstvr_core.config import Stage1Config
+from crosstvr_core.metrics import retrieval_metrics
+from crosstvr_core.stage1 import mean_pooled_video_embeddings, meanp_similarity
+from crosstvr_core.temporal_head import TemporalHead, dual_softmax
+from crosstvr_core.temporal_head_training import (
+    contrastive_loss,
+    temporal_similarity,
+    train_temporal_head,
+)
+from crosstvr_core.token_bank import TokenBank
+
+FRAMES, EMBED = 4, 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads; spinning threads slow shared cores down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_bank(
+    video_cls: torch.Tensor,
+    frame_mask: torch.Tensor,
+    text_eot: torch.Tensor,
+    caption_video: torch.Tensor,
+) -> TokenBank:
+    """A bank with only what stage 1 reads (patch and text tokens are 1-wide dummies)."""
+    num_videos, frames = frame_mask.shape
+    num_captions = text_eot.shape[0]
+    return TokenBank(
+        video_ids=[f"v{i}" for i in range(num_videos)],
+        video_cls=video_cls.half(),
+        video_patches=torch.zeros(num_videos, frames, 1, 1, dtype=torch.half),
+        frame_mask=frame_mask,
+        caption_ids=[f"c{i}" for i in range(num_captions)],
+        text_eot=text_eot.half(),
+        text_tokens=torch.zeros(num_captions, 1, 1, dtype=torch.half),
+        text_mask=torch.ones(num_captions, 1, dtype=torch.bool),
+        caption_video=caption_video,
+    )
+
+
+def random_bank(num_videos: int = 8, captions_per_video: int = 2, seed: int = 0) -> TokenBank:
+    gen = torch.Generator().manual_seed(seed)
+    frame_mask = torch.ones(num_videos, FRAMES, dtype=torch.bool)
+    frame_mask[::2, -1] = False  # every other clip is one frame short
+    frame_mask[1, 1:] = False  # and one has a single frame
+    return make_bank(
+        torch.randn(num_videos, FRAMES, EMBED, generator=gen),
+        frame_mask,
+        torch.randn(num_videos * captions_per_video, EMBED, generator=gen),
+        torch.arange(num_videos).repeat_interleave(captions_per_video),
+    )
+
+
+def order_bank(num_contents: int, seed: int, captions_per_video: int = 2) -> TokenBank:
+    """Frame order is the only difference: content k appears as two videos, frames
+    [k+a, k+b] ("opening") and [k+b, k+a] ("closing"); a caption is k +/- o. The two
+    videos of one content mean-pool to the same vector, up to noise, so meanP guesses."""
+    dim = 32
+    basis = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(7)))[0]
+    a, b, o, rest = basis[:, 0], basis[:, 1], basis[:, 2], basis[:, 3:]  # orthonormal
+    gen = torch.Generator().manual_seed(seed)
+    content = F.normalize(torch.randn(num_contents, dim - 3, generator=gen) @ rest.T, dim=-1)
+    frames, texts, caption_video = [], [], []
+    for k in range(num_contents):
+        for opening in (True, False):
+            order = (a, b) if opening else (b, a)
+            noise = 0.05 * torch.randn(2, dim, generator=gen)
+            frames.append(torch.stack([content[k] + order[0], content[k] + order[1]]) + noise)
+            for _ in range(captions_per_video):
+                noise = 0.05 * torch.randn(dim, generator=gen)
+                texts.append(content[k] + (o if opening else -o) + noise)
+                caption_video.append(len(frames) - 1)
+    return make_bank(
+        torch.stack(frames),  # [V, 2, D]
+        torch.ones(len(frames), 2, dtype=torch.bool),
+        torch.stack(texts),  # [T, D]
+        torch.tensor(caption_video),
+    )
+
+
+def perturbed_head(seed: int = 0) -> TemporalHead:
+    """A head whose residual branch is on (the untrained one is meanP by construction)."""
+    torch.manual_seed(seed)
+    head = TemporalHead(EMBED, FRAMES, num_layers=2, num_heads=2).eval()
+    with torch.no_grad():
+        head.residual_gate.fill_(1.0)
+    return head
+
+
+def small_cfg(**overrides) -> Stage1Config:
+    values = {"num_layers": 1, "num_heads": 2, "epochs": 3, "batch_size": 8, "lr": 3e-3}
+    return Stage1Config(**{**values, **overrides})
+
+
+def test_shapes_and_unit_norm() -> None:
+    bank = random_bank()
+    head = perturbed_head()
+    out = head(bank.video_cls.float(), bank.frame_mask)
+    assert out.shape == (bank.num_videos, EMBED) and out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(bank.num_videos))
+    sim = temporal_similarity(head, bank, batch_size=3)  # batches of 3 videos
+    assert sim.shape == (bank.num_captions, bank.num_videos)
+    with pytest.raises(ValueError, match="frames"):
+        head(torch.randn(2, FRAMES + 1, EMBED), torch.ones(2, FRAMES + 1, dtype=torch.bool))
+
+
+def test_padded_frames_do_not_change_the_embedding() -> None:
+    head = perturbed_head()
+    frames = torch.randn(3, FRAMES, EMBED)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    garbage = frames.clone()
+    garbage[~mask] = 100.0 * torch.randn(int((~mask).sum()), EMBED)
+    with torch.no_grad():
+        out = head(frames, mask)
+        torch.testing.assert_close(head(garbage, mask), out)
+        # and padding == simply not having the frames
+        torch.testing.assert_close(head(frames[:1, :2], mask[:1, :2]), out[:1])
+        # a clip without a single real frame stays finite
+        assert torch.isfinite(head(frames[:1], torch.zeros(1, FRAMES, dtype=torch.bool))).all()
+
+
+def test_untrained_head_is_meanp() -> None:
+    bank = random_bank()
+    head = TemporalHead.from_config(small_cfg(num_layers=2), EMBED, FRAMES)
+    with torch.no_grad():
+        out = head(bank.video_cls.float(), bank.frame_mask)
+    torch.testing.assert_close(out, mean_pooled_video_embeddings(bank), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        temporal_similarity(head, bank), meanp_similarity(bank), atol=1e-6, rtol=1e-5
+    )
+
+
+def test_from_config_is_seeded_and_leaves_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    one = TemporalHead.from_config(small_cfg(seed=3), EMBED, FRAMES)
+    two = TemporalHead.from_config(small_cfg(seed=3), EMBED, FRAMES)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for p, q in zip(one.parameters(), two.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_dual_softmax_demotes_a_hub_video() -> None:
+    # video 0 is close to every caption; captions 1 and 2 belong to videos 1 and 2
+    sim = torch.tensor([[0.90, 0.10, 0.10], [0.90, 0.80, 0.20], [0.90, 0.20, 0.80]])
+    assert sim.argmax(dim=1).tolist() == [0, 0, 0]
+    out = dual_softmax(sim, temperature=0.05)
+    assert out.shape == sim.shape
+    assert out.argmax(dim=1).tolist() == [0, 1, 2]
+    assert retrieval_metrics(out)["t2v"]["R1"] == 100.0 > retrieval_metrics(sim)["t2v"]["R1"]
+
+
+def test_contrastive_loss_with_two_captions_of_one_video() -> None:
+    text = F.normalize(torch.randn(4, EMBED), dim=-1)
+    video = F.normalize(torch.randn(3, EMBED), dim=-1)  # the batch's distinct videos
+    caption_video = torch.tensor([0, 0, 1, 2])  # captions 0 and 1 share video 0
+    loss = contrastive_loss(text, video, caption_video, torch.tensor(10.0))
+    # text->video: over the 3 distinct videos, no duplicate column
+    t2v = F.cross_entropy(10.0 * text @ video.T, caption_video)
+    # video->text: video 0 once per caption, the other caption masked out
+    by_video = 10.0 * video[caption_video] @ text.T  # [4, 4]
+    by_video[0, 1] = by_video[1, 0] = float("-inf")
+    v2t = F.cross_entropy(by_video, torch.arange(4))
+    torch.testing.assert_close(loss, 0.5 * (t2v + v2t))
+
+
+def test_training_learns_frame_order_that_meanp_cannot_see() -> None:
+    train, test = order_bank(32, seed=0), order_bank(16, seed=1)
+    meanp = retrieval_metrics(meanp_similarity(test), test.caption_video)["t2v"]["R1"]
+    head = TemporalHead.from_config(small_cfg(), train.video_cls.shape[-1], 2)
+    history = train_temporal_head(head, train, small_cfg(epochs=8, batch_size=32), progress=False)
+    trained = retrieval_metrics(temporal_similarity(head, test), test.caption_video)["t2v"]["R1"]
+    assert meanp < 75.0  # a coin flip between the two orders
+    assert trained >= 95.0  # held-out contents: the head learned order, not the pairs
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert not head.training
+
+
+def test_training_is_deterministic_and_reports_each_epoch() -> None:
+    bank = random_bank()
+    cfg = small_cfg()
+    seen: list[int] = []
+
+    def run() -> tuple[list[dict], TemporalHead]:
+        head = TemporalHead.from_config(cfg, EMBED, FRAMES)
+        history = train_temporal_head(
+            head, bank, cfg, progress=False, on_epoch_end=lambda e, r, h: seen.append(e)
+        )
+        return history, head
+
+    (first, head_one), (second, head_two) = run(), run()
+    assert seen == [1, 2, 3, 1, 2, 3]
+    assert [r["loss"] for r in first] == [r["loss"] for r in second]
+    for p, q in zip(head_one.parameters(), head_two.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert {"epoch", "loss", "seconds", "logit_scale", "lr"} <= first[-1].keys()
+    assert 0 < first[-1]["logit_scale"] <= 100.0
+    assert first[-1]["residual_gate"] > 0  # training moved off meanP
+
+
+def test_training_reads_only_the_bank() -> None:
+    """No encoder in the signature: the head trains on cached embeddings alone."""
+    params = set(inspect.signature(train_temporal_head).parameters)
+    assert params == {"head", "bank", "cfg", "device", "on_epoch_end", "progress"}
