@@ -100,3 +100,36 @@ def test_rerunning_the_flow_skips_unchanged_videos(flow_result):
     metrics = client.get_run(again["mlflow_run_id"]).data.metrics
     assert metrics["index/videos_ok"] == 0 and metrics["index/videos_skip"] > 0
     assert metrics["index/captions_encoded"] == 0
+
+
+def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeypatch):
+    """Train both heads again from the Lance cache with every encoder entry point disabled."""
+    import open_clip
+
+    from crosstvr_core.config import load_config
+    from crosstvr_core.encoder import FrozenEncoder
+    from tasks.index import IndexRef, load_encoder, token_shapes
+    from tasks.retrieval import run_stage1, run_train_reranker
+    from tasks.tracking import parent_run
+
+    home, _, _ = flow_result
+    cfg = load_config(TINY_CONFIG, [f"home={home}", "train.epochs=1", "stage1.epochs=1"])
+    encoder = load_encoder(cfg)
+    index = TokenIndex(cfg.lance_uri, encoder.encoder_id, token_shapes(cfg, encoder))
+    ref = IndexRef(index.uri, encoder.encoder_id, token_shapes(cfg, encoder).__dict__,
+                   index.versions(), {})
+    calls = []
+
+    def forbidden(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the frozen encoder was called during training")
+
+    for name in ("encode_frames", "encode_captions", "_image_tokens"):
+        monkeypatch.setattr(FrozenEncoder, name, forbidden)
+    monkeypatch.setattr(open_clip, "create_model", forbidden)
+    with parent_run(cfg, "no-encoder-check", {}) as parent_id:
+        run_dir = str(home / "runs" / "no-encoder")
+        stage1 = run_stage1(cfg, ref, run_dir, parent_id)
+        reranker = run_train_reranker(cfg, ref, stage1, run_dir, parent_id)
+    assert calls == []
+    assert stage1.metrics["stage1/t2v_R1"] >= 0 and reranker.checkpoint.endswith("reranker.pt")
