@@ -42,6 +42,9 @@ class DataConfig(_Section):
     num_train_videos: int = Field(1200, ge=1)
     num_test_groups: int = Field(60, ge=1)
     captions_per_train_video: int = Field(3, ge=1)
+    # generated: "shared" lets test scenes recur in training (other background, noise,
+    # caption); "disjoint" keeps them out (compositional generalisation, much harder)
+    train_scenes: Literal["shared", "disjoint"] = "shared"
     frame_size: int = Field(64, ge=16)
     rendered_frames: int = Field(16, ge=2)
     fps: int = Field(8, ge=1)
@@ -98,6 +101,8 @@ class Stage1Config(_Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
+    # a trainable adapter over the cached caption tokens (the text encoder stays frozen)
+    text_adapter: bool = True
     # dual softmax (DSL) re-normalisation of the similarity at inference
     dual_softmax: bool = False
     dual_softmax_temperature: float = Field(0.01, gt=0)

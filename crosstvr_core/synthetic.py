@@ -212,14 +212,19 @@ def _order_group(rng: np.random.Generator) -> dict[str, tuple]:
 
 
 def make_benchmark_specs(
-    num_train_videos: int, num_test_groups: int, seed: int = 0
+    num_train_videos: int, num_test_groups: int, seed: int = 0, train_scenes: str = "shared"
 ) -> list[VideoSpec]:
     """Train specs then test specs (group by group: base, colour, position, direction/order).
 
     Test groups alternate motion/order; every test scene is distinct. Train scenes are drawn
-    uniformly (kind by a coin flip) from the scenes no test video shows, falling back to all
-    scenes of a kind only if the test set uses every one of them.
+    uniformly (kind by a coin flip) from every scene ("shared": a test scene may recur in
+    training with another background, noise and caption, as concepts recur between the
+    splits of real datasets; the test videos themselves never do) or from the scenes no test
+    video shows ("disjoint": compositional generalisation; only 24 motion scenes remain for
+    training at 60 test groups), falling back to all scenes of a kind if none are left.
     """
+    if train_scenes not in ("shared", "disjoint"):
+        raise ValueError(f"train_scenes must be 'shared' or 'disjoint', got {train_scenes!r}")
     if num_train_videos < 0:
         raise ValueError(f"num_train_videos must be >= 0, got {num_train_videos}")
     if num_test_groups < 0:
@@ -262,7 +267,7 @@ def make_benchmark_specs(
     for kind in KINDS:
         every = _all_contents(kind)
         free = [objs for objs in every if (kind, objs) not in used]
-        pools[kind] = free or every
+        pools[kind] = (free or every) if train_scenes == "disjoint" else every
     train = []
     for i in range(num_train_videos):
         kind = KINDS[int(train_rng.integers(2))]

@@ -7,9 +7,10 @@ CLIP4Clip. Unlike CLIP4Clip the residual branch is scaled by a per-channel gate 
 at zero (LayerScale / ReZero), so an untrained head IS meanP and training starts from the
 zero-shot baseline instead of from a random perturbation of it.
 
-The text side stays frozen and parameter-free: a caption is its cached EOT embedding,
-L2-normalised (`encode_text`). No text adapter: the stage-1 text embedding then stays the
-exact CLIP one that meanP uses, and a head can only move videos, never re-map queries.
+The text encoder stays frozen too, but CLIP4Clip fine-tunes it and a frozen EOT embedding
+alone cannot be re-mapped: with `text_width` given, a small gated adapter runs over the
+cached caption token features and adds to the EOT embedding (`encode_text`). Its gate also
+starts at zero, so the untrained head is still exactly meanP on both sides.
 
 `dual_softmax` is the inference-only DSL re-weighting (CAMoE / DSL).
 """
@@ -33,7 +34,7 @@ class TemporalHead(nn.Module):
     """Frame CLS embeddings [B, F, D] + frame mask [B, F] -> unit video embeddings [B, D]."""
 
     # 1-D parameters AdamW must not decay (also every bias and LayerNorm weight)
-    _NO_DECAY = ("frame_position", "residual_gate", "logit_scale")
+    _NO_DECAY = ("frame_position", "residual_gate", "logit_scale", "text_gate", "text_position")
 
     def __init__(
         self,
@@ -42,6 +43,8 @@ class TemporalHead(nn.Module):
         num_layers: int,
         num_heads: int,
         dropout: float = 0.0,
+        text_width: int = 0,
+        context_length: int = 0,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -65,13 +68,31 @@ class TemporalHead(nn.Module):
         # zero gate: output = frames exactly, so the untrained head equals meanP
         self.residual_gate = nn.Parameter(torch.zeros(embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        self.text_width, self.context_length = text_width, context_length
+        if text_width:
+            # text adapter: cached token features [L, Wt] -> a residual on the EOT embedding
+            self.text_in = nn.Sequential(nn.LayerNorm(text_width), nn.Linear(text_width, embed_dim))
+            self.text_position = nn.Parameter(torch.randn(context_length, embed_dim) * 0.02)
+            self.text_transformer = nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(
+                    embed_dim, num_heads, dim_feedforward=4 * embed_dim, dropout=dropout,
+                    activation="gelu", batch_first=True, norm_first=True,
+                ),
+                num_layers, norm=nn.LayerNorm(embed_dim), enable_nested_tensor=False,
+            )
+            self.text_gate = nn.Parameter(torch.zeros(embed_dim))
 
     @classmethod
-    def from_config(cls, cfg: Stage1Config, embed_dim: int, num_frames: int) -> TemporalHead:
+    def from_config(
+        cls, cfg: Stage1Config, embed_dim: int, num_frames: int, text_width: int = 0,
+        context_length: int = 0,
+    ) -> TemporalHead:
         """A head initialised from cfg.seed, without touching the global RNG."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            return cls(embed_dim, num_frames, cfg.num_layers, cfg.num_heads)
+            return cls(embed_dim, num_frames, cfg.num_layers, cfg.num_heads,
+                       text_width=text_width if cfg.text_adapter else 0,
+                       context_length=context_length if cfg.text_adapter else 0)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at 100 (CLIP)."""
@@ -90,10 +111,25 @@ class TemporalHead(nn.Module):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
-    @staticmethod
-    def encode_text(text_eot: torch.Tensor) -> torch.Tensor:
-        """Frozen text side: cached EOT embeddings [T, D] -> float32 unit vectors [T, D]."""
-        return F.normalize(text_eot.float(), dim=-1)
+    def encode_text(
+        self, text_eot: torch.Tensor, text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Cached EOT embeddings [T, D] (+ token features [T, L, Wt] and mask [T, L] when the
+        head has a text adapter) -> float32 unit vectors [T, D]."""
+        base = F.normalize(text_eot.float(), dim=-1)  # [T, D]
+        if not self.text_width:
+            return base
+        if text_tokens is None or text_mask is None:
+            raise ValueError("TemporalHead: this head has a text adapter; pass text_tokens "
+                             "and text_mask")
+        mask = text_mask.bool()  # [T, L]
+        length = text_tokens.shape[1]
+        x = self.text_in(text_tokens.float()) + self.text_position[:length]  # [T, L, D]
+        x = self.text_transformer(x, src_key_padding_mask=~mask)  # [T, L, D]
+        weights = mask.float().unsqueeze(-1)  # [T, L, 1]
+        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [T, D]
+        return F.normalize(base + self.text_gate * pooled, dim=-1)
 
     def forward(self, frame_cls: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """frame_cls [B, F, D], frame_mask [B, F] (True = real frame) -> float32 [B, D]."""

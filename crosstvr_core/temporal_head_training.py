@@ -74,7 +74,8 @@ def train_temporal_head(
     # the bank's embeddings are small (fp16, one vector per frame / caption): move them once
     video_cls = bank.video_cls.to(device)  # [V, F, D]
     frame_mask = bank.frame_mask.to(device)  # [V, F]
-    text = head.encode_text(bank.text_eot.to(device))  # [T, D], frozen
+    text_eot = bank.text_eot.to(device)  # [T, D]
+    text_tokens, text_mask = bank.text_tokens.to(device), bank.text_mask.to(device)
     caption_video = bank.caption_video.to(device)  # [T]
 
     steps_per_epoch = math.ceil(num_captions / cfg.batch_size)
@@ -101,7 +102,8 @@ def train_temporal_head(
             unique, inverse = torch.unique(videos, return_inverse=True)  # [U], [B]
             with _autocast(device):
                 video = head(video_cls[unique], frame_mask[unique])  # [U, D]
-            loss = contrastive_loss(text[rows], video, inverse, head.scale())
+                text = head.encode_text(text_eot[rows], text_tokens[rows], text_mask[rows])
+            loss = contrastive_loss(text.float(), video.float(), inverse, head.scale())
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -167,5 +169,25 @@ def temporal_similarity(
     video embeddings. Raw cosine: apply `dual_softmax` on top if the config asks for it."""
     bank_video = bank_text if bank_video is None else bank_video
     video = temporal_video_embeddings(head, bank_video, batch_size=batch_size, device=device)
-    text = head.encode_text(bank_text.text_eot.to(video.device))  # [T, D]
+    text = temporal_text_embeddings(head, bank_text, batch_size=batch_size, device=video.device)
     return (text @ video.T).cpu()
+
+
+def temporal_text_embeddings(
+    head: TemporalHead, bank: TokenBank, *, batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Unit caption embeddings [T, D] (float32, on `device`), batched, no grad."""
+    device = torch.device(device)
+    was_training = head.training
+    head.to(device).eval()
+    out = torch.empty(bank.num_captions, head.embed_dim, device=device)
+    with torch.inference_mode():
+        for start in range(0, bank.num_captions, batch_size):
+            rows = slice(start, start + batch_size)
+            with _autocast(device):
+                out[rows] = head.encode_text(bank.text_eot[rows].to(device),
+                                             bank.text_tokens[rows].to(device),
+                                             bank.text_mask[rows].to(device))
+    head.train(was_training)
+    return out

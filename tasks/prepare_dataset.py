@@ -39,6 +39,7 @@ def generation_params(cfg: CrossTVRConfig) -> dict:
         "num_train_videos": d.num_train_videos, "num_test_groups": d.num_test_groups,
         "captions_per_train_video": d.captions_per_train_video, "frame_size": d.frame_size,
         "rendered_frames": d.rendered_frames, "fps": d.fps, "seed": d.seed,
+        "train_scenes": d.train_scenes,
     }
 
 
@@ -73,7 +74,8 @@ def render_generated_benchmark(cfg: CrossTVRConfig) -> DatasetRef:
     if captions.is_file():  # written last: its presence means the render completed
         return DatasetRef(d.name, str(root), str(captions))
     root.mkdir(parents=True, exist_ok=True)
-    specs = synthetic.make_benchmark_specs(d.num_train_videos, d.num_test_groups, d.seed)
+    specs = synthetic.make_benchmark_specs(d.num_train_videos, d.num_test_groups, d.seed,
+                                           d.train_scenes)
     items = [{"spec": _spec_json(s)} for s in specs]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 32, 100)))
     ds = ds.map_batches(

@@ -66,7 +66,8 @@ def _stage1_metrics(sim: torch.Tensor, bank, k: int, prefix: str) -> dict[str, f
 def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[TemporalHead, str]:
     """Train the CLIP4Clip seqTransf head on cached frame embeddings; returns it + its id."""
     head = TemporalHead.from_config(cfg.stage1, train.video_cls.shape[-1],
-                                    train.video_cls.shape[1])
+                                    train.video_cls.shape[1], train.text_tokens.shape[-1],
+                                    train.text_tokens.shape[1])
 
     def on_epoch_end(epoch: int, record: dict, _head) -> None:
         mlflow.log_metrics({f"stage1_train/{k}": float(v) for k, v in record.items()
@@ -78,7 +79,8 @@ def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[Tempora
                       "figures/stage1_training_curve.png")
     path = run_dir / "stage1_seqtransf.pt"
     torch.save({"state_dict": head.state_dict(), "stage1": cfg.stage1.model_dump(),
-                "embed_dim": head.embed_dim, "num_frames": head.num_frames}, path)
+                "embed_dim": head.embed_dim, "num_frames": head.num_frames,
+                "text_width": head.text_width, "context_length": head.context_length}, path)
     if cfg.tracking.log_model:
         mlflow.pytorch.log_model(head.cpu(), name="stage1_seqtransf",
                                  serialization_format="pickle")

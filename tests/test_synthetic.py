@@ -120,11 +120,21 @@ def test_test_group_structure(specs):
             assert members["order"].objects == (b, a)
 
 
-def test_test_scenes_distinct_and_train_disjoint(specs):
+def test_test_scenes_distinct_and_train_disjoint_on_request():
+    specs = syn.make_benchmark_specs(200, 60, seed=3, train_scenes="disjoint")
     test = [s.content for s in specs if s.split == "test"]
     assert len(set(test)) == len(test)
     train = {s.content for s in specs if s.split == "train"}
     assert not train & set(test)
+
+
+def test_shared_train_scenes_recur_but_never_as_the_same_video(specs):
+    test = {(s.content, s.seed) for s in specs if s.split == "test"}
+    train = [s for s in specs if s.split == "train"]
+    assert {s.content for s in train} & {content for content, _ in test}  # scenes recur
+    assert not {(s.content, s.seed) for s in train} & test  # a test video never does
+    with pytest.raises(ValueError, match="train_scenes"):
+        syn.make_benchmark_specs(1, 1, train_scenes="both")
 
 
 def test_motion_capacity_is_checked():
