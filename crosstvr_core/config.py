@@ -132,6 +132,8 @@ class TrainConfig(_Section):
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     hard_negatives: bool = True
+    # extra random negative videos per caption, beside the hard video and the hard caption
+    random_negatives: int = Field(1, ge=0)
     # softmax temperature over stage-1 similarities when sampling hard negatives
     hard_negative_temperature: float = Field(0.05, gt=0)
     seed: int = 0

@@ -142,10 +142,15 @@ def train_reranker(
             neg_video, neg_text = _sample_negatives(
                 bank, stage1_sim, text_rows, positive_video, cfg, generator
             )
-            # 3B pairs: (text, its video), (text, negative video), (negative text, video)
-            pair_text = torch.cat([text_rows, text_rows, neg_text])  # [3B]
-            pair_video = torch.cat([positive_video, neg_video, positive_video])  # [3B]
-            labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).to(device)
+            # (text, its video), (text, negative video), (negative text, video), then
+            # cfg.random_negatives x (text, random video): easy pairs keep the loss informative
+            # while the hard ones alone are still indistinguishable to an untrained model
+            easy = [random_negative_videos(positive_video, num_videos, generator)
+                    for _ in range(cfg.random_negatives)]
+            pair_text = torch.cat([text_rows, text_rows, neg_text, *[text_rows] * len(easy)])
+            pair_video = torch.cat([positive_video, neg_video, positive_video, *easy])
+            labels = torch.zeros(pair_text.shape[0], device=device)  # [(3 + R) B]
+            labels[:batch] = 1.0
 
             inputs = _pair_inputs(bank, pair_text, bank, pair_video, device)
             with _autocast(device):
@@ -181,7 +186,7 @@ def train_reranker(
             **{name: value / steps_per_epoch for name, value in totals.items()},
             "lr": schedule.get_last_lr()[0],
             "seconds": seconds,
-            "pairs_per_second": 3 * num_captions / seconds,
+            "pairs_per_second": (3 + cfg.random_negatives) * num_captions / seconds,
         }
         history.append(record)
         if on_epoch_end is not None:

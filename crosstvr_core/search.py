@@ -16,7 +16,8 @@ break the equality with `torch.topk(q @ g.T)`); pass `normalize=True` for raw ve
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -35,6 +36,9 @@ DEFAULT_BRUTE_FORCE_BELOW = 50_000
 # rows on, up-casting each gallery chunk to fp32 and using sgemm wins (measured on 2 cores).
 FP16_NATIVE_MAX_QUERIES = 8
 _MIN_GALLERY_CHUNK = 1024  # below this the per-chunk merge dominates; shrink queries first
+# Up-cast chunks go through one reused buffer of at most this many rows: a fresh 100+ MB
+# tensor per chunk costs more in page faults than the sgemm that reads it.
+_MAX_CONVERTED_ROWS = 32_768
 
 IndexType = Literal["ivf_pq", "ivf_hnsw_sq"]
 
@@ -100,11 +104,39 @@ def _gallery_row_bytes(src: torch.dtype, dtype: torch.dtype, compute: torch.dtyp
 
 
 def _prepare_chunk(chunk: torch.Tensor, dtype: torch.dtype, compute: torch.dtype,
-                   normalize: bool) -> torch.Tensor:
-    """Gallery rows -> (normalised,) rounded to the storage dtype, in the compute dtype."""
+                   normalize: bool, buffer: torch.Tensor | None) -> torch.Tensor:
+    """Gallery rows -> (normalised,) rounded to the storage dtype, in the compute dtype
+    (written into `buffer` when an up-cast is needed)."""
     if normalize:
         chunk = F.normalize(chunk.float(), dim=-1)
-    return chunk.to(dtype).to(compute)
+    chunk = chunk.to(dtype)
+    if chunk.dtype == compute:
+        return chunk
+    if buffer is None:
+        return chunk.to(compute)
+    out = buffer[: chunk.shape[0]]
+    out.copy_(chunk)
+    return out
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run torch CPU ops with `num_threads` intra-op threads, then restore the setting.
+
+    Why: one query is a memory-bound GEMV; on a small or shared machine the second thread
+    mostly adds a synchronisation wait (a scheduler time slice when the core is busy), so a
+    single thread has the lower latency. The setting is process-wide: do not use it while
+    other Python threads run torch work.
+    """
+    previous = torch.get_num_threads()
+    if num_threads is None or num_threads == previous:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def chunk_plan(num_queries: int, num_gallery: int, dim: int, k: int, *,
@@ -133,6 +165,8 @@ def chunk_plan(num_queries: int, num_gallery: int, dim: int, k: int, *,
         g_min = min(num_gallery, _MIN_GALLERY_CHUNK)
         q = max(1, min(q, (budget - g_min * row_bytes) // (g_min * score_bytes + per_query)))
     g = min(num_gallery, gallery_rows_for(q))
+    if row_bytes:
+        g = min(g, _MAX_CONVERTED_ROWS)
     if g < 1:
         need = per_query + score_bytes + row_bytes
         raise ValueError(
@@ -143,18 +177,26 @@ def chunk_plan(num_queries: int, num_gallery: int, dim: int, k: int, *,
     return ChunkPlan(query_rows=q, gallery_rows=g, peak_bytes=peak, native_fp16=native)
 
 
+@torch.no_grad()
 def exact_top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, *,
                 memory_budget_mb: float = 256.0, dtype: torch.dtype = torch.float32,
-                normalize: bool = False) -> TopK:
+                normalize: bool = False, num_threads: int | None = None) -> TopK:
     """Exact top-k of queries [Q, D] (or [D]) against gallery [N, D] by inner product.
 
     Equals `torch.topk(q @ g.T, k)` (ties and fp32 rounding aside) without materialising the
     [Q, N] matrix: the work is tiled by `chunk_plan` and per-chunk top-k are merged.
-    `dtype=torch.float16` rounds both sides to fp16 (halves the bytes read; scores within
-    ~1e-3 of fp32, so near-ties may swap); a gallery already stored in fp16 is read as is.
-    `normalize=True` L2-normalises both sides first (cosine of raw vectors). Always returns
-    2-D [Q, k] results, best first; scores are float32.
+    `dtype=torch.float16` rounds both sides to fp16: half the bytes read, scores within
+    ~2e-4 of fp32 for unit vectors, so near-ties may swap; an fp16 gallery is read as is.
+    `normalize=True` L2-normalises both sides first (cosine of raw vectors). `num_threads`
+    runs the search under `torch_threads` (1 is fastest for single queries on 2 shared cores).
+    Always returns 2-D [Q, k] results, best first; scores are float32.
     """
+    with torch_threads(num_threads):
+        return _exact_top_k(queries, gallery, k, memory_budget_mb, dtype, normalize)
+
+
+def _exact_top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int,
+                 memory_budget_mb: float, dtype: torch.dtype, normalize: bool) -> TopK:
     queries = _check_inputs(queries, gallery, k)
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
@@ -170,9 +212,11 @@ def exact_top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, *,
 
     best_s = torch.full((nq, k), -math.inf)
     best_i = torch.full((nq, k), -1, dtype=torch.long)
+    upcast = dtype != compute  # fp16 storage, fp32 sgemm
+    buffer = torch.empty(plan.gallery_rows, d, dtype=compute) if upcast else None
     for g0 in range(0, n, plan.gallery_rows):
         g1 = min(n, g0 + plan.gallery_rows)
-        chunk = _prepare_chunk(gallery[g0:g1], dtype, compute, normalize)
+        chunk = _prepare_chunk(gallery[g0:g1], dtype, compute, normalize, buffer)
         kc = min(k, g1 - g0)
         for q0 in range(0, nq, plan.query_rows):
             q1 = min(nq, q0 + plan.query_rows)
@@ -194,7 +238,7 @@ class GalleryIndex:
     chunked matmul (the one-shot function re-converts the gallery on every call)."""
 
     def __init__(self, gallery: torch.Tensor, *, dtype: torch.dtype = torch.float32,
-                 normalize: bool = False):
+                 normalize: bool = False, num_threads: int | None = None):
         _check_gallery(gallery)
         if dtype not in (torch.float32, torch.float16):
             raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
@@ -203,6 +247,7 @@ class GalleryIndex:
         self.vectors = gallery.to(dtype).contiguous()
         self.dtype = dtype
         self.normalize = normalize
+        self.num_threads = num_threads
 
     def __len__(self) -> int:
         return self.vectors.shape[0]
@@ -217,7 +262,7 @@ class GalleryIndex:
         if self.normalize:
             queries = F.normalize(queries.float(), dim=-1)
         return exact_top_k(queries, self.vectors, k, memory_budget_mb=memory_budget_mb,
-                           dtype=self.dtype)
+                           dtype=self.dtype, num_threads=self.num_threads)
 
 
 # --------------------------------------------------------------------------------------
@@ -233,35 +278,41 @@ class AnnResult(NamedTuple):
 
 
 def default_index_config(index_type: IndexType, num_rows: int, dim: int) -> IvfPq | HnswSq:
-    """Index parameters from N and D.
+    """Index parameters from N and D, chosen so a 2-core machine builds a 1M x 512 index in
+    about two minutes (LanceDB's defaults take several times longer):
 
-    IVF_PQ: ~4k rows per partition (k-means cost and probe cost stay small) and 8 dims per
-    PQ sub-vector (D/16, LanceDB's default, loses too much for a top-15 that must be right;
-    the refine step re-scores with the stored fp32 vectors anyway).
-    IVF_HNSW_SQ: one HNSW graph per ~500k rows (each partition is one graph, built in
-    parallel), m=16 and ef_construction=150 to keep a 2-core build within minutes.
+    * IVF_PQ: ~4k rows per partition and D/16 PQ sub-vectors (LanceDB's default); the search
+      re-scores `refine_factor * k` candidates with the stored fp32 vectors, so recall is
+      bounded by the partitions probed, not by PQ error. k-means on 64 samples per centroid
+      for 10 iterations: the codebooks are cheap to train and good enough after refining.
+    * IVF_HNSW_SQ: ~16k rows per partition (each partition is one small HNSW graph: build
+      cost per row grows with graph size, and graphs build in parallel), m=16,
+      ef_construction=100.
     """
     if index_type == "ivf_pq":
         if num_rows < 256:
             raise ValueError(f"ivf_pq needs at least 256 rows to train PQ codebooks, got {num_rows}")
-        sub = dim // 8 if dim % 8 == 0 else (dim // 4 if dim % 4 == 0 else 1)
+        sub = dim // 16 if dim % 16 == 0 else (dim // 8 if dim % 8 == 0 else 1)
         return IvfPq(distance_type="cosine", num_partitions=max(1, num_rows // 4096),
-                     num_sub_vectors=sub)
+                     num_sub_vectors=sub, max_iterations=10, sample_rate=64)
     if index_type == "ivf_hnsw_sq":
-        return HnswSq(distance_type="cosine", num_partitions=max(1, round(num_rows / 500_000)),
-                      m=16, ef_construction=150)
+        return HnswSq(distance_type="cosine", num_partitions=max(1, num_rows // 16_384),
+                      m=16, ef_construction=100, max_iterations=10, sample_rate=64)
     raise ValueError(f"index_type must be 'ivf_pq' or 'ivf_hnsw_sq', got {index_type!r}")
 
 
 def default_search_params(index_type: IndexType | None, num_partitions: int, k: int
                           ) -> dict[str, int]:
-    """Query knobs that reached recall@15 >= 0.95 on the synthetic CLIP-like benchmark
-    (benchmarks/bench_search.py); raise them for harder data."""
+    """Query knobs that reached recall@15 >= 0.95 on the synthetic CLIP-like benchmark with
+    the default index configs (benchmarks/bench_search.py, docs/benchmarks.md): IVF_PQ
+    needed 12 of 24 partitions at 100k and 31 of 244 at 1M; IVF_HNSW_SQ 6 of 6 at 100k and
+    16 of 61 at 1M. Real data may need more: measure with `recall_at_k`."""
     if index_type == "ivf_pq":
-        return {"nprobes": max(1, min(num_partitions, math.ceil(num_partitions / 8))),
-                "refine_factor": 10}
+        probes = min(num_partitions, max(12, math.ceil(num_partitions / 8)))
+        return {"nprobes": probes, "refine_factor": 20}
     if index_type == "ivf_hnsw_sq":
-        return {"nprobes": num_partitions, "ef": max(128, 8 * k)}
+        probes = min(num_partitions, max(6, math.ceil(num_partitions / 4)))
+        return {"nprobes": probes, "ef": max(100, 2 * k)}
     return {}
 
 
@@ -271,6 +322,15 @@ def _embeddings_table(ids: Sequence[str], vectors: np.ndarray) -> pa.Table:
         "video_id": pa.array(list(ids), type=pa.string()),
         "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
     })
+
+
+def _num_partitions(table: lancedb.table.Table, num_rows: int) -> int:
+    """IVF partitions of the table's vector index: the default nprobes is a share of them."""
+    try:  # pylance's stats carry the partition count; lancedb's summary does not
+        name = next(ix.name for ix in table.list_indices() if ix.columns == ["vector"])
+        return int(table.to_lance().stats.index_stats(name)["indices"][0]["num_partitions"])
+    except (AttributeError, KeyError, IndexError, TypeError, StopIteration):
+        return max(1, round(math.sqrt(num_rows)))  # LanceDB's own default
 
 
 class AnnIndex:
@@ -321,8 +381,7 @@ class AnnIndex:
         if config is None:
             return cls(table, ids, d, None, vectors=unit)
         table.create_index("vector", config=config, replace=True)
-        partitions = config.num_partitions or 1
-        return cls(table, ids, d, index_type, num_partitions=partitions)
+        return cls(table, ids, d, index_type, num_partitions=_num_partitions(table, n))
 
     @classmethod
     def open(cls, uri: str | Path, *, table_name: str = TABLE_NAME) -> AnnIndex:
@@ -338,12 +397,7 @@ class AnnIndex:
         ids = table.to_lance().to_table(columns=["video_id"]).column("video_id").to_pylist()
         kind = vector_indices[0].index_type
         index_type: IndexType = "ivf_pq" if kind == "IvfPq" else "ivf_hnsw_sq"
-        try:  # pylance's stats carry the partition count; lancedb's summary does not
-            stats = table.to_lance().stats.index_stats(vector_indices[0].name)
-            partitions = int(stats["indices"][0]["num_partitions"])
-        except (AttributeError, KeyError, IndexError, TypeError):
-            partitions = max(1, len(ids) // 4096)
-        return cls(table, ids, dim, index_type, num_partitions=partitions)
+        return cls(table, ids, dim, index_type, num_partitions=_num_partitions(table, len(ids)))
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -133,3 +133,37 @@ def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeyp
         reranker = run_train_reranker(cfg, ref, stage1, run_dir, parent_id)
     assert calls == []
     assert stage1.metrics["stage1/t2v_R1"] >= 0 and reranker.checkpoint.endswith("reranker.pt")
+
+
+def test_external_stage1_matrix_is_used_as_given(flow_result, tmp_path):
+    """Feed meanP's own test matrix back as an 'external retriever': metrics must match."""
+    import json
+
+    from crosstvr_core.config import load_config
+    from crosstvr_core.stage1 import meanp_similarity
+    from tasks.index import IndexRef, load_encoder, token_shapes
+    from tasks.retrieval import run_stage1
+    from tasks.tracking import parent_run
+
+    home, _, _ = flow_result
+    cfg = load_config(TINY_CONFIG, [f"home={home}"])
+    encoder = load_encoder(cfg)
+    index = TokenIndex(cfg.lance_uri, encoder.encoder_id, token_shapes(cfg, encoder))
+    test = index.load_token_bank("test")
+    sim = meanp_similarity(test).numpy()
+    order = np.random.default_rng(0).permutation(test.num_videos)  # any column order works
+    np.save(tmp_path / "sim.npy", sim[:, order])
+    (tmp_path / "captions.json").write_text(json.dumps(test.caption_ids))
+    (tmp_path / "videos.json").write_text(json.dumps([test.video_ids[i] for i in order]))
+    cfg = load_config(TINY_CONFIG, [
+        f"home={home}", "stage1.method=external",
+        f"stage1.external_similarity={tmp_path / 'sim.npy'}",
+        f"stage1.external_caption_ids={tmp_path / 'captions.json'}",
+        f"stage1.external_video_ids={tmp_path / 'videos.json'}",
+    ])
+    ref = IndexRef(index.uri, encoder.encoder_id, token_shapes(cfg, encoder).__dict__,
+                   index.versions(), {})
+    with parent_run(cfg, "external-check", {}) as parent_id:
+        result = run_stage1(cfg, ref, str(tmp_path / "run"), parent_id)
+    for key in ("t2v_R1", "t2v_R5", "v2t_MnR", "t2v_recall_at_5"):
+        assert result.metrics[f"stage1/{key}"] == pytest.approx(result.metrics[f"stage1_meanP/{key}"])
