@@ -7,9 +7,11 @@ pairs have cosine ~0.3, cluster mates ~0.8) and queries that are perturbed galle
 
 For each gallery size N it prints one markdown table row per method: build time, single-query
 latency p50/p95 (one query per call, >= 100 calls), recall@15 against exact fp32, and batch
-throughput at Q=256. For N >= --ann-min it builds each ANN index type and raises
-nprobes / refine_factor / ef until recall@15 >= --target-recall on a tuning set, then times
-that setting. Not a test: run it by hand, e.g.
+throughput at Q=256. Exact search runs with torch's thread count and with one thread (on 2
+shared cores the second thread mostly adds waiting). For N >= --ann-min it builds each ANN
+index type and raises nprobes / refine_factor / ef until recall@15 >= --target-recall + 0.01
+on tuning queries that are not timed, then times that setting on the measured queries.
+Not a test: run it by hand, e.g.
 
     .venv/bin/python benchmarks/bench_search.py --sizes 10k,100k,1M
 """
@@ -97,7 +99,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def time_single(search: Callable[[torch.Tensor], object], queries: torch.Tensor,
                 warmup: int = 5) -> tuple[float, float]:
-    """p50, p95 in ms of one call per query."""
+    """p50, p95 in ms of one call per query (the first `warmup` calls also run untimed)."""
     for row in queries[:warmup]:
         search(row.unsqueeze(0))
     times = []
@@ -125,17 +127,17 @@ def time_batch(search: Callable[[torch.Tensor], object], queries: torch.Tensor,
 # methods
 # --------------------------------------------------------------------------------------
 def bench_exact(n: int, gallery: torch.Tensor, lat_q: torch.Tensor, batch_q: torch.Tensor,
-                truth: torch.Tensor, dtype: torch.dtype, num_threads: int | None) -> Row:
+                truth: torch.Tensor, dtype: torch.dtype, num_threads: int) -> Row:
     """GalleryIndex; 'build' is the one-time cast of the resident gallery."""
     start = time.perf_counter()
     index = GalleryIndex(gallery, dtype=dtype, num_threads=num_threads)
     build = time.perf_counter() - start
-    p50, p95 = time_single(lambda q: index.search(q, K), lat_q)
-    qps = time_batch(lambda q: index.search(q, K), batch_q, reps=3 if n < 1_000_000 else 1)
+    big = n >= 1_000_000  # 100 queries and one batch: a 1M scan takes ~0.1-0.25 s per query
+    p50, p95 = time_single(lambda q: index.search(q, K), lat_q[:100] if big else lat_q)
+    qps = time_batch(lambda q: index.search(q, K), batch_q, reps=1 if big else 3)
     found = index.search(lat_q, K).indices
     name = "exact fp32" if dtype == torch.float32 else "exact fp16"
-    threads = num_threads or torch.get_num_threads()
-    name += f", {threads} thread{'s' if threads > 1 else ''}"
+    name += f", {num_threads} thread{'s' if num_threads > 1 else ''}"
     return Row(n, name, build, p50, p95, recall_at_k(found, truth), qps)
 
 
@@ -149,7 +151,10 @@ def ann_candidates(index_type: str, partitions: int) -> list[dict[str, int]]:
 
 
 def bench_ann(n: int, gallery: torch.Tensor, lat_q: torch.Tensor, truth: torch.Tensor,
-              tune_n: int, index_type: str, workdir: Path, target: float) -> Row:
+              tune_q: torch.Tensor, tune_truth: torch.Tensor, index_type: str, workdir: Path,
+              target: float) -> Row:
+    """Build, pick the cheapest setting whose recall on the tuning queries (disjoint from the
+    measured ones) clears target + 0.01, then time it on the measured queries."""
     uri = workdir / f"ann-{index_type}-{n}"
     ids = [f"video{i:07d}" for i in range(n)]
     config = default_index_config(index_type, n, DIM)  # type: ignore[arg-type]
@@ -158,13 +163,12 @@ def bench_ann(n: int, gallery: torch.Tensor, lat_q: torch.Tensor, truth: torch.T
                            brute_force_below=0, index_config=config)
     build = time.perf_counter() - start
     log(f"  {index_type} N={n}: built in {build:.1f}s ({config})")
-    tune_q, tune_truth = lat_q[:tune_n], truth[:tune_n]
     chosen, tune_recall = None, 0.0
     for params in ann_candidates(index_type, index.num_partitions):
         tune_recall = index.recall_at_k(tune_q, K, tune_truth, **params)
-        log(f"    {params}: recall@{K} {tune_recall:.3f} on {tune_n} tuning queries")
+        log(f"    {params}: recall@{K} {tune_recall:.3f} on {len(tune_q)} tuning queries")
         chosen = params
-        if tune_recall >= target:
+        if tune_recall >= target + 0.01:
             break
     assert chosen is not None
     p50, p95 = time_single(lambda q: index.search(q, K, **chosen), lat_q)
@@ -208,6 +212,10 @@ def goals(rows: list[Row]) -> list[str]:
         met = best.p50_ms <= GOAL_MS
         out.append(f"exact top-15 over 100k <= {GOAL_MS:.0f} ms: {'MET' if met else 'NOT MET'} "
                    f"(best {best.method}: p50 {best.p50_ms:.1f} ms, p95 {best.p95_ms:.1f} ms)")
+        for r in exact100k:
+            verdict = "meets" if r.p50_ms <= GOAL_MS else "misses"
+            out.append(f"  {r.method} {verdict} it at p50 ({r.p50_ms:.1f} ms; p95 "
+                       f"{r.p95_ms:.1f} ms {'within' if r.p95_ms <= GOAL_MS else 'over'})")
     ann1m = [r for r in rows if r.n == 1_000_000 and not r.method.startswith("exact")]
     if ann1m:
         ok = [r for r in ann1m if r.p50_ms <= GOAL_MS and (r.recall or 0) >= 0.95]
@@ -222,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10k,100k,1M", help="gallery sizes, e.g. 10k,100k,1M")
     ap.add_argument("--queries", type=int, default=200, help="single-query latency samples")
-    ap.add_argument("--tune-queries", type=int, default=100, help="queries used to tune ANN")
+    ap.add_argument("--tune-queries", type=int, default=100,
+                    help="extra queries (not timed) used to pick ANN search settings")
     ap.add_argument("--batch", type=int, default=256, help="batch size for throughput")
     ap.add_argument("--index-types", default="ivf_pq,ivf_hnsw_sq")
     ap.add_argument("--ann-min", default="100k", help="smallest N that gets ANN indexes")
@@ -241,16 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         for n in (parse_size(s) for s in args.sizes.split(",")):
             data = ClipLikeData(seed=args.seed)
             gallery = data.gallery(n)
-            queries = data.queries(gallery, max(args.queries, args.batch))
+            queries = data.queries(gallery, max(args.queries, args.batch) + args.tune_queries)
             lat_q, batch_q = queries[: args.queries], queries[: args.batch]
-            truth = GalleryIndex(gallery).search(lat_q, K).indices
+            tune_q = queries[-args.tune_queries:]
+            exact = GalleryIndex(gallery)
+            truth = exact.search(lat_q, K).indices
+            tune_truth = exact.search(tune_q, K).indices
+            del exact
             for dtype in (torch.float32, torch.float16):
-                for threads in (None, 1):
+                for threads in (torch.get_num_threads(), 1):
                     rows.append(bench_exact(n, gallery, lat_q, batch_q, truth, dtype, threads))
                     log(table(rows[-1:]).splitlines()[-1])
             if n >= parse_size(args.ann_min):
                 for index_type in index_types:
-                    rows.append(bench_ann(n, gallery, lat_q, truth, args.tune_queries,
+                    rows.append(bench_ann(n, gallery, lat_q, truth, tune_q, tune_truth,
                                           index_type, workdir, args.target_recall))
                     log(table(rows[-1:]).splitlines()[-1])
             del gallery, queries

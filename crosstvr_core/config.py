@@ -95,9 +95,9 @@ class Stage1Config(_Section):
     # seqTransf head and its training (cached frame embeddings only)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=2)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
@@ -133,7 +133,10 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     hard_negatives: bool = True
     # extra random negative videos per caption, beside the hard video and the hard caption
-    random_negatives: int = Field(1, ge=0)
+    random_negatives: int = Field(0, ge=0)
+    # curriculum: the share of hard (vs random) negatives grows 0 -> 1 over this fraction of
+    # training; 0 = hard from the first step (BLIP), which stalls a model trained from scratch
+    hard_negative_warmup: float = Field(0.5, ge=0, le=1)
     # softmax temperature over stage-1 similarities when sampling hard negatives
     hard_negative_temperature: float = Field(0.05, gt=0)
     seed: int = 0

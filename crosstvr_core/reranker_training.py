@@ -65,20 +65,35 @@ def _sample_negatives(
     positive_video: torch.Tensor,
     cfg: TrainConfig,
     generator: torch.Generator,
+    hard_fraction: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(negative video per text [B], negative caption per positive video [B])."""
-    if cfg.hard_negatives:
-        tau = cfg.hard_negative_temperature
-        neg_video = sample_hard_negative_videos(
-            stage1_sim[text_rows], positive_video, tau, generator
-        )
-        neg_text = sample_hard_negative_texts(
-            stage1_sim[:, positive_video].T, bank.caption_video, positive_video, tau, generator
-        )
-    else:
-        neg_video = random_negative_videos(positive_video, bank.num_videos, generator)
-        neg_text = random_negative_texts(bank.caption_video, positive_video, generator)
-    return neg_video, neg_text
+    """(negative video per text [B], negative caption per positive video [B]).
+
+    Each pair is hard with probability `hard_fraction` (the curriculum), else random.
+    """
+    neg_video = random_negative_videos(positive_video, bank.num_videos, generator)
+    neg_text = random_negative_texts(bank.caption_video, positive_video, generator)
+    if not cfg.hard_negatives or hard_fraction <= 0:
+        return neg_video, neg_text
+    tau = cfg.hard_negative_temperature
+    hard_video = sample_hard_negative_videos(stage1_sim[text_rows], positive_video, tau, generator)
+    hard_text = sample_hard_negative_texts(
+        stage1_sim[:, positive_video].T, bank.caption_video, positive_video, tau, generator
+    )
+    use_hard = torch.rand(len(text_rows), generator=generator) < hard_fraction  # [B]
+    return torch.where(use_hard, hard_video, neg_video), torch.where(use_hard, hard_text, neg_text)
+
+
+def hard_negative_fraction(step: int, total_steps: int, warmup: float) -> float:
+    """Share of hard negatives at `step`: 0 -> 1 linearly over the first `warmup` of training.
+
+    From scratch, near-duplicate negatives alone keep the VTM loss at chance (the model cannot
+    yet tell them apart, so it learns nothing); random negatives first teach it to read the
+    tokens at all, then the hard ones sharpen it.
+    """
+    if warmup <= 0:
+        return 1.0
+    return min(1.0, step / (warmup * total_steps))
 
 
 def train_reranker(
@@ -139,8 +154,12 @@ def train_reranker(
             text_rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # [B]
             batch = text_rows.shape[0]
             positive_video = bank.caption_video[text_rows]  # [B]
+            hard_fraction = hard_negative_fraction(
+                (epoch - 1) * steps_per_epoch + step, cfg.epochs * steps_per_epoch,
+                cfg.hard_negative_warmup,
+            )
             neg_video, neg_text = _sample_negatives(
-                bank, stage1_sim, text_rows, positive_video, cfg, generator
+                bank, stage1_sim, text_rows, positive_video, cfg, generator, hard_fraction
             )
             # (text, its video), (text, negative video), (negative text, video), then
             # cfg.random_negatives x (text, random video): easy pairs keep the loss informative
@@ -185,6 +204,7 @@ def train_reranker(
             "epoch": epoch,
             **{name: value / steps_per_epoch for name, value in totals.items()},
             "lr": schedule.get_last_lr()[0],
+            "hard_fraction": hard_fraction,
             "seconds": seconds,
             "pairs_per_second": (3 + cfg.random_negatives) * num_captions / seconds,
         }

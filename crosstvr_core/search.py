@@ -188,9 +188,14 @@ def exact_top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, *,
     `dtype=torch.float16` rounds both sides to fp16: half the bytes read, scores within
     ~2e-4 of fp32 for unit vectors, so near-ties may swap; an fp16 gallery is read as is.
     `normalize=True` L2-normalises both sides first (cosine of raw vectors). `num_threads`
-    runs the search under `torch_threads` (1 is fastest for single queries on 2 shared cores).
+    runs the search under `torch_threads`; None means one thread for the fp16 GEMV path
+    (<= FP16_NATIVE_MAX_QUERIES queries: with two threads torch's fp16 GEMV took a fixed
+    ~8 ms even over 10k rows, one thread 0.6 ms) and torch's setting otherwise.
     Always returns 2-D [Q, k] results, best first; scores are float32.
     """
+    if num_threads is None and dtype == torch.float16:
+        rows = queries.shape[0] if queries.ndim == 2 else 1
+        num_threads = 1 if rows <= FP16_NATIVE_MAX_QUERIES else None
     with torch_threads(num_threads):
         return _exact_top_k(queries, gallery, k, memory_budget_mb, dtype, normalize)
 
