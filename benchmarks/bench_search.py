@@ -146,7 +146,7 @@ def ann_candidates(index_type: str, partitions: int) -> list[dict[str, int]]:
     fractions = (64, 32, 16, 12, 8, 6, 4, 3, 2, 1)
     probes = sorted({max(1, math.ceil(partitions / f)) for f in fractions})
     if index_type == "ivf_pq":
-        return [{"nprobes": p, "refine_factor": r} for p in probes for r in (5, 20)]
+        return [{"nprobes": p, "refine_factor": r} for p in probes for r in (20, 50)]
     return [{"nprobes": p, "ef": ef} for p in probes for ef in (32, 100)]
 
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10k,100k,1M", help="gallery sizes, e.g. 10k,100k,1M")
     ap.add_argument("--queries", type=int, default=200, help="single-query latency samples")
-    ap.add_argument("--tune-queries", type=int, default=100,
+    ap.add_argument("--tune-queries", type=int, default=200,
                     help="extra queries (not timed) used to pick ANN search settings")
     ap.add_argument("--batch", type=int, default=256, help="batch size for throughput")
     ap.add_argument("--index-types", default="ivf_pq,ivf_hnsw_sq")

@@ -35,6 +35,9 @@ DEFAULT_BRUTE_FORCE_BELOW = 50_000
 # read, so ~2x faster when memory-bound) but falls to a slow path for real GEMMs: from ~16
 # rows on, up-casting each gallery chunk to fp32 and using sgemm wins (measured on 2 cores).
 FP16_NATIVE_MAX_QUERIES = 8
+# With two threads torch's fp16 GEMV took a fixed ~8 ms even over 10k x 512 (one thread:
+# 0.6 ms) and was slower up to 100k; over 1M the second thread helped when its core was free.
+SINGLE_THREAD_FP16_MAX_ELEMENTS = 2**26  # ~130k x 512
 _MIN_GALLERY_CHUNK = 1024  # below this the per-chunk merge dominates; shrink queries first
 # Up-cast chunks go through one reused buffer of at most this many rows: a fresh 100+ MB
 # tensor per chunk costs more in page faults than the sgemm that reads it.
@@ -188,14 +191,14 @@ def exact_top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, *,
     `dtype=torch.float16` rounds both sides to fp16: half the bytes read, scores within
     ~2e-4 of fp32 for unit vectors, so near-ties may swap; an fp16 gallery is read as is.
     `normalize=True` L2-normalises both sides first (cosine of raw vectors). `num_threads`
-    runs the search under `torch_threads`; None means one thread for the fp16 GEMV path
-    (<= FP16_NATIVE_MAX_QUERIES queries: with two threads torch's fp16 GEMV took a fixed
-    ~8 ms even over 10k rows, one thread 0.6 ms) and torch's setting otherwise.
+    runs the search under `torch_threads`; None picks one thread for the fp16 GEMV path over
+    galleries up to SINGLE_THREAD_FP16_MAX_ELEMENTS and torch's setting otherwise.
     Always returns 2-D [Q, k] results, best first; scores are float32.
     """
-    if num_threads is None and dtype == torch.float16:
+    if num_threads is None and dtype == torch.float16 and gallery.ndim == 2:
         rows = queries.shape[0] if queries.ndim == 2 else 1
-        num_threads = 1 if rows <= FP16_NATIVE_MAX_QUERIES else None
+        if rows <= FP16_NATIVE_MAX_QUERIES and gallery.numel() <= SINGLE_THREAD_FP16_MAX_ELEMENTS:
+            num_threads = 1
     with torch_threads(num_threads):
         return _exact_top_k(queries, gallery, k, memory_budget_mb, dtype, normalize)
 
@@ -308,10 +311,11 @@ def default_index_config(index_type: IndexType, num_rows: int, dim: int) -> IvfP
 
 def default_search_params(index_type: IndexType | None, num_partitions: int, k: int
                           ) -> dict[str, int]:
-    """Query knobs that reached recall@15 >= 0.95 on the synthetic CLIP-like benchmark with
-    the default index configs (benchmarks/bench_search.py, docs/benchmarks.md): IVF_PQ
-    needed 12 of 24 partitions at 100k and 31 of 244 at 1M; IVF_HNSW_SQ 6 of 6 at 100k and
-    16 of 61 at 1M. Real data may need more: measure with `recall_at_k`."""
+    """Query knobs with recall@15 >= 0.95 on the synthetic CLIP-like benchmark with the
+    default index configs (benchmarks/bench_search.py, docs/benchmarks.md). Across runs
+    IVF_PQ needed 8-12 of 24 partitions at 100k and 16-31 of 244 at 1M (refine 20-50;
+    nprobes=31, refine=20 gave 0.972 at 1M); IVF_HNSW_SQ 6 of 6 at 100k, 16 of 61 at 1M.
+    Real data may need more: measure with `AnnIndex.recall_at_k`."""
     if index_type == "ivf_pq":
         probes = min(num_partitions, max(12, math.ceil(num_partitions / 8)))
         return {"nprobes": probes, "refine_factor": 20}

@@ -231,3 +231,11 @@ def test_recall_at_k_counts_overlap():
     found = torch.tensor([[1, 2, 3], [4, 5, -1]])
     truth = torch.tensor([[3, 2, 1], [4, 6, 7]])
     assert recall_at_k(found, truth) == pytest.approx((1.0 + 1 / 3) / 2)
+
+
+def test_thread_setting_is_restored(data):
+    q, g = data
+    before = torch.get_num_threads()
+    exact_top_k(q[:1], g, 5, dtype=torch.float16)  # auto: one thread for the fp16 GEMV
+    exact_top_k(q, g, 5, num_threads=1)
+    assert torch.get_num_threads() == before
