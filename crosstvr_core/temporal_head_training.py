@@ -132,6 +132,27 @@ def train_temporal_head(
     return history
 
 
+def _embed_batched(
+    head: TemporalHead, count: int, embed: Callable[[slice, torch.device], torch.Tensor],
+    batch_size: int, device: str | torch.device,
+) -> torch.Tensor:
+    """Run `embed(rows, device)` over row slices in eval mode, no grad -> [count, D] on device.
+    The head's train/eval mode is restored."""
+    device = torch.device(device)
+    was_training = head.training
+    head.to(device).eval()
+    out = torch.empty(count, head.embed_dim, device=device)
+    # inference mode only around the forward: moving the head inside it would turn its
+    # parameters into inference tensors that a later training step cannot use
+    with torch.inference_mode():
+        for start in range(0, count, batch_size):
+            rows = slice(start, start + batch_size)
+            with _autocast(device):
+                out[rows] = embed(rows, device)
+    head.train(was_training)
+    return out
+
+
 def temporal_video_embeddings(
     head: TemporalHead,
     bank: TokenBank,
@@ -139,22 +160,26 @@ def temporal_video_embeddings(
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Unit video embeddings [V, D] (float32, on `device`); eval mode, no grad, batched.
-    The head's train/eval mode is restored."""
-    device = torch.device(device)
-    was_training = head.training
-    head.to(device).eval()
-    out = torch.empty(bank.num_videos, head.embed_dim, device=device)
-    # inference mode only around the forward: moving the head inside it would turn its
-    # parameters into inference tensors that a later training step cannot use
-    with torch.inference_mode():
-        for start in range(0, bank.num_videos, batch_size):
-            rows = slice(start, start + batch_size)
-            frames = bank.video_cls[rows].to(device)  # [b, F, D]
-            with _autocast(device):
-                out[rows] = head(frames, bank.frame_mask[rows].to(device))
-    head.train(was_training)
-    return out
+    """Unit video embeddings [V, D] (float32, on `device`); eval mode, no grad, batched."""
+    return _embed_batched(
+        head, bank.num_videos,
+        lambda rows, dev: head(bank.video_cls[rows].to(dev), bank.frame_mask[rows].to(dev)),
+        batch_size, device,
+    )
+
+
+def temporal_text_embeddings(
+    head: TemporalHead, bank: TokenBank, *, batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Unit caption embeddings [T, D] (float32, on `device`); eval mode, no grad, batched."""
+    return _embed_batched(
+        head, bank.num_captions,
+        lambda rows, dev: head.encode_text(bank.text_eot[rows].to(dev),
+                                           bank.text_tokens[rows].to(dev),
+                                           bank.text_mask[rows].to(dev)),
+        batch_size, device,
+    )
 
 
 def temporal_similarity(
@@ -165,29 +190,9 @@ def temporal_similarity(
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Cosine similarity [T, V] (float32, CPU) of frozen caption embeddings vs the head's
-    video embeddings. Raw cosine: apply `dual_softmax` on top if the config asks for it."""
+    """Cosine similarity [T, V] (float32, CPU) of the head's caption and video embeddings.
+    Raw cosine: apply `dual_softmax` on top if the config asks for it."""
     bank_video = bank_text if bank_video is None else bank_video
     video = temporal_video_embeddings(head, bank_video, batch_size=batch_size, device=device)
     text = temporal_text_embeddings(head, bank_text, batch_size=batch_size, device=video.device)
     return (text @ video.T).cpu()
-
-
-def temporal_text_embeddings(
-    head: TemporalHead, bank: TokenBank, *, batch_size: int = 1024,
-    device: str | torch.device = "cpu",
-) -> torch.Tensor:
-    """Unit caption embeddings [T, D] (float32, on `device`), batched, no grad."""
-    device = torch.device(device)
-    was_training = head.training
-    head.to(device).eval()
-    out = torch.empty(bank.num_captions, head.embed_dim, device=device)
-    with torch.inference_mode():
-        for start in range(0, bank.num_captions, batch_size):
-            rows = slice(start, start + batch_size)
-            with _autocast(device):
-                out[rows] = head.encode_text(bank.text_eot[rows].to(device),
-                                             bank.text_tokens[rows].to(device),
-                                             bank.text_mask[rows].to(device))
-    head.train(was_training)
-    return out
