@@ -28,7 +28,7 @@ from crosstvr_core.token_bank import TokenBank
 EpochCallback = Callable[[int, dict, CrossTVRReranker], None]
 
 
-def _autocast(device: torch.device) -> AbstractContextManager:
+def training_autocast(device: torch.device) -> AbstractContextManager:
     """bf16 autocast on CUDA (no loss scaling needed); plain fp32 elsewhere."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -172,7 +172,7 @@ def train_reranker(
             labels[:batch] = 1.0
 
             inputs = _pair_inputs(bank, pair_text, bank, pair_video, device)
-            with _autocast(device):
+            with training_autocast(device):
                 logits = model(**inputs)  # [3B]
             logits = logits.float()
             loss = F.binary_cross_entropy_with_logits(logits, labels)
@@ -244,7 +244,7 @@ def score_pairs(
         for start in tqdm(starts, desc="re-ranker scoring", disable=not progress, leave=False):
             rows = slice(start, start + batch_size)
             inputs = _pair_inputs(bank_text, text_rows[rows], bank_video, video_rows[rows], device)
-            with _autocast(device):
+            with training_autocast(device):
                 scores[rows] = model(**inputs).float().cpu()
     model.train(was_training)
     return scores

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from crosstvr_core.config import Stage1Config
-from crosstvr_core.reranker_training import _autocast, warmup_cosine
+from crosstvr_core.reranker_training import training_autocast, warmup_cosine
 from crosstvr_core.temporal_head import TemporalHead
 from crosstvr_core.token_bank import TokenBank
 
@@ -100,7 +100,7 @@ def train_temporal_head(
             rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # [B]
             videos = caption_video[rows]  # [B]
             unique, inverse = torch.unique(videos, return_inverse=True)  # [U], [B]
-            with _autocast(device):
+            with training_autocast(device):
                 video = head(video_cls[unique], frame_mask[unique])  # [U, D]
                 text = head.encode_text(text_eot[rows], text_tokens[rows], text_mask[rows])
             loss = contrastive_loss(text.float(), video.float(), inverse, head.scale())
@@ -147,7 +147,7 @@ def _embed_batched(
     with torch.inference_mode():
         for start in range(0, count, batch_size):
             rows = slice(start, start + batch_size)
-            with _autocast(device):
+            with training_autocast(device):
                 out[rows] = embed(rows, device)
     head.train(was_training)
     return out
