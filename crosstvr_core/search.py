@@ -356,6 +356,8 @@ class AnnIndex:
         self.num_partitions = num_partitions
         self._row_of = {vid: i for i, vid in enumerate(ids)}
         self._exact: GalleryIndex | None = GalleryIndex(vectors) if vectors is not None else None
+        # recall@k vs exact search measured when this index was built (None when opened)
+        self.build_recall: float | None = None
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -363,9 +365,14 @@ class AnnIndex:
               index_type: IndexType = "ivf_pq",
               brute_force_below: int = DEFAULT_BRUTE_FORCE_BELOW,
               index_config: IvfPq | HnswSq | None = None,
-              table_name: str = TABLE_NAME) -> AnnIndex:
+              table_name: str = TABLE_NAME, recall_k: int = 15,
+              recall_queries: int = 100) -> AnnIndex:
         """Write (overwrite) the table from vectors [N, D] and ids [N], then index it unless
-        N < brute_force_below. Vectors are L2-normalised before they are stored."""
+        N < brute_force_below. Vectors are L2-normalised before they are stored.
+
+        Every index build measures itself: `build_recall` is the recall@recall_k of the new
+        index against exact search, for `recall_queries` gallery items (seeded) as queries,
+        with the default search parameters (1.0 for brute force)."""
         vectors = torch.as_tensor(vectors)
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be [N, D], got shape {tuple(vectors.shape)}")
@@ -388,9 +395,16 @@ class AnnIndex:
         db = lancedb.connect(uri)
         table = db.create_table(table_name, _embeddings_table(ids, unit.numpy()), mode="overwrite")
         if config is None:
-            return cls(table, ids, d, None, vectors=unit)
+            index = cls(table, ids, d, None, vectors=unit)
+            index.build_recall = 1.0
+            return index
         table.create_index("vector", config=config, replace=True)
-        return cls(table, ids, d, index_type, num_partitions=_num_partitions(table, n))
+        index = cls(table, ids, d, index_type, num_partitions=_num_partitions(table, n))
+        k = min(recall_k, n)
+        sample = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:recall_queries]
+        exact = exact_top_k(unit[sample], unit, k).indices
+        index.build_recall = index.recall_at_k(unit[sample], k, exact)
+        return index
 
     @classmethod
     def open(cls, uri: str | Path, *, table_name: str = TABLE_NAME) -> AnnIndex:

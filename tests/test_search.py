@@ -173,6 +173,7 @@ def test_ann_index_recall_and_ids(tmp_path, ann_data, index_type, params):
     q, g, ids = ann_data
     index = AnnIndex.build(tmp_path / "db", g, ids, index_type=index_type, brute_force_below=1000)
     assert not index.brute_force and index.index_type == index_type
+    assert index.build_recall is not None and 0.5 < index.build_recall <= 1.0  # self-measured
     exact = exact_top_k(q, g, 10).indices
     assert index.recall_at_k(q, 10, exact, **params) > 0.9
 
@@ -197,6 +198,7 @@ def test_brute_force_mode_equals_exact(tmp_path, ann_data):
     raw = g * 3.0  # the index normalises what it stores
     index = AnnIndex.build(tmp_path / "db", raw, ids)  # N < default threshold: no index
     assert index.brute_force and index.table.list_indices() == []
+    assert index.build_recall == 1.0
     exact_s, exact_i = exact_top_k(q, g, 15)
     result = index.search(q, 15)
     assert torch.equal(result.indices, exact_i)
