@@ -134,6 +134,18 @@ def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ..
     return values.reshape((len(column), *shape))
 
 
+def _sql_string(value: str) -> str:
+    """A SQL string literal for Lance filters (quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _delete_where_in(table, column: str, values: list[str], chunk: int = 500) -> None:
+    """Delete rows whose `column` is in `values`, in chunks so the filter stays small."""
+    for start in range(0, len(values), chunk):
+        literals = ", ".join(_sql_string(v) for v in values[start:start + chunk])
+        table.delete(f"{column} IN ({literals})")
+
+
 class TokenIndex:
     """The three tables of one dataset, bound to one encoder."""
 
@@ -218,20 +230,15 @@ class TokenIndex:
 
     def delete_videos(self, video_ids: list[str]) -> None:
         """Remove videos (and their tokens and captions) that left the corpus."""
-        if not video_ids:
-            return
-        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in video_ids)
         for table in (self.video_tokens, self.captions, self.videos):
-            table.delete(f"video_id IN ({quoted})")
+            _delete_where_in(table, "video_id", video_ids)
 
     def delete_captions_except(self, caption_ids: set[str]) -> int:
         """Drop captions no longer in the dataset's annotation file; returns how many."""
         existing = set(self.captions.to_lance().to_table(columns=["caption_id"])
                        .column("caption_id").to_pylist())
         stale = sorted(existing - caption_ids)
-        for start in range(0, len(stale), 500):
-            quoted = ", ".join("'" + c.replace("'", "''") + "'" for c in stale[start:start + 500])
-            self.captions.delete(f"caption_id IN ({quoted})")
+        _delete_where_in(self.captions, "caption_id", stale)
         return len(stale)
 
     def compact(self) -> None:
@@ -270,9 +277,8 @@ class TokenIndex:
     def load_token_bank(self, split: str) -> TokenBank:
         """All ok videos of `split` and their captions, as fp16 tensors aligned by row."""
         s = self.shapes
-        quoted_split = split.replace("'", "''")
         videos = self.videos.to_lance().to_table(
-            columns=["video_id"], filter=f"split = '{quoted_split}' AND status = 'ok'"
+            columns=["video_id"], filter=f"split = {_sql_string(split)} AND status = 'ok'"
         )
         ok_ids = videos.column("video_id").to_pylist()
         tokens = self.video_tokens.to_lance().to_table(
@@ -285,7 +291,7 @@ class TokenIndex:
         row_of = {vid: i for i, vid in enumerate(video_ids)}
         captions = self.captions.to_lance().to_table(
             columns=["caption_id", "video_id", "eot", "tokens", "length"],
-            filter=f"split = '{quoted_split}'",
+            filter=f"split = {_sql_string(split)}",
         ).sort_by("caption_id")
         cap_rows = [i for i, v in enumerate(captions.column("video_id").to_pylist()) if v in row_of]
         captions = captions.take(cap_rows)
