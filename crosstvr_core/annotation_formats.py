@@ -154,7 +154,7 @@ def _check_columns(path: Path, found: list[str], required: tuple[str, ...],
 def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[dict]:
     if not path.is_file():
         raise DatasetError(f"annotation file '{path}': not found")
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheet exports
         reader = csv.DictReader(handle)
         _check_columns(path, list(reader.fieldnames or []), required, optional)
         rows = list(reader)
@@ -182,18 +182,19 @@ def _read_table(path: Path) -> list[tuple[str, dict]]:
             rows.append((where, _expect(row, dict, where, "a JSON object")))
         return rows
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             return [(f"captions file '{path}' row {n}", row)
                     for n, row in enumerate(csv.DictReader(handle), start=1)]
     raise DatasetError(f"captions file '{path}': expected .csv or .jsonl, got '{suffix}'")
 
 
-def _no_duplicates(ids: list[tuple[str, str]], what: str) -> None:
+def _no_duplicates(ids: list[tuple[str, str]], what: str, why: str = "") -> None:
     """ids: (id, where) pairs; the first repeat is an error naming both places."""
     seen: dict[str, str] = {}
     for value, where in ids:
         if value in seen:
-            raise DatasetError(f"{where}: duplicate {what} '{value}' (first at {seen[value]})")
+            raise DatasetError(f"{where}: duplicate {what} '{value}' (first at {seen[value]})"
+                               + (f"; {why}" if why else ""))
         seen[value] = where
 
 
@@ -219,7 +220,7 @@ def parse_msrvtt(files: dict[str, Path], splits: tuple[str, ...]) -> Annotations
             out.captions.append(AnnotatedCaption(
                 video_id, _text(row["sentence"], where), "test", meta=meta))
         # 1k-A is single-caption: a repeated video is a broken file, not a second caption
-        _no_duplicates(ids, "video id")
+        _no_duplicates(ids, "video id", "the 1k-A test has one caption per video")
         _no_duplicates([(r["key"], f"annotation file '{path}' line {n}")
                         for n, r in enumerate(rows, start=2) if "key" in r], "caption key")
     if "train" in splits:

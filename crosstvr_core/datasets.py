@@ -103,6 +103,13 @@ class RetrievalDataset:
     def splits(self) -> list[str]:
         return sorted({v.split for v in self.videos})
 
+    def summary(self) -> dict[str, dict]:
+        """Per split: video and caption counts and the evaluation mode (for CLI output)."""
+        return {split: {"videos": len(self.split_videos(split)),
+                        "captions": len(self.split_captions(split)),
+                        "evaluation": self.evaluation_mode(split)}
+                for split in self.splits()}
+
     def split_videos(self, split: str) -> list[VideoItem]:
         return [v for v in self.videos if v.split == split]
 

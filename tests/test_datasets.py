@@ -252,3 +252,13 @@ def test_manifest_duplicate_video_id(tmp_path):
         {"uri": "/data/a/clip.mp4", "caption": "x"}, {"uri": "/data/b/clip.mp4", "caption": "y"}])
     with pytest.raises(DatasetError, match="line 2: duplicate video id 'clip' for two files"):
         load_dataset("manifest", tmp_path)
+
+
+def test_csv_with_byte_order_mark_and_summary(tmp_path):
+    write_videos(tmp_path, ["a.mp4", "b.mp4"])
+    (tmp_path / "captions.csv").write_text(
+        "\ufeffvideo,caption,split\na.mp4,one,train\na.mp4,two,train\nb.mp4,three,test\n",
+        encoding="utf-8")
+    ds = load_dataset("folder", tmp_path)
+    assert ds.summary() == {"test": {"videos": 1, "captions": 1, "evaluation": "single"},
+                            "train": {"videos": 1, "captions": 2, "evaluation": "multi"}}
