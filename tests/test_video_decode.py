@@ -8,48 +8,49 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import random
-import shutil
-import subprocess
+import pickle
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from video_fixtures import (
+    CODEC_MATRIX,
+    HAVE_FFMPEG,
+    available_encoders,
+    ffmpeg_cli,
+    make_clip,
+    make_garbled,
+    make_matrix_clip,
+    make_rotated_clip,
+    make_truncated,
+    make_vfr_clip,
+    make_y4m,
+    ramp_frame_numbers,
+    ramp_source,
+)
 
 from crosstvr_core.video_decode import (
+    FAILURE_REASONS,
     VideoDecodeError,
     VideoProbe,
+    decode_frames,
+    decode_segment_frames,
     decode_uniform_frames,
     file_content_hash,
     probe_video,
+    segment_frame_indices,
     uniform_frame_indices,
 )
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
-    reason="needs the ffmpeg and ffprobe binaries",
-)
+pytestmark = pytest.mark.skipif(not HAVE_FFMPEG, reason="needs the ffmpeg and ffprobe binaries")
 
-RAMP = "color=c=black:s=64x48:r=10:d=2,geq=lum='16+N*10':cb=128:cr=128"  # brightness rises
+RAMP = ramp_source()  # 64x48, 10 fps, 2 s: frame n has luma 16 + 10 n
 # 128x64: green | red | blue | green; a centre crop keeps only red (left) and blue (right).
 SPLIT = (
     "nullsrc=s=128x64:r=10:d=1,format=gbrp,"
     "geq=r='255*between(X,16,63)':g='255*(lt(X,16)+gte(X,112))':b='255*between(X,64,111)'"
 )
-
-
-def ffmpeg_cli(*args: str) -> bytes:
-    """Run the ffmpeg CLI quietly; its stdout."""
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-y", *args]
-    return subprocess.run(cmd, check=True, capture_output=True).stdout
-
-
-def make_clip(path: Path, source: str, *args: str, pix_fmt: str | None = "yuv420p") -> Path:
-    """Render a lavfi source to `path` (pix_fmt None: no video, e.g. an audio source)."""
-    fmt = ("-pix_fmt", pix_fmt) if pix_fmt else ()
-    ffmpeg_cli("-f", "lavfi", "-i", source, *args, *fmt, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "ramp_mkv": make_clip(d / "ramp.mkv", RAMP, "-c:v", "libx264"),
         "split": make_clip(d / "split.mp4", SPLIT),
         "short": make_clip(d / "short.mp4", RAMP, "-frames:v", "3"),
+        "single": make_clip(d / "single.mp4", RAMP, "-frames:v", "1"),
         "plain": make_clip(d / "plain.mp4", testsrc, "-t", "3"),
         "faststart": make_clip(d / "faststart.mp4", testsrc, "-t", "3", "-movflags", "+faststart"),
         "long": make_clip(d / "long.mp4", testsrc, "-t", "6", "-g", "50"),
@@ -69,9 +71,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # A stream-copied cut: an edit list hides the pre-roll, so nb_frames overstates the frames.
     out["cut"] = d / "cut.mp4"
     ffmpeg_cli("-ss", "1.3", "-i", str(out["long"]), "-t", "2", "-c", "copy", str(out["cut"]))
-    out["rotated"] = d / "rotated.mp4"
-    rotate = ("-c", "copy", "-metadata:s:v:0", "rotate=90")
-    ffmpeg_cli("-i", str(out["testsrc"]), *rotate, str(out["rotated"]))
+    out["rotated"] = make_rotated_clip(out["testsrc"], d / "rotated.mp4", 90)
     return out
 
 
@@ -171,18 +171,6 @@ def test_portrait_input_is_centre_cropped(tmp_path: Path) -> None:
     assert frames.shape == (4, 24, 24, 3) and mask.all()
 
 
-def test_rotated_stream_matches_ffmpeg_autorotate(clips: dict[str, Path]) -> None:
-    probe = probe_video(clips["rotated"])
-    assert probe.rotation in (90, 270)
-    assert (probe.width, probe.height) == (64, 96)  # as displayed
-    # size 64 = the displayed short side, so no resampling: must equal ffmpeg's own autorotate.
-    frames, _, _ = decode_uniform_frames(clips["rotated"], 8, 64)
-    select = "+".join(f"eq(n\\,{i})" for i in uniform_frame_indices(probe.num_frames, 8))
-    raw = ("-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:")
-    ref = ffmpeg_cli("-i", str(clips["rotated"]), "-vf", f"select={select},crop=64:64", *raw)
-    assert np.array_equal(np.frombuffer(ref, np.uint8).reshape(8, 64, 64, 3), frames)
-
-
 def test_short_clip_is_padded_with_repeats(clips: dict[str, Path]) -> None:
     frames, mask, probe = decode_uniform_frames(clips["short"], 8, 32)
     assert probe.num_frames == 3
@@ -230,91 +218,284 @@ def test_decode_rejects_bad_arguments(clips: dict[str, Path]) -> None:
         decode_uniform_frames(clips["testsrc"], 8, 0)
 
 
+# --- segment sampling ------------------------------------------------------------------------
+
+
+def test_segment_indices_fall_in_their_segments() -> None:
+    for available in (9, 20, 75, 1001):
+        for wanted in (1, 3, 8, 9):
+            if available < wanted:
+                continue
+            idx = segment_frame_indices(available, wanted, seed=available * 31 + wanted)
+            assert len(idx) == wanted and idx == sorted(set(idx))
+            for k, index in enumerate(idx):
+                assert k * available // wanted <= index < (k + 1) * available // wanted
+
+
+def test_segment_indices_are_seeded() -> None:
+    a = segment_frame_indices(1000, 12, seed=7)
+    assert a == segment_frame_indices(1000, 12, seed=7)
+    others = {tuple(segment_frame_indices(1000, 12, seed=s)) for s in range(8)}
+    assert len(others) == 8  # 83 choices per segment: distinct seeds give distinct samples
+    gen = np.random.default_rng(3)  # a Generator is advanced: consecutive epochs differ
+    assert segment_frame_indices(1000, 12, gen) != segment_frame_indices(1000, 12, gen)
+    assert segment_frame_indices(5, 8, seed=0) == [0, 1, 2, 3, 4]  # short: all, caller pads
+    with pytest.raises(ValueError):
+        segment_frame_indices(10, 0, seed=0)
+
+
+def test_segment_decode_returns_the_sampled_frames(clips: dict[str, Path]) -> None:
+    for seed in (0, 1, 2):
+        frames, mask, probe = decode_segment_frames(clips["ramp"], 8, 32, seed)
+        assert frames.shape == (8, 32, 32, 3) and mask.all()
+        expected = segment_frame_indices(probe.num_frames, 8, seed)
+        assert ramp_frame_numbers(frames).tolist() == expected
+    again, _, _ = decode_segment_frames(clips["ramp"], 8, 32, 2, probe=probe)
+    assert np.array_equal(again, frames)
+    uniform, _, _ = decode_frames(clips["ramp"], 8, 32, probe, sampling="uniform")
+    assert ramp_frame_numbers(uniform).tolist() == uniform_frame_indices(20, 8)
+    with pytest.raises(ValueError, match="sampling"):
+        decode_frames(clips["ramp"], 8, 32, probe, sampling="random")  # type: ignore[arg-type]
+
+
+def test_segment_decode_of_a_short_clip_pads_like_uniform(clips: dict[str, Path]) -> None:
+    frames, mask, _ = decode_segment_frames(clips["short"], 8, 32, seed=5)
+    assert mask.sum() == 3 and ramp_frame_numbers(frames[mask]).tolist() == [0, 1, 2]
+
+
+def test_segment_decode_with_an_overestimated_count(clips: dict[str, Path]) -> None:
+    true = probe_video(clips["ramp"])
+    guess = dataclasses.replace(true, num_frames=3 * true.num_frames, num_frames_exact=False)
+    frames, mask, _ = decode_segment_frames(clips["ramp"], 8, 32, 0, probe=guess)
+    numbers = ramp_frame_numbers(frames)
+    assert mask.all() and np.all(np.diff(numbers) > 0) and numbers[-1] < 20
+
+
+# --- containers, codecs and odd inputs ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoders() -> set[str]:
+    return available_encoders()
+
+
+@pytest.mark.parametrize("name", sorted(CODEC_MATRIX))
+def test_codec_matrix(tmp_path: Path, encoders: set[str], name: str) -> None:
+    suffix, args, codec, _ = CODEC_MATRIX[name]
+    encoder = args[args.index("-c:v") + 1]
+    if encoder not in encoders:
+        pytest.skip(f"this ffmpeg has no {encoder} encoder")
+    clip = make_matrix_clip(tmp_path, name, ramp_source(rate=25, duration=1, step=8))
+    probe = probe_video(clip)
+    assert probe.codec == codec and (probe.width, probe.height) == (64, 48)
+    assert probe.num_frames == 25, probe  # container count, or packets where there is none
+    assert probe.fps == pytest.approx(25, rel=0.01) and not probe.damage
+    frames, mask, _ = decode_uniform_frames(clip, 8, 32, probe=probe)
+    assert frames.shape == (8, 32, 32, 3) and mask.all()
+    numbers = ramp_frame_numbers(frames, step=8)
+    assert np.abs(numbers - uniform_frame_indices(25, 8)).max() <= 1, numbers
+    seg, seg_mask, _ = decode_segment_frames(clip, 8, 32, 4, probe=probe)
+    assert seg_mask.all()
+    assert np.abs(ramp_frame_numbers(seg, 8) - segment_frame_indices(25, 8, 4)).max() <= 1
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_variable_frame_rate(tmp_path: Path, suffix: str) -> None:
+    clip = make_vfr_clip(tmp_path / f"vfr{suffix}")  # frames 0..19 then every 4th: 40 frames
+    probe = probe_video(clip)
+    assert probe.num_frames == 40
+    frames, mask, _ = decode_uniform_frames(clip, 8, 32, probe=probe)
+    assert mask.all()
+    # Frame numbers in display order, whatever the timestamps: source frames 0..19, 20, 24, ...
+    source = [*range(20), *range(20, 100, 4)]
+    expected = [source[i] for i in uniform_frame_indices(40, 8)]
+    assert np.abs(ramp_frame_numbers(frames, step=2) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotated_stream_matches_ffmpeg_autorotate(
+    clips: dict[str, Path], tmp_path: Path, degrees: int
+) -> None:
+    clip = make_rotated_clip(clips["testsrc"], tmp_path / f"rot{degrees}.mp4", degrees)
+    probe = probe_video(clip)
+    assert probe.rotation in ((90, 270) if degrees != 180 else (180,))
+    shape = (64, 96) if degrees != 180 else (96, 64)
+    assert (probe.width, probe.height) == shape  # as displayed
+    # size 64 = the displayed short side, so no resampling: must equal ffmpeg's own autorotate.
+    frames, _, _ = decode_uniform_frames(clip, 8, 64)
+    select = "+".join(f"eq(n\\,{i})" for i in uniform_frame_indices(probe.num_frames, 8))
+    raw = ("-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:")
+    ref = ffmpeg_cli("-i", str(clip), "-vf", f"select={select},crop=64:64", *raw)
+    assert np.array_equal(np.frombuffer(ref, np.uint8).reshape(8, 64, 64, 3), frames)
+
+
+@pytest.mark.parametrize("size", [32, 55, 80])
+def test_odd_frame_size(tmp_path: Path, size: int) -> None:
+    clip = make_clip(tmp_path / "odd.mp4", "testsrc=size=97x55:rate=10", "-t", "1",
+                     "-c:v", "libx264", pix_fmt="yuv444p")
+    frames, mask, probe = decode_uniform_frames(clip, 4, size)
+    assert (probe.width, probe.height) == (97, 55)
+    assert frames.shape == (4, size, size, 3) and mask.all()
+    assert frames.std() > 10  # real picture content, not a blank crop
+
+
+def test_single_frame_clip(clips: dict[str, Path]) -> None:
+    frames, mask, probe = decode_uniform_frames(clips["single"], 8, 32)
+    assert probe.num_frames == 1 and mask.tolist() == [True] + [False] * 7
+    assert all(np.array_equal(frame, frames[0]) for frame in frames)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "segment"])
+def test_long_clip_seeks_to_the_same_frames(tmp_path: Path, sampling: str) -> None:
+    # 8 s at 25 fps (200 frames), a keyframe every 25: forced into the seeking path with a low
+    # threshold, it must return exactly the frames of the single pass.
+    clip = make_clip(tmp_path / "long.mp4", "testsrc=size=96x64:rate=25", "-t", "8", "-g", "25")
+    probe = probe_video(clip)
+    kwargs = {"sampling": sampling, "seed": 3}
+    single, _, _ = decode_frames(clip, 8, 48, probe, seek_frames_per_sample=None, **kwargs)
+    seeking, mask, _ = decode_frames(clip, 8, 48, probe, seek_frames_per_sample=10, **kwargs)
+    assert mask.all() and np.array_equal(single, seeking)
+
+
+def test_long_clip_seeking_falls_back_when_the_count_is_too_high(clips: dict[str, Path]) -> None:
+    true = probe_video(clips["ramp"])
+    guess = dataclasses.replace(true, num_frames=4 * true.num_frames, num_frames_exact=False)
+    frames, mask, _ = decode_frames(clips["ramp"], 8, 32, guess, seek_frames_per_sample=2)
+    numbers = ramp_frame_numbers(frames)
+    assert mask.all() and np.all(np.diff(numbers) > 0) and numbers[-1] < 20
+
+
 # --- failures ------------------------------------------------------------------------------
 
 
-def assert_fails(path: Path, problem: str, **kwargs: object) -> str:
+def assert_fails(path: Path, problem: str, reason: str, **kwargs: object) -> VideoDecodeError:
+    """Decoding `path` raises VideoDecodeError naming the file, the problem and its reason."""
     with pytest.raises(VideoDecodeError) as info:
         decode_uniform_frames(path, 8, 32, **kwargs)
-    message = str(info.value)
-    assert str(path) in message and problem in message, message
-    return message
+    error = info.value
+    assert str(path) in str(error) and problem in str(error), str(error)
+    assert error.reason == reason, (error.reason, str(error))
+    assert error.path == str(path)
+    return error
 
 
 def test_missing_path(tmp_path: Path) -> None:
-    assert_fails(tmp_path / "nope.mp4", "does not exist")
+    assert_fails(tmp_path / "nope.mp4", "does not exist", "missing")
 
 
 def test_directory(tmp_path: Path) -> None:
     (tmp_path / "dir.mp4").mkdir()
-    assert_fails(tmp_path / "dir.mp4", "is a directory")
+    assert_fails(tmp_path / "dir.mp4", "is a directory", "not_a_file")
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:
     (tmp_path / "empty.mp4").touch()
-    assert_fails(tmp_path / "empty.mp4", "empty (0 bytes)")
+    assert_fails(tmp_path / "empty.mp4", "empty (0 bytes)", "empty")
 
 
-def test_text_file_named_mp4(tmp_path: Path) -> None:
-    (tmp_path / "notes.mp4").write_text("this is not a video\n" * 50)
-    assert_fails(tmp_path / "notes.mp4", "not a readable media file")
+@pytest.mark.parametrize("name", ["notes.mp4", "notes.avi", "notes.mkv", "noise.webm"])
+def test_not_a_video(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    if name.startswith("noise"):
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    else:
+        path.write_text("this is not a video\n" * 50)
+    assert_fails(path, "not a readable media file", "not_a_video")
 
 
 @pytest.mark.parametrize("args", [["-c:a", "aac"], ["-c:a", "aac", "-f", "ipod"]])
 def test_audio_only(tmp_path: Path, args: list[str]) -> None:
     # An .mp4 holding only audio, and an .m4a (ipod muxer) renamed to .mp4.
     clip = make_clip(tmp_path / "sound.mp4", "sine=d=1", *args, pix_fmt=None)
-    assert_fails(clip, "no video stream (audio only)")
+    assert_fails(clip, "no video stream (audio only)", "no_video_stream")
 
 
-def test_absurd_dimensions(tmp_path: Path) -> None:
-    clip = tmp_path / "thin.y4m"  # a 1-pixel-wide raw video
-    clip.write_bytes(b"YUV4MPEG2 W1 H16 F10:1 Ip A1:1 Cmono\n" + (b"FRAME\n" + bytes(16)) * 3)
-    assert_fails(clip, "absurd frame dimensions 1x16")
-
-
-def truncated(src: Path, dst: Path) -> Path:
-    data = src.read_bytes()
-    dst.write_bytes(data[: len(data) // 2])
-    return dst
+@pytest.mark.parametrize(("width", "height"), [(1, 16), (16, 1), (20000, 2)])
+def test_absurd_dimensions(tmp_path: Path, width: int, height: int) -> None:
+    clip = make_y4m(tmp_path / "odd.y4m", width, height)
+    assert_fails(clip, f"absurd frame dimensions {width}x{height}", "absurd_dimensions")
 
 
 def test_truncated_plain_mp4(clips: dict[str, Path], tmp_path: Path) -> None:
     # moov atom at the end: the cut file has no index at all.
-    clip = truncated(clips["plain"], tmp_path / "half_plain.mp4")
-    assert_fails(clip, "not a readable media file")
+    clip = make_truncated(clips["plain"], tmp_path / "half_plain.mp4")
+    assert_fails(clip, "truncated: the file ends inside a box", "truncated")
 
 
 def test_truncated_faststart_mp4(clips: dict[str, Path], tmp_path: Path) -> None:
-    # moov first: probes fine, plain ffmpeg exits 0 with a fraction of the frames.
-    clip = truncated(clips["faststart"], tmp_path / "half_fast.mp4")
-    assert probe_video(clip).num_frames_exact
-    assert_fails(clip, "ffmpeg failed (exit")  # -xerror
-    assert_fails(clip, "truncated or corrupt: got", strict=False)  # frame count check
+    # moov first: the index lists every frame, but half of the packets are gone. Plain ffmpeg
+    # would exit 0 with a fraction of the frames; the probe's packet count catches it first.
+    clip = make_truncated(clips["faststart"], tmp_path / "half_fast.mp4")
+    assert_fails(clip, "the container indexes 75 frames but only", "truncated")
+    assert_fails(clip, "the container indexes 75 frames but only", "truncated", strict=False)
+
+
+def test_truncated_faststart_mp4_with_a_stale_probe(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    # The probe came from the intact file (e.g. cached): ffmpeg itself must still fail it.
+    clip = tmp_path / "fast.mp4"
+    clip.write_bytes(clips["faststart"].read_bytes())
+    probe = probe_video(clip)
+    make_truncated(clips["faststart"], clip)
+    assert_fails(clip, "truncated: the file ends inside a box; ffmpeg failed", "truncated",
+                 probe=probe)
+    # Without -xerror only the frame-count check is left.
+    assert_fails(clip, "truncated or corrupt: got", "truncated", probe=probe, strict=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason", "problem"),
+    [
+        ("mkv_h264", "truncated", "File ended prematurely"),  # no frame index: demuxer warning
+        ("webm_vp9", "truncated", "File ended prematurely"),
+        ("avi_mpeg4", "truncated", "the container indexes 75 frames but only"),
+        ("mpg_mpeg2", "corrupt", "corrupt"),  # MPEG-PS cannot tell a cut from damage
+    ],
+)
+def test_truncated_other_containers(tmp_path: Path, name: str, reason: str, problem: str) -> None:
+    clip = make_matrix_clip(tmp_path, name, "testsrc=size=160x120:rate=25:d=3")
+    cut = make_truncated(clip, tmp_path / f"cut{clip.suffix}")
+    assert_fails(cut, problem, reason)
+    if reason != "truncated" or "indexes" not in problem:
+        # Without -xerror the readable part is accepted: the caller asked for leniency.
+        frames, _, _ = decode_uniform_frames(cut, 8, 32, strict=False)
+        assert frames.shape == (8, 32, 32, 3)
 
 
 @pytest.mark.parametrize("name", ["plain", "faststart"])
 def test_garbled_bytes(clips: dict[str, Path], tmp_path: Path, name: str) -> None:
-    data = bytearray(clips[name].read_bytes())
-    middle = len(data) // 2
-    rng = random.Random(0)
-    data[middle : middle + 2000] = bytes(rng.getrandbits(8) for _ in range(2000))
-    clip = tmp_path / f"garbled_{name}.mp4"
-    clip.write_bytes(bytes(data))
-    message = assert_fails(clip, "ffmpeg failed (exit")
-    assert "corrupt" in message
+    clip = make_garbled(clips[name], tmp_path / f"garbled_{name}.mp4")
+    error = assert_fails(clip, "ffmpeg failed (exit", "corrupt")
+    assert "corrupt" in str(error)
 
 
 def test_unreadable_file(clips: dict[str, Path], tmp_path: Path) -> None:
     if os.geteuid() == 0:
-        pytest.skip("root can read a chmod 000 file")
+        pytest.skip("running as root, which can read a chmod 000 file")
     clip = tmp_path / "locked.mp4"
     clip.write_bytes(clips["testsrc"].read_bytes())
     clip.chmod(0)
     try:
-        assert_fails(clip, "permission denied")
+        assert_fails(clip, "permission denied", "unreadable")
+        with pytest.raises(VideoDecodeError) as info:
+            file_content_hash(clip)
+        assert info.value.reason == "unreadable"
     finally:
         clip.chmod(0o644)
+
+
+def test_error_reasons_are_stable_and_pickle() -> None:
+    error = VideoDecodeError("/x/a.mp4", "no video stream (audio only)", "no_video_stream")
+    assert str(error) == "video '/x/a.mp4': no video stream (audio only)"
+    again = pickle.loads(pickle.dumps(error))  # crosses Ray process boundaries intact
+    assert (again.path, again.problem, again.reason, str(again)) == (
+        error.path, error.problem, error.reason, str(error)
+    )
+    assert {"missing", "empty", "unreadable", "no_video_stream", "not_a_video", "truncated",
+            "corrupt", "absurd_dimensions", "decode_failed"} <= FAILURE_REASONS
+    with pytest.raises(ValueError, match="unknown VideoDecodeError reason"):
+        VideoDecodeError("a.mp4", "x", "oops")
 
 
 # --- hashing and timing --------------------------------------------------------------------
@@ -328,8 +509,9 @@ def test_file_content_hash(clips: dict[str, Path]) -> None:
 
 
 def test_file_content_hash_missing(tmp_path: Path) -> None:
-    with pytest.raises(VideoDecodeError, match="nope.mp4"):
+    with pytest.raises(VideoDecodeError, match="nope.mp4") as info:
         file_content_hash(tmp_path / "nope.mp4")
+    assert info.value.reason == "missing"
 
 
 def test_decode_timing_10s_320x240(tmp_path: Path) -> None:
