@@ -245,8 +245,9 @@ def parse_msrvtt(files: dict[str, Path], splits: tuple[str, ...]) -> Annotations
             categories[str(item["video_id"])] = item.get("category")
         sentences: dict[str, list[AnnotatedCaption]] = {}
         sen_ids = []
+        prefix = f"annotation file '{json_path}' sentences"  # 200k sentences: format once
         for i, item in enumerate(data["sentences"]):
-            where = f"annotation file '{json_path}' sentences[{i}]"
+            where = f"{prefix}[{i}]"
             item = _expect(item, dict, where, "an object with caption, video_id, sen_id")
             for key in ("caption", "video_id"):
                 if key not in item:
