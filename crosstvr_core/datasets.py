@@ -170,7 +170,9 @@ class VideoFileIndex:
         """A relative name that stays inside the directory (no absolute path, no '../')."""
         normalised = os.path.normpath(os.path.join(self.videos_dir, key))
         if os.path.isabs(key) or not Path(normalised).is_relative_to(self.videos_dir):
-            raise DatasetError(f"{where}: video '{key}' escapes the root '{self.videos_dir}'")
+            hint = " (absolute paths and URIs belong in a manifest)" if os.path.isabs(key) else ""
+            raise DatasetError(
+                f"{where}: video '{key}' escapes the root '{self.videos_dir}'{hint}")
         return key
 
     def find(self, key: str, where: str) -> Path | None:

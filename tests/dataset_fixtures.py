@@ -8,6 +8,7 @@ and copied under each name, so the loaders' paths are decodable videos, cheaply.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import pickle
@@ -18,6 +19,7 @@ from pathlib import Path
 
 _ENCODED: dict[str, Path] = {}
 _CACHE_DIR = Path(tempfile.mkdtemp(prefix="crosstvr-fixture-videos-"))
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 
 def tiny_video(path: str | Path) -> Path:

@@ -144,7 +144,10 @@ def _rewrite_json(path, edit):
             "key,vid_key,video_id,sentence\nret0,msr1,video1,  \n"), "line 2: empty caption"),
         (lambda p: (p / "MSRVTT_JSFUSION_test.csv").write_text(
             "key,vid_key,video_id,sentence\nret0,msr1,video1,a\nret1,msr1,video1,b\n"),
-         "line 3: duplicate video id 'video1'"),
+         "line 3: duplicate video id 'video1'.*one caption per video"),
+        (lambda p: (p / "MSRVTT_JSFUSION_test.csv").write_text(
+            "key,vid_key,video_id,sentence\nret0,msr1,video1,a\nret0,msr2,video2,b\n"),
+         "line 3: duplicate caption key 'ret0'"),
         (lambda p: (p / "MSRVTT_JSFUSION_test.csv").write_text(
             "key,vid_key,video_id,sentence\nret0,msr1,video1,a,extra\n"),
          "line 2: wrong number of fields"),
@@ -207,6 +210,11 @@ def test_didemo_activitynet_vatex_lsmdc_errors(tmp_path):
     _rewrite_json(tmp_path / "d" / "train_data.json",
                   lambda d: [{**d["rows"][0], "times": [3, 4]}])
     with pytest.raises(DatasetError, match=r"\[0\] 'times': expected a non-empty list"):
+        load_dataset("didemo", tmp_path / "d", "train")
+
+    write_didemo(tmp_path / "d")
+    _rewrite_json(tmp_path / "d" / "train_data.json", lambda rows: [rows[0], rows[0]])
+    with pytest.raises(DatasetError, match=r"\[1\]: duplicate annotation_id '0'"):
         load_dataset("didemo", tmp_path / "d", "train")
 
     write_activitynet(tmp_path / "a")

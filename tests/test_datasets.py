@@ -51,6 +51,8 @@ def test_jsonl_and_csv_give_the_same_dataset(tmp_path):
         ([{"video": "a.mp4", "text": "x", "split": "test"}], "missing column"),
         ([{"video": "a.mp4", "caption": " ", "split": "test"}], "empty caption"),
         ([{"video": "../a.mp4", "caption": "x", "split": "test"}], "escapes the root"),
+        ([{"video": "/data/a.mp4", "caption": "x", "split": "test"}],
+         "escapes the root .* belong in a manifest"),
         ([{"video": "a.mp4", "caption": "x", "split": "test"},
           {"video": "a.mp4", "caption": "y", "split": "train"}], "split"),
         ([{"video": "a.mp4", "caption": "x", "split": "test"},
