@@ -38,17 +38,21 @@ class DataConfig(_Section):
     # folder: CSV or JSONL with columns video, caption, split (train/test).
     captions_file: str | None = None
     name: str = "generated-fine-grained"
-    # generated benchmark sizes: a test group is one base video plus its near-duplicates.
-    num_train_videos: int = Field(1200, ge=1)
-    num_test_groups: int = Field(60, ge=1)
+    # generated benchmark sizes: a test group is a cube of 8 videos (3 one-factor swaps), so
+    # 64 groups = 512 test videos (docs/benchmark-data.md).
+    num_train_videos: int = Field(2000, ge=1)
+    num_test_groups: int = Field(64, ge=1)
     captions_per_train_video: int = Field(3, ge=1)
-    # generated: "shared" lets test scenes recur in training (other background, noise,
-    # caption); "disjoint" keeps them out (compositional generalisation, much harder)
+    # generated: "shared" re-shows up to num_train_videos/2 test scenes in training, each
+    # once, with other noise, tint, jitter and captions (never the test clip itself);
+    # "disjoint" keeps every test scene out (compositional generalisation, much harder)
     train_scenes: Literal["shared", "disjoint"] = "shared"
     frame_size: int = Field(64, ge=16)
     rendered_frames: int = Field(16, ge=2)
     fps: int = Field(8, ge=1)
     seed: int = 0
+    # generated: clips per Ray Data render task, all encoded by one ffmpeg process
+    render_batch_size: int = Field(64, ge=1)
 
 
 class EncoderConfig(_Section):

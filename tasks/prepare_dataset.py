@@ -39,7 +39,7 @@ def generation_params(cfg: CrossTVRConfig) -> dict:
         "num_train_videos": d.num_train_videos, "num_test_groups": d.num_test_groups,
         "captions_per_train_video": d.captions_per_train_video, "frame_size": d.frame_size,
         "rendered_frames": d.rendered_frames, "fps": d.fps, "seed": d.seed,
-        "train_scenes": d.train_scenes,
+        "train_scenes": d.train_scenes, "generator": synthetic.GENERATOR_VERSION,
     }
 
 
@@ -52,19 +52,9 @@ def generated_root(cfg: CrossTVRConfig) -> Path:
 
 
 def _render_batch(batch: dict, root: str, frame_size: int, num_frames: int, fps: int) -> dict:
-    specs = [_spec_from_json(s) for s in batch["spec"]]
-    paths = [synthetic.render_video(s, root, frame_size, num_frames, fps) for s in specs]
-    return {"path": paths}
-
-
-def _spec_json(spec: synthetic.VideoSpec) -> str:
-    return json.dumps(spec.__dict__)
-
-
-def _spec_from_json(text: str) -> synthetic.VideoSpec:
-    fields = json.loads(text)
-    fields["objects"] = tuple(tuple(obj) for obj in fields["objects"])  # JSON made them lists
-    return synthetic.VideoSpec(**fields)
+    """One Ray Data batch: its clips rendered and encoded by one ffmpeg process."""
+    specs = [synthetic.spec_from_json(text) for text in batch["spec"]]
+    return {"path": synthetic.render_videos(specs, root, frame_size, num_frames, fps)}
 
 
 def render_generated_benchmark(cfg: CrossTVRConfig) -> DatasetRef:
@@ -76,10 +66,11 @@ def render_generated_benchmark(cfg: CrossTVRConfig) -> DatasetRef:
     root.mkdir(parents=True, exist_ok=True)
     specs = synthetic.make_benchmark_specs(d.num_train_videos, d.num_test_groups, d.seed,
                                            d.train_scenes)
-    items = [{"spec": _spec_json(s)} for s in specs]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 32, 100)))
+    items = [{"spec": synthetic.spec_to_json(s)} for s in specs]
+    batch = d.render_batch_size
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch)))
     ds = ds.map_batches(
-        _render_batch, batch_size=32, batch_format="numpy", num_cpus=1,
+        _render_batch, batch_size=batch, batch_format="numpy", num_cpus=1,
         fn_kwargs={"root": str(root), "frame_size": d.frame_size,
                    "num_frames": d.rendered_frames, "fps": d.fps},
     )

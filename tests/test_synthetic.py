@@ -1,10 +1,11 @@
-"""Unit tests for the generated fine-grained benchmark (crosstvr_core.synthetic)."""
+"""Unit tests for the generated fine-grained benchmark (crosstvr_core.synthetic*)."""
 
 from __future__ import annotations
 
 import difflib
 import json
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import ffmpeg
@@ -12,35 +13,30 @@ import numpy as np
 import pytest
 
 from crosstvr_core import synthetic as syn
+from crosstvr_core import synthetic_grammar as grammar
+from crosstvr_core import synthetic_render
+from crosstvr_core.synthetic_render import shape_mask
 
+POSITION_WORDS = {"top", "middle", "bottom", "left", "right", "centre", "side"}
 FACTOR_WORDS = {
     "colour": set(syn.COLOURS),
-    "position": {"top", "middle", "bottom", "left", "right", "centre", "side"},
-    "direction": {
-        "left",
-        "right",
-        "up",
-        "down",
-        "to",
-        "the",
-        "leftwards",
-        "rightwards",
-        "upwards",
-        "downwards",
-    },
+    "position": POSITION_WORDS,
+    "direction": {w for forms in grammar.DIRECTION_WORDS.values() for p in forms for w in p.split()},
+    "order": {w for pair in grammar.EVENT_VERBS for phrase in pair for w in phrase.split()},
 }
+NUM_GROUPS = 64
 
 
 @pytest.fixture(scope="module")
 def specs() -> list[syn.VideoSpec]:
-    return syn.make_benchmark_specs(num_train_videos=200, num_test_groups=60, seed=3)
+    return syn.make_benchmark_specs(num_train_videos=300, num_test_groups=NUM_GROUPS, seed=3)
 
 
 def _test_groups(specs: list[syn.VideoSpec]) -> dict[str, dict[str, syn.VideoSpec]]:
     groups: dict[str, dict[str, syn.VideoSpec]] = defaultdict(dict)
     for spec in specs:
         if spec.split == "test":
-            groups[spec.group][spec.variant] = spec
+            groups[spec.group][spec.corner] = spec
     return groups
 
 
@@ -51,6 +47,10 @@ def _changed_words(a: str, b: str) -> set[str]:
         if op != "equal":
             changed |= set(wa[i1:i2]) | set(wb[j1:j2])
     return {w.strip(",") for w in changed}
+
+
+def _words(text: str) -> list[str]:
+    return sorted(text.replace(",", "").split())
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -67,214 +67,302 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def test_specs_are_deterministic(specs):
-    again = syn.make_benchmark_specs(num_train_videos=200, num_test_groups=60, seed=3)
+    again = syn.make_benchmark_specs(num_train_videos=300, num_test_groups=NUM_GROUPS, seed=3)
     assert again == specs
-    other = syn.make_benchmark_specs(num_train_videos=200, num_test_groups=60, seed=4)
+    other = syn.make_benchmark_specs(num_train_videos=300, num_test_groups=NUM_GROUPS, seed=4)
     assert other != specs
 
 
 def test_test_set_does_not_depend_on_train_size(specs):
-    fewer = syn.make_benchmark_specs(num_train_videos=5, num_test_groups=60, seed=3)
+    fewer = syn.make_benchmark_specs(num_train_videos=5, num_test_groups=NUM_GROUPS, seed=3)
     assert [s for s in fewer if s.split == "test"] == [s for s in specs if s.split == "test"]
 
 
-def test_counts_and_ids(specs):
+def test_counts_ids_and_variety(specs):
     train = [s for s in specs if s.split == "train"]
     test = [s for s in specs if s.split == "test"]
-    assert len(train) == 200 and len(test) == 60 * 4
+    assert len(train) == 300 and len(test) == NUM_GROUPS * 8
     assert len({s.video_id for s in specs}) == len(specs)
-    assert train[42].video_id == "train-00042" and train[42].group == "" == train[42].variant
-    assert {s.kind for s in train} == {"motion", "order"}
-    assert "test-g0007-colour" in {s.video_id for s in test}
+    assert train[42].video_id == "train-00042" and train[42].group == "" == train[42].corner
+    assert "test-g0007-101" in {s.video_id for s in test}
+    for pool in (train, test):
+        assert {s.kind for s in pool} == set(syn.KINDS)
+        assert {len(s.objects) for s in pool} == {1, 2, 3}
+        assert {s.background for s in pool} == set(syn.BACKGROUNDS)
+        objects = [o for s in pool for o in s.objects]
+        assert {o.shape for o in objects} == set(syn.SHAPES)
+        assert {o.colour for o in objects} == set(syn.COLOURS)
+        assert {o.size for o in objects} == set(syn.SIZES)
+        assert {o.role for o in objects} == {"mover", "still", "leaves", "arrives", "changes"}
 
 
-def test_test_group_structure(specs):
+def test_default_size_has_capacity():
+    specs = syn.make_benchmark_specs(num_train_videos=0, num_test_groups=64, seed=0)
+    assert len(specs) == 512
+    assert len({s.content for s in specs}) == 512
+
+
+def test_cube_structure(specs):
     groups = _test_groups(specs)
-    assert len(groups) == 60
+    assert len(groups) == NUM_GROUPS
     for gi, (gid, members) in enumerate(sorted(groups.items())):
-        kind = "motion" if gi % 2 == 0 else "order"
-        last = "direction" if kind == "motion" else "order"
-        assert set(members) == {"base", "colour", "position", last}, gid
+        kind = syn.KINDS[gi % 2]
+        assert sorted(members) == [f"{i:03b}" for i in range(8)], gid
         assert {m.kind for m in members.values()} == {kind}
-        assert len({m.seed for m in members.values()}) == 1, "a group shares its background"
-        base = members["base"].objects
-        if kind == "motion":
-            ((shape, colour, band, direction),) = base
-            diffs = {
-                v: [i for i in range(4) if m.objects[0][i] != base[0][i]]
-                for v, m in members.items()
-            }
-            assert diffs == {"base": [], "colour": [1], "position": [2], "direction": [3]}
-            assert members["direction"].objects[0][3] == syn.REVERSE[direction]
-        else:
-            a, b = base
-            assert (a[0], a[1]) != (b[0], b[1]) and a[2] != b[2]
-            for variant, field in (("colour", 1), ("position", 2)):
-                changed = [
-                    (i, f)
-                    for i in range(2)
-                    for f in range(3)
-                    if members[variant].objects[i][f] != base[i][f]
-                ]
-                assert len(changed) == 1 and changed[0][1] == field, (gid, variant)
-            assert members["order"].objects == (b, a)
+        assert len({(m.seed, m.background) for m in members.values()}) == 1, "shared look"
+        for corner, spec in members.items():
+            for i, factor in enumerate(syn.CUBE_FACTORS[kind]):
+                twin = members[syn.twin_corner(corner, i)]
+                assert syn.single_factor_difference(spec, twin) == factor, (gid, corner)
+
+
+def test_every_test_video_has_three_one_factor_near_duplicates(specs):
+    """Checked over the whole test set, not trusting the group labels."""
+    test = [s for s in specs if s.split == "test"]
+    by_kind = defaultdict(list)
+    for s in test:
+        by_kind[s.kind].append(s)
+    for spec in test:
+        found = Counter(
+            syn.single_factor_difference(spec, other) for other in by_kind[spec.kind]
+        )
+        for factor in syn.CUBE_FACTORS[spec.kind]:
+            assert found[factor] >= 1, (spec.video_id, factor)
+        assert sum(found[f] for f in syn.FACTORS) >= 3
+
+
+def test_single_factor_difference_rejects_other_changes(specs):
+    spec = next(s for s in specs if s.split == "test" and s.kind == "motion")
+    mover = spec.objects[0]
+    two = (replace(mover, colour=next(c for c in syn.COLOURS if c != mover.colour),
+                   direction=syn.REVERSE[mover.direction]), *spec.objects[1:])
+    assert syn.single_factor_difference(spec, replace(spec, objects=two)) is None
+    shape = (replace(mover, shape=next(s for s in syn.SHAPES if s != mover.shape)),
+             *spec.objects[1:])
+    assert syn.single_factor_difference(spec, replace(spec, objects=shape)) is None
+    assert syn.single_factor_difference(spec, spec) is None
 
 
 def test_test_scenes_distinct_and_train_disjoint_on_request():
-    specs = syn.make_benchmark_specs(200, 60, seed=3, train_scenes="disjoint")
+    specs = syn.make_benchmark_specs(300, 20, seed=3, train_scenes="disjoint")
     test = [s.content for s in specs if s.split == "test"]
     assert len(set(test)) == len(test)
-    train = {s.content for s in specs if s.split == "train"}
-    assert not train & set(test)
+    assert not {s.content for s in specs if s.split == "train"} & set(test)
 
 
 def test_shared_train_scenes_recur_but_never_as_the_same_video(specs):
-    test = {(s.content, s.seed) for s in specs if s.split == "test"}
+    test = [s for s in specs if s.split == "test"]
     train = [s for s in specs if s.split == "train"]
-    assert {s.content for s in train} & {content for content, _ in test}  # scenes recur
-    assert not {(s.content, s.seed) for s in train} & test  # a test video never does
+    recurring = [s for s in train if s.content in {t.content for t in test}]
+    # half of the 300 training videos re-show distinct test scenes (a fresh random scene may
+    # also happen to match one)
+    assert len({s.content for s in recurring}) >= 150
+    assert not {s.seed for s in train} & {s.seed for s in test}  # never the same video
     with pytest.raises(ValueError, match="train_scenes"):
         syn.make_benchmark_specs(1, 1, train_scenes="both")
 
 
-def test_motion_capacity_is_checked():
-    assert len(syn.make_benchmark_specs(0, 72)) == 72 * 4
-    with pytest.raises(ValueError, match="num_test_groups=73"):
-        syn.make_benchmark_specs(0, 73)
+def test_spec_validation_and_json_round_trip(specs):
+    for spec in specs[:50] + specs[-50:]:
+        assert syn.spec_from_json(syn.spec_to_json(spec)) == spec
+    good = specs[-1]
+    with pytest.raises(ValueError, match="background 'neon'"):
+        replace(good, background="neon")
+    mover = syn.SceneObject("circle", "red", "small", "left", "mover", "right")
+    with pytest.raises(ValueError, match="band 'left' does not fit right motion"):
+        syn.VideoSpec("x", "train", "motion", "", "", (mover,), "dark", 0)
+    still = syn.SceneObject("circle", "red", "small", "centre", "still")
+    with pytest.raises(ValueError, match="needs an object that leaves"):
+        syn.VideoSpec("x", "train", "events", "", "", (still,), "dark", 0)
 
 
 # --------------------------------------------------------------------------- captions
 
 
-def test_captions_are_deterministic_and_distinct(specs):
-    spec = next(s for s in specs if s.split == "train")
-    caps = syn.captions_for(spec, 3, seed=0)
-    assert caps == syn.captions_for(spec, 3, seed=0)
-    assert len(set(caps)) == 3
-    many = syn.captions_for(spec, syn.num_paraphrases(spec.kind) + 2, seed=0)
-    assert len(set(many)) == syn.num_paraphrases(spec.kind)
-    assert syn.paraphrase(spec, 0) in many
+def test_captions_are_deterministic_distinct_and_varied(specs):
+    train = [s for s in specs if s.split == "train"]
+    for spec in train[:40]:
+        caps = syn.captions_for(spec, 3, seed=0)
+        assert caps == syn.captions_for(spec, 3, seed=0)
+        assert len(set(caps)) == 3
+    rows = syn.caption_rows(specs, captions_per_train_video=3, seed=0)
+    texts = [r["caption"] for r in rows]
+    assert len(set(texts)) > 0.95 * len(texts)
+    # Paraphrase variety: many different sentence frames once the content words are masked.
+    content = set(syn.COLOURS) | POSITION_WORDS | FACTOR_WORDS["direction"]
+    frames = {" ".join("_" if w.strip(",") in content else w for w in t.split()[:4])
+              for t in texts}
+    assert len(frames) > 100
+    for template in (*grammar.MOTION_TEMPLATES, *grammar.THEN_TEMPLATES):
+        opening = template.split("{")[0].strip()
+        if opening:
+            assert any(t.startswith(opening) or f" {opening}" in t for t in texts), template
 
 
 def test_caption_examples():
-    motion = syn.VideoSpec("x", "train", "motion", "", "", (("circle", "red", "top", "left"),), 0)
-    assert syn.paraphrase(motion, 0) == "a red circle moves left along the top"
-    assert syn.paraphrase(motion, 1) == (
-        "along the top of the frame, a red circle is moving to the left"
+    mover = syn.SceneObject("circle", "red", "small", "top", "mover", "left")
+    motion = syn.VideoSpec("x", "train", "motion", "", "", (mover,), "dark", 0)
+    zeros = (0,) * grammar.STYLE_LENGTH
+    assert syn.caption(motion, zeros) == "a small red circle moves left along the top"
+    style = (1, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0)
+    assert syn.caption(motion, style) == (
+        "along the top, a little red circle moves to the left on a dark background"
     )
-    order = syn.VideoSpec(
-        "y",
-        "train",
-        "order",
-        "",
-        "",
-        (("circle", "red", "top left"), ("square", "blue", "bottom right")),
-        0,
+    then = syn.VideoSpec("y", "train", "events", "", "", (
+        syn.SceneObject("square", "blue", "large", "bottom right", "arrives"),
+        syn.SceneObject("circle", "red", "small", "top left", "leaves"),
+        syn.SceneObject("ring", "green", "small", "centre", "still"),
+    ), "grey", 0)
+    assert syn.caption(then, zeros) == (
+        "a small red circle appears in the top left, then a large blue square appears in the "
+        "bottom right, while a small green ring sits in the centre"
     )
-    assert syn.paraphrase(order, 0) == (
-        "a red circle appears in the top left, then a blue square appears in the bottom right"
-    )
+    change = syn.VideoSpec("z", "train", "events", "", "", (
+        syn.SceneObject("ring", "green", "small", "centre", "changes", colour_after="pink"),
+    ), "grey", 0)
+    assert syn.caption(change, zeros) == "a small ring in the centre turns from green to pink"
+    with pytest.raises(ValueError, match="style"):
+        syn.caption(change, (0, 1))
 
 
-def test_variant_captions_differ_only_in_factor_words(specs):
+def test_near_duplicate_captions_differ_only_in_factor_words(specs):
+    rng = np.random.default_rng(0)
     for members in _test_groups(specs).values():
-        base = members["base"]
-        for index in range(syn.num_paraphrases(base.kind)):
-            text = syn.paraphrase(base, index)
-            for variant, spec in members.items():
-                other = syn.paraphrase(spec, index)
-                if variant == "base":
-                    continue
-                assert other != text
-                if variant == "order":
-                    assert sorted(other.replace(",", "").split()) == sorted(
-                        text.replace(",", "").split()
-                    )
-                else:
-                    assert _changed_words(text, other) <= FACTOR_WORDS[variant], (text, other)
+        for style in [syn.draw_style(rng) for _ in range(4)]:
+            for corner, spec in members.items():
+                text = syn.caption(spec, style)
+                for i, factor in enumerate(syn.CUBE_FACTORS[spec.kind]):
+                    other = syn.caption(members[syn.twin_corner(corner, i)], style)
+                    assert other != text
+                    if factor == "order" and _words(other) == _words(text):
+                        continue  # A then B <-> B then A, red to blue <-> blue to red
+                    assert _changed_words(text, other) <= FACTOR_WORDS[factor], (text, other)
 
 
-def test_test_group_shares_paraphrase(specs):
-    """The random test caption is chosen per group, so it too differs only in the factor."""
+def test_test_captions_share_a_style_per_group(specs):
     for members in _test_groups(specs).values():
-        (base_caption,) = syn.captions_for(members["base"], 1, seed=5)
-        for variant in ("colour", "position", "direction"):
-            if variant in members:
-                (caption,) = syn.captions_for(members[variant], 1, seed=5)
-                assert _changed_words(base_caption, caption) <= FACTOR_WORDS[variant]
+        captions = {c: syn.captions_for(s, 2, seed=5) for c, s in members.items()}
+        for corner, (first, second) in captions.items():
+            spec = members[corner]
+            for i, factor in enumerate(syn.CUBE_FACTORS[spec.kind]):
+                twin_first, twin_second = captions[syn.twin_corner(corner, i)]
+                for a, b in ((first, twin_first), (second, twin_second)):
+                    if factor == "order" and _words(a) == _words(b):
+                        continue
+                    assert _changed_words(a, b) <= FACTOR_WORDS[factor], (a, b)
 
 
 def test_caption_rows_and_jsonl(specs, tmp_path):
     rows = syn.caption_rows(specs, captions_per_train_video=3, seed=0)
-    assert len(rows) == 200 * 3 + 240
+    assert len(rows) == 300 * 3 + NUM_GROUPS * 8
     assert rows == syn.caption_rows(specs, captions_per_train_video=3, seed=0)
     path = tmp_path / "sub" / "captions.jsonl"
     syn.write_captions_file(rows, path)
     assert [p.name for p in path.parent.iterdir()] == ["captions.jsonl"]
     back = [json.loads(line) for line in path.read_text().splitlines()]
     assert back == rows
+    videos = {r["video"] for r in back}
     for row in back:
-        assert set(row) == {"video", "caption", "split", "group", "variant"}
         assert row["video"] == f"videos/{row['split']}/{Path(row['video']).name}"
-    test_rows = [r for r in back if r["split"] == "test"]
-    assert Counter(r["variant"] for r in test_rows)["base"] == 60
+        assert row["variant"] in syn.KINDS
+        if row["split"] == "test":
+            twins = {k for k in row if k.startswith("twin_")}
+            factors = syn.CUBE_FACTORS[row["variant"]]
+            assert twins == {f"twin_{f}" for f in factors}
+            assert all(row[t] in videos and row[t] != row["video"] for t in twins)
     with pytest.raises(ValueError, match="row 0 lacks caption"):
         syn.write_captions_file([{"video": "v", "split": "train"}], path)
+    with pytest.raises(ValueError, match="no colour near-duplicate"):
+        syn.caption_rows([s for s in specs if s.corner != "100"], 1, seed=0)
+
+
+def test_near_duplicate_accuracy():
+    metas = [{"twin_colour": "videos/test/b.mp4", "twin_order": "videos/test/c.mp4"},
+             {"twin_colour": "videos/test/a.mp4"}, {}]
+    ids = ["videos/test/a", "videos/test/b", "videos/test/c"]
+    sim = np.array([[0.9, 0.1, 0.95], [0.2, 0.3, 0.0], [0.0, 0.0, 1.0]])
+    acc = syn.near_duplicate_accuracy(sim, [0, 1, 2], ids, metas)
+    assert acc == {"colour": 100.0, "order": 0.0}
+    with pytest.raises(ValueError, match="not among the videos"):
+        syn.near_duplicate_accuracy(sim, [0, 1, 2], ids[:2] + ["x"], metas)
+    with pytest.raises(ValueError, match="does not fit"):
+        syn.near_duplicate_accuracy(sim[:2], [0, 1, 2], ids, metas)
 
 
 # --------------------------------------------------------------------------- frames
 
 
 def test_frames_shape_and_determinism(specs):
-    spec = specs[0]
-    frames = syn.render_frames(spec, frame_size=64, num_frames=16)
-    assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
-    assert np.array_equal(frames, syn.render_frames(spec, 64, 16))
-    assert syn.render_frames(spec, 32, 6).shape == (6, 32, 32, 3)
+    for spec in (specs[0], specs[-1]):
+        frames = syn.render_frames(spec, frame_size=64, num_frames=16)
+        assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
+        assert np.array_equal(frames, syn.render_frames(spec, 64, 16))
+        assert syn.render_frames(spec, 224, 12).shape == (12, 224, 224, 3)
     with pytest.raises(ValueError, match="frame_size must be even"):
-        syn.render_frames(spec, frame_size=63)
+        syn.render_frames(specs[0], frame_size=63)
 
 
 def test_motion_moves_in_its_direction():
-    spec = syn.VideoSpec(
-        "m", "test", "motion", "g", "base", (("square", "blue", "top", "right"),), 1
-    )
+    mover = syn.SceneObject("square", "blue", "large", "top", "mover", "right")
+    still = syn.SceneObject("circle", "red", "small", "bottom left", "still")
+    spec = syn.VideoSpec("m", "train", "motion", "", "", (mover, still), "grey", 1)
     frames = syn.render_frames(spec, 64, 8)
     blue = np.all(frames == syn.COLOURS["blue"], axis=-1)
+    red = np.all(frames == syn.COLOURS["red"], axis=-1)
     xs = [np.nonzero(blue[t])[1].mean() for t in range(8)]
     ys = [np.nonzero(blue[t])[0].mean() for t in range(8)]
     assert np.all(np.diff(xs) > 0)
     assert max(ys) < 64 / 3 and max(ys) - min(ys) < 1e-9
+    assert all(red[t].sum() == red[0].sum() > 0 for t in range(8))
+    assert np.nonzero(red[0])[0].mean() > 2 * 64 / 3  # bottom row
 
 
-def test_direction_reversal_reverses_frames(specs):
-    for members in _test_groups(specs).values():
-        if "direction" in members:
-            for size, count in ((64, 16), (32, 7)):
-                fwd = syn.render_frames(members["base"], size, count)
-                rev = syn.render_frames(members["direction"], size, count)
-                assert np.array_equal(fwd[::-1], rev)
-                assert not np.array_equal(fwd, rev)
+def test_events_show_each_half():
+    spec = syn.VideoSpec("e", "train", "events", "", "", (
+        syn.SceneObject("square", "blue", "large", "bottom right", "arrives"),
+        syn.SceneObject("circle", "red", "large", "top left", "leaves"),
+        syn.SceneObject("ring", "green", "large", "centre", "changes", colour_after="yellow"),
+    ), "dark", 2)
+    frames = syn.render_frames(spec, 64, 9)
+    present = {c: np.all(frames == syn.COLOURS[c], axis=-1).any(axis=(1, 2))
+               for c in ("blue", "red", "green", "yellow")}
+    assert present["red"].tolist() == [True] * 4 + [False] * 5
+    assert present["blue"].tolist() == [False] * 5 + [True] * 4
+    assert present["green"].tolist() == [True] * 4 + [False] * 5
+    assert present["yellow"].tolist() == [False] * 5 + [True] * 4
 
 
-def test_order_swap_keeps_frame_multiset(specs):
+def test_direction_reversal_reverses_frames_and_order_swap_keeps_multiset(specs):
     def multiset(frames: np.ndarray) -> Counter:
         return Counter(f.tobytes() for f in frames)
 
-    for members in _test_groups(specs).values():
-        if "order" in members:
-            for count in (16, 9):
-                base = syn.render_frames(members["base"], 64, count)
-                swap = syn.render_frames(members["order"], 64, count)
-                assert multiset(base) == multiset(swap)
-                assert not np.array_equal(base, swap)
+    for members in list(_test_groups(specs).values())[:16]:
+        for corner, spec in members.items():
+            if corner[2] == "1":
+                continue
+            twin = members[syn.twin_corner(corner, 2)]
+            for size, count in ((64, 16), (32, 7)):
+                a, b = syn.render_frames(spec, size, count), syn.render_frames(twin, size, count)
+                assert not np.array_equal(a, b)
+                if spec.kind == "motion":
+                    assert np.array_equal(a[::-1], b)
+                else:
+                    assert multiset(a) == multiset(b)
+
+
+def test_shapes_are_distinct_masks():
+    masks = {s: shape_mask(s, 16) for s in syn.SHAPES}
+    assert all(m.any() and not m.all() for m in masks.values())
+    assert len({m.tobytes() for m in masks.values()}) == len(syn.SHAPES)
+    with pytest.raises(ValueError, match="unknown shape"):
+        shape_mask("star", 16)
 
 
 # --------------------------------------------------------------------------- files
 
 
 def test_render_video_writes_real_mp4(specs, tmp_path):
-    spec = next(s for s in specs if s.split == "test" and s.kind == "order")
+    spec = next(s for s in specs if s.split == "test" and s.kind == "events")
     rel = syn.render_video(spec, tmp_path, frame_size=64, num_frames=16, fps=8)
     assert rel == f"videos/test/{spec.video_id}.mp4"
     path = tmp_path / rel
@@ -287,20 +375,39 @@ def test_render_video_writes_real_mp4(specs, tmp_path):
     rendered = syn.render_frames(spec, 64, 16)
     assert decoded.shape == rendered.shape
     assert np.abs(decoded.astype(int) - rendered.astype(int)).mean() < 6
-    # The object's colour survives yuv420p: its centre decodes nearest to the right colour.
-    (shape, colour, region), _ = spec.objects
-    fx, fy = syn.REGIONS[region]
-    pixel = decoded[0, int(fy * 64), int(fx * 64)].astype(int)
-    names = list(syn.COLOURS)
-    dists = [np.abs(pixel - np.array(syn.COLOURS[n])).sum() for n in names]
-    assert names[int(np.argmin(dists))] == colour
 
     mtime = path.stat().st_mtime_ns
     assert syn.render_video(spec, tmp_path, 64, 16, 8) == rel
     assert path.stat().st_mtime_ns == mtime, "an existing clip is not re-encoded"
 
 
-def test_encode_mp4_validates_and_cleans_up(tmp_path, monkeypatch):
+def test_batch_encode_cuts_one_mp4_per_clip(specs, tmp_path):
+    batch = [s for s in specs if s.split == "test"][:6] + specs[:4]
+    rels = syn.render_videos(batch, tmp_path, frame_size=32, num_frames=12, fps=8)
+    assert rels == [f"videos/{s.split}/{s.video_id}.mp4" for s in batch]
+    for spec, rel in zip(batch, rels, strict=True):
+        decoded = _decode(tmp_path / rel)
+        rendered = syn.render_frames(spec, 32, 12)
+        assert decoded.shape == rendered.shape, rel
+        assert np.abs(decoded.astype(int) - rendered.astype(int)).mean() < 6, rel
+        # The largest object keeps its colour through yuv420p: nearest named colour wins.
+        obj = max(spec.objects, key=lambda o: syn.SIZES[o.size])
+        seen = rendered == syn.COLOURS[obj.colour]
+        where = np.all(seen, axis=-1)
+        if where.sum() >= 20:
+            pixel = np.median(decoded[where].astype(int), axis=0)
+            dists = {n: np.abs(pixel - np.array(c)).sum() for n, c in syn.COLOURS.items()}
+            assert min(dists, key=dists.get) == obj.colour, rel
+    assert not list(tmp_path.rglob("*.tmp*")) and not list(tmp_path.rglob(".encode-*"))
+    # resume: delete one clip, only it is rendered again
+    (tmp_path / rels[3]).unlink()
+    before = {r: (tmp_path / r).stat().st_mtime_ns for r in rels if r != rels[3]}
+    syn.render_videos(batch, tmp_path, frame_size=32, num_frames=12, fps=8)
+    assert (tmp_path / rels[3]).is_file()
+    assert before == {r: (tmp_path / r).stat().st_mtime_ns for r in before}
+
+
+def test_encode_validates_and_cleans_up(tmp_path, monkeypatch):
     frames = np.zeros((4, 16, 16, 3), np.uint8)
     target = tmp_path / "clip.mp4"
     syn.encode_mp4(frames, target, fps=4)
@@ -309,11 +416,14 @@ def test_encode_mp4_validates_and_cleans_up(tmp_path, monkeypatch):
         syn.encode_mp4(frames[..., :2], target, fps=4)
     with pytest.raises(ValueError, match="even"):
         syn.encode_mp4(np.zeros((4, 15, 16, 3), np.uint8), target, fps=4)
-
-    # ffmpeg failing (here: it cannot open its output) names the path and keeps stderr.
-    monkeypatch.setattr(syn, "_tmp_sibling", lambda path, suffix: tmp_path / "no" / "x.mp4")
-    broken = tmp_path / "broken.mp4"
+    with pytest.raises(ValueError, match="differs from the batch"):
+        syn.encode_clips([frames, frames[:3]], [tmp_path / "a.mp4", tmp_path / "b.mp4"], 4)
+    with pytest.raises(ValueError, match="1 clips for 2 paths"):
+        syn.encode_clips([frames], [tmp_path / "a.mp4", tmp_path / "b.mp4"], 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    # ffmpeg failing (here: an unknown x264 preset) names the clip and keeps ffmpeg's stderr.
+    monkeypatch.setitem(synthetic_render.X264_OPTIONS, "preset", "no-such-preset")
     with pytest.raises(RuntimeError, match="broken.mp4") as info:
-        syn.encode_mp4(frames, broken, fps=4)
-    assert "No such file" in str(info.value)
-    assert not broken.exists()
+        syn.encode_mp4(frames, tmp_path / "broken.mp4", fps=4)
+    assert "preset" in str(info.value).lower()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
