@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -121,9 +121,24 @@ class RerankerConfig(_Section):
 
     hidden_size: int = Field(128, ge=8)
     num_heads: int = Field(4, ge=1)
-    num_layers: int = Field(1, ge=1)
-    num_queries: int = Field(8, ge=1)
+    num_layers: int = Field(1, ge=1)  # L blocks per attention level
+    num_queries: int = Field(8, ge=1)  # N_Q learnable query tokens
     dropout: float = Field(0.0, ge=0, lt=1)
+    # the ablation switch: decoupled = frame-level then video-level cross attention (paper);
+    # spatial_only = frame level, mean over frames; temporal_only = video level over the
+    # frame CLS tokens; joint = one level over all frames' tokens at once
+    attention: Literal["decoupled", "spatial_only", "temporal_only", "joint"] = "decoupled"
+    # the frame and video levels use the same blocks (paper's best: sharing, +0.2 R@1)
+    share_parameters: bool = True
+    # who cross-attends to visual tokens: only the N_Q queries (text reaches them through
+    # self-attention; trained where the paper's form stalled, CALIBRATION.md), or the whole
+    # [queries; text] sequence as in the paper
+    cross_attention_from: Literal["queries", "queries_and_text"] = "queries"
+    # M patch tokens kept per frame by the TS2-Net selector (paper: 4); "all" keeps every one
+    num_selected_patches: Annotated[int, Field(ge=1)] | Literal["all"] = 4
+    # perturbed top-M during training: noisy draws and noise scale (TS2-Net: sigma 0.05)
+    selection_samples: int = Field(100, ge=1)
+    selection_sigma: float = Field(0.05, gt=0)
 
 
 class TrainConfig(_Section):
@@ -143,6 +158,17 @@ class TrainConfig(_Section):
     hard_negative_warmup: float = Field(0.5, ge=0, le=1)
     # softmax temperature over stage-1 similarities when sampling hard negatives
     hard_negative_temperature: float = Field(0.05, gt=0)
+    # where hard negatives come from: the full stage-1 similarity, or only the stored
+    # stage-1 top-K per query (Lance table stage1_candidates)
+    negative_source: Literal["similarity", "stage1_top_k"] = "similarity"
+    # mixed precision of the training and scoring forward on CUDA (CPU always runs fp32);
+    # fp16 adds a GradScaler
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # share of train videos (with their captions) held out to validate each epoch on
+    # two-stage R@1; 0 = no validation, no early stopping
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    # epochs without a better validation R@1 before stopping; the best weights are kept
+    early_stopping_patience: int = Field(3, ge=1)
     seed: int = 0
     torch_threads: int = Field(2, ge=1)
 

@@ -88,3 +88,39 @@ def random_negative_texts(
     """Uniform negative caption per video, never one of its own: batch_videos [B] -> [B]."""
     candidates = caption_video.to("cpu")[None, :] != batch_videos.to("cpu")[:, None]  # [B, T]
     return _sample_from_candidates(torch.zeros(candidates.shape), candidates, generator)
+
+
+def scores_from_candidates(
+    query_ids: list[str],
+    candidate_ids: list[list[str]],
+    candidate_scores: list[list[float]],
+    row_ids: list[str],
+    column_ids: list[str],
+) -> torch.Tensor:
+    """A [len(row_ids), len(column_ids)] score matrix from stored stage-1 top-K lists
+    (Lance table `stage1_candidates`): the stored score inside each row's top K, -inf
+    outside, so the samplers above draw negatives from the top K only.
+
+    Every row id must be a stored query (else the table is stale for this bank: an error
+    naming the missing ids); candidates outside `column_ids` (e.g. held-out videos) are
+    dropped, and a row left without candidates falls back to uniform in the sampler.
+    """
+    if not len(query_ids) == len(candidate_ids) == len(candidate_scores):
+        raise ValueError("scores_from_candidates: query, candidate and score lists differ in length")
+    stored = dict(zip(query_ids, zip(candidate_ids, candidate_scores, strict=True), strict=True))
+    missing = [row_id for row_id in row_ids if row_id not in stored]
+    if missing:
+        raise ValueError(
+            f"stage-1 candidates: {len(missing)} of {len(row_ids)} queries have no stored "
+            f"top-K (first: {missing[:3]}); re-run stage 1 for this split"
+        )
+    column_of = {column_id: column for column, column_id in enumerate(column_ids)}
+    scores = torch.full((len(row_ids), len(column_ids)), float("-inf"))
+    for row, row_id in enumerate(row_ids):
+        ids, values = stored[row_id]
+        if len(ids) != len(values):
+            raise ValueError(f"stage-1 candidates of '{row_id}': {len(ids)} ids, {len(values)} scores")
+        for candidate, value in zip(ids, values, strict=True):
+            if candidate in column_of:
+                scores[row, column_of[candidate]] = float(value)
+    return scores

@@ -1,14 +1,27 @@
 """The CrossTVR re-ranker: decoupled frame-level then video-level cross attention.
 
 Stage 2 rescores a few stage-1 candidates per query from fine-grained frozen tokens, so it
-can afford attention between text and every frame's CLS + patch tokens. Learnable queries,
-concatenated with the caption's tokens, first look at each frame on its own (spatial
-detail: colour, position), then at the sequence of per-frame summaries with temporal
-position embeddings (order, direction). The mean of the query outputs gives one VTM logit.
+can afford attention between text and every frame's tokens. Per frame, the CLS token plus M
+patch tokens picked by a TS2-Net-style selector (token_selection) are kept. N_Q learnable
+queries, concatenated with the caption's projected tokens, first look at each frame on its
+own (frame level: colour, position), then at the sequence of per-frame query outputs with
+temporal position embeddings (video level: order, direction). The mean of the N_Q query
+outputs gives one video-text-matching (VTM) logit.
 
-Only the queries cross-attend to visual tokens; the text reaches them through the
-self-attention over [queries; text] (a prototype stalled when text tokens also
-cross-attended).
+`RerankerConfig.attention` is the ablation switch (decoupled, spatial_only, temporal_only,
+joint); `share_parameters` makes both levels use the same blocks (the paper's best);
+`cross_attention_from` says whether only the queries cross-attend to visual tokens (the
+default: text reaches them through the self-attention over [queries; text]; a prototype
+stalled when the text tokens also cross-attended, CALIBRATION.md) or the whole
+[queries; text] sequence does, as in the paper.
+
+Masking: padded caption tokens are never attention keys; padded frames are never keys of
+the video level (joint / temporal_only: their tokens are masked), and their inputs are
+zeroed after standardisation, so padding values can never reach the logit. A video with no
+real frame attends to its (zeroed) frame 0 instead of an all-masked row, which would be NaN.
+
+Shapes: B pairs, L text tokens, F frames, P patches, M kept patches, T = 1 + M tokens per
+frame, Q = N_Q queries, H hidden size.
 """
 
 from __future__ import annotations
@@ -18,10 +31,10 @@ from torch import nn
 
 from crosstvr_core.config import RerankerConfig
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.token_selection import PatchTokenSelector
 
 # Elements (not rows) per chunk when accumulating input statistics: bounds the float64 copy.
 _STATS_CHUNK_ELEMENTS = 1 << 23
-
 
 class _RunningMoments:
     """Per-dimension mean and std over many [N, W] chunks, in float64."""
@@ -61,14 +74,16 @@ def _standardize(
 
 
 class QueryBlock(nn.Module):
-    """Pre-LN block: self-attention over [queries; text], queries-only cross-attention, FFN.
+    """Pre-LN block: self-attention over [queries; text], cross-attention to visual memory
+    (by the queries only, or by the whole sequence), FFN.
 
     Split in two calls so a level can run the frame-independent self-attention once per
     pair and the cross-attention once per frame.
     """
 
-    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+    def __init__(self, hidden: int, heads: int, dropout: float, text_cross_attends: bool) -> None:
         super().__init__()
+        self.text_cross_attends = text_cross_attends
         self.self_norm = nn.LayerNorm(hidden)
         self.self_attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.cross_norm = nn.LayerNorm(hidden)
@@ -103,16 +118,21 @@ class QueryBlock(nn.Module):
         memory_padding: torch.Tensor | None,
         num_queries: int,
     ) -> torch.Tensor:
-        """Queries (first Q rows of x [N, Q(+L), H]) attend to memory [N, M, H], then FFN."""
-        queries = x[:, :num_queries]  # [N, Q, H]
+        """Rows of x [N, Q(+L), H] attend to memory [N, K, H] (padding [N, K]), then FFN.
+
+        Only the first Q rows attend unless text_cross_attends; rows are independent here,
+        so padded text rows (never keys of the self-attention) cannot leak into the queries.
+        """
+        rows = x.shape[1] if self.text_cross_attends else num_queries
+        attending = x[:, :rows]  # [N, Q or Q+L, H]
         attended, _ = self.cross_attn(
-            self.cross_norm(queries),
+            self.cross_norm(attending),
             memory,
             memory,
             key_padding_mask=memory_padding,
             need_weights=False,
         )
-        x = torch.cat([queries + self.dropout(attended), x[:, num_queries:]], dim=1)
+        x = torch.cat([attending + self.dropout(attended), x[:, rows:]], dim=1)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -143,6 +163,7 @@ class CrossTVRReranker(nn.Module):
         self.num_frames = num_frames
         self.num_patches = num_patches
         self.num_queries = cfg.num_queries
+        self.attention = cfg.attention
 
         # Standardisation of frozen tokens with training-set statistics (fit_input_stats):
         # raw CLIP tokens have a few huge dimensions, and training stayed at chance on them.
@@ -153,32 +174,49 @@ class CrossTVRReranker(nn.Module):
 
         self.text_proj = nn.Sequential(nn.Linear(text_width, hidden), nn.LayerNorm(hidden))
         self.cls_proj = nn.Sequential(nn.Linear(embed_dim, hidden), nn.LayerNorm(hidden))
-        self.patch_proj = nn.Sequential(nn.Linear(vision_width, hidden), nn.LayerNorm(hidden))
         self.type_embed = nn.Parameter(torch.zeros(2, hidden))  # 0: CLS, 1: patch
-        self.patch_pos = nn.Parameter(torch.zeros(num_patches, hidden))
         self.temporal_pos = nn.Parameter(torch.zeros(num_frames, hidden))
-        self.frame_queries = nn.Parameter(torch.zeros(cfg.num_queries, hidden))
-        self.video_queries = nn.Parameter(torch.zeros(cfg.num_queries, hidden))
+        # temporal_only reads one CLS token per frame: no patch path at all
+        self.uses_patches = cfg.attention != "temporal_only"
+        self.patch_proj = self.patch_pos = self.selector = None
+        self.tokens_per_frame = 1  # T = 1 + M
+        if self.uses_patches:
+            self.patch_proj = nn.Sequential(
+                nn.Linear(vision_width, hidden), nn.LayerNorm(hidden)
+            )
+            self.patch_pos = nn.Parameter(torch.zeros(num_patches, hidden))
+            kept = None if cfg.num_selected_patches == "all" else cfg.num_selected_patches
+            self.selector = PatchTokenSelector(
+                hidden, kept, cfg.selection_samples, cfg.selection_sigma
+            )
+            self.tokens_per_frame += self.selector.output_count(num_patches)
 
         def blocks() -> nn.ModuleList:
+            text_cross_attends = cfg.cross_attention_from == "queries_and_text"
             return nn.ModuleList(
-                QueryBlock(hidden, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
+                QueryBlock(hidden, cfg.num_heads, cfg.dropout, text_cross_attends)
+                for _ in range(cfg.num_layers)
             )
 
-        self.frame_blocks = blocks()
-        self.frame_norm = nn.LayerNorm(hidden)
-        self.video_blocks = blocks()
+        # frame level (spatial): decoupled and spatial_only; video level (temporal):
+        # decoupled, temporal_only, and joint (one level over every frame's tokens)
+        self.frame_blocks = self.frame_queries = self.frame_norm = None
+        self.video_blocks = self.video_queries = None
+        if cfg.attention in ("decoupled", "spatial_only"):
+            self.frame_blocks = blocks()
+            self.frame_queries = nn.Parameter(torch.zeros(cfg.num_queries, hidden))
+            self.frame_norm = nn.LayerNorm(hidden)
+        if cfg.attention != "spatial_only":
+            shared = cfg.share_parameters and self.frame_blocks is not None
+            self.video_blocks = self.frame_blocks if shared else blocks()
+            self.video_queries = nn.Parameter(torch.zeros(cfg.num_queries, hidden))
         self.head_norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, 1)
 
-        for param in (
-            self.type_embed,
-            self.patch_pos,
-            self.temporal_pos,
-            self.frame_queries,
-            self.video_queries,
-        ):
-            nn.init.trunc_normal_(param, std=0.02)
+        for param in (self.type_embed, self.patch_pos, self.temporal_pos, self.frame_queries,
+                      self.video_queries):
+            if param is not None:
+                nn.init.trunc_normal_(param, std=0.02)
 
     @property
     def has_input_stats(self) -> bool:
@@ -213,7 +251,7 @@ class CrossTVRReranker(nn.Module):
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay matrices only, never norms, biases, queries or embeddings."""
         decay, no_decay = [], []
-        for name, param in self.named_parameters():
+        for name, param in self.named_parameters():  # shared blocks are listed once
             if not param.requires_grad:
                 continue
             plain = param.ndim < 2 or name.endswith(self._NO_DECAY_SUFFIXES)
@@ -231,46 +269,96 @@ class CrossTVRReranker(nn.Module):
         video_patches: torch.Tensor,
         frame_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """VTM logits [B] of pairs (text_tokens [B, L, Wt], video_patches [B, F, P, Wv], ...)."""
+        """VTM logits [B] of pairs (text_tokens [B, L, Wt], text_mask [B, L], video_cls
+        [B, F, D], video_patches [B, F, P, Wv], frame_mask [B, F]; masks True = real)."""
+        visual = self.encode_video(video_cls, video_patches, frame_mask)
+        return self.match(text_tokens, text_mask, visual, frame_mask)
+
+    def encode_video(
+        self, video_cls: torch.Tensor, video_patches: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-frame visual tokens [B, F, T, H]: projected CLS then the M selected patches.
+
+        Depends on the video only, so a scorer can compute it once per distinct video.
+        """
         batch, frames, num_patches, _ = video_patches.shape
-        hidden, nq = self.cfg.hidden_size, self.num_queries
-        self._check_widths(text_tokens.shape[-1], video_cls.shape[-1], video_patches.shape[-1])
-        if frames > self.num_frames or num_patches > self.num_patches:
+        self._check_widths(self.text_width, video_cls.shape[-1], video_patches.shape[-1])
+        if frames > self.num_frames or num_patches != self.num_patches:
             raise ValueError(
                 f"reranker: got {frames} frames x {num_patches} patches, built for at most "
-                f"{self.num_frames} x {self.num_patches}"
+                f"{self.num_frames} frames x {self.num_patches} patches"
             )
-        text_mask = text_mask.bool()
+        if video_cls.shape[:2] != (batch, frames) or frame_mask.shape != (batch, frames):
+            raise ValueError(
+                f"reranker: video_cls {tuple(video_cls.shape)} and frame_mask "
+                f"{tuple(frame_mask.shape)} do not match patches {tuple(video_patches.shape)}"
+            )
         frame_mask = frame_mask.bool()
-
-        text = _standardize(text_tokens, self.text_mean, self.text_std, text_mask)
         cls = _standardize(video_cls, self.cls_mean, self.cls_std, frame_mask)
+        cls = self.cls_proj(cls) + self.type_embed[0]  # [B, F, H]
+        if not self.uses_patches:
+            return cls.unsqueeze(2)  # [B, F, 1, H]
         patches = _standardize(
             video_patches, self.patch_mean, self.patch_std, frame_mask.unsqueeze(-1)
         )
+        patches = self.patch_proj(patches) + self.type_embed[1] + self.patch_pos  # [B, F, P, H]
+        hidden = patches.shape[-1]
+        patches = patches.reshape(batch * frames, num_patches, hidden)  # [B*F, P, H]
+        kept = self.selector(patches)  # [B*F, M, H]
+        kept = kept.reshape(batch, frames, -1, hidden)  # [B, F, M, H]
+        return torch.cat([cls.unsqueeze(2), kept], dim=2)  # [B, F, T, H]
+
+    def match(
+        self,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """VTM logits [B] from text tokens [B, L, Wt] and encode_video's tokens [B, F, T, H]."""
+        batch, frames, per_frame, hidden = visual.shape
+        self._check_widths(text_tokens.shape[-1], self.embed_dim, self.vision_width)
+        if text_tokens.shape[0] != batch or text_mask.shape != text_tokens.shape[:2]:
+            raise ValueError(
+                f"reranker: text_tokens {tuple(text_tokens.shape)}, text_mask "
+                f"{tuple(text_mask.shape)} and {batch} videos do not pair up"
+            )
+        text_mask = text_mask.bool()
+        text = _standardize(text_tokens, self.text_mean, self.text_std, text_mask)
         text = self.text_proj(text)  # [B, L, H]
-        cls = self.cls_proj(cls) + self.type_embed[0]  # [B, F, H]
-        patches = self.patch_proj(patches) + self.type_embed[1] + self.patch_pos[:num_patches]
-        # patches: [B, F, P, H]
-        visual = torch.cat([cls.unsqueeze(2), patches], dim=2)  # [B, F, 1+P, H]
-        visual = visual.reshape(batch * frames, 1 + num_patches, hidden)  # [B*F, 1+P, H]
         text_padding = ~text_mask  # [B, L]
+        attendable = self._attendable_frames(frame_mask.bool())  # [B, F]
+        temporal_pos = self.temporal_pos[:frames]  # [F, H]
+        nq = self.num_queries
 
-        # Frame level: per frame, queries attend to that frame's CLS + patches.
-        frame_out = self._run_level(
-            self.frame_blocks, self.frame_queries, text, text_padding, visual, None, frames
-        )  # [B*F, Q, H]
-        frame_tokens = self.frame_norm(frame_out).reshape(batch, frames, nq, hidden)
-        frame_tokens = frame_tokens + self.temporal_pos[:frames, None]  # [B, F, Q, H]
-        memory = frame_tokens.reshape(batch, frames * nq, hidden)  # [B, F*Q, H]
-        attendable = self._attendable_frames(frame_mask)  # [B, F]
-        memory_padding = (~attendable).repeat_interleave(nq, dim=1)  # [B, F*Q]
+        if self.attention in ("decoupled", "spatial_only"):
+            # Frame level: per frame, queries attend to that frame's T tokens.
+            per_frame_memory = visual.reshape(batch * frames, per_frame, hidden)  # [B*F, T, H]
+            frame_out = self._run_level(self.frame_blocks, self.frame_queries, text,
+                                        text_padding, per_frame_memory, None, frames)
+            frame_out = self.frame_norm(frame_out).reshape(batch, frames, nq, hidden)
+            # frame_out: [B, F, Q, H]
+            if self.attention == "spatial_only":
+                weights = attendable.to(frame_out.dtype)  # [B, F]
+                weights = weights / weights.sum(dim=1, keepdim=True)
+                pooled = torch.einsum("bf,bfqh->bqh", weights, frame_out)  # [B, Q, H]
+                return self._vtm_head(pooled)
+            # Video level: fresh queries attend to every real frame's query outputs.
+            memory = (frame_out + temporal_pos[:, None]).reshape(batch, frames * nq, hidden)
+            padding = (~attendable).repeat_interleave(nq, dim=1)  # [B, F*Q]
+        elif self.attention == "temporal_only":
+            memory = visual[:, :, 0] + temporal_pos  # frame CLS tokens [B, F, H]
+            padding = ~attendable  # [B, F]
+        else:  # joint: every frame's tokens at once
+            memory = (visual + temporal_pos[:, None]).reshape(batch, frames * per_frame, hidden)
+            padding = (~attendable).repeat_interleave(per_frame, dim=1)  # [B, F*T]
+        video_out = self._run_level(self.video_blocks, self.video_queries, text, text_padding,
+                                    memory, padding, 1)  # [B, Q, H]
+        return self._vtm_head(video_out)
 
-        # Video level: fresh queries attend to all frame tokens of the real frames.
-        video_out = self._run_level(
-            self.video_blocks, self.video_queries, text, text_padding, memory, memory_padding, 1
-        )  # [B, Q, H]
-        return self.head(self.head_norm(video_out.mean(dim=1))).squeeze(-1)  # [B]
+    def _vtm_head(self, query_out: torch.Tensor) -> torch.Tensor:
+        """Query outputs [B, Q, H] -> logits [B] from their mean."""
+        return self.head(self.head_norm(query_out.mean(dim=1))).squeeze(-1)
 
     def _run_level(
         self,
@@ -284,7 +372,7 @@ class CrossTVRReranker(nn.Module):
     ) -> torch.Tensor:
         """[queries; text] through one level -> query outputs [B*repeats, Q, H].
 
-        queries [Q, H], text [B, L, H], memory [B*repeats, M, H] (repeats = frames at the
+        queries [Q, H], text [B, L, H], memory [B*repeats, K, H] (repeats = frames at the
         frame level, each pair's row repeated per frame, frame-major within a pair).
         """
         batch, nq = text.shape[0], queries.shape[0]

@@ -1,7 +1,16 @@
 """Training the re-ranker on cached tokens, and scoring (text, video) pairs with it.
 
-Both read only a TokenBank: the frozen encoders ran once when the bank was filled, which is
-what makes a re-ranker over ViT-G-sized tokens affordable (the paper's scalability claim).
+Both read only cached tokens (a TokenBank through `VTMPairDataset`): the frozen encoders ran
+once when the bank was filled, which is what makes a re-ranker over ViT-G-sized tokens
+affordable (the paper's scalability claim).
+
+Loss: binary VTM cross-entropy over, per caption, its positive video, one hard negative
+video sampled from softmax(stage-1 similarity / tau) with the positive masked, and one hard
+negative caption for its video sampled the same way (BLIP), plus optional random negatives.
+A curriculum grows the share of hard negatives from 0 to 1. AdamW, linear warm-up + cosine,
+gradient clipping, autocast (+ GradScaler for fp16) on CUDA. Each epoch: an atomic
+checkpoint (resumable bit for bit on CPU), optional validation on two-stage R@1 with early
+stopping, the best weights kept.
 """
 
 from __future__ import annotations
@@ -10,6 +19,8 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,15 +33,28 @@ from crosstvr_core.hard_negatives import (
     sample_hard_negative_texts,
     sample_hard_negative_videos,
 )
+from crosstvr_core.metrics import retrieval_metrics
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.token_dataset import TokenSource, VTMPairDataset
+from crosstvr_core.training_checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from crosstvr_core.two_stage import rerank_text_to_video, rerank_video_to_text
 
 EpochCallback = Callable[[int, dict, CrossTVRReranker], None]
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def training_autocast(device: torch.device) -> AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed); plain fp32 elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def training_autocast(device: torch.device, precision: str = "bf16") -> AbstractContextManager:
+    """Autocast to `precision` (bf16 / fp16) on CUDA; plain fp32 elsewhere or for "fp32"."""
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    enabled = device.type == "cuda" and dtype is not None
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=enabled)
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -46,44 +70,6 @@ def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], f
     return factor
 
 
-def _pair_inputs(
-    bank_text: TokenBank,
-    text_rows: torch.Tensor,
-    bank_video: TokenBank,
-    video_rows: torch.Tensor,
-    device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """Float32 model inputs of pairs (text_rows[i], video_rows[i]), moved to device."""
-    inputs = {**bank_text.text_batch(text_rows), **bank_video.video_batch(video_rows)}
-    return {name: value.to(device, non_blocking=True) for name, value in inputs.items()}
-
-
-def _sample_negatives(
-    bank: TokenBank,
-    stage1_sim: torch.Tensor,
-    text_rows: torch.Tensor,
-    positive_video: torch.Tensor,
-    cfg: TrainConfig,
-    generator: torch.Generator,
-    hard_fraction: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(negative video per text [B], negative caption per positive video [B]).
-
-    Each pair is hard with probability `hard_fraction` (the curriculum), else random.
-    """
-    neg_video = random_negative_videos(positive_video, bank.num_videos, generator)
-    neg_text = random_negative_texts(bank.caption_video, positive_video, generator)
-    if not cfg.hard_negatives or hard_fraction <= 0:
-        return neg_video, neg_text
-    tau = cfg.hard_negative_temperature
-    hard_video = sample_hard_negative_videos(stage1_sim[text_rows], positive_video, tau, generator)
-    hard_text = sample_hard_negative_texts(
-        stage1_sim[:, positive_video].T, bank.caption_video, positive_video, tau, generator
-    )
-    use_hard = torch.rand(len(text_rows), generator=generator) < hard_fraction  # [B]
-    return torch.where(use_hard, hard_video, neg_video), torch.where(use_hard, hard_text, neg_text)
-
-
 def hard_negative_fraction(step: int, total_steps: int, warmup: float) -> float:
     """Share of hard negatives at `step`: 0 -> 1 linearly over the first `warmup` of training.
 
@@ -96,34 +82,132 @@ def hard_negative_fraction(step: int, total_steps: int, warmup: float) -> float:
     return min(1.0, step / (warmup * total_steps))
 
 
+@dataclass(frozen=True)
+class Validation:
+    """Held-out captions and videos, scored each epoch as the two-stage evaluation does."""
+
+    bank: TokenBank
+    stage1_sim: torch.Tensor  # [T_val, V_val]
+    top_k: int = 15
+    fusion_weight: float = 1.0
+    fusion_score: str = "prob"  # "prob": + w * sigmoid(logit); "logit": + w * logit
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class NegativeScores:
+    """Scores the hard negatives are sampled from: videos per caption [T, V] and captions
+    per video [V, T] (the full stage-1 similarity, or -inf outside a stored top-K)."""
+
+    videos_per_caption: torch.Tensor
+    captions_per_video: torch.Tensor
+
+    @classmethod
+    def from_similarity(cls, stage1_sim: torch.Tensor) -> NegativeScores:
+        sim = stage1_sim.detach().to("cpu", torch.float32)
+        return cls(sim, sim.T)
+
+
+def _sample_negatives(
+    source: TokenSource,
+    scores: NegativeScores,
+    text_rows: torch.Tensor,
+    positive_video: torch.Tensor,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    hard_fraction: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(negative video per text [B], negative caption per positive video [B]).
+
+    Each pair is hard with probability `hard_fraction` (the curriculum), else random.
+    """
+    neg_video = random_negative_videos(positive_video, source.num_videos, generator)
+    neg_text = random_negative_texts(source.caption_video, positive_video, generator)
+    if not cfg.hard_negatives or hard_fraction <= 0:
+        return neg_video, neg_text
+    tau = cfg.hard_negative_temperature
+    hard_video = sample_hard_negative_videos(
+        scores.videos_per_caption[text_rows], positive_video, tau, generator
+    )
+    hard_text = sample_hard_negative_texts(
+        scores.captions_per_video[positive_video], source.caption_video, positive_video, tau,
+        generator,
+    )
+    use_hard = torch.rand(len(text_rows), generator=generator) < hard_fraction  # [B]
+    return torch.where(use_hard, hard_video, neg_video), torch.where(use_hard, hard_text, neg_text)
+
+
+def _check_inputs(bank: TokenBank, scores: NegativeScores) -> None:
+    want = (bank.num_captions, bank.num_videos)
+    got = (tuple(scores.videos_per_caption.shape), tuple(scores.captions_per_video.shape))
+    if got != (want, want[::-1]):
+        raise ValueError(
+            f"train_reranker: negative scores are {got[0]} and {got[1]}, the bank has "
+            f"{want[0]} captions x {want[1]} videos"
+        )
+    if bank.num_videos < 2:
+        raise ValueError("train_reranker: need at least 2 training videos for negatives")
+
+
+def validate_two_stage(
+    model: CrossTVRReranker, val: Validation, device: torch.device, precision: str = "bf16"
+) -> dict[str, float]:
+    """Two-stage R@1 (both directions) and stage-1 R@1 on the held-out slice."""
+
+    def scorer(text_rows: torch.Tensor, video_rows: torch.Tensor) -> torch.Tensor:
+        logits = score_pairs(model, val.bank, text_rows, val.bank, video_rows, val.batch_size,
+                             device=device, precision=precision)
+        return torch.sigmoid(logits) if val.fusion_score == "prob" else logits
+
+    k = min(val.top_k, val.bank.num_videos, val.bank.num_captions)
+    fused_t2v, _ = rerank_text_to_video(val.stage1_sim, k, scorer, val.fusion_weight)
+    fused_v2t, _ = rerank_video_to_text(val.stage1_sim, k, scorer, val.fusion_weight)
+    stage1 = retrieval_metrics(val.stage1_sim, val.bank.caption_video)
+    return {
+        "val_t2v_R1": retrieval_metrics(fused_t2v, val.bank.caption_video)["t2v"]["R1"],
+        "val_v2t_R1": retrieval_metrics(fused_v2t, val.bank.caption_video)["v2t"]["R1"],
+        "val_stage1_t2v_R1": stage1["t2v"]["R1"],
+    }
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+
+
 def train_reranker(
     model: CrossTVRReranker,
     bank: TokenBank,
-    stage1_sim: torch.Tensor,
+    stage1_sim: torch.Tensor | NegativeScores,
     cfg: TrainConfig,
     *,
     device: str | torch.device = "cpu",
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
+    validation: Validation | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Train with a binary VTM loss over (positive, negative video, negative text) triples.
 
-    stage1_sim [T, V]: stage-1 similarity of the bank's captions to its videos, the
-    distribution hard negatives are drawn from. Fits the input statistics from `bank` first
-    if the model has none. Returns one record per epoch (epoch counts from 1, as passed to
-    `on_epoch_end`, which may switch the model to eval: each epoch switches it back to
-    train); the model is left in eval mode on `device`.
+    stage1_sim [T, V]: stage-1 similarity of the bank's captions to its videos (or explicit
+    NegativeScores), what hard negatives are drawn from. Fits the input statistics from
+    `bank` first if the model has none. Seeded by cfg.seed: the same init, bank and cfg give
+    identical weights on CPU.
+
+    Each epoch (counted from 1): validation on two-stage t2v R@1 when `validation` is given
+    (early stopping after cfg.early_stopping_patience epochs without a better score; the
+    best weights are loaded at the end), then a checkpoint in `checkpoint_dir` (its path in
+    the record as "checkpoint"), then `on_epoch_end(epoch, record, model)`. With `resume`,
+    training continues after the latest checkpoint in `checkpoint_dir`, giving the weights
+    an uninterrupted run would have. Returns every epoch's record (resumed ones included);
+    the model is left in eval mode on `device`.
     """
     device = torch.device(device)
+    scores = (stage1_sim if isinstance(stage1_sim, NegativeScores)
+              else NegativeScores.from_similarity(stage1_sim))
+    _check_inputs(bank, scores)
+    dataset = VTMPairDataset(bank)
     num_captions, num_videos = bank.num_captions, bank.num_videos
-    if tuple(stage1_sim.shape) != (num_captions, num_videos):
-        raise ValueError(
-            f"train_reranker: stage1_sim is {tuple(stage1_sim.shape)}, the bank has "
-            f"{num_captions} captions x {num_videos} videos"
-        )
-    if num_videos < 2:
-        raise ValueError("train_reranker: need at least 2 training videos for negatives")
-    stage1_sim = stage1_sim.detach().to("cpu", torch.float32)
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -132,34 +216,48 @@ def train_reranker(
     model.to(device)
 
     steps_per_epoch = math.ceil(num_captions / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
+        optimizer, warmup_cosine(total_steps, cfg.warmup_fraction)
+    )
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=device.type == "cuda" and cfg.precision == "fp16"
     )
 
     history: list[dict] = []
+    best = {"score": -math.inf, "epoch": 0, "state": None, "stale_epochs": 0, "stopped": False}
+    start_epoch = 1
+    latest = latest_checkpoint(checkpoint_dir) if checkpoint_dir and resume else None
+    if latest is not None:
+        state = load_checkpoint(latest)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"], generator)
+        history, best = state["history"], state["best"]
+        start_epoch = state["epoch"] + 1
+
     metric_names = ("loss", "accuracy", "pos_prob", "pos_beats_neg_video", "grad_norm")
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if best["stopped"]:
+            break
         model.train()
         start = time.perf_counter()
         order = torch.randperm(num_captions, generator=generator)
         totals = dict.fromkeys(metric_names, 0.0)
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"reranker epoch {epoch}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-        )
+        bar = tqdm(range(steps_per_epoch), desc=f"reranker epoch {epoch}/{cfg.epochs}",
+                   disable=not progress, leave=False)
         for step in bar:
             text_rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # [B]
             batch = text_rows.shape[0]
             positive_video = bank.caption_video[text_rows]  # [B]
             hard_fraction = hard_negative_fraction(
-                (epoch - 1) * steps_per_epoch + step, cfg.epochs * steps_per_epoch,
-                cfg.hard_negative_warmup,
+                (epoch - 1) * steps_per_epoch + step, total_steps, cfg.hard_negative_warmup
             )
             neg_video, neg_text = _sample_negatives(
-                bank, stage1_sim, text_rows, positive_video, cfg, generator, hard_fraction
+                bank, scores, text_rows, positive_video, cfg, generator, hard_fraction
             )
             # (text, its video), (text, negative video), (negative text, video), then
             # cfg.random_negatives x (text, random video): easy pairs keep the loss informative
@@ -171,29 +269,30 @@ def train_reranker(
             labels = torch.zeros(pair_text.shape[0], device=device)  # [(3 + R) B]
             labels[:batch] = 1.0
 
-            inputs = _pair_inputs(bank, pair_text, bank, pair_video, device)
-            with training_autocast(device):
-                logits = model(**inputs)  # [3B]
+            inputs = {name: value.to(device, non_blocking=True)
+                      for name, value in dataset.pairs(pair_text, pair_video).items()}
+            with training_autocast(device, cfg.precision):
+                logits = model(**inputs)  # [(3 + R) B]
             logits = logits.float()
             loss = F.binary_cross_entropy_with_logits(logits, labels)
 
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
 
             with torch.no_grad():
                 pos, neg_video_logits = logits[:batch], logits[batch : 2 * batch]
-                metrics = torch.stack(
-                    [
-                        loss,
-                        ((logits > 0).float() == labels).float().mean(),
-                        torch.sigmoid(pos).mean(),
-                        (pos > neg_video_logits).float().mean(),
-                        grad_norm.float(),
-                    ]
-                ).tolist()  # one device sync per step
+                metrics = torch.stack([
+                    loss,
+                    ((logits > 0).float() == labels).float().mean(),
+                    torch.sigmoid(pos).mean(),
+                    (pos > neg_video_logits).float().mean(),
+                    grad_norm.float(),
+                ]).tolist()  # one device sync per step
             for name, value in zip(totals, metrics, strict=True):
                 totals[name] += value
             bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
@@ -208,25 +307,51 @@ def train_reranker(
             "seconds": seconds,
             "pairs_per_second": (3 + cfg.random_negatives) * num_captions / seconds,
         }
+        if validation is not None:
+            record.update(validate_two_stage(model, validation, device, cfg.precision))
+            if record["val_t2v_R1"] > best["score"]:
+                best.update(score=record["val_t2v_R1"], epoch=epoch, state=_clone_state(model),
+                            stale_epochs=0)
+            else:
+                best["stale_epochs"] += 1
+                best["stopped"] = best["stale_epochs"] >= cfg.early_stopping_patience
+            record["early_stopped"] = best["stopped"]
         history.append(record)
+        if checkpoint_dir is not None:
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_states(generator),
+                "history": history,
+                "best": best,
+            }
+            record["checkpoint"] = str(save_checkpoint(state, checkpoint_dir, epoch))
         if on_epoch_end is not None:
             on_epoch_end(epoch, record, model)
-    model.eval()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])  # the best validated epoch, not the last
+    model.to(device).eval()
     return history
 
 
 def score_pairs(
     model: CrossTVRReranker,
-    bank_text: TokenBank,
+    bank_text: TokenSource,
     text_rows: torch.Tensor,
-    bank_video: TokenBank,
+    bank_video: TokenSource,
     video_rows: torch.Tensor,
     batch_size: int,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """VTM logits [N] (float32, CPU) of pairs (bank_text row text_rows[i], bank_video row
-    video_rows[i]); batched, eval mode, no grad. The model's train/eval mode is restored."""
+    video_rows[i]); batched, eval mode, no grad. Each distinct video of a batch is encoded
+    (standardised, projected, tokens selected) once, however many captions it is paired
+    with. The model's train/eval mode is restored."""
     device = torch.device(device)
     text_rows, video_rows = text_rows.long().cpu(), video_rows.long().cpu()
     if text_rows.shape != video_rows.shape or text_rows.ndim != 1:
@@ -243,8 +368,16 @@ def score_pairs(
     with torch.inference_mode():
         for start in tqdm(starts, desc="re-ranker scoring", disable=not progress, leave=False):
             rows = slice(start, start + batch_size)
-            inputs = _pair_inputs(bank_text, text_rows[rows], bank_video, video_rows[rows], device)
-            with training_autocast(device):
-                scores[rows] = model(**inputs).float().cpu()
+            videos, pair_video = torch.unique(video_rows[rows], return_inverse=True)  # [U], [n]
+            video = {name: value.to(device, non_blocking=True)
+                     for name, value in bank_video.video_batch(videos).items()}
+            text = {name: value.to(device, non_blocking=True)
+                    for name, value in bank_text.text_batch(text_rows[rows]).items()}
+            with training_autocast(device, precision):
+                visual = model.encode_video(**video)  # [U, F, T, H]
+                pair_video = pair_video.to(device)
+                logits = model.match(text["text_tokens"], text["text_mask"], visual[pair_video],
+                                     video["frame_mask"][pair_video])
+            scores[rows] = logits.float().cpu()
     model.train(was_training)
     return scores

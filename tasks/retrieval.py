@@ -19,12 +19,20 @@ from prefect import task
 from crosstvr_core import report
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.external_similarity import load_external_similarity
+from crosstvr_core.hard_negatives import scores_from_candidates
 from crosstvr_core.metrics import retrieval_metrics, text_to_video_ranks, video_to_text_ranks
 from crosstvr_core.reranker import CrossTVRReranker
-from crosstvr_core.reranker_training import score_pairs, train_reranker
+from crosstvr_core.reranker_training import (
+    NegativeScores,
+    Validation,
+    score_pairs,
+    train_reranker,
+)
 from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
+from crosstvr_core.storage import STAGE1_CANDIDATES
 from crosstvr_core.temporal_head import TemporalHead, dual_softmax
 from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
+from crosstvr_core.token_dataset import split_validation
 from crosstvr_core.two_stage import rerank_text_to_video, rerank_video_to_text
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
@@ -157,13 +165,73 @@ def build_reranker(cfg: CrossTVRConfig, index_ref: IndexRef) -> tuple[CrossTVRRe
     return CrossTVRReranker(cfg.reranker, **kwargs), kwargs
 
 
+def _stage1_model_id(stage1_ref: Stage1Ref, parent_run_id: str) -> str:
+    """The stage-1 model whose top-K lists to read: the Stage1Ref's, else the tag its
+    MLflow step run recorded under this parent run."""
+    model_id = getattr(stage1_ref, "model_id", None)
+    if model_id:
+        return model_id
+    runs = mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                      "and tags.`crosstvr.step` = 'stage1'")
+    ids = {r.data.tags.get("crosstvr.stage1_model_id") for r in runs} - {None}
+    if len(ids) != 1:
+        raise ValueError(f"train.negative_source=stage1_top_k: cannot tell which stage-1 model's "
+                         f"candidates to use under run {parent_run_id} (found {sorted(ids)})")
+    return ids.pop()
+
+
+def _stored_top_k_scores(index, model_id: str, bank) -> NegativeScores:
+    """Hard-negative scores restricted to the stage-1 top K stored in `stage1_candidates`."""
+    if STAGE1_CANDIDATES not in index.db.list_tables().tables:
+        raise ValueError(f"train.negative_source=stage1_top_k: no table '{STAGE1_CANDIDATES}' "
+                         f"in {index.uri}; run stage 1 first")
+    table = index.db.open_table(STAGE1_CANDIDATES).to_lance()
+    quoted = model_id.replace("'", "''")
+
+    def read(kind: str, rows: list[str], columns: list[str]) -> torch.Tensor:
+        stored = table.to_table(
+            columns=["query_id", "candidate_ids", "scores"],
+            filter=f"stage1_model_id = '{quoted}' AND split = '{TRAIN_SPLIT}' "
+                   f"AND query_kind = '{kind}'")
+        return scores_from_candidates(
+            stored.column("query_id").to_pylist(), stored.column("candidate_ids").to_pylist(),
+            stored.column("scores").to_pylist(), rows, columns)
+
+    return NegativeScores(read("caption", bank.caption_ids, bank.video_ids),
+                          read("video", bank.video_ids, bank.caption_ids))
+
+
 def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Stage1Ref,
                        run_dir: str, parent_run_id: str) -> RerankerRef:
-    """Train on cached tokens only, with hard negatives from the stage-1 train similarities."""
-    torch.set_num_threads(cfg.train.torch_threads)
-    torch.manual_seed(cfg.train.seed)
-    bank = index_ref.open().load_token_bank(TRAIN_SPLIT)
+    """Train on cached tokens only, with hard negatives from stage 1 (its train similarity,
+    or its stored top-K lists), validating on held-out train videos each epoch.
+
+    Every epoch's checkpoint is logged to MLflow under `checkpoints/`; a retry of this step
+    in the same run directory resumes from the last one.
+    """
+    t = cfg.train
+    torch.set_num_threads(t.torch_threads)
+    torch.manual_seed(t.seed)
+    index = index_ref.open()
+    full = index.load_token_bank(TRAIN_SPLIT)
     sim = torch.load(stage1_ref.sim_paths[TRAIN_SPLIT])
+    if t.negative_source == "stage1_top_k":
+        scores = _stored_top_k_scores(index, _stage1_model_id(stage1_ref, parent_run_id), full)
+    else:
+        scores = NegativeScores.from_similarity(sim)
+    bank, validation = full, None
+    if t.val_fraction > 0:
+        split = split_validation(full, t.val_fraction, t.seed)
+        bank, captions, videos = split.train, split.train_captions, split.train_videos
+        scores = NegativeScores(scores.videos_per_caption[captions][:, videos],
+                                scores.captions_per_video[videos][:, captions])
+        e = cfg.eval
+        # stage 1 saw these captions in training, so its val R@1 is optimistic: early
+        # stopping compares re-ranker epochs, all on the same stage-1 lists
+        validation = Validation(split.val, sim[split.val_captions][:, split.val_videos],
+                                e.top_k, e.fusion_weight, e.fusion_score, e.batch_size)
     model, kwargs = build_reranker(cfg, index_ref)
     model.fit_input_stats(bank)
     checkpoint = Path(run_dir) / "reranker.pt"
@@ -172,19 +240,28 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     with step_run(cfg, parent_run_id, "train-reranker"):
         mlflow.log_params({"train.num_captions": bank.num_captions,
                            "train.num_videos": bank.num_videos,
+                           "train.num_val_videos": validation.bank.num_videos if validation else 0,
                            "reranker.num_parameters": sum(p.numel() for p in model.parameters())})
 
-        def on_epoch_end(epoch: int, record: dict, trained) -> None:
+        def on_epoch_end(epoch: int, record: dict, _model) -> None:
             numeric = {f"train/{k}": float(v) for k, v in record.items()
                        if isinstance(v, int | float) and k != "epoch"}
             mlflow.log_metrics(numeric, step=epoch)
-            torch.save({"state_dict": trained.state_dict(), "kwargs": kwargs, "epoch": epoch,
-                        "reranker": cfg.reranker.model_dump()}, checkpoint)
+            if "checkpoint" in record:
+                mlflow.log_artifact(record["checkpoint"], artifact_path="checkpoints")
 
         started = time.perf_counter()
-        history = train_reranker(model, bank, sim, cfg.train, device=device,
-                                 on_epoch_end=on_epoch_end)
+        history = train_reranker(model, bank, scores, t, device=device,
+                                 on_epoch_end=on_epoch_end, validation=validation,
+                                 checkpoint_dir=Path(run_dir) / "reranker_checkpoints",
+                                 resume=True)
         mlflow.log_metric("train/seconds", time.perf_counter() - started)
+        best = max(history, key=lambda r: r.get("val_t2v_R1", 0.0)) if validation else history[-1]
+        mlflow.log_metric("train/best_epoch", best["epoch"])
+        tmp = checkpoint.with_suffix(".pt.tmp")
+        torch.save({"state_dict": model.state_dict(), "kwargs": kwargs, "epoch": best["epoch"],
+                    "reranker": cfg.reranker.model_dump()}, tmp)
+        tmp.replace(checkpoint)  # the weights the evaluation reads, never half written
         mlflow.log_figure(report.training_curve_figure(history), "figures/training_curve.png")
         mlflow.log_dict({"history": history}, "training_history.json")
         model_uri = None
@@ -214,7 +291,7 @@ def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
 
     def scorer(text_rows: torch.Tensor, video_rows: torch.Tensor) -> torch.Tensor:
         logits = score_pairs(model, bank, text_rows, bank, video_rows, e.batch_size,
-                             device=_device(), progress=True)
+                             device=_device(), progress=True, precision=cfg.train.precision)
         return torch.sigmoid(logits) if e.fusion_score == "prob" else logits
 
     with step_run(cfg, parent_run_id, "two-stage-eval"):

@@ -1,0 +1,189 @@
+"""Random access to the re-ranker's inputs over cached frozen-encoder tokens.
+
+Training never runs the encoder: every pair's tokens are read by row from a token source,
+either a TokenBank (the split loaded from Lance into memory) or `LanceTokenSource` (rows
+read from the Lance tables by index, for corpora whose tokens do not fit in memory).
+`VTMPairDataset` is the torch Dataset over such a source: item i is caption i with its own
+video, and `pairs` fetches any (caption, video) pairs in one batch (the negatives).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import Dataset
+
+from crosstvr_core.storage import TokenShapes, fixed_list_to_numpy
+from crosstvr_core.token_bank import TokenBank
+
+
+class TokenSource(Protocol):
+    """What the re-ranker reads: float32 inputs of caption rows and video rows."""
+
+    caption_video: torch.Tensor  # [T] video row of each caption
+
+    @property
+    def num_videos(self) -> int: ...
+
+    @property
+    def num_captions(self) -> int: ...
+
+    def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+class VTMPairDataset(Dataset):
+    """(caption, video) pairs of a token source, by row, as re-ranker inputs.
+
+    Item i: caption i and its own video: {"text_tokens" [L, Wt], "text_mask" [L],
+    "video_cls" [F, D], "video_patches" [F, P, Wv], "frame_mask" [F], "text_row",
+    "video_row"} (float32 tokens), so a DataLoader batches it into positive pairs.
+    """
+
+    def __init__(self, source: TokenSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.source.num_captions
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"VTMPairDataset: caption row {index} of {len(self)}")
+        text_row = torch.tensor([index % len(self)])
+        video_row = self.source.caption_video[text_row]
+        batch = self.pairs(text_row, video_row)
+        item = {name: value[0] for name, value in batch.items()}
+        return {**item, "text_row": text_row[0], "video_row": video_row[0]}
+
+    def pairs(self, text_rows: torch.Tensor, video_rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model inputs of pairs (text_rows[i], video_rows[i]), both [N] -> batched tensors."""
+        text_rows, video_rows = text_rows.long().cpu(), video_rows.long().cpu()
+        if text_rows.shape != video_rows.shape or text_rows.ndim != 1:
+            raise ValueError(
+                f"pairs: text_rows {tuple(text_rows.shape)} and video_rows "
+                f"{tuple(video_rows.shape)} must be equal 1-D shapes"
+            )
+        return {**self.source.text_batch(text_rows), **self.source.video_batch(video_rows)}
+
+
+@dataclass(frozen=True)
+class BankSplit:
+    """A bank cut by videos into a training part and a held-out validation part."""
+
+    train: TokenBank
+    val: TokenBank
+    train_videos: torch.Tensor  # [V_train] rows of the original bank
+    val_videos: torch.Tensor  # [V_val]
+    train_captions: torch.Tensor  # [T_train]
+    val_captions: torch.Tensor  # [T_val]
+
+
+def bank_subset(bank: TokenBank, video_rows: torch.Tensor) -> tuple[TokenBank, torch.Tensor]:
+    """The videos `video_rows` [V'] and all their captions; returns (bank, caption rows)."""
+    video_rows = video_rows.long()
+    new_row = torch.full((bank.num_videos,), -1, dtype=torch.long)
+    new_row[video_rows] = torch.arange(len(video_rows))
+    caption_rows = (new_row[bank.caption_video] >= 0).nonzero().squeeze(1)  # [T']
+    subset = TokenBank(
+        video_ids=[bank.video_ids[i] for i in video_rows.tolist()],
+        video_cls=bank.video_cls[video_rows],
+        video_patches=bank.video_patches[video_rows],
+        frame_mask=bank.frame_mask[video_rows],
+        caption_ids=[bank.caption_ids[i] for i in caption_rows.tolist()],
+        text_eot=bank.text_eot[caption_rows],
+        text_tokens=bank.text_tokens[caption_rows],
+        text_mask=bank.text_mask[caption_rows],
+        caption_video=new_row[bank.caption_video[caption_rows]],
+    )
+    return subset, caption_rows
+
+
+def split_validation(bank: TokenBank, fraction: float, seed: int) -> BankSplit:
+    """Hold out a seeded `fraction` of the videos (at least 2, leaving at least 2) with
+    their captions, so validation measures retrieval of videos never trained on."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"split_validation: fraction must be in (0, 1), got {fraction}")
+    num_val = max(2, round(fraction * bank.num_videos))
+    if bank.num_videos - num_val < 2:
+        raise ValueError(
+            f"split_validation: {bank.num_videos} videos are too few to hold out {num_val} "
+            "and still train on 2 (set train.val_fraction=0 to train without validation)"
+        )
+    order = torch.randperm(bank.num_videos, generator=torch.Generator().manual_seed(seed))
+    val_videos, train_videos = order[:num_val].sort().values, order[num_val:].sort().values
+    train, train_captions = bank_subset(bank, train_videos)
+    val, val_captions = bank_subset(bank, val_videos)
+    return BankSplit(train, val, train_videos, val_videos, train_captions, val_captions)
+
+
+class LanceTokenSource:
+    """Tokens read from the Lance tables by row index, never all at once.
+
+    video_tokens / captions: the Lance datasets (`table.to_lance()`); video_ids and
+    caption_ids fix the row order (e.g. a TokenBank's, or a split's ids). Only the id
+    columns are scanned at construction; each batch is one `take` per table.
+    """
+
+    def __init__(self, video_tokens, captions, shapes: TokenShapes, video_ids: list[str],
+                 caption_ids: list[str]) -> None:
+        self.shapes = shapes
+        self._video_tokens, self._captions = video_tokens, captions
+        self._video_offsets = self._offsets(video_tokens, "video_id", video_ids, "video_tokens")
+        self._caption_offsets = self._offsets(captions, "caption_id", caption_ids, "captions")
+        caption_videos = captions.take(self._caption_offsets.tolist(), columns=["video_id"])
+        row_of = {video_id: row for row, video_id in enumerate(video_ids)}
+        missing = [v for v in caption_videos.column("video_id").to_pylist() if v not in row_of]
+        if missing:
+            raise ValueError(f"LanceTokenSource: captions of videos not asked for: {missing[:5]}")
+        self.caption_video = torch.tensor(
+            [row_of[v] for v in caption_videos.column("video_id").to_pylist()], dtype=torch.long
+        )
+
+    @staticmethod
+    def _offsets(dataset, column: str, ids: list[str], table: str) -> np.ndarray:
+        stored = dataset.to_table(columns=[column]).column(column).to_pylist()
+        offset_of = {value: offset for offset, value in enumerate(stored)}
+        missing = [i for i in ids if i not in offset_of]
+        if missing:
+            raise ValueError(f"LanceTokenSource: table '{table}' lacks {column} {missing[:5]}")
+        return np.array([offset_of[i] for i in ids], dtype=np.int64)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self._video_offsets)
+
+    @property
+    def num_captions(self) -> int:
+        return len(self._caption_offsets)
+
+    def _take(self, dataset, offsets: np.ndarray, rows: torch.Tensor, columns: list[str]
+              ) -> pa.Table:
+        return dataset.take(offsets[rows.long().cpu().numpy()].tolist(), columns=columns)
+
+    def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.shapes
+        table = self._take(self._video_tokens, self._video_offsets, rows,
+                           ["frame_mask", "cls", "patches"])
+        return {
+            "video_cls": torch.from_numpy(fixed_list_to_numpy(
+                table.column("cls"), (s.num_frames, s.embed_dim))).float(),
+            "video_patches": torch.from_numpy(fixed_list_to_numpy(
+                table.column("patches"), (s.num_frames, s.num_patches, s.vision_width))).float(),
+            "frame_mask": torch.from_numpy(
+                fixed_list_to_numpy(table.column("frame_mask"), (s.num_frames,)).astype(bool)),
+        }
+
+    def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.shapes
+        table = self._take(self._captions, self._caption_offsets, rows, ["tokens", "length"])
+        lengths = torch.from_numpy(table.column("length").to_numpy().astype(np.int64))
+        return {
+            "text_tokens": torch.from_numpy(fixed_list_to_numpy(
+                table.column("tokens"), (s.context_length, s.text_width))).float(),
+            "text_mask": torch.arange(s.context_length)[None, :] < lengths[:, None],
+        }

@@ -1,0 +1,299 @@
+"""Re-ranker training: learning, reproducibility, resume after a kill, validation and early
+stopping, the token dataset (TokenBank and Lance by row), and no encoder in the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from test_reranker import (  # tests/ is on sys.path (pytest prepend import mode)
+    EMBED,
+    FRAMES,
+    LENGTH,
+    PATCHES,
+    TEXT,
+    VISION,
+    make_model,
+    random_bank,
+)
+from torch.utils.data import DataLoader
+
+from crosstvr_core.config import TrainConfig
+from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.reranker_training import (
+    NegativeScores,
+    Validation,
+    score_pairs,
+    train_reranker,
+)
+from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
+from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.token_dataset import LanceTokenSource, VTMPairDataset, split_validation
+from crosstvr_core.training_checkpoint import latest_checkpoint, load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_bank(num_videos: int = 16, captions_per_video: int = 2) -> TokenBank:
+    """Videos whose tokens carry an id code that their captions' tokens also carry."""
+    gen = torch.Generator().manual_seed(0)
+    num_captions = num_videos * captions_per_video
+    video_code = torch.randn(num_videos, 1, VISION, generator=gen)  # [V, 1, Wv]
+    text_code = torch.randn(num_videos, 1, TEXT, generator=gen)  # [V, 1, Wt]
+    caption_video = torch.arange(num_videos).repeat_interleave(captions_per_video)
+
+    def noise(*shape: int) -> torch.Tensor:
+        return 0.3 * torch.randn(*shape, generator=gen)
+
+    patches = video_code[:, :, None] + noise(num_videos, FRAMES, PATCHES, VISION)
+    return TokenBank(
+        video_ids=[f"v{i}" for i in range(num_videos)],
+        video_cls=noise(num_videos, FRAMES, EMBED).half(),
+        video_patches=patches.half(),  # [V, F, P, Wv]
+        frame_mask=torch.ones(num_videos, FRAMES, dtype=torch.bool),
+        caption_ids=[f"c{i}" for i in range(num_captions)],
+        text_eot=noise(num_captions, EMBED).half(),
+        text_tokens=(text_code[caption_video] + noise(num_captions, LENGTH, TEXT)).half(),
+        text_mask=torch.ones(num_captions, LENGTH, dtype=torch.bool),
+        caption_video=caption_video,
+    )
+
+
+def toy_training(epochs: int, hard: bool = True, bank: TokenBank | None = None,
+                 cfg: dict | None = None, **kwargs: object
+                 ) -> tuple[CrossTVRReranker, list[dict]]:
+    bank = bank or toy_bank()
+    sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
+    model = make_model(hidden=32)
+    cfg = TrainConfig(**{"epochs": epochs, "batch_size": 16, "lr": 3e-3, "hard_negatives": hard,
+                         "seed": 3, **(cfg or {})})
+    return model, train_reranker(model, bank, sim, cfg, **{"progress": False, **kwargs})
+
+
+def without_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("seconds", "pairs_per_second", "checkpoint")}
+            for r in history]
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_training_learns_a_toy_matching_problem() -> None:
+    _, history = toy_training(epochs=30)
+    first, last = history[0]["loss"], history[-1]["loss"]
+    assert last < 0.5 * first and last < 0.5 * np.log(2), (first, last)  # chance: ln 2
+    assert history[-1]["accuracy"] > 0.9
+    assert {"loss", "accuracy", "seconds", "lr", "epoch"} <= history[0].keys()
+
+
+def test_training_is_deterministic_and_reports_each_epoch() -> None:
+    seen: list[tuple[int, float, bool]] = []
+
+    def on_epoch_end(epoch: int, record: dict, model: CrossTVRReranker) -> None:
+        seen.append((epoch, record["loss"], model.training))
+
+    first, history = toy_training(epochs=2, on_epoch_end=on_epoch_end, progress=True)
+    second, again = toy_training(epochs=2)
+    _, random_only = toy_training(epochs=2, hard=False)
+    assert [epoch for epoch, _, _ in seen] == [1, 2]
+    assert [loss for _, loss, _ in seen] == [record["loss"] for record in history]
+    assert without_time(history) == without_time(again)
+    assert_same_weights(first, second)
+    assert without_time(history) != without_time(random_only)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
+    straight, straight_history = toy_training(epochs=3, checkpoint_dir=tmp_path / "straight")
+
+    def kill_after_first_epoch(epoch: int, record: dict, model: CrossTVRReranker) -> None:
+        if epoch == 1:
+            raise Killed
+
+    run_dir = tmp_path / "killed"
+    with pytest.raises(Killed):
+        toy_training(epochs=3, checkpoint_dir=run_dir, on_epoch_end=kill_after_first_epoch)
+    assert latest_checkpoint(run_dir).name == "epoch-0001.pt"
+    (run_dir / "epoch-0002.pt.tmp").write_bytes(b"half a checkpoint")  # a kill mid-write
+    resumed, history = toy_training(epochs=3, checkpoint_dir=run_dir, resume=True)
+    assert_same_weights(straight, resumed)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert without_time(history) == without_time(straight_history)
+    state = load_checkpoint(latest_checkpoint(run_dir))
+    assert state["epoch"] == 3 and {"optimizer", "schedule", "scaler", "rng"} <= state.keys()
+    # a finished run resumes to the same weights without training again
+    again, _ = toy_training(epochs=3, checkpoint_dir=run_dir, resume=True)
+    assert_same_weights(straight, again)
+
+
+def test_bad_checkpoint_is_named(tmp_path: Path) -> None:
+    (tmp_path / "epoch-0001.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="epoch-0001.pt"):
+        toy_training(epochs=2, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_validation_early_stopping_keeps_the_best_weights(tmp_path: Path) -> None:
+    bank = toy_bank(num_videos=24)
+    split = split_validation(bank, 0.25, seed=0)
+    assert split.val.num_videos == 6 and split.train.num_videos == 18
+    assert set(split.val.video_ids).isdisjoint(split.train.video_ids)
+    assert split.val.num_captions == 12
+    sim = torch.randn(bank.num_captions, bank.num_videos)
+    val_sim = sim[split.val_captions][:, split.val_videos]
+    validation = Validation(split.val, val_sim, top_k=4)
+    snapshots: dict[int, dict] = {}
+
+    def keep(epoch: int, record: dict, model: CrossTVRReranker) -> None:
+        snapshots[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, history = toy_training(
+        epochs=6, bank=split.train, validation=validation, on_epoch_end=keep,
+        cfg={"early_stopping_patience": 1, "lr": 3e-2},
+    )
+    assert all({"val_t2v_R1", "val_v2t_R1", "val_stage1_t2v_R1"} <= r.keys() for r in history)
+    scores = [r["val_t2v_R1"] for r in history]
+    best_epoch = history[int(np.argmax(scores))]["epoch"]
+    # held-out videos carry codes never trained on, so R@1 stalls and patience 1 stops it
+    assert len(history) < 6 and history[-1]["early_stopped"]
+    assert scores[-1] <= max(scores[:-1]) and best_epoch != history[-1]["epoch"]
+    last = snapshots[history[-1]["epoch"]]
+    assert any(not torch.equal(last[name], value) for name, value in snapshots[best_epoch].items())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[best_epoch][name]), name
+    assert model.training is False
+
+
+def test_negatives_from_stored_top_k_train() -> None:
+    bank = toy_bank()
+    top = torch.randn(bank.num_captions, bank.num_videos).topk(3, dim=1).indices  # [T, 3]
+    videos = torch.full((bank.num_captions, bank.num_videos), float("-inf"))
+    videos.scatter_(1, top, 1.0)
+    scores = NegativeScores(videos, torch.zeros(bank.num_videos, bank.num_captions))
+    model = make_model(hidden=32)
+    history = train_reranker(model, bank, scores, TrainConfig(epochs=1, batch_size=16),
+                             progress=False)
+    assert np.isfinite(history[0]["loss"])
+    with pytest.raises(ValueError, match="negative scores"):
+        train_reranker(model, bank, NegativeScores(videos.T, videos), TrainConfig(epochs=1),
+                       progress=False)
+
+
+def test_score_pairs_matches_forward_across_banks() -> None:
+    text_bank, video_bank = random_bank(seed=1), random_bank(num_videos=5, seed=2)
+    model = make_model(layers=2)
+    model.fit_input_stats(text_bank)
+    text_rows = torch.tensor([0, 3, 5, 7, 11, 2, 2])
+    video_rows = torch.tensor([4, 0, 1, 2, 3, 3, 0])  # repeated videos are encoded once
+    scores = score_pairs(model, text_bank, text_rows, video_bank, video_rows, batch_size=3)
+    expected = model(
+        **text_bank.text_batch(text_rows), **video_bank.video_batch(video_rows)
+    ).detach()
+    assert scores.shape == (7,) and scores.dtype == torch.float32
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pair_dataset_random_access_and_dataloader() -> None:
+    bank = random_bank()
+    dataset = VTMPairDataset(bank)
+    assert len(dataset) == bank.num_captions
+    item = dataset[5]
+    assert item["video_row"] == bank.caption_video[5]
+    torch.testing.assert_close(item["text_tokens"], bank.text_tokens[5].float())
+    torch.testing.assert_close(item["video_patches"], bank.video_patches[item["video_row"]].float())
+    batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=False)))
+    assert batch["video_patches"].shape == (4, FRAMES, PATCHES, VISION)
+    assert batch["text_row"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(IndexError, match="caption row 99"):
+        dataset[99]
+
+
+def _write_index(path: Path, bank: TokenBank) -> TokenIndex:
+    shapes = TokenShapes(FRAMES, EMBED, PATCHES, VISION, LENGTH, TEXT)
+    index = TokenIndex(path, "toy-encoder", shapes)
+    lengths = bank.text_mask.sum(1).int().numpy()
+    video_rows = {
+        "video_id": bank.video_ids, "content_hash": ["h"] * bank.num_videos,
+        "encoder_id": ["toy-encoder"] * bank.num_videos,
+        "frame_mask": fixed_list(bank.frame_mask.numpy(), np.bool_),
+        "cls": fixed_list(bank.video_cls.numpy()), "patches": fixed_list(bank.video_patches.numpy()),
+    }
+    if "patch_index" in index.video_tokens.schema.names:  # grid position of each kept patch
+        grid = np.broadcast_to(np.arange(PATCHES), (bank.num_videos, FRAMES, PATCHES))
+        video_rows["patch_index"] = fixed_list(grid, np.int16)
+    index.upsert("video_tokens", pa.table(video_rows), "video_id")
+    index.upsert("captions", pa.table({
+        "caption_id": bank.caption_ids, "video_id": [bank.video_ids[v] for v in
+                                                     bank.caption_video.tolist()],
+        "split": ["train"] * bank.num_captions, "text": ["t"] * bank.num_captions,
+        "meta": ["{}"] * bank.num_captions, "encoder_id": ["toy-encoder"] * bank.num_captions,
+        "eot": fixed_list(bank.text_eot.numpy()), "tokens": fixed_list(bank.text_tokens.numpy()),
+        "length": pa.array(lengths, pa.int32()),
+    }), "caption_id")
+    return index
+
+
+def test_lance_token_source_reads_rows_by_index(tmp_path: Path) -> None:
+    bank = random_bank()
+    index = _write_index(tmp_path / "db.lancedb", bank)
+    order = [3, 0, 5, 1, 4, 2]  # any row order the caller asks for
+    source = LanceTokenSource(index.video_tokens.to_lance(), index.captions.to_lance(),
+                              index.shapes, [bank.video_ids[i] for i in order], bank.caption_ids)
+    assert (source.num_videos, source.num_captions) == (bank.num_videos, bank.num_captions)
+    rows = torch.tensor([2, 0, 2])
+    got = source.video_batch(rows)
+    want = bank.video_batch(torch.tensor([order[i] for i in rows.tolist()]))
+    for name in want:
+        torch.testing.assert_close(got[name], want[name])
+    caption_rows = torch.tensor([7, 1])
+    for name, value in bank.text_batch(caption_rows).items():
+        torch.testing.assert_close(source.text_batch(caption_rows)[name], value)
+    assert torch.equal(torch.tensor(order)[source.caption_video], bank.caption_video)
+    # the same model scores the same pairs from Lance rows as from the in-memory bank
+    model = make_model()
+    model.fit_input_stats(bank)
+    text_rows, source_video_rows = torch.tensor([0, 4, 9]), torch.tensor([1, 1, 5])
+    bank_video_rows = torch.tensor([order[i] for i in source_video_rows.tolist()])
+    from_bank = score_pairs(model, bank, text_rows, bank, bank_video_rows, batch_size=8)
+    from_lance = score_pairs(model, source, text_rows, source, source_video_rows, batch_size=8)
+    torch.testing.assert_close(from_lance, from_bank)
+    with pytest.raises(ValueError, match="lacks video_id"):
+        LanceTokenSource(index.video_tokens.to_lance(), index.captions.to_lance(), index.shapes,
+                         ["nope"], bank.caption_ids)
+
+
+def test_training_never_calls_the_frozen_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every entry point of the encoder raises (and is counted); training still runs."""
+    import open_clip
+
+    from crosstvr_core.encoder import FrozenEncoder
+
+    calls: list[str] = []
+
+    def forbidden(name: str):
+        def call(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"frozen encoder entry point {name} called during training")
+        return call
+
+    for name in ("encode_frames", "encode_captions", "_image_tokens", "preprocess_frames"):
+        monkeypatch.setattr(FrozenEncoder, name, forbidden(name))
+    for name in ("create_model", "create_model_and_transforms"):
+        monkeypatch.setattr(open_clip, name, forbidden(name))
+    model, history = toy_training(epochs=1)
+    score_pairs(model, toy_bank(), torch.arange(4), toy_bank(), torch.arange(4), 4)
+    assert calls == [] and len(history) == 1
