@@ -40,7 +40,7 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
     img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
     last = size - 1
-    bar = max(1, round(size * 0.3))
+    bar = max(1, round(size * 0.4))
     if shape == "circle":
         draw.ellipse([0, 0, last, last], fill=255)
     elif shape == "ring":

@@ -2,7 +2,7 @@
 
 The generated benchmark lives in a directory named by a hash of its generation parameters,
 so a changed size or seed renders a new benchmark instead of reusing stale clips. Rendering
-is a Ray Data map over the video specs (ffmpeg encodes each clip); clips that already
+is a Ray Data map over batches of video specs (one ffmpeg encodes a batch); clips that already
 exist are kept, so an interrupted render resumes.
 """
 
