@@ -31,12 +31,26 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which corpus to index and evaluate."""
 
-    kind: Literal["generated", "folder"] = "generated"
+    # "generated" renders the embedded benchmark; any other value is an annotation format of
+    # crosstvr_core.datasets (msrvtt, msvd, didemo, activitynet, vatex, lsmdc: the files as
+    # the CLIP4Clip family distributes them; folder / manifest: any user corpus)
+    kind: Literal[
+        "generated", "folder", "manifest", "msrvtt", "msvd", "didemo", "activitynet", "vatex",
+        "lsmdc",
+    ] = "generated"
     # generated: where the benchmark is rendered (default: <home>/datasets/<name>);
-    # folder: the directory the captions file's video paths are relative to.
+    # otherwise: the directory holding the annotation files (folder: the videos' root).
     root: str | None = None
-    # folder: CSV or JSONL with columns video, caption, split (train/test).
+    # folder / manifest: the CSV or JSONL file (video or uri, caption, optional split);
+    # a folder without one indexes every video file below root, captions-less.
     captions_file: str | None = None
+    # known formats: annotation file overrides, role -> file name (see DATASET_FORMATS)
+    annotations: dict[str, str] | None = None
+    videos_dir: str | None = None  # default: <root>/videos when it exists, else <root>
+    split: str | None = None  # None: every split whose files exist
+    missing_videos: Literal["skip", "error", "keep"] = "skip"
+    caption_mode: Literal["sentence", "paragraph"] | None = None  # None: the format's protocol
+    caption_sampling: Literal["all", "one_per_epoch"] = "all"
     name: str = "generated-fine-grained"
     # generated benchmark sizes: a test group is a cube of 8 videos (3 one-factor swaps), so
     # 64 groups = 512 test videos (docs/benchmark-data.md).
@@ -75,6 +89,22 @@ class SamplingConfig(_Section):
     """How frames are taken from each video."""
 
     num_frames: int = Field(8, ge=1)
+
+
+class IndexConfig(_Section):
+    """What the index step keeps and how re-indexing treats the corpus."""
+
+    # keep only the M patch tokens per frame that the CLS token attends to most in the last
+    # block (None: all patches); lets ViT-L / ViT-G corpora fit on disk
+    keep_patches: int | None = Field(None, ge=1)
+    # delete videos (and their tokens and captions) that are no longer in the corpus
+    remove_missing: bool = True
+    # rows per Lance commit on the driver: fewer, larger commits write faster; a kill loses
+    # at most this many encoded videos
+    write_batch_rows: int = Field(128, ge=1)
+    # scheduled re-indexing deployment (`crosstvr/reindex`): off until one is set
+    schedule_cron: str | None = None
+    schedule_interval_s: int | None = Field(None, ge=60)
 
 
 class RayConfig(_Section):
@@ -199,6 +229,7 @@ class CrossTVRConfig(_Section):
     data: DataConfig = DataConfig()
     encoder: EncoderConfig = EncoderConfig()
     sampling: SamplingConfig = SamplingConfig()
+    index: IndexConfig = IndexConfig()
     ray: RayConfig = RayConfig()
     stage1: Stage1Config = Stage1Config()
     reranker: RerankerConfig = RerankerConfig()

@@ -54,6 +54,7 @@ from crosstvr_core.annotation_formats import (
 __all__ = [
     "DATASET_FORMATS", "VIDEO_EXTENSIONS", "CaptionItem", "DatasetError", "RetrievalDataset",
     "VideoFileIndex", "VideoItem", "known_formats", "load_dataset", "load_folder_dataset",
+    "scan_video_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -414,3 +415,32 @@ def load_folder_dataset(root: str | Path, captions_file: str | Path, name: str) 
     this loader always did; `load_dataset('folder', ...)` skips or refuses them instead."""
     return load_dataset("folder", root, annotations=captions_file, missing_videos="keep",
                         dataset_name=name, videos_dir=Path(root).expanduser().resolve())
+
+
+def scan_video_folder(root: str | Path, name: str, split: str = "corpus") -> RetrievalDataset:
+    """Every video file below `root`, without captions: a corpus to index before (or
+    without) annotations. Ids are relative paths without extension, as in the folder format,
+    so captions added later attach to the same rows."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"videos folder '{root}': not a directory")
+    paths = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTENSIONS and not any(
+            part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not paths:
+        raise DatasetError(
+            f"videos folder '{root}': no video files ({', '.join(VIDEO_EXTENSIONS)})"
+        )
+    videos, seen = [], {}
+    for path in paths:
+        video_id = str(path.relative_to(root).with_suffix(""))
+        if video_id in seen:
+            raise DatasetError(
+                f"videos folder '{root}': '{seen[video_id].name}' and '{path.name}' both map to "
+                f"video id '{video_id}'"
+            )
+        seen[video_id] = path
+        videos.append(VideoItem(video_id, str(path), split))
+    return RetrievalDataset(name, str(root), videos, [], format_name="videos", videos_dir=str(root))

@@ -124,6 +124,59 @@ class FrozenEncoder:
         # projected pooled embedding == encode_image; last block's patch tokens after ln_post
         return out["image_features"].float(), out["image_intermediates"][-1].float()
 
+    def _image_tokens_with_cls_attention(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like `_image_tokens`, plus how much the CLS token attends to each patch [N, P].
+
+        The last block's attention is recomputed from its input (the second-to-last
+        intermediate): open_clip does not return attention maps, and hooks would tie us
+        to its internals more than its public blocks do.
+        """
+        visual = self.model.visual
+        block = visual.transformer.resblocks[-1]
+        attn = getattr(block, "attn", None)
+        if not isinstance(attn, torch.nn.MultiheadAttention) or getattr(block, "ln_1", None) is None:
+            raise EncoderError(
+                f"encoder '{self.spec.name}': patch selection by CLS attention needs a ViT "
+                "whose last block uses nn.MultiheadAttention (set index.keep_patches=null)"
+            )
+        with torch.no_grad(), self._autocast():
+            out = self.model.forward_intermediates(
+                image=images.to(self.device), image_indices=2, normalize=False,
+                normalize_intermediates=False, image_output_fmt="NLC",
+                image_output_extra_tokens=True,
+            )
+            # block input = prefix (CLS) + patches of the second-to-last intermediate
+            x = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], 1)
+            y = block.ln_1(x)  # [N, 1 + P, W]
+            w, b = attn.in_proj_weight, attn.in_proj_bias
+            width, heads = y.shape[-1], attn.num_heads
+            q = torch.nn.functional.linear(y[:, :1], w[:width], None if b is None else b[:width])
+            k = torch.nn.functional.linear(
+                y, w[width:2 * width], None if b is None else b[width:2 * width]
+            )
+            q = q.view(len(y), 1, heads, -1).transpose(1, 2)  # [N, H, 1, W/H]
+            k = k.view(len(y), -1, heads, width // heads).transpose(1, 2)  # [N, H, 1+P, W/H]
+            weights = (q @ k.transpose(-1, -2) / (width // heads) ** 0.5).softmax(-1)
+            cls_attention = weights.mean(1)[:, 0, 1:]  # [N, P]: heads averaged, CLS row
+            patches = visual.ln_post(out["image_intermediates"][-1])
+        return out["image_features"].float(), patches.float(), cls_attention.float()
+
+    def encode_frames_selected(
+        self, frames: np.ndarray | torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames -> (CLS [N, D], the `keep` patches the CLS attends to most [N, M, Wv],
+        their indices in the patch grid [N, M], ascending so spatial order is kept)."""
+        if not 1 <= keep <= self.num_patches:
+            raise EncoderError(f"keep_patches={keep}: must be in 1..{self.num_patches}")
+        cls, patches, attention = self._image_tokens_with_cls_attention(
+            self.preprocess_frames(frames)
+        )
+        index = attention.topk(keep, dim=-1).indices.sort(dim=-1).values  # [N, M]
+        chosen = patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
+        return cls, chosen, index
+
     def preprocess_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [N, S, S, 3] frames at the encoder's size -> normalised float [N, 3, S, S]."""
         frames = torch.as_tensor(frames)

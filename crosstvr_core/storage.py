@@ -30,6 +30,10 @@ ENCODER_KEY = b"crosstvr.encoder_id"
 SHAPES_KEY = b"crosstvr.shapes"
 
 
+class SchemaMismatchError(ValueError):
+    """A table on disk has other columns than this version of crosstvr writes."""
+
+
 class EncoderMismatchError(ValueError):
     """A table holds tokens of another encoder (or other shapes) than the one asked for."""
 
@@ -44,6 +48,9 @@ class TokenShapes:
     vision_width: int  # Wv
     context_length: int  # L
     text_width: int  # Wt
+    # patches per frame in the encoder's grid; > num_patches when only the M patches the CLS
+    # attends to most are kept (index.keep_patches); 0 means "= num_patches"
+    source_patches: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
@@ -65,6 +72,7 @@ def videos_schema() -> pa.Schema:
             ("num_frames_sampled", pa.int32()),
             ("status", pa.string()),  # "ok" | "failed"
             ("error", pa.string()),
+            ("error_reason", pa.string()),  # short machine-readable kind, e.g. "truncated"
             ("encoder_id", pa.string()),
             ("indexed_at", pa.timestamp("us", tz="UTC")),
         ]
@@ -81,6 +89,7 @@ def video_tokens_schema(shapes: TokenShapes, encoder_id: str) -> pa.Schema:
             ("frame_mask", pa.list_(pa.bool_(), f)),
             ("cls", pa.list_(pa.float16(), f * d)),  # [F, D] row-major
             ("patches", pa.list_(pa.float16(), f * p * w)),  # [F, P, Wv] row-major
+            ("patch_index", pa.list_(pa.int16(), f * p)),  # [F, P] position in the grid
         ],
         metadata={ENCODER_KEY: encoder_id.encode(), SHAPES_KEY: shapes.to_json()},
     )
@@ -167,6 +176,12 @@ class TokenIndex:
             # exist_ok: another run may create it between the check and here
             return self.db.create_table(name, schema=schema, exist_ok=True)
         table = self.db.open_table(name)
+        if table.schema.names != schema.names:
+            raise SchemaMismatchError(
+                f"table '{name}' at {self.uri} has columns {table.schema.names}, this version "
+                f"writes {schema.names}: index into a new database (another data.name) or "
+                "delete the old one"
+            )
         if schema.metadata:
             stored = table.schema.metadata or {}
             if stored.get(ENCODER_KEY) != schema.metadata[ENCODER_KEY]:
@@ -198,12 +213,28 @@ class TokenIndex:
             return {"inserted": 0, "updated": 0}
         self._check_rows(name, rows)
         table = getattr(self, name)
+        rows = self._with_defaults(rows, table.schema)
+        missing = [c for c in table.schema.names if c not in rows.column_names]
+        if missing:
+            raise ValueError(f"rows for table '{name}' lack column(s) {missing}")
         rows = rows.select(table.schema.names).cast(table.schema)
         result = (
             table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all()
             .execute(rows)
         )
         return {"inserted": result.num_inserted_rows, "updated": result.num_updated_rows}
+
+    def _with_defaults(self, rows: pa.Table, schema: pa.Schema) -> pa.Table:
+        """Fill columns a writer may leave out: no error reason, every patch in grid order."""
+        n = rows.num_rows
+        if "error_reason" in schema.names and "error_reason" not in rows.column_names:
+            rows = rows.append_column("error_reason", pa.array([""] * n, pa.string()))
+        if "patch_index" in schema.names and "patch_index" not in rows.column_names:
+            s = self.shapes
+            grid = np.broadcast_to(np.arange(s.num_patches, dtype=np.int16),
+                                   (n, s.num_frames, s.num_patches))
+            rows = rows.append_column("patch_index", fixed_list(grid, np.int16))
+        return rows
 
     def write_stage1_candidates(
         self, stage1_model_id: str, split: str, query_kind: str, query_ids: list[str],
@@ -233,10 +264,19 @@ class TokenIndex:
         for table in (self.video_tokens, self.captions, self.videos):
             _delete_where_in(table, "video_id", video_ids)
 
-    def delete_captions_except(self, caption_ids: set[str]) -> int:
-        """Drop captions no longer in the dataset's annotation file; returns how many."""
-        existing = set(self.captions.to_lance().to_table(columns=["caption_id"])
-                       .column("caption_id").to_pylist())
+    def delete_captions_except(
+        self, caption_ids: set[str], of_videos: set[str] | None = None
+    ) -> int:
+        """Drop captions no longer in the dataset's annotation file; returns how many.
+
+        `of_videos` limits this to captions of those videos (the others are left alone).
+        """
+        table = self.captions.to_lance().to_table(columns=["caption_id", "video_id"])
+        existing = {
+            cid for cid, vid in zip(table.column("caption_id").to_pylist(),
+                                    table.column("video_id").to_pylist(), strict=True)
+            if of_videos is None or vid in of_videos
+        }
         stale = sorted(existing - caption_ids)
         _delete_where_in(self.captions, "caption_id", stale)
         return len(stale)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -58,6 +59,88 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_overrides(args: argparse.Namespace) -> list[str]:
+    """`crosstvr index` arguments as config overrides (later ones win over the file)."""
+    overrides = list(args.overrides)
+    source = args.source
+    if source and "=" in source and not Path(source).exists():
+        overrides.insert(0, source)  # an override, not a path
+        source = None
+    derived = []
+    if args.dataset:
+        if source:
+            raise ConfigError("give either SOURCE or --dataset/--root, not both")
+        if not args.root:
+            raise ConfigError("--dataset needs --root DIR (where its annotation files are)")
+        derived += [f"data.kind={args.dataset}", f"data.root={Path(args.root).resolve()}"]
+    elif source:
+        path = Path(source).resolve()
+        if path.is_dir():
+            derived += ["data.kind=folder", f"data.root={path}"]
+            if args.captions:
+                derived.append(f"data.captions_file={Path(args.captions).resolve()}")
+        elif path.is_file():
+            derived += ["data.kind=manifest", f"data.root={path.parent}",
+                        f"data.captions_file={path}"]
+        else:
+            raise ConfigError(f"SOURCE '{source}': no such folder or manifest file")
+    else:
+        raise ConfigError("give a SOURCE (folder of videos or manifest) or --dataset/--root")
+    if args.split:
+        derived.append(f"data.split={args.split}")
+    if args.name:
+        derived.append(f"data.name={args.name}")
+    elif source:
+        derived.append(f"data.name={Path(source).resolve().stem}")
+    return derived + overrides
+
+
+def print_index_summary(counts: dict, failures: dict[str, list[tuple[str, str]]],
+                        versions: dict, uri: str, seconds: float) -> None:
+    print(f"indexed {counts['videos_ok']}  skipped (unchanged) {counts['videos_skip']}  "
+          f"failed {counts['videos_failed']}  removed {counts['videos_removed']}  "
+          f"in {seconds:.1f} s")
+    if counts["videos_retried"]:
+        print(f"retried {counts['videos_retried']} previously failed video(s): "
+              f"{counts['videos_still_failing']} still fail")
+    for reason, items in sorted(failures.items(), key=lambda kv: -len(kv[1])):
+        print(f"  failed [{reason}] x{len(items)}")
+        for video_id, error in items[:3]:
+            print(f"    {video_id}: {error}")
+        if len(items) > 3:
+            print(f"    ... and {len(items) - 3} more")
+    print(f"captions encoded {counts['captions_encoded']}  unchanged "
+          f"{counts['captions_unchanged']}  removed {counts['captions_removed']}")
+    print(f"tables: {uri}  versions {versions}")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import time
+
+    from crosstvr_core.datasets import DatasetError
+    from tasks.corpus import load_corpus
+    from tasks.index import index_dataset
+    from tasks.runtime import apply_offline_env, ray_runtime
+
+    cfg = load_config(args.config, _index_overrides(args))
+    try:
+        dataset = load_corpus(cfg)
+    except DatasetError as exc:
+        print(f"crosstvr index: {exc}", file=sys.stderr)
+        return 2
+    print(f"corpus '{dataset.name}' ({dataset.format_name}): {len(dataset.videos)} videos, "
+          f"{len(dataset.captions)} captions -> {cfg.lance_uri}")
+    apply_offline_env()
+    start = time.monotonic()
+    with ray_runtime(cfg.ray):
+        result = index_dataset(cfg, dataset)
+    ref = result.ref
+    print_index_summary(ref.counts, result.failures, ref.versions, ref.uri,
+                        time.monotonic() - start)
+    return 3 if ref.counts["videos_failed"] and not (
+        ref.counts["videos_ok"] or ref.counts["videos_skip"]) else 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(), sort_keys=False))
     return 0
@@ -73,10 +156,30 @@ def main(argv: list[str] | None = None) -> int:
     results.add_argument("--flow-run-id", required=True)
     _config_args(results)
     results.set_defaults(func=cmd_results)
+    index = sub.add_parser(
+        "index", help="index a corpus into Lance (decode, frozen tokens) in this process",
+        description="Index SOURCE (a folder of videos, or a manifest CSV/JSONL of uri, "
+        "caption, split) or a known dataset format (--dataset msrvtt --root DIR). "
+        "Unchanged videos are skipped; failed ones are retried.",
+    )
+    index.add_argument("source", nargs="?", help="folder of videos or manifest file")
+    index.add_argument("--captions", help="captions CSV/JSONL for a folder (video, caption, split)")
+    index.add_argument("--dataset", help="a known format: msrvtt, msvd, didemo, activitynet, "
+                       "vatex, lsmdc, folder, manifest")
+    index.add_argument("--root", help="with --dataset: the folder holding its annotation files")
+    index.add_argument("--split", help="index only this split")
+    index.add_argument("--name", help="database name under <home>/lance (default: folder name)")
+    _config_args(index)
+    index.set_defaults(func=cmd_index)
     config = sub.add_parser("config", help="print the resolved config")
     _config_args(config)
     config.set_defaults(func=cmd_config)
-    args = parser.parse_args(argv)
+    # overrides may also follow options (`index DIR --name x train.epochs=3`)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except ConfigError as exc:

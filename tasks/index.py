@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,7 +27,10 @@ from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
 from crosstvr_core.video_decode import VideoDecodeError, decode_uniform_frames, file_content_hash
 
 log = logging.getLogger(__name__)
-WRITE_BATCH_ROWS = 128
+# decode tasks fork ffmpeg in processes that imported lancedb; they never touch Lance after
+# the fork, so lancedb's fork warning (one per clip) is noise here
+warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+CAPTION_WRITE_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,20 @@ class IndexRef:
     uri: str
     encoder_id: str
     shapes: dict
-    versions: dict
+    versions: dict  # table -> Lance version this run produced
     counts: dict
+    read_versions: dict | None = None  # table -> Lance version before this run
 
     def open(self) -> TokenIndex:
         return TokenIndex(self.uri, self.encoder_id, TokenShapes(**self.shapes))
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """An index run: the reference for later steps, plus why each failed video failed."""
+
+    ref: IndexRef
+    failures: dict[str, list[tuple[str, str]]]  # reason -> [(video_id, error)]
 
 
 def encoder_spec(cfg: CrossTVRConfig) -> EncoderSpec:
@@ -55,10 +68,17 @@ def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:
 
 
 def token_shapes(cfg: CrossTVRConfig, encoder: FrozenEncoder) -> TokenShapes:
+    keep = cfg.index.keep_patches
+    if keep is not None and keep > encoder.num_patches:
+        raise ValueError(
+            f"index.keep_patches={keep}: encoder '{encoder.encoder_id}' has only "
+            f"{encoder.num_patches} patches per frame"
+        )
     return TokenShapes(
         num_frames=cfg.sampling.num_frames, embed_dim=encoder.embed_dim,
-        num_patches=encoder.num_patches, vision_width=encoder.vision_width,
+        num_patches=keep or encoder.num_patches, vision_width=encoder.vision_width,
         context_length=encoder.context_length, text_width=encoder.text_width,
+        source_patches=encoder.num_patches if keep else 0,
     )
 
 
@@ -72,11 +92,11 @@ def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int) -> di
     out = {k: batch[k] for k in ("video_id", "path", "split")}
     frames = np.zeros((n, num_frames, size, size, 3), np.uint8)
     masks = np.zeros((n, num_frames), bool)
-    fields = {k: [] for k in ("status", "error", "content_hash")}
+    fields = {k: [] for k in ("status", "error", "error_reason", "content_hash")}
     probes = {k: [] for k in ("duration", "fps", "width", "height", "size_bytes")}
     for i in range(n):
         path, known = str(batch["path"][i]), str(batch["known_hash"][i])
-        status, error, chash, probe = "ok", "", "", None
+        status, error, reason, chash, probe = "ok", "", "", "", None
         try:
             chash = file_content_hash(path)
             if chash == known:
@@ -85,10 +105,13 @@ def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int) -> di
                 frames[i], masks[i], probe = decode_uniform_frames(
                     path, num_frames, size, threads=1
                 )
-        except (VideoDecodeError, OSError) as exc:
-            status, error = "failed", str(exc)
+        except VideoDecodeError as exc:
+            status, error, reason = "failed", str(exc), exc.reason
+        except OSError as exc:  # the hash could not read the file
+            status, error, reason = "failed", f"{path}: {exc}", "unreadable"
         fields["status"].append(status)
         fields["error"].append(error)
+        fields["error_reason"].append(reason)
         fields["content_hash"].append(chash)
         for key in probes:
             probes[key].append(getattr(probe, key, 0) if probe else 0)
@@ -106,6 +129,7 @@ class _EncoderActor:
         torch.set_num_threads(cfg.encoder.torch_threads)
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.encoder = load_encoder(cfg, device=device)
+        self.shapes = token_shapes(cfg, self.encoder)
         self.cfg = cfg
 
 
@@ -113,21 +137,34 @@ class FrameEncoderActor(_EncoderActor):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
         frames = batch.pop("frames")  # [B, F, S, S, 3]
         b, f = frames.shape[:2]
-        enc = self.encoder
-        cls = np.zeros((b, f, enc.embed_dim), np.float16)
-        patches = np.zeros((b, f, enc.num_patches, enc.vision_width), np.float16)
+        s = self.shapes
+        cls = np.zeros((b, f, s.embed_dim), np.float16)
+        patches = np.zeros((b, f, s.num_patches, s.vision_width), np.float16)
+        patch_index = np.broadcast_to(np.arange(s.num_patches, dtype=np.int16),
+                                      (b, f, s.num_patches)).copy()
         rows = np.flatnonzero(batch["status"] == "ok")
         if rows.size:
             flat = frames[rows].reshape(-1, *frames.shape[2:])  # [B' * F, S, S, 3]
             chunk = self.cfg.encoder.frame_batch_size
-            outs = [enc.encode_frames(flat[s:s + chunk]) for s in range(0, len(flat), chunk)]
+            outs = [self._encode(flat[i:i + chunk]) for i in range(0, len(flat), chunk)]
+            # [B' * F, ...] -> [B', F, ...]
             cls[rows] = torch.cat([o[0] for o in outs]).view(len(rows), f, -1).half().numpy()
             patches[rows] = (
                 torch.cat([o[1] for o in outs]).view(len(rows), f, *patches.shape[2:])
                 .half().numpy()
             )
-        batch["cls"], batch["patches"] = cls, patches
+            if self.cfg.index.keep_patches:
+                patch_index[rows] = (
+                    torch.cat([o[2] for o in outs]).view(len(rows), f, -1).numpy()
+                )
+        batch["cls"], batch["patches"], batch["patch_index"] = cls, patches, patch_index
         return batch
+
+    def _encode(self, frames: np.ndarray) -> tuple[torch.Tensor, ...]:
+        keep = self.cfg.index.keep_patches
+        if keep:
+            return self.encoder.encode_frames_selected(frames, keep)
+        return self.encoder.encode_frames(frames)
 
 
 class CaptionEncoderActor(_EncoderActor):
@@ -159,6 +196,7 @@ def _write_video_batch(index: TokenIndex, batch: dict, corpus: str) -> dict[str,
             "frame_mask": fixed_list(batch["frame_mask"][ok], np.bool_),
             "cls": fixed_list(batch["cls"][ok]),
             "patches": fixed_list(batch["patches"][ok]),
+            "patch_index": fixed_list(batch["patch_index"][ok], np.int16),
         }), key="video_id")
     if done.size:
         now = dt.datetime.now(dt.UTC)
@@ -176,6 +214,7 @@ def _write_video_batch(index: TokenIndex, batch: dict, corpus: str) -> dict[str,
             "num_frames_sampled": batch["frame_mask"][done].sum(1).astype(np.int32),
             "status": status[done].astype(str),
             "error": batch["error"][done].astype(str),
+            "error_reason": batch["error_reason"][done].astype(str),
             "encoder_id": [index.encoder_id] * done.size,
             "indexed_at": pa.array([now] * done.size, pa.timestamp("us", tz="UTC")),
         }), key="video_id")
@@ -207,11 +246,17 @@ def _actor_stage_args(cfg: CrossTVRConfig) -> dict:
 
 
 def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
-                 size: int) -> dict[str, int]:
+                 size: int, failures: dict[str, list[tuple[str, str]]] | None = None,
+                 ) -> dict[str, int]:
+    """Decode + encode every new, changed or previously failed video; skip the rest.
+
+    `failures`, when given, collects reason -> [(video_id, error)] for the run's summary.
+    """
     states = index.video_states()
     wanted = {v.video_id for v in dataset.videos}
-    removed = sorted(set(states) - wanted)
+    removed = sorted(set(states) - wanted) if cfg.index.remove_missing else []
     index.delete_videos(removed)
+    failed_before = {vid for vid, (_, status) in states.items() if status == "failed"}
     items = [
         {"video_id": v.video_id, "path": v.path, "split": v.split,
          # only a video whose last index succeeded may be skipped
@@ -219,7 +264,8 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
          else ""}
         for v in dataset.videos
     ]
-    counts = {"ok": 0, "failed": 0, "skip": 0, "removed": len(removed)}
+    counts = {"ok": 0, "failed": 0, "skip": 0, "removed": len(removed), "retried": 0,
+              "still_failing": 0}
     if not items:
         return counts
     blocks = max(1, min(len(items) // cfg.ray.decode_batch_size, 200))
@@ -236,16 +282,28 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
         FrameEncoderActor, batch_size=cfg.ray.decode_batch_size * 4, batch_format="numpy",
         **_actor_stage_args(cfg),
     )
-    for batch in ds.iter_batches(batch_size=WRITE_BATCH_ROWS, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=cfg.index.write_batch_rows, batch_format="numpy"):
         for key, value in _write_video_batch(index, batch, dataset.name).items():
             counts[key] += value
+        for vid, status in zip(batch["video_id"], batch["status"], strict=True):
+            if str(vid) in failed_before:
+                counts["retried"] += 1
+                counts["still_failing"] += status == "failed"
+        if failures is not None:
+            for i in np.flatnonzero(batch["status"] == "failed"):
+                failures.setdefault(str(batch["error_reason"][i]), []).append(
+                    (str(batch["video_id"][i]), str(batch["error"][i]))
+                )
     return counts
 
 
 def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex) -> dict:
     existing = index.caption_texts()
     todo = [c for c in dataset.captions if existing.get(c.caption_id) != c.text]
-    stale = index.delete_captions_except({c.caption_id for c in dataset.captions})
+    stale = index.delete_captions_except(
+        {c.caption_id for c in dataset.captions},
+        of_videos=None if cfg.index.remove_missing else {v.video_id for v in dataset.videos},
+    )
     counts = {"encoded": 0, "unchanged": len(dataset.captions) - len(todo), "removed": stale}
     if not todo:
         return counts
@@ -259,25 +317,32 @@ def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenI
         CaptionEncoderActor, batch_size=cfg.encoder.text_batch_size, batch_format="numpy",
         **_actor_stage_args(cfg),
     )
-    for batch in ds.iter_batches(batch_size=WRITE_BATCH_ROWS * 4, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=CAPTION_WRITE_ROWS, batch_format="numpy"):
         counts["encoded"] += _write_caption_batch(index, batch)
     return counts
 
 
-def run_index(cfg: CrossTVRConfig, dataset_ref) -> IndexRef:
-    """Bring the Lance tables of a dataset (a `DatasetRef`) up to date with its files and
-    captions."""
-    dataset = dataset_ref.load()
+def index_dataset(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexResult:
+    """Bring the Lance tables of `dataset` up to date with its files and captions."""
     encoder = load_encoder(cfg)  # driver side: identity and shapes only
     shapes = token_shapes(cfg, encoder)
     index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes)
-    video_counts = index_videos(cfg, dataset, index, encoder.image_size)
+    read_versions = index.versions()
+    failures: dict[str, list[tuple[str, str]]] = {}
+    video_counts = index_videos(cfg, dataset, index, encoder.image_size, failures)
     caption_counts = index_captions(cfg, dataset, index)
     index.compact()
     counts = {f"videos_{k}": v for k, v in video_counts.items()}
     counts.update({f"captions_{k}": v for k, v in caption_counts.items()})
     log.info("indexed %s: %s", dataset.name, counts)
-    return IndexRef(index.uri, encoder.encoder_id, asdict(shapes), index.versions(), counts)
+    ref = IndexRef(index.uri, encoder.encoder_id, asdict(shapes), index.versions(), counts,
+                   read_versions)
+    return IndexResult(ref, failures)
+
+
+def run_index(cfg: CrossTVRConfig, dataset_ref) -> IndexRef:
+    """The flow's index step: a `DatasetRef` in, an `IndexRef` out."""
+    return index_dataset(cfg, dataset_ref.load()).ref
 
 
 index_task = task(run_index, name="index-corpus", retries=2, retry_delay_seconds=5)

@@ -59,7 +59,8 @@ def ray_runtime(ray_cfg) -> Iterator[None]:
     if ray_cfg.address:
         ray.init(address=ray_cfg.address, **kwargs)
     else:
-        ray.init(num_cpus=ray_cfg.num_cpus, **kwargs)
+        # "local": always a fresh runtime, never an unrelated `ray start` cluster found on disk
+        ray.init(address="local", num_cpus=ray_cfg.num_cpus, **kwargs)
     try:
         yield
     finally:

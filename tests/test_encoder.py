@@ -77,3 +77,55 @@ def test_bad_specs_are_named(tmp_path):
 def test_other_weights_give_another_encoder_id(tmp_path, tiny_encoder):
     other = load_frozen_encoder(EncoderSpec("crosstvr-tiny-vit"), init_seed=1, weights_dir=tmp_path)
     assert other.encoder_id != tiny_encoder.encoder_id
+
+
+def _reference_cls_attention(encoder, x: torch.Tensor) -> torch.Tensor:
+    """The last block's CLS->patch attention as torch's own MultiheadAttention returns it."""
+    visual = encoder.model.visual
+    with torch.no_grad():
+        tokens = visual._embeds(x)
+        for block in visual.transformer.resblocks[:-1]:
+            tokens = block(tokens)
+        last = visual.transformer.resblocks[-1]
+        y = last.ln_1(tokens)
+        _, weights = last.attn(y, y, y, need_weights=True, average_attn_weights=True)
+    return weights[:, 0, 1:]  # [N, P]
+
+
+def test_selected_patches_are_the_most_cls_attended(tiny_encoder):
+    frames = np.random.default_rng(3).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    cls_all, patches_all = tiny_encoder.encode_frames(frames)
+    cls, kept, where = tiny_encoder.encode_frames_selected(frames, 5)
+    attention = _reference_cls_attention(tiny_encoder, tiny_encoder.preprocess_frames(frames))
+    expected = attention.topk(5, dim=-1).indices.sort(dim=-1).values
+    assert torch.equal(where, expected)
+    torch.testing.assert_close(cls, cls_all)
+    torch.testing.assert_close(kept, patches_all.gather(1, where[..., None].expand(-1, -1, 128)))
+    with pytest.raises(EncoderError, match="keep_patches=17"):
+        tiny_encoder.encode_frames_selected(frames, 17)
+
+
+def test_vit_b32_tokens_equal_open_clip_on_a_checkpoint_file(tmp_path):
+    """The real CLIP architecture (random init saved to disk, as a user's checkpoint would
+    be): CLS path == encode_image, EOT == encode_text, patch tokens == visual(x) tokens."""
+    encoder = load_frozen_encoder(EncoderSpec("ViT-B-32"), init_seed=0, weights_dir=tmp_path)
+    assert encoder.encoder_id.startswith("ViT-B-32|sha256:") and encoder.image_size == 224
+    assert (encoder.embed_dim, encoder.num_patches, encoder.vision_width) == (512, 49, 768)
+    checkpoint = random_init_checkpoint("ViT-B-32", 0, tmp_path)
+    reference = open_clip.create_model("ViT-B-32", pretrained=str(checkpoint)).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    cls, patches = encoder.encode_frames(frames)
+    texts = ["a dog runs across the park", "two people cook pasta in a kitchen"]
+    eot, _, lengths = encoder.encode_captions(texts)
+    x = encoder.preprocess_frames(frames)
+    with torch.no_grad():
+        torch.testing.assert_close(cls, reference.encode_image(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(eot, reference.encode_text(encoder.tokenize(texts)),
+                                   rtol=1e-4, atol=1e-5)
+        reference.visual.output_tokens = True
+        _, tokens = reference.visual(x)
+    torch.testing.assert_close(patches, tokens, rtol=1e-4, atol=1e-5)
+    ids = encoder.tokenize(texts)
+    assert lengths.tolist() == [int((row != 0).sum()) for row in ids]
+    _, kept, where = encoder.encode_frames_selected(frames, 4)
+    assert kept.shape == (2, 4, 768) and where.shape == (2, 4)

@@ -1,74 +1,95 @@
-"""The Ray Data index step on real generated mp4s, real Ray, real Lance tables."""
+"""The Ray Data index step on real mp4s, real Ray, real Lance tables."""
 
 import json
 import shutil
 
+import numpy as np
 import pytest
+from index_fixtures import write_corpus
 
-from crosstvr_core import synthetic
 from crosstvr_core.config import load_config
 from crosstvr_core.datasets import load_folder_dataset
-from tasks.index import run_index
+from crosstvr_core.storage import fixed_list_to_numpy
+from tasks.index import index_dataset
 
-
-class _Ref:
-    """Stands in for tasks.prepare_dataset.DatasetRef: loads the folder dataset."""
-
-    def __init__(self, root, name="idx"):
-        self.root, self.name = root, name
-
-    def load(self):
-        return load_folder_dataset(self.root, "captions.jsonl", self.name)
+NUM_VIDEOS = 8
 
 
 @pytest.fixture()
 def corpus(tmp_path):
-    specs = synthetic.make_benchmark_specs(num_train_videos=4, num_test_groups=1, seed=0)
-    for spec in specs:
-        synthetic.render_video(spec, tmp_path, frame_size=64, num_frames=8, fps=8)
-    rows = synthetic.caption_rows(specs, captions_per_train_video=2, seed=0)
-    (tmp_path / "videos" / "bad.mp4").write_text("this is not a video")
-    rows.append({"video": "videos/bad.mp4", "caption": "a broken file", "split": "test",
-                 "group": "", "variant": ""})
-    synthetic.write_captions_file(rows, tmp_path / "captions.jsonl")
-    return tmp_path
+    return write_corpus(tmp_path / "corpus", NUM_VIDEOS)
 
 
-def _cfg(home):
+def _cfg(home, *extra):
     return load_config(None, [f"home={home}", "data.name=idx", "sampling.num_frames=4",
-                              "ray.decode_batch_size=4"])
+                              "ray.decode_batch_size=4", *extra])
 
 
-def test_index_then_reindex_is_an_upsert(corpus, tmp_path_factory, ray_local):
-    cfg = _cfg(tmp_path_factory.mktemp("home"))
-    ref = run_index(cfg, _Ref(corpus))
-    assert ref.counts["videos_ok"] == 8 and ref.counts["videos_failed"] == 1
-    assert ref.counts["captions_encoded"] == 4 * 2 + 4 + 1
+def _dataset(corpus):
+    return load_folder_dataset(corpus["root"], corpus["captions"], "idx")
+
+
+def test_index_then_reindex_is_an_upsert(corpus, tmp_path, ray_local):
+    cfg = _cfg(tmp_path / "home")
+    result = index_dataset(cfg, _dataset(corpus))
+    ref = result.ref
+    assert ref.counts["videos_ok"] == NUM_VIDEOS and ref.counts["videos_failed"] == 3
+    assert ref.counts["captions_encoded"] == NUM_VIDEOS + 3
+    assert {r: [v for v, _ in items] for r, items in result.failures.items()} == {
+        reason: [vid] for vid, reason in corpus["broken"].items()}
     index = ref.open()
-    videos = index.videos.to_arrow().to_pylist()
-    bad = next(v for v in videos if v["video_id"] == "videos/bad")
-    assert bad["status"] == "failed" and "bad.mp4" in bad["error"]
-    assert index.video_tokens.count_rows() == 8  # no half row for the failed file
+    rows = {v["video_id"]: v for v in index.videos.to_arrow().to_pylist()}
+    for vid, reason in corpus["broken"].items():
+        assert rows[vid]["status"] == "failed" and rows[vid]["error_reason"] == reason
+        assert vid.split("/")[-1] in rows[vid]["error"]  # the error names the file
+    assert index.video_tokens.count_rows() == NUM_VIDEOS  # no half row for a failed file
     bank = index.load_token_bank("test")
-    assert bank.num_videos == 4 and bank.video_patches.shape[1:] == (4, 16, 128)
+    assert bank.num_videos == 2 and bank.video_patches.shape[1:] == (4, 16, 128)
     assert bank.frame_mask.all()
+    assert ref.read_versions != ref.versions  # lineage: what it read vs what it wrote
 
-    # unchanged corpus: nothing decoded or encoded again; the failed file is retried
-    again = run_index(cfg, _Ref(corpus))
-    assert again.counts["videos_skip"] == 8 and again.counts["videos_failed"] == 1
-    assert again.counts["captions_encoded"] == 0 and again.counts["captions_unchanged"] == 13
+    # unchanged corpus: nothing decoded or encoded again; failed files are retried
+    again = index_dataset(cfg, _dataset(corpus)).ref
+    assert again.counts["videos_skip"] == NUM_VIDEOS and again.counts["videos_failed"] == 3
+    assert again.counts["videos_retried"] == again.counts["videos_still_failing"] == 3
+    assert again.counts["captions_encoded"] == 0
+    assert again.counts["captions_unchanged"] == NUM_VIDEOS + 3
 
-    # one video changed, one removed: replaced and deleted, no duplicates
-    first, second = sorted(p for p in (corpus / "videos" / "train").glob("*.mp4"))[:2]
-    shutil.copy(second, first)
-    rows = [json.loads(line) for line in (corpus / "captions.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["video"] != "videos/bad.mp4"]
-    synthetic.write_captions_file(rows, corpus / "captions.jsonl")
-    third = run_index(cfg, _Ref(corpus))
-    assert third.counts["videos_ok"] == 1 and third.counts["videos_skip"] == 7
-    assert third.counts["videos_removed"] == 1
+    # one video changed, one broken file fixed, one entry removed: replaced, added, deleted
+    videos = corpus["root"] / "videos"
+    shutil.copy(videos / "clip001.mp4", videos / "clip002.mp4")
+    shutil.copy(videos / "clip003.mp4", videos / "empty.mp4")
+    rows = [json.loads(line) for line in corpus["captions"].read_text().splitlines()]
+    rows = [r for r in rows if r["video"] != "videos/text.mp4"]
+    corpus["captions"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    third = index_dataset(cfg, _dataset(corpus)).ref
+    assert third.counts["videos_ok"] == 2 and third.counts["videos_skip"] == NUM_VIDEOS - 1
+    assert third.counts["videos_removed"] == 1 and third.counts["videos_failed"] == 1
     index = third.open()
-    assert index.captions.count_rows() == 12  # the removed video's caption went with it
+    assert index.captions.count_rows() == NUM_VIDEOS + 2  # the removed video's caption went
     ids = index.videos.to_arrow().column("video_id").to_pylist()
-    assert len(ids) == len(set(ids)) == 8
-    assert index.video_tokens.count_rows() == 8
+    assert len(ids) == len(set(ids)) == NUM_VIDEOS + 2
+    token_ids = index.video_tokens.to_arrow().column("video_id").to_pylist()
+    assert sorted(token_ids) == sorted(corpus["good"] + ["videos/empty"])
+
+
+def test_keep_patches_stores_the_cls_attended_subset(corpus, tmp_path, ray_local):
+    """M patches per frame: exactly the full index's tokens at the stored grid positions."""
+    full = index_dataset(_cfg(tmp_path / "full"), _dataset(corpus)).ref.open()
+    kept = index_dataset(_cfg(tmp_path / "kept", "index.keep_patches=3"), _dataset(corpus)).ref
+    assert kept.shapes["num_patches"] == 3 and kept.shapes["source_patches"] == 16
+    index = kept.open()
+    f, w = 4, 128
+    rows_full = full.video_tokens.to_arrow().sort_by("video_id")
+    rows_kept = index.video_tokens.to_arrow().sort_by("video_id")
+    patches_full = fixed_list_to_numpy(rows_full.column("patches"), (NUM_VIDEOS, f, 16, w)[1:])
+    patches_kept = fixed_list_to_numpy(rows_kept.column("patches"), (f, 3, w))
+    where = fixed_list_to_numpy(rows_kept.column("patch_index"), (f, 3)).astype(np.int64)
+    assert (np.diff(where, axis=-1) > 0).all() and where.min() >= 0 and where.max() < 16
+    gathered = np.take_along_axis(patches_full, where[..., None], axis=2)
+    np.testing.assert_array_equal(patches_kept, gathered)
+    np.testing.assert_array_equal(
+        fixed_list_to_numpy(rows_kept.column("cls"), (f, 128)),
+        fixed_list_to_numpy(rows_full.column("cls"), (f, 128)))
+    bank = index.load_token_bank("train")
+    assert bank.video_patches.shape[1:] == (f, 3, w)

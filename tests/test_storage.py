@@ -86,3 +86,23 @@ def test_rows_of_another_encoder_are_refused(tmp_path):
         index.upsert("video_tokens", _token_rows(["x"], np.random.default_rng(2), "enc-b"),
                      "video_id")
     assert index.video_tokens.count_rows() == 0
+
+
+def test_a_table_of_another_layout_is_refused(tmp_path):
+    """A database written by another version (other columns) is named, not silently mixed."""
+    import lancedb
+
+    from crosstvr_core.storage import SchemaMismatchError
+
+    db = lancedb.connect(tmp_path / "db")
+    db.create_table("videos", schema=pa.schema([("video_id", pa.string())]))
+    with pytest.raises(SchemaMismatchError, match="videos.*has columns"):
+        TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+
+
+def test_rows_missing_a_column_are_named(tmp_path):
+    index = TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    rows = _video_rows(["a"]).drop_columns(["uri"])
+    with pytest.raises(ValueError, match=r"lack column\(s\) \['uri'\]"):
+        index.upsert("videos", rows, "video_id")
+    assert index.videos.count_rows() == 0

@@ -1,0 +1,45 @@
+"""The configured corpus as a `RetrievalDataset`: the one place config meets dataset formats.
+
+`data.kind` picks the format (crosstvr_core.datasets.known_formats(), or "generated" for the
+embedded benchmark once rendered); the other `data.*` keys are the format's options. The
+flow, the `crosstvr index` CLI and the scheduled re-index all resolve corpora here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from crosstvr_core.config import CrossTVRConfig
+from crosstvr_core.datasets import (
+    DatasetError,
+    RetrievalDataset,
+    load_dataset,
+    scan_video_folder,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_corpus(cfg: CrossTVRConfig, root: str | Path | None = None) -> RetrievalDataset:
+    """Read the corpus `cfg.data` describes (`root` overrides `data.root`)."""
+    d = cfg.data
+    root = root or d.root
+    if not root:
+        raise DatasetError(f"data.root: needed for data.kind '{d.kind}'")
+    if d.kind == "generated":
+        raise DatasetError(
+            "data.kind 'generated': the flow's prepare-dataset step renders it; point "
+            "data.kind/data.root at a folder, a manifest or a known format to index it here"
+        )
+    if d.kind == "folder" and not d.captions_file and not d.annotations:
+        return scan_video_folder(root, d.name)
+    annotations = d.annotations or d.captions_file
+    dataset = load_dataset(
+        d.kind, root, d.split, videos_dir=d.videos_dir, annotations=annotations,
+        missing_videos=d.missing_videos, caption_mode=d.caption_mode,
+        caption_sampling=d.caption_sampling, dataset_name=d.name,
+    )
+    if dataset.missing_videos:
+        log.warning("%s", dataset.missing_report())
+    return dataset
