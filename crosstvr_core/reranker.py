@@ -27,6 +27,7 @@ frame, Q = N_Q queries, H hidden size.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from crosstvr_core.config import RerankerConfig
@@ -73,21 +74,66 @@ def _standardize(
     return x.masked_fill(~valid.unsqueeze(-1), 0.0)
 
 
-class QueryBlock(nn.Module):
-    """Pre-LN block: self-attention over [queries; text], cross-attention to visual memory
-    (by the queries only, or by the whole sequence), FFN.
+class Attention(nn.Module):
+    """Multi-head attention whose keys/values can be projected once and reused: a caption's
+    text keys serve every frame of its video without being projected per frame.
 
-    Split in two calls so a level can run the frame-independent self-attention once per
-    pair and the cross-attention once per frame.
+    Boolean padding is True where a key must be ignored; no row here ever has all its keys
+    masked (the queries are always keys of the self-attention, and the video level keeps
+    frame 0 of a video without real frames).
     """
 
-    def __init__(self, hidden: int, heads: int, dropout: float, text_cross_attends: bool) -> None:
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.text_cross_attends = text_cross_attends
+        self.heads, self.dropout = heads, dropout
+        self.query = nn.Linear(hidden, hidden)
+        self.key_value = nn.Linear(hidden, 2 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        # nn.MultiheadAttention's init: Xavier over the joint q/k/v projection, zero biases
+        bound = (6.0 / (hidden + 3 * hidden)) ** 0.5
+        for linear in (self.query, self.key_value):
+            nn.init.uniform_(linear.weight, -bound, bound)
+            nn.init.zeros_(linear.bias)
+        nn.init.zeros_(self.out.bias)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, hidden = x.shape  # [N, S, H] -> [N, heads, S, H / heads]
+        return x.view(n, length, self.heads, hidden // self.heads).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, S, H] -> keys, values [N, heads, S, H / heads]."""
+        keys, values = self.key_value(x).chunk(2, dim=-1)
+        return self._split_heads(keys), self._split_heads(values)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                padding: torch.Tensor | None) -> torch.Tensor:
+        """Rows x [N, T, H] attend to keys/values [N, heads, S, d] (padding [N, S])."""
+        n, rows, hidden = x.shape
+        mask = None if padding is None else ~padding[:, None, None, :]  # [N, 1, 1, S]
+        out = F.scaled_dot_product_attention(
+            self._split_heads(self.query(x)), keys, values, attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # [N, heads, T, d]
+        return self.out(out.transpose(1, 2).reshape(n, rows, hidden))
+
+
+class QueryBlock(nn.Module):
+    """Pre-LN block: self-attention, cross-attention to the visual memory, FFN.
+
+    Two forms (RerankerConfig.cross_attention_from):
+      * "queries": the queries self-attend over [queries; text] and alone cross-attend;
+        the text rows self-attend over the text only, so they do not depend on the frame
+        and are computed once per pair, while only the Q query rows run once per frame;
+      * "queries_and_text" (the paper's): [queries; text] self-attend together and all
+        rows cross-attend, so every row runs once per frame.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
         self.self_norm = nn.LayerNorm(hidden)
-        self.self_attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.self_attn = Attention(hidden, heads, dropout)
         self.cross_norm = nn.LayerNorm(hidden)
-        self.cross_attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = Attention(hidden, heads, dropout)
         self.ffn_norm = nn.LayerNorm(hidden)
         self.ffn = nn.Sequential(
             nn.Linear(hidden, 4 * hidden),
@@ -97,43 +143,45 @@ class QueryBlock(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def self_attend(
-        self, x: torch.Tensor, padding: torch.Tensor, num_queries: int, queries_only: bool
-    ) -> torch.Tensor:
-        """x [N, Q+L, H], padding [N, Q+L] (True = ignore) -> [N, Q+L, H].
-
-        With queries_only (last block of a level, whose text rows nobody reads) only the
-        query rows are computed and returned: [N, Q, H].
-        """
-        h = self.self_norm(x)
-        rows = h[:, :num_queries] if queries_only else h
-        out, _ = self.self_attn(rows, h, h, key_padding_mask=padding, need_weights=False)
-        base = x[:, :num_queries] if queries_only else x
-        return base + self.dropout(out)
-
-    def attend_memory(
-        self,
-        x: torch.Tensor,
-        memory: torch.Tensor,
-        memory_padding: torch.Tensor | None,
-        num_queries: int,
-    ) -> torch.Tensor:
-        """Rows of x [N, Q(+L), H] attend to memory [N, K, H] (padding [N, K]), then FFN.
-
-        Only the first Q rows attend unless text_cross_attends; rows are independent here,
-        so padded text rows (never keys of the self-attention) cannot leak into the queries.
-        """
-        rows = x.shape[1] if self.text_cross_attends else num_queries
-        attending = x[:, :rows]  # [N, Q or Q+L, H]
-        attended, _ = self.cross_attn(
-            self.cross_norm(attending),
-            memory,
-            memory,
-            key_padding_mask=memory_padding,
-            need_weights=False,
-        )
-        x = torch.cat([attending + self.dropout(attended), x[:, rows:]], dim=1)
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+    def attend_memory(self, x: torch.Tensor, memory: torch.Tensor,
+                      memory_padding: torch.Tensor | None) -> torch.Tensor:
+        """Every row of x [N, T, H] attends to memory [N, K, H] (padding [N, K]), then FFN."""
+        keys, values = self.cross_attn.keys_values(memory)
+        x = x + self.dropout(self.cross_attn(self.cross_norm(x), keys, values, memory_padding))
+        return self.feed_forward(x)
+
+    def queries_self_attend(self, queries: torch.Tensor, text: torch.Tensor,
+                            text_padding: torch.Tensor, text_of_row: torch.Tensor,
+                            update_text: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """"queries" form: query rows [N, Q, H] over [queries; their caption's text], the
+        distinct captions text [U, L, H] over their own tokens only; text_of_row [N] is the
+        caption of each query row. Returns both, the text FFN'd if updated."""
+        h_queries, h_text = self.self_norm(queries), self.self_norm(text)
+        text_keys, text_values = self.self_attn.keys_values(h_text)  # [U, heads, L, d]
+        query_keys, query_values = self.self_attn.keys_values(h_queries)  # [N, heads, Q, d]
+        keys = torch.cat([query_keys, text_keys[text_of_row]], dim=2)  # [N, heads, Q+L, d]
+        values = torch.cat([query_values, text_values[text_of_row]], dim=2)
+        padding = torch.cat([text_padding.new_zeros(queries.shape[:2]),
+                             text_padding[text_of_row]], dim=1)  # [N, Q+L]
+        queries = queries + self.dropout(self.self_attn(h_queries, keys, values, padding))
+        if update_text:  # text rows are read by a later block
+            text = text + self.dropout(self.self_attn(h_text, text_keys, text_values,
+                                                      text_padding))
+            text = self.feed_forward(text)
+        return queries, text
+
+    def joint_self_attend(self, x: torch.Tensor, padding: torch.Tensor, num_queries: int,
+                          queries_only: bool) -> torch.Tensor:
+        """Paper form: x [N, Q+L, H] over itself (padding [N, Q+L]) -> [N, Q+L, H], or only
+        the query rows [N, Q, H] in a level's last block (the text rows are not read)."""
+        h = self.self_norm(x)
+        keys, values = self.self_attn.keys_values(h)
+        rows = h[:, :num_queries] if queries_only else h
+        base = x[:, :num_queries] if queries_only else x
+        return base + self.dropout(self.self_attn(rows, keys, values, padding))
 
 
 class CrossTVRReranker(nn.Module):
@@ -186,16 +234,18 @@ class CrossTVRReranker(nn.Module):
             )
             self.patch_pos = nn.Parameter(torch.zeros(num_patches, hidden))
             kept = None if cfg.num_selected_patches == "all" else cfg.num_selected_patches
+            # the scorer reads the standardised frozen patches (width Wv) before projection,
+            # so only the M kept patches per frame are projected
             self.selector = PatchTokenSelector(
-                hidden, kept, cfg.selection_samples, cfg.selection_sigma
+                vision_width, kept, cfg.selection_samples, cfg.selection_sigma, hidden // 2
             )
             self.tokens_per_frame += self.selector.output_count(num_patches)
 
+        self.text_cross_attends = cfg.cross_attention_from == "queries_and_text"
+
         def blocks() -> nn.ModuleList:
-            text_cross_attends = cfg.cross_attention_from == "queries_and_text"
             return nn.ModuleList(
-                QueryBlock(hidden, cfg.num_heads, cfg.dropout, text_cross_attends)
-                for _ in range(cfg.num_layers)
+                QueryBlock(hidden, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
             )
 
         # frame level (spatial): decoupled and spatial_only; video level (temporal):
@@ -274,6 +324,15 @@ class CrossTVRReranker(nn.Module):
         visual = self.encode_video(video_cls, video_patches, frame_mask)
         return self.match(text_tokens, text_mask, visual, frame_mask)
 
+    def encode_text(self, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Standardised, projected text tokens [U, L, H] (padding zeroed)."""
+        self._check_widths(text_tokens.shape[-1], self.embed_dim, self.vision_width)
+        if text_mask.shape != text_tokens.shape[:2]:
+            raise ValueError(f"reranker: text_mask {tuple(text_mask.shape)} does not match "
+                             f"text_tokens {tuple(text_tokens.shape)}")
+        text_mask = text_mask.bool()
+        return self.text_proj(_standardize(text_tokens, self.text_mean, self.text_std, text_mask))
+
     def encode_video(
         self, video_cls: torch.Tensor, video_patches: torch.Tensor, frame_mask: torch.Tensor
     ) -> torch.Tensor:
@@ -301,11 +360,20 @@ class CrossTVRReranker(nn.Module):
         patches = _standardize(
             video_patches, self.patch_mean, self.patch_std, frame_mask.unsqueeze(-1)
         )
-        patches = self.patch_proj(patches) + self.type_embed[1] + self.patch_pos  # [B, F, P, H]
-        hidden = patches.shape[-1]
-        patches = patches.reshape(batch * frames, num_patches, hidden)  # [B*F, P, H]
-        kept = self.selector(patches)  # [B*F, M, H]
-        kept = kept.reshape(batch, frames, -1, hidden)  # [B, F, M, H]
+        patches = patches.reshape(batch * frames, num_patches, -1)  # [B*F, P, Wv]
+        chosen = self.selector.indicators(patches)  # [B*F, M, P], None = keep all
+        if chosen is None:
+            kept, positions = patches, self.patch_pos  # [B*F, P, Wv], [P, H]
+        elif not self.training:  # hard one-hot rows: a gather, not a matmul
+            index = chosen.argmax(dim=-1)  # [B*F, M]
+            kept = patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+            positions = self.patch_pos[index]  # [B*F, M, H]
+        else:
+            chosen = chosen.to(patches.dtype)
+            kept = torch.einsum("nmp,npw->nmw", chosen, patches)  # [B*F, M, Wv]
+            positions = torch.einsum("nmp,ph->nmh", chosen, self.patch_pos)  # [B*F, M, H]
+        kept = self.patch_proj(kept) + self.type_embed[1] + positions  # [B*F, M, H]
+        kept = kept.reshape(batch, frames, kept.shape[1], -1)  # [B, F, M, H]
         return torch.cat([cls.unsqueeze(2), kept], dim=2)  # [B, F, T, H]
 
     def match(
@@ -314,19 +382,21 @@ class CrossTVRReranker(nn.Module):
         text_mask: torch.Tensor,
         visual: torch.Tensor,
         frame_mask: torch.Tensor,
+        text_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """VTM logits [B] from text tokens [B, L, Wt] and encode_video's tokens [B, F, T, H]."""
+        """VTM logits [B] of encode_video's tokens visual [B, F, T, H] with text tokens
+        [U, L, Wt] (mask [U, L]); pair i reads caption text_index[i] (default: caption i),
+        so a caption paired with many videos has its text path computed once."""
         batch, frames, per_frame, hidden = visual.shape
-        self._check_widths(text_tokens.shape[-1], self.embed_dim, self.vision_width)
-        if text_tokens.shape[0] != batch or text_mask.shape != text_tokens.shape[:2]:
+        if text_index is None:
+            text_index = torch.arange(text_tokens.shape[0], device=visual.device)
+        if text_index.shape != (batch,) or frame_mask.shape != (batch, frames):
             raise ValueError(
-                f"reranker: text_tokens {tuple(text_tokens.shape)}, text_mask "
-                f"{tuple(text_mask.shape)} and {batch} videos do not pair up"
+                f"reranker: {batch} videos, text_index {tuple(text_index.shape)} and "
+                f"frame_mask {tuple(frame_mask.shape)} do not pair up"
             )
-        text_mask = text_mask.bool()
-        text = _standardize(text_tokens, self.text_mean, self.text_std, text_mask)
-        text = self.text_proj(text)  # [B, L, H]
-        text_padding = ~text_mask  # [B, L]
+        text = self.encode_text(text_tokens, text_mask)  # [U, L, H]
+        text_padding = ~text_mask.bool()  # [U, L]
         attendable = self._attendable_frames(frame_mask.bool())  # [B, F]
         temporal_pos = self.temporal_pos[:frames]  # [F, H]
         nq = self.num_queries
@@ -335,7 +405,8 @@ class CrossTVRReranker(nn.Module):
             # Frame level: per frame, queries attend to that frame's T tokens.
             per_frame_memory = visual.reshape(batch * frames, per_frame, hidden)  # [B*F, T, H]
             frame_out = self._run_level(self.frame_blocks, self.frame_queries, text,
-                                        text_padding, per_frame_memory, None, frames)
+                                        text_padding, text_index, per_frame_memory, None,
+                                        frames)
             frame_out = self.frame_norm(frame_out).reshape(batch, frames, nq, hidden)
             # frame_out: [B, F, Q, H]
             if self.attention == "spatial_only":
@@ -353,7 +424,7 @@ class CrossTVRReranker(nn.Module):
             memory = (visual + temporal_pos[:, None]).reshape(batch, frames * per_frame, hidden)
             padding = (~attendable).repeat_interleave(per_frame, dim=1)  # [B, F*T]
         video_out = self._run_level(self.video_blocks, self.video_queries, text, text_padding,
-                                    memory, padding, 1)  # [B, Q, H]
+                                    text_index, memory, padding, 1)  # [B, Q, H]
         return self._vtm_head(video_out)
 
     def _vtm_head(self, query_out: torch.Tensor) -> torch.Tensor:
@@ -366,27 +437,43 @@ class CrossTVRReranker(nn.Module):
         queries: torch.Tensor,
         text: torch.Tensor,
         text_padding: torch.Tensor,
+        text_index: torch.Tensor,
         memory: torch.Tensor,
         memory_padding: torch.Tensor | None,
         repeats: int,
     ) -> torch.Tensor:
         """[queries; text] through one level -> query outputs [B*repeats, Q, H].
 
-        queries [Q, H], text [B, L, H], memory [B*repeats, K, H] (repeats = frames at the
-        frame level, each pair's row repeated per frame, frame-major within a pair).
+        queries [Q, H]; text [U, L, H] of the distinct captions, text_index [B] the caption
+        of each pair; memory [B*repeats, K, H] (repeats = frames at the frame level, each
+        pair's rows repeated per frame, frame-major within a pair). Nothing before the first
+        cross-attention depends on the frame: the first self-attention runs once per pair
+        and is copied to every frame after it.
         """
-        batch, nq = text.shape[0], queries.shape[0]
-        x = torch.cat([queries.expand(batch, -1, -1), text], dim=1)  # [B, Q+L, H]
-        padding = torch.cat([text_padding.new_zeros(batch, nq), text_padding], dim=1)
+        batch, nq = text_index.shape[0], queries.shape[0]
+        x = queries.expand(batch, -1, -1)  # [B, Q, H]
+        if not self.text_cross_attends:
+            text_of_row = text_index  # [B], then [B*R] once the rows are per frame
+            for index, block in enumerate(blocks):
+                last = index == len(blocks) - 1
+                x, text = block.queries_self_attend(x, text, text_padding, text_of_row,
+                                                    update_text=not last)
+                if index == 0 and repeats > 1:
+                    x = x.repeat_interleave(repeats, dim=0)  # [B*R, Q, H]
+                    text_of_row = text_index.repeat_interleave(repeats)  # [B*R]
+                x = block.attend_memory(x, memory, memory_padding)  # [B*R, Q, H]
+            return x
+
+        # paper form: the text rows cross-attend too, so they are per pair (and per frame)
+        x = torch.cat([x, text[text_index]], dim=1)  # [B, Q+L, H]
+        padding = torch.cat([text_padding.new_zeros(batch, nq), text_padding[text_index]], dim=1)
         for index, block in enumerate(blocks):
             last = index == len(blocks) - 1
-            x = block.self_attend(x, padding, nq, queries_only=last)  # [B(*R), Q(+L), H]
+            x = block.joint_self_attend(x, padding, nq, queries_only=last)  # [B(*R), Q(+L), H]
             if index == 0 and repeats > 1:
-                # Nothing before the first cross-attention depends on the frame: that
-                # self-attention ran once per pair and is copied to every frame here.
                 x = x.repeat_interleave(repeats, dim=0)  # [B*R, Q(+L), H]
                 padding = padding.repeat_interleave(repeats, dim=0)  # [B*R, Q+L]
-            x = block.attend_memory(x, memory, memory_padding, nq)
+            x = block.attend_memory(x, memory, memory_padding)
         return x[:, :nq]  # [B*R, Q, H]
 
     @staticmethod

@@ -350,8 +350,8 @@ def score_pairs(
 ) -> torch.Tensor:
     """VTM logits [N] (float32, CPU) of pairs (bank_text row text_rows[i], bank_video row
     video_rows[i]); batched, eval mode, no grad. Each distinct video of a batch is encoded
-    (standardised, projected, tokens selected) once, however many captions it is paired
-    with. The model's train/eval mode is restored."""
+    (standardised, projected, tokens selected) once, and each distinct caption's text path
+    runs once, however many pairs they are in. The model's train/eval mode is restored."""
     device = torch.device(device)
     text_rows, video_rows = text_rows.long().cpu(), video_rows.long().cpu()
     if text_rows.shape != video_rows.shape or text_rows.ndim != 1:
@@ -369,15 +369,16 @@ def score_pairs(
         for start in tqdm(starts, desc="re-ranker scoring", disable=not progress, leave=False):
             rows = slice(start, start + batch_size)
             videos, pair_video = torch.unique(video_rows[rows], return_inverse=True)  # [U], [n]
+            captions, pair_text = torch.unique(text_rows[rows], return_inverse=True)  # [C], [n]
             video = {name: value.to(device, non_blocking=True)
                      for name, value in bank_video.video_batch(videos).items()}
             text = {name: value.to(device, non_blocking=True)
-                    for name, value in bank_text.text_batch(text_rows[rows]).items()}
+                    for name, value in bank_text.text_batch(captions).items()}
             with training_autocast(device, precision):
                 visual = model.encode_video(**video)  # [U, F, T, H]
-                pair_video = pair_video.to(device)
+                pair_video, pair_text = pair_video.to(device), pair_text.to(device)
                 logits = model.match(text["text_tokens"], text["text_mask"], visual[pair_video],
-                                     video["frame_mask"][pair_video])
+                                     video["frame_mask"][pair_video], text_index=pair_text)
             scores[rows] = logits.float().cpu()
     model.train(was_training)
     return scores

@@ -61,41 +61,44 @@ def hard_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 class PatchScorer(nn.Module):
     """TS2-Net's score predictor: each patch with its frame's mean context -> one score.
 
-    tokens [N, P, H] -> softmax scores over the P patches of each frame [N, P].
+    tokens [N, P, W] -> softmax scores over the P patches of each frame [N, P]; `hidden` is
+    the scorer's own width (it runs on every patch, so it is kept narrow).
     """
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
-        half = max(1, hidden // 2)
-        self.local = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU())
+        half = max(2, hidden // 2)
+        self.local = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * half), nn.GELU())
         self.out = nn.Sequential(
-            nn.Linear(2 * half, half), nn.GELU(), nn.Linear(half, max(1, half // 2)), nn.GELU(),
-            nn.Linear(max(1, half // 2), 1),
+            nn.Linear(2 * half, half), nn.GELU(), nn.Linear(half, half // 2), nn.GELU(),
+            nn.Linear(half // 2, 1),
         )
         self.half = half
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.local(tokens)  # [N, P, H]
-        local = x[..., : self.half]  # [N, P, H/2]
-        context = x[..., self.half : 2 * self.half].mean(dim=1, keepdim=True)  # [N, 1, H/2]
-        x = torch.cat([local, context.expand_as(local)], dim=-1)  # [N, P, 2 * (H/2)]
+        x = self.local(tokens)  # [N, P, 2 * half]
+        local = x[..., : self.half]  # [N, P, half]
+        context = x[..., self.half :].mean(dim=1, keepdim=True)  # [N, 1, half]
+        x = torch.cat([local, context.expand_as(local)], dim=-1)  # [N, P, 2 * half]
         return torch.softmax(self.out(x).squeeze(-1), dim=-1)  # [N, P]
 
 
 class PatchTokenSelector(nn.Module):
     """Keep `num_selected` of P patch tokens per frame; `None` keeps all (the ablation).
 
-    tokens [N, P, H] -> [N, M, H]. Training: perturbed top-M (soft, differentiable) with
-    `num_samples` noisy draws at noise scale `sigma`; eval: hard top-M.
+    tokens [N, P, W] -> selection indicators [N, M, P]: rows of (soft) one-hots, applied by
+    the caller to the tokens and to anything aligned with them (their position embeddings),
+    so only the M kept tokens need projecting. Training: perturbed top-M with
+    `num_samples` noisy draws at noise scale `sigma` (differentiable); eval: hard top-M.
     """
 
-    def __init__(self, hidden: int, num_selected: int | None, num_samples: int,
-                 sigma: float) -> None:
+    def __init__(self, width: int, num_selected: int | None, num_samples: int, sigma: float,
+                 scorer_hidden: int) -> None:
         super().__init__()
         self.num_selected = num_selected
         self.num_samples = num_samples
         self.sigma = sigma
-        self.scorer = PatchScorer(hidden) if num_selected is not None else None
+        self.scorer = PatchScorer(width, scorer_hidden) if num_selected is not None else None
 
     def output_count(self, num_patches: int) -> int:
         """M: how many tokens per frame come out for P patches in."""
@@ -103,18 +106,25 @@ class PatchTokenSelector(nn.Module):
             return num_patches
         if self.num_selected > num_patches:
             raise ValueError(
-                f"token selection: keeps {self.num_selected} patches per frame, "
-                f"the tokens have only {num_patches}"
+                f"token selection: keeps {self.num_selected} patches per frame, the tokens "
+                f"have only {num_patches} (set reranker.num_selected_patches to at most "
+                f"{num_patches}, or 'all')"
             )
         return self.num_selected
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def indicators(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """tokens [N, P, W] -> [N, M, P], or None when every patch is kept (identity)."""
         count = self.output_count(tokens.shape[1])
         if self.scorer is None or count == tokens.shape[1]:
-            return tokens  # every patch kept: selection is the identity
+            return None
         scores = self.scorer(tokens).float()  # [N, P]
         if self.training:
-            indicators = _PerturbedTopK.apply(scores, count, self.num_samples, self.sigma)
-        else:
-            indicators = hard_top_k(scores, count)  # [N, M, P]
-        return torch.einsum("nmp,nph->nmh", indicators.to(tokens.dtype), tokens)  # [N, M, H]
+            return _PerturbedTopK.apply(scores, count, self.num_samples, self.sigma)
+        return hard_top_k(scores, count)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [N, P, W] -> the kept tokens [N, M, W]."""
+        chosen = self.indicators(tokens)
+        if chosen is None:
+            return tokens
+        return torch.einsum("nmp,npw->nmw", chosen.to(tokens.dtype), tokens)

@@ -136,6 +136,8 @@ def test_all_frames_masked_is_finite_and_ignores_padding(variant: dict) -> None:
 def test_frame_order_matters_except_spatial_only(attention: str) -> None:
     bank = random_bank()
     model = make_model(attention=attention)
+    with torch.no_grad():  # untrained 0.02-scale embeddings make the effect tiny, not absent
+        model.temporal_pos.normal_()
     inputs = pair_inputs(bank, [0, 2], [1, 3])  # videos with all frames real
     assert inputs["frame_mask"].all()
     reversed_inputs = dict(inputs)
@@ -194,7 +196,7 @@ def test_perturbed_top_k_learns_which_patches_to_keep() -> None:
     the patches that carry the signal: the hard top-M then selects exactly them."""
     torch.manual_seed(0)
     hidden, patches, kept = 8, 6, 2
-    selector = PatchTokenSelector(hidden, kept, num_samples=50, sigma=0.05)
+    selector = PatchTokenSelector(hidden, kept, num_samples=50, sigma=0.05, scorer_hidden=8)
     signal = torch.zeros(hidden)
     signal[0] = 1.0
     optimizer = torch.optim.Adam(selector.parameters(), lr=1e-2)
@@ -219,7 +221,7 @@ def test_perturbed_top_k_learns_which_patches_to_keep() -> None:
 
 def test_selector_keeps_all_patches_when_asked() -> None:
     tokens = torch.randn(5, 4, 8)
-    selector = PatchTokenSelector(8, None, num_samples=10, sigma=0.05)
+    selector = PatchTokenSelector(8, None, num_samples=10, sigma=0.05, scorer_hidden=8)
     assert selector.scorer is None and selector.output_count(4) == 4
     assert torch.equal(selector.train()(tokens), tokens)
 
