@@ -124,7 +124,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _index_overrides(args))
     try:
-        dataset = load_corpus(cfg)
+        dataset = load_corpus(cfg.data)
     except DatasetError as exc:
         print(f"crosstvr index: {exc}", file=sys.stderr)
         return 2

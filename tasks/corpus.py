@@ -8,9 +8,8 @@ flow, the `crosstvr index` CLI and the scheduled re-index all resolve corpora he
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from crosstvr_core.config import CrossTVRConfig
+from crosstvr_core.config import DataConfig
 from crosstvr_core.datasets import (
     DatasetError,
     RetrievalDataset,
@@ -21,10 +20,9 @@ from crosstvr_core.datasets import (
 log = logging.getLogger(__name__)
 
 
-def load_corpus(cfg: CrossTVRConfig, root: str | Path | None = None) -> RetrievalDataset:
-    """Read the corpus `cfg.data` describes (`root` overrides `data.root`)."""
-    d = cfg.data
-    root = root or d.root
+def load_corpus(d: DataConfig) -> RetrievalDataset:
+    """Read the corpus the `data` section describes."""
+    root = d.root
     if not root:
         raise DatasetError(f"data.root: needed for data.kind '{d.kind}'")
     if d.kind == "generated":

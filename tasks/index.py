@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -83,40 +84,52 @@ def token_shapes(cfg: CrossTVRConfig, encoder: FrozenEncoder) -> TokenShapes:
 
 
 # --- Ray Data stages ------------------------------------------------------------------
-def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int) -> dict:
+def _decode_one(path: str, known_hash: str, num_frames: int, size: int) -> dict:
+    """Hash one file; decode it unless unchanged. Never raises for a bad file."""
+    row = {"status": "ok", "error": "", "error_reason": "", "content_hash": "", "probe": None,
+           "frames": None, "mask": None}
+    try:
+        row["content_hash"] = file_content_hash(path)
+        if row["content_hash"] == known_hash:
+            row["status"] = "skip"
+        else:
+            row["frames"], row["mask"], row["probe"] = decode_uniform_frames(
+                path, num_frames, size, threads=1
+            )
+    except VideoDecodeError as exc:
+        row.update(status="failed", error=str(exc), error_reason=exc.reason)
+    except OSError as exc:  # the hash could not read the file
+        row.update(status="failed", error=f"{path}: {exc}", error_reason="unreadable")
+    return row
+
+
+def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int,
+                 threads: int = 1) -> dict:
     """Stateless Ray task: hash, skip if unchanged, else decode F frames per video.
 
-    Never raises for a bad file: the row comes back with status "failed" and the error.
+    Decoding is an ffmpeg subprocess per file, so `threads` files run at once: the task's
+    Python thread only waits on pipes. A bad file never raises: its row comes back with
+    status "failed", the error and its reason.
     """
     n = len(batch["video_id"])
+    args = [(str(batch["path"][i]), str(batch["known_hash"][i]), num_frames, size)
+            for i in range(n)]
+    if threads > 1 and n > 1:
+        with ThreadPoolExecutor(min(threads, n)) as pool:
+            rows = list(pool.map(lambda a: _decode_one(*a), args))
+    else:
+        rows = [_decode_one(*a) for a in args]
     out = {k: batch[k] for k in ("video_id", "path", "split")}
     frames = np.zeros((n, num_frames, size, size, 3), np.uint8)
     masks = np.zeros((n, num_frames), bool)
-    fields = {k: [] for k in ("status", "error", "error_reason", "content_hash")}
-    probes = {k: [] for k in ("duration", "fps", "width", "height", "size_bytes")}
-    for i in range(n):
-        path, known = str(batch["path"][i]), str(batch["known_hash"][i])
-        status, error, reason, chash, probe = "ok", "", "", "", None
-        try:
-            chash = file_content_hash(path)
-            if chash == known:
-                status = "skip"
-            else:
-                frames[i], masks[i], probe = decode_uniform_frames(
-                    path, num_frames, size, threads=1
-                )
-        except VideoDecodeError as exc:
-            status, error, reason = "failed", str(exc), exc.reason
-        except OSError as exc:  # the hash could not read the file
-            status, error, reason = "failed", f"{path}: {exc}", "unreadable"
-        fields["status"].append(status)
-        fields["error"].append(error)
-        fields["error_reason"].append(reason)
-        fields["content_hash"].append(chash)
-        for key in probes:
-            probes[key].append(getattr(probe, key, 0) if probe else 0)
-    out.update({k: np.array(v, dtype=object) for k, v in fields.items()})
-    out.update({k: np.array(v, dtype=np.float64) for k, v in probes.items()})
+    for i, row in enumerate(rows):
+        if row["frames"] is not None:
+            frames[i], masks[i] = row["frames"], row["mask"]
+    for key in ("status", "error", "error_reason", "content_hash"):
+        out[key] = np.array([row[key] for row in rows], dtype=object)
+    for key in ("duration", "fps", "width", "height", "size_bytes"):
+        out[key] = np.array([getattr(row["probe"], key, 0) if row["probe"] else 0
+                             for row in rows], dtype=np.float64)
     out["frames"], out["frame_mask"] = frames, masks
     return out
 
@@ -273,7 +286,8 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
     decode_cpus = cfg.ray.decode_num_cpus
     ds = ds.map_batches(
         decode_batch, batch_size=cfg.ray.decode_batch_size, batch_format="numpy",
-        fn_kwargs={"num_frames": cfg.sampling.num_frames, "size": size},
+        fn_kwargs={"num_frames": cfg.sampling.num_frames, "size": size,
+                   "threads": cfg.ray.decode_threads},
         # resources via a function: Ray Data then never fuses decoding into the encoder
         # actor, so decode tasks run in parallel beside the actor pool instead of inside it
         ray_remote_args_fn=lambda: {"num_cpus": decode_cpus},

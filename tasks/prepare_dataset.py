@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,20 +18,28 @@ import ray
 from prefect import task
 
 from crosstvr_core import synthetic
-from crosstvr_core.config import CrossTVRConfig
+from crosstvr_core.config import CrossTVRConfig, DataConfig
 from crosstvr_core.datasets import RetrievalDataset, load_folder_dataset
+from tasks.corpus import load_corpus
 
 CAPTIONS_FILE = "captions.jsonl"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DatasetRef:
+    """Where a corpus is and how to read it (the `data` section as JSON): small, picklable,
+    what the flow passes between steps instead of the dataset itself."""
+
     name: str
     root: str
-    captions_file: str
+    captions_file: str | None = None
+    data_json: str | None = None  # None: a rendered generated benchmark (folder + captions)
 
     def load(self) -> RetrievalDataset:
-        return load_folder_dataset(self.root, self.captions_file, self.name)
+        if self.data_json is None:
+            return load_folder_dataset(self.root, self.captions_file, self.name)
+        return load_corpus(DataConfig.model_validate_json(self.data_json))
 
 
 def generation_params(cfg: CrossTVRConfig) -> dict:
@@ -85,14 +94,14 @@ def render_generated_benchmark(cfg: CrossTVRConfig) -> DatasetRef:
 
 
 def prepare_dataset(cfg: CrossTVRConfig) -> DatasetRef:
-    """Generated: render (once) and point at it; folder: validate the captions file."""
+    """Generated: render (once) and point at it; any other format: read and check it."""
     if cfg.data.kind == "generated":
         ref = render_generated_benchmark(cfg)
     else:
-        if not cfg.data.root or not cfg.data.captions_file:
-            raise ValueError("data.kind=folder needs data.root and data.captions_file")
-        ref = DatasetRef(cfg.data.name, cfg.data.root, cfg.data.captions_file)
-    ref.load()  # fail now, with the file's own error, not three steps later
+        ref = DatasetRef(cfg.data.name, str(cfg.data.root), cfg.data.captions_file,
+                         cfg.data.model_dump_json())
+    dataset = ref.load()  # fail now, with the file's own error, not three steps later
+    log.info("dataset %s: %s", dataset.name, dataset.summary())
     return ref
 
 
