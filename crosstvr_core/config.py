@@ -115,6 +115,8 @@ class RayConfig(_Section):
     include_dashboard: bool = False
     decode_num_cpus: float = Field(0.5, gt=0)  # two decode tasks beside one encoder actor
     decode_batch_size: int = Field(16, ge=1)
+    # files each decode task decodes at once (ffmpeg subprocesses; the task only waits)
+    decode_threads: int = Field(2, ge=1)
     encode_num_cpus: float = Field(1.0, ge=0)
     encode_num_gpus: float = Field(0.0, ge=0)
     encode_pool_size: int = Field(1, ge=1)
