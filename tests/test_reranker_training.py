@@ -297,3 +297,29 @@ def test_training_never_calls_the_frozen_encoder(monkeypatch: pytest.MonkeyPatch
     model, history = toy_training(epochs=1)
     score_pairs(model, toy_bank(), torch.arange(4), toy_bank(), torch.arange(4), 4)
     assert calls == [] and len(history) == 1
+
+
+def test_task_reads_negatives_from_the_stored_stage1_top_k(tmp_path: Path) -> None:
+    """train.negative_source=stage1_top_k: the Lance table's lists become -inf-masked scores."""
+    from tasks.retrieval import _stored_top_k_scores
+
+    bank = random_bank()
+    index = _write_index(tmp_path / "db.lancedb", bank)
+    top = {c: [bank.video_ids[(i + 1) % bank.num_videos], bank.video_ids[(i + 2) % 6]]
+           for i, c in enumerate(bank.caption_ids)}
+    index.write_stage1_candidates("s1", "train", "caption", list(top), list(top.values()),
+                                  np.array([[0.9, 0.5]] * len(top)))
+    index.write_stage1_candidates("other", "train", "caption", list(top),
+                                  [[bank.video_ids[0]]] * len(top), np.ones((len(top), 1)))
+    index.write_stage1_candidates("s1", "train", "video", bank.video_ids,
+                                  [[bank.caption_ids[0]]] * bank.num_videos,
+                                  np.ones((bank.num_videos, 1)))
+    scores = _stored_top_k_scores(index, "s1", bank)
+    assert scores.videos_per_caption.shape == (bank.num_captions, bank.num_videos)
+    assert scores.captions_per_video.shape == (bank.num_videos, bank.num_captions)
+    finite = torch.isfinite(scores.videos_per_caption)
+    assert finite.sum(1).tolist() == [2] * bank.num_captions  # only the stored top 2
+    assert scores.videos_per_caption[0, 1] == pytest.approx(0.9)
+    assert torch.isfinite(scores.captions_per_video).sum() == bank.num_videos
+    with pytest.raises(ValueError, match="no stored top-K"):
+        _stored_top_k_scores(index, "missing-model", bank)
