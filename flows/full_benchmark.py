@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 
 from crosstvr_core.config import load_config
 from crosstvr_core.report import results_table
-from tasks.index import index_task
+from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
 from tasks.retrieval import eval_task, stage1_task, train_task
 from tasks.runtime import ray_runtime
@@ -32,10 +32,9 @@ def crosstvr(config_file: str | None = None, overrides: list[str] | None = None)
                                           tags) as parent_id:
         run_dir = str(cfg.home_path / "runs" / parent_id)
         dataset = prepare_dataset_task(cfg)
-        index = index_task(cfg, dataset)
-        mlflow.set_tags({"crosstvr.encoder_id": index.encoder_id, "crosstvr.lance_uri": index.uri})
-        mlflow.log_dict({"read_write_versions": index.versions, "counts": index.counts},
-                        "lineage/index.json")
+        indexed = index_task(cfg, dataset)
+        log_index_run(indexed)
+        index = indexed.ref
         log_metrics_to(parent_id, {f"index/{k}": v for k, v in index.counts.items()})
         stage1 = stage1_task(cfg, index, run_dir, parent_id)
         reranker = train_task(cfg, index, stage1, run_dir, parent_id)

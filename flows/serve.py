@@ -1,25 +1,60 @@
-"""Serve the deployments: `crosstvr/full-benchmark` (the whole DAG on the embedded default).
+"""Serve the deployments: `crosstvr/full-benchmark` (the whole DAG) and `crosstvr-index/reindex`.
 
 `make up` runs this in the background; `prefect deployment run crosstvr/full-benchmark`
 then schedules a run that this process picks up and executes in a subprocess.
+
+The re-index deployment indexes the corpus of `$CROSSTVR_REINDEX_CONFIG` (a config file);
+it runs on the schedule that file sets (`index.schedule_cron` or `index.schedule_interval_s`),
+and only when asked while none is set. At most one re-index runs at a time (a deployment
+concurrency limit), so two scheduled runs never write the same tables at once.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+
 from prefect import serve
 
+from crosstvr_core.config import ConfigError, CrossTVRConfig, load_config
 from flows.full_benchmark import crosstvr
+from flows.reindex import crosstvr_index
 
 FULL_BENCHMARK = "full-benchmark"
+REINDEX = "reindex"
+REINDEX_CONFIG_ENV = "CROSSTVR_REINDEX_CONFIG"
+
+
+def reindex_schedule(cfg: CrossTVRConfig) -> dict:
+    """`to_deployment` schedule arguments from the config: cron, interval, or none."""
+    cron, interval = cfg.index.schedule_cron, cfg.index.schedule_interval_s
+    if cron and interval:
+        raise ConfigError("index.schedule_cron and index.schedule_interval_s: set one, not both")
+    if cron:
+        return {"cron": cron}
+    if interval:
+        return {"interval": dt.timedelta(seconds=interval)}
+    return {}
 
 
 def deployments() -> list:
+    config_file = os.environ.get(REINDEX_CONFIG_ENV) or None
+    reindex_cfg = load_config(config_file)  # fails at start-up, naming the bad key
     return [
         crosstvr.to_deployment(
             name=FULL_BENCHMARK,
             description="index -> stage 1 -> train CrossTVR re-ranker -> two-stage eval -> "
             "report, on the configured dataset (default: the embedded generated benchmark)",
             tags=["crosstvr", "benchmark"],
+        ),
+        crosstvr_index.to_deployment(
+            name=REINDEX,
+            description=f"re-index the corpus of {config_file or 'the default config'}: only "
+            "new, changed, failed and removed videos are touched",
+            tags=["crosstvr", "index"],
+            parameters={"config_file": config_file, "overrides": []},
+            concurrency_limit=1,
+            **reindex_schedule(reindex_cfg),
         ),
     ]
 

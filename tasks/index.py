@@ -354,9 +354,25 @@ def index_dataset(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexResult
     return IndexResult(ref, failures)
 
 
-def run_index(cfg: CrossTVRConfig, dataset_ref) -> IndexRef:
-    """The flow's index step: a `DatasetRef` in, an `IndexRef` out."""
-    return index_dataset(cfg, dataset_ref.load()).ref
+def run_index(cfg: CrossTVRConfig, dataset_ref) -> IndexResult:
+    """The flows' index step: a `DatasetRef` in, the index reference and failures out."""
+    return index_dataset(cfg, dataset_ref.load())
 
 
+def log_index_run(result: IndexResult) -> None:
+    """Lineage and outcome of an index step on the active MLflow run."""
+    import mlflow
+
+    ref = result.ref
+    mlflow.set_tags({"crosstvr.encoder_id": ref.encoder_id, "crosstvr.lance_uri": ref.uri})
+    mlflow.log_dict({"uri": ref.uri, "read_versions": ref.read_versions,
+                     "written_versions": ref.versions, "counts": ref.counts},
+                    "lineage/index.json")
+    if result.failures:
+        mlflow.log_dict({reason: [{"video_id": v, "error": e} for v, e in items]
+                         for reason, items in result.failures.items()}, "index/failures.json")
+
+
+# retries: a transient failure (a lost Ray node, a storage hiccup) re-runs the step, which
+# skips everything already committed
 index_task = task(run_index, name="index-corpus", retries=2, retry_delay_seconds=5)
