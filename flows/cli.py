@@ -141,6 +141,21 @@ def cmd_index(args: argparse.Namespace) -> int:
         ref.counts["videos_ok"] or ref.counts["videos_skip"]) else 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from flows.compare import compare_runs
+    from tasks.tracking import use_experiment
+
+    cfg = load_config(args.config, args.overrides)
+    print(compare_runs([use_experiment(cfg)], args.dataset, args.limit))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': expected a whole number >= 1")
+    return int(text)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(), sort_keys=False))
     return 0
@@ -171,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     index.add_argument("--name", help="database name under <home>/lance (default: folder name)")
     _config_args(index)
     index.set_defaults(func=cmd_index)
+    compare = sub.add_parser("compare", help="flow runs from MLflow with key metrics and the "
+                             "difference to their dataset + encoder champion")
+    compare.add_argument("--dataset", help="only runs on this dataset (data.name)")
+    compare.add_argument("--limit", type=_positive_int, default=20, help="newest N runs")
+    _config_args(compare)
+    compare.set_defaults(func=cmd_compare)
     config = sub.add_parser("config", help="print the resolved config")
     _config_args(config)
     config.set_defaults(func=cmd_config)

@@ -12,8 +12,8 @@ import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from crosstvr_core.config import load_config
 from crosstvr_core.report import results_table
+from flows.params import RunParams, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
 from tasks.retrieval import eval_task, stage1_task, train_task
@@ -24,7 +24,9 @@ from tasks.tracking import FLOW_RUN_TAG, log_metrics_to, parent_run
 @flow(name="crosstvr", log_prints=True)
 def crosstvr(config_file: str | None = None, overrides: list[str] | None = None) -> dict:
     """Run the whole benchmark DAG on the configured dataset; returns the metrics."""
-    cfg = load_config(config_file, overrides or [])
+    # first thing: a bad parameter fails the run here, naming it, before Ray or MLflow
+    cfg = validate_params(RunParams, "crosstvr", config_file=config_file,
+                          overrides=overrides).config
     run_id = flow_run.get_id() or "local"
     tags = {FLOW_RUN_TAG: str(run_id), "crosstvr.dataset": cfg.data.name,
             "crosstvr.flow": "full-benchmark"}

@@ -11,7 +11,7 @@ import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from crosstvr_core.config import load_config
+from flows.params import RunParams, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
 from tasks.runtime import ray_runtime
@@ -21,7 +21,9 @@ from tasks.tracking import FLOW_RUN_TAG, parent_run
 @flow(name="crosstvr-index", log_prints=True)
 def crosstvr_index(config_file: str | None = None, overrides: list[str] | None = None) -> dict:
     """Index (or re-index) the configured corpus; returns the counts and table versions."""
-    cfg = load_config(config_file, overrides or [])
+    # first thing: a bad parameter fails the run here, naming it, before Ray or MLflow
+    cfg = validate_params(RunParams, "crosstvr-index", config_file=config_file,
+                          overrides=overrides).config
     tags = {FLOW_RUN_TAG: str(flow_run.get_id() or "local"), "crosstvr.dataset": cfg.data.name,
             "crosstvr.flow": "reindex"}
     with ray_runtime(cfg.ray), parent_run(cfg, f"reindex-{flow_run.get_name() or 'local'}",

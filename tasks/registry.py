@@ -1,0 +1,157 @@
+"""Model registry: a finished run's re-ranker and stage-1 head become registered versions.
+
+Champions are per dataset + encoder: a score on one corpus with one frozen encoder says
+nothing about another. Each registered version carries the tags `crosstvr.dataset`,
+`crosstvr.encoder_id` and its score (two-stage t2v R@1), and gets aliases:
+
+* `champion-<pair>` when it beats that pair's current champion (or there is none), else
+  `candidate-<pair>`, where <pair> = `<dataset slug>-<8 hex of sha1(encoder_id)>`;
+* the plain `champion` follows the most recently crowned pair champion, so
+  `models:/crosstvr-reranker@champion` always loads a working re-ranker; the plain
+  `candidate` follows the most recent candidate.
+
+Needs a DB-backed tracking store (SQLite, PostgreSQL, or an MLflow server over one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+RERANKER_MODEL = "crosstvr-reranker"
+STAGE1_MODEL = "crosstvr-stage1"
+# logged-model name (as tasks/retrieval.py logs it) -> registered model name
+REGISTERED_NAMES = {"reranker": RERANKER_MODEL, "stage1_seqtransf": STAGE1_MODEL}
+CHAMPION, CANDIDATE = "champion", "candidate"
+SCORE_METRIC = "twostage/t2v_R1"
+DATASET_TAG, ENCODER_TAG = "crosstvr.dataset", "crosstvr.encoder_id"
+SCORE_TAG = "crosstvr.score.twostage_t2v_R1"
+ROLE_TAG = "crosstvr.registry_role"
+
+
+class RegistryError(ValueError):
+    """A run cannot be registered; the message names the run and what is missing."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_name: str
+    version: str
+    role: str  # champion | candidate
+    pair_alias: str
+    score: float
+    previous_champion_score: float | None
+
+
+def pair_key(dataset: str, encoder_id: str) -> str:
+    """Alias-safe key of a dataset + encoder pair (aliases allow only [A-Za-z0-9_-])."""
+    slug = re.sub(r"[^\w\-]+", "_", dataset).strip("_")[:80] or "dataset"
+    return f"{slug}-{hashlib.sha1(encoder_id.encode()).hexdigest()[:8]}"
+
+
+def pair_alias(role: str, dataset: str, encoder_id: str) -> str:
+    return f"{role}-{pair_key(dataset, encoder_id)}"
+
+
+def _version_by_alias(client: mlflow.MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def champion_version(dataset: str, encoder_id: str, model_name: str = RERANKER_MODEL,
+                     client: mlflow.MlflowClient | None = None):
+    """The champion ModelVersion of a dataset + encoder pair, or None."""
+    client = client or mlflow.MlflowClient()
+    return _version_by_alias(client, model_name, pair_alias(CHAMPION, dataset, encoder_id))
+
+
+def champion_score(dataset: str, encoder_id: str, model_name: str = RERANKER_MODEL,
+                   client: mlflow.MlflowClient | None = None) -> float | None:
+    version = champion_version(dataset, encoder_id, model_name, client)
+    return None if version is None else float(version.tags[SCORE_TAG])
+
+
+def _run_logged_models(client: mlflow.MlflowClient, parent) -> dict[str, str]:
+    """Logged-model name -> model URI, for models logged by the parent's nested step runs."""
+    experiment_id = parent.info.experiment_id
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    found: dict[str, str] = {}
+    for run_id in [parent.info.run_id, *(c.info.run_id for c in children)]:
+        for model in mlflow.search_logged_models(
+                experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'",
+                output_format="list"):
+            if model.name in REGISTERED_NAMES:
+                found[model.name] = f"models:/{model.model_id}"
+    return found
+
+
+def _ensure_registered_model(client: mlflow.MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        with contextlib.suppress(MlflowException):  # else created concurrently
+            client.create_registered_model(
+                name, description="CrossTVR; aliases champion-<dataset>-<encoder hash> per "
+                "dataset + encoder pair, plain `champion` = the latest crowned")
+
+
+def register_run_models(parent_run_id: str, client: mlflow.MlflowClient | None = None
+                        ) -> list[Registration]:
+    """Register the re-ranker (and stage-1 head, if one was trained) of a finished flow run.
+
+    Each becomes champion of its dataset + encoder pair when its two-stage t2v R@1 beats the
+    pair's champion of the same registered model (strictly; the first one always does),
+    otherwise candidate. Returns what was registered; tags the parent run with the role.
+    """
+    client = client or mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    tags = parent.data.tags
+    missing = [t for t in (DATASET_TAG, ENCODER_TAG) if not tags.get(t)]
+    if missing:
+        raise RegistryError(f"run {parent_run_id}: no tag {', '.join(missing)}; "
+                            "register only runs of the crosstvr flow (it tags them)")
+    if SCORE_METRIC not in parent.data.metrics:
+        raise RegistryError(f"run {parent_run_id}: no metric '{SCORE_METRIC}' "
+                            "(the two-stage evaluation did not finish)")
+    dataset, encoder_id = tags[DATASET_TAG], tags[ENCODER_TAG]
+    score = float(parent.data.metrics[SCORE_METRIC])
+    logged = _run_logged_models(client, parent)
+    if "reranker" not in logged:
+        raise RegistryError(f"run {parent_run_id}: no logged model 'reranker' "
+                            "(tracking.log_model=false?)")
+    registrations = []
+    for logged_name, uri in sorted(logged.items()):
+        name = REGISTERED_NAMES[logged_name]
+        _ensure_registered_model(client, name)
+        previous = champion_score(dataset, encoder_id, name, client)
+        role = CHAMPION if previous is None or score > previous else CANDIDATE
+        version = client.create_model_version(
+            name, uri, run_id=parent_run_id,
+            tags={DATASET_TAG: dataset, ENCODER_TAG: encoder_id, SCORE_TAG: f"{score:.6f}",
+                  ROLE_TAG: role, "crosstvr.parent_run_id": parent_run_id})
+        alias = pair_alias(role, dataset, encoder_id)
+        client.set_registered_model_alias(name, alias, version.version)
+        client.set_registered_model_alias(name, role, version.version)
+        registrations.append(Registration(name, str(version.version), role, alias, score,
+                                          previous))
+    role = next(r.role for r in registrations if r.model_name == RERANKER_MODEL)
+    client.set_tag(parent_run_id, ROLE_TAG, role)
+    return registrations
+
+
+def load_registered_reranker(dataset: str | None = None, encoder_id: str | None = None,
+                             alias: str = CHAMPION):
+    """The re-ranker under `alias` (plain, or of one dataset + encoder pair), in eval mode."""
+    if (dataset is None) != (encoder_id is None):
+        raise ValueError("load_registered_reranker: give both dataset and encoder_id, or neither")
+    name = alias if dataset is None else pair_alias(alias, dataset, encoder_id)
+    model = mlflow.pytorch.load_model(f"models:/{RERANKER_MODEL}@{name}", map_location="cpu")
+    return model.eval()
