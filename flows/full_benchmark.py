@@ -16,9 +16,10 @@ from crosstvr_core.report import results_table
 from flows.params import RunParams, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
+from tasks.registry import register_run_models
 from tasks.retrieval import eval_task, stage1_task, train_task
 from tasks.runtime import ray_runtime
-from tasks.tracking import FLOW_RUN_TAG, log_metrics_to, parent_run
+from tasks.tracking import FLOW_RUN_TAG, log_metrics_to, parent_run, tag_index_lineage
 
 
 @flow(name="crosstvr", log_prints=True)
@@ -37,6 +38,7 @@ def crosstvr(config_file: str | None = None, overrides: list[str] | None = None)
         indexed = index_task(cfg, dataset)
         log_index_run(indexed)
         index = indexed.ref
+        tag_index_lineage(parent_id, index)  # nested step runs copy these: what they read
         log_metrics_to(parent_id, {f"index/{k}": v for k, v in index.counts.items()})
         stage1 = stage1_task(cfg, index, run_dir, parent_id)
         reranker = train_task(cfg, index, stage1, run_dir, parent_id)
@@ -45,5 +47,9 @@ def crosstvr(config_file: str | None = None, overrides: list[str] | None = None)
         table = results_table(metrics)
         mlflow.log_text(table, "results.txt")
         Path(run_dir, "results.txt").write_text(table + "\n")
+        if cfg.tracking.log_model:
+            for reg in register_run_models(parent_id):
+                get_run_logger().info("registered %s v%s as %s (%s)", reg.model_name,
+                                      reg.version, reg.role, reg.pair_alias)
     get_run_logger().info("results (%s):\n%s", cfg.data.name, table)
     return {"mlflow_run_id": parent_id, "metrics": metrics}

@@ -15,7 +15,7 @@ from flows.params import RunParams, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
 from tasks.runtime import ray_runtime
-from tasks.tracking import FLOW_RUN_TAG, parent_run
+from tasks.tracking import FLOW_RUN_TAG, parent_run, tag_index_lineage
 
 
 @flow(name="crosstvr-index", log_prints=True)
@@ -31,6 +31,7 @@ def crosstvr_index(config_file: str | None = None, overrides: list[str] | None =
         dataset = prepare_dataset_task(cfg)
         indexed = index_task(cfg, dataset)
         log_index_run(indexed)
+        tag_index_lineage(parent_id, indexed.ref)
         mlflow.log_metrics({f"index/{k}": v for k, v in indexed.ref.counts.items()})
     counts = indexed.ref.counts
     get_run_logger().info(

@@ -1,4 +1,5 @@
-"""Serve the deployments: `crosstvr/full-benchmark` (the whole DAG) and `crosstvr-index/reindex`.
+"""Serve the deployments: `crosstvr/full-benchmark` (the whole DAG), `crosstvr-index/reindex`
+and `crosstvr-ablation/ablation` (re-ranker variants on the same tokens and stage 1).
 
 `make up` runs this in the background; `prefect deployment run crosstvr/full-benchmark`
 then schedules a run that this process picks up and executes in a subprocess.
@@ -17,11 +18,13 @@ import os
 from prefect import serve
 
 from crosstvr_core.config import ConfigError, CrossTVRConfig, load_config
+from flows.ablation import crosstvr_ablation
 from flows.full_benchmark import crosstvr
 from flows.reindex import crosstvr_index
 
 FULL_BENCHMARK = "full-benchmark"
 REINDEX = "reindex"
+ABLATION = "ablation"
 REINDEX_CONFIG_ENV = "CROSSTVR_REINDEX_CONFIG"
 
 
@@ -55,6 +58,12 @@ def deployments() -> list:
             parameters={"config_file": config_file, "overrides": []},
             concurrency_limit=1,
             **reindex_schedule(reindex_cfg),
+        ),
+        crosstvr_ablation.to_deployment(
+            name=ABLATION,
+            description="index + stage 1 once, then train and evaluate each re-ranker variant "
+            "(default: the paper's ablation table) on the same tokens; logs a table + figure",
+            tags=["crosstvr", "ablation"],
         ),
     ]
 

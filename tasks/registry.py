@@ -23,13 +23,14 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from tasks.tracking import DATASET_TAG, ENCODER_TAG
+
 RERANKER_MODEL = "crosstvr-reranker"
 STAGE1_MODEL = "crosstvr-stage1"
 # logged-model name (as tasks/retrieval.py logs it) -> registered model name
 REGISTERED_NAMES = {"reranker": RERANKER_MODEL, "stage1_seqtransf": STAGE1_MODEL}
 CHAMPION, CANDIDATE = "champion", "candidate"
 SCORE_METRIC = "twostage/t2v_R1"
-DATASET_TAG, ENCODER_TAG = "crosstvr.dataset", "crosstvr.encoder_id"
 SCORE_TAG = "crosstvr.score.twostage_t2v_R1"
 ROLE_TAG = "crosstvr.registry_role"
 

@@ -1,7 +1,12 @@
-"""MLflow wiring: one parent run per flow run, one nested run per step.
+"""MLflow wiring: one parent run per flow run, one nested run per step, and lineage.
 
 Steps receive the parent run id (a reference), not an active-run object, so they can run in
 any thread or process and still nest under the right parent.
+
+Lineage: a run's tags name the dataset, the encoder id, the LanceDB URI and the version of
+each Lance table it read (`crosstvr.lance.version.<table>`). The flow tags the parent run
+with what its index step wrote; every nested step run copies those tags (the versions the
+step read). `checkout_run_tables(run_id)` opens exactly those table versions again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import yaml
 from crosstvr_core.config import CrossTVRConfig
 
 FLOW_RUN_TAG = "prefect.flow_run_id"
+DATASET_TAG, ENCODER_TAG, LANCE_URI_TAG = "crosstvr.dataset", "crosstvr.encoder_id", \
+    "crosstvr.lance_uri"
+LANCE_VERSION_TAG = "crosstvr.lance.version."  # + table name
 
 
 def tracking_uri(cfg: CrossTVRConfig) -> str:
@@ -68,15 +76,79 @@ def parent_run(cfg: CrossTVRConfig, run_name: str, tags: dict[str, str]) -> Iter
         yield run.info.run_id
 
 
+def lineage_tags(uri: str, encoder_id: str, versions: dict[str, int]) -> dict[str, str]:
+    """Tags that pin the data of a run: LanceDB URI, encoder id, table -> version."""
+    return {ENCODER_TAG: encoder_id, LANCE_URI_TAG: uri,
+            **{f"{LANCE_VERSION_TAG}{table}": str(v) for table, v in versions.items()}}
+
+
+def tag_index_lineage(run_id: str, index_ref) -> None:
+    """Tag a (parent) run with the table versions its index step produced (an IndexRef)."""
+    tags = lineage_tags(index_ref.uri, index_ref.encoder_id, index_ref.versions)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def inherited_lineage(parent_run_id: str) -> dict[str, str]:
+    """The parent's dataset and lineage tags, for a nested step that reads the same data."""
+    tags = mlflow.MlflowClient().get_run(parent_run_id).data.tags
+    return {k: v for k, v in tags.items()
+            if k in (DATASET_TAG, ENCODER_TAG, LANCE_URI_TAG) or k.startswith(LANCE_VERSION_TAG)}
+
+
 @contextmanager
-def step_run(cfg: CrossTVRConfig, parent_run_id: str, step: str) -> Iterator[str]:
-    """A nested run for one step, whatever run (if any) is active in this thread."""
+def step_run(cfg: CrossTVRConfig, parent_run_id: str, step: str, reads=None) -> Iterator[str]:
+    """A nested run for one step, whatever run (if any) is active in this thread.
+
+    Lineage: the step run is tagged with the tables it read: `reads` (an IndexRef) when
+    given, else the parent's lineage tags (what the flow's index step wrote).
+    """
     experiment_id = use_experiment(cfg)
+    tags = {"crosstvr.step": step, DATASET_TAG: cfg.data.name}
+    tags.update(inherited_lineage(parent_run_id))
+    if reads is not None:
+        tags.update(lineage_tags(reads.uri, reads.encoder_id, reads.versions))
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=step, nested=True, parent_run_id=parent_run_id,
-        tags={"crosstvr.step": step},
+        tags=tags,
     ) as run:
         yield run.info.run_id
+
+
+def run_lineage(run_id: str, client: mlflow.MlflowClient | None = None) -> dict:
+    """{"dataset", "encoder_id", "uri", "versions": {table: version}} recorded on a run."""
+    tags = (client or mlflow.MlflowClient()).get_run(run_id).data.tags
+    versions = {k.removeprefix(LANCE_VERSION_TAG): int(v) for k, v in tags.items()
+                if k.startswith(LANCE_VERSION_TAG)}
+    if not versions or LANCE_URI_TAG not in tags:
+        raise ValueError(f"run {run_id}: no Lance lineage tags ({LANCE_URI_TAG}, "
+                         f"{LANCE_VERSION_TAG}<table>); only crosstvr flow runs have them")
+    return {"dataset": tags.get(DATASET_TAG), "encoder_id": tags.get(ENCODER_TAG),
+            "uri": tags[LANCE_URI_TAG], "versions": versions}
+
+
+def checkout_run_tables(run_id: str, client: mlflow.MlflowClient | None = None,
+                        storage_options: dict[str, str] | None = None) -> dict:
+    """table name -> LanceDB table checked out at the version the run read (read-only).
+
+    Old versions stay readable until `optimize` / `cleanup_old_versions` prunes them; a
+    pruned version raises here, naming the table and version.
+    """
+    import lancedb
+
+    lineage = run_lineage(run_id, client)
+    db = lancedb.connect(lineage["uri"], storage_options=storage_options)
+    tables = {}
+    for name, version in lineage["versions"].items():
+        table = db.open_table(name)
+        try:
+            table.checkout(version)
+        except Exception as exc:  # lance raises ValueError / OSError / RuntimeError by backend
+            raise ValueError(f"run {run_id}: table '{name}' version {version} in "
+                             f"{lineage['uri']} cannot be checked out: {exc}") from exc
+        tables[name] = table
+    return tables
 
 
 def log_metrics_to(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
