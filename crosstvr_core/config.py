@@ -51,6 +51,10 @@ class DataConfig(_Section):
     missing_videos: Literal["skip", "error", "keep"] = "skip"
     caption_mode: Literal["sentence", "paragraph"] | None = None  # None: the format's protocol
     caption_sampling: Literal["all", "one_per_epoch"] = "all"
+    # which splits train (stage 1, re-ranker) and which one is evaluated (e.g. "val" for
+    # VATEX, whose public test captions are withheld)
+    train_split: str = "train"
+    eval_split: str = "test"
     name: str = "generated-fine-grained"
     # generated benchmark sizes: a test group is a cube of 8 videos (3 one-factor swaps), so
     # 64 groups = 512 test videos (docs/benchmark-data.md).
@@ -89,6 +93,11 @@ class SamplingConfig(_Section):
     """How frames are taken from each video."""
 
     num_frames: int = Field(8, ge=1)
+    # "uniform": F frames evenly over the clip (evaluation, the default); "segment": one
+    # random frame per each of F equal segments (TSN-style augmentation), drawn from `seed`
+    # and the video id, so a re-index with the same seed stores the same frames
+    method: Literal["uniform", "segment"] = "uniform"
+    seed: int = 0
 
 
 class IndexConfig(_Section):
@@ -139,6 +148,9 @@ class Stage1Config(_Section):
     seed: int = 0
     # a trainable adapter over the cached caption tokens (the text encoder stays frozen)
     text_adapter: bool = True
+    # each batch video played backwards is one more negative column of text->video: the
+    # head must read frame order (direction, order swaps have the same frames)
+    reversed_negatives: bool = False
     # dual softmax (DSL) re-normalisation of the similarity at inference
     dual_softmax: bool = False
     dual_softmax_temperature: float = Field(0.01, gt=0)
@@ -185,6 +197,9 @@ class TrainConfig(_Section):
     hard_negatives: bool = True
     # extra random negative videos per caption, beside the hard video and the hard caption
     random_negatives: int = Field(0, ge=0)
+    # one more negative per caption: its own video played backwards (same frames, reversed
+    # order), which only temporal modelling can reject
+    reversed_negatives: bool = False
     # curriculum: the share of hard (vs random) negatives grows 0 -> 1 over this fraction of
     # training; 0 = hard from the first step (BLIP), which stalls a model trained from scratch
     hard_negative_warmup: float = Field(0.5, ge=0, le=1)

@@ -51,6 +51,9 @@ class TokenShapes:
     # patches per frame in the encoder's grid; > num_patches when only the M patches the CLS
     # attends to most are kept (index.keep_patches); 0 means "= num_patches"
     source_patches: int = 0
+    # how frames were sampled ("uniform", or "segment:<seed>"): tokens of two samplings
+    # never mix in one table, like tokens of two encoders
+    sampling: str = "uniform"
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
@@ -193,7 +196,9 @@ class TokenIndex:
             if stored.get(SHAPES_KEY) != schema.metadata[SHAPES_KEY]:
                 raise EncoderMismatchError(
                     f"table '{name}' at {self.uri} holds token shapes "
-                    f"{stored.get(SHAPES_KEY, b'?').decode()}, not {schema.metadata[SHAPES_KEY].decode()}"
+                    f"{stored.get(SHAPES_KEY, b'?').decode()}, not "
+                    f"{schema.metadata[SHAPES_KEY].decode()}: index into another database "
+                    "(another data.name) or delete it"
                 )
         return table
 

@@ -9,6 +9,7 @@ leaves a video that the next run simply redoes.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import warnings
@@ -25,7 +26,7 @@ from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.datasets import RetrievalDataset
 from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
 from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
-from crosstvr_core.video_decode import VideoDecodeError, decode_uniform_frames, file_content_hash
+from crosstvr_core.video_decode import VideoDecodeError, decode_frames, file_content_hash
 
 log = logging.getLogger(__name__)
 # decode tasks fork ffmpeg in processes that imported lancedb; they never touch Lance after
@@ -80,12 +81,21 @@ def token_shapes(cfg: CrossTVRConfig, encoder: FrozenEncoder) -> TokenShapes:
         num_patches=keep or encoder.num_patches, vision_width=encoder.vision_width,
         context_length=encoder.context_length, text_width=encoder.text_width,
         source_patches=encoder.num_patches if keep else 0,
+        sampling="uniform" if cfg.sampling.method == "uniform"
+        else f"{cfg.sampling.method}:{cfg.sampling.seed}",
     )
 
 
 # --- Ray Data stages ------------------------------------------------------------------
-def _decode_one(path: str, known_hash: str, num_frames: int, size: int) -> dict:
+def _segment_seed(seed: int, video_id: str) -> int:
+    """A per-video seed that does not depend on the order videos are processed in."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{video_id}".encode()).digest()[:8], "little")
+
+
+def _decode_one(path: str, known_hash: str, video_id: str, sampling: tuple[int, int, str, int],
+                ) -> dict:
     """Hash one file; decode it unless unchanged. Never raises for a bad file."""
+    num_frames, size = sampling[0], sampling[1]
     row = {"status": "ok", "error": "", "error_reason": "", "content_hash": "", "probe": None,
            "frames": None, "mask": None}
     try:
@@ -93,8 +103,10 @@ def _decode_one(path: str, known_hash: str, num_frames: int, size: int) -> dict:
         if row["content_hash"] == known_hash:
             row["status"] = "skip"
         else:
-            row["frames"], row["mask"], row["probe"] = decode_uniform_frames(
-                path, num_frames, size, threads=1
+            method, seed = sampling[2], sampling[3]
+            row["frames"], row["mask"], row["probe"] = decode_frames(
+                path, num_frames, size, sampling=method, threads=1,
+                seed=_segment_seed(seed, video_id) if method == "segment" else None,
             )
     except VideoDecodeError as exc:
         row.update(status="failed", error=str(exc), error_reason=exc.reason)
@@ -104,7 +116,7 @@ def _decode_one(path: str, known_hash: str, num_frames: int, size: int) -> dict:
 
 
 def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int,
-                 threads: int = 1) -> dict:
+                 threads: int = 1, method: str = "uniform", seed: int = 0) -> dict:
     """Stateless Ray task: hash, skip if unchanged, else decode F frames per video.
 
     Decoding is an ffmpeg subprocess per file, so `threads` files run at once: the task's
@@ -112,8 +124,9 @@ def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int,
     status "failed", the error and its reason.
     """
     n = len(batch["video_id"])
-    args = [(str(batch["path"][i]), str(batch["known_hash"][i]), num_frames, size)
-            for i in range(n)]
+    sampling = (num_frames, size, method, seed)
+    args = [(str(batch["path"][i]), str(batch["known_hash"][i]), str(batch["video_id"][i]),
+             sampling) for i in range(n)]
     if threads > 1 and n > 1:
         with ThreadPoolExecutor(min(threads, n)) as pool:
             rows = list(pool.map(lambda a: _decode_one(*a), args))
@@ -287,7 +300,8 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
     ds = ds.map_batches(
         decode_batch, batch_size=cfg.ray.decode_batch_size, batch_format="numpy",
         fn_kwargs={"num_frames": cfg.sampling.num_frames, "size": size,
-                   "threads": cfg.ray.decode_threads},
+                   "threads": cfg.ray.decode_threads, "method": cfg.sampling.method,
+                   "seed": cfg.sampling.seed},
         # resources via a function: Ray Data then never fuses decoding into the encoder
         # actor, so decode tasks run in parallel beside the actor pool instead of inside it
         ray_remote_args_fn=lambda: {"num_cpus": decode_cpus},

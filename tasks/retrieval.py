@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from prefect import task
 
-from crosstvr_core import report
+from crosstvr_core import report, synthetic
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.external_similarity import load_external_similarity
 from crosstvr_core.hard_negatives import scores_from_candidates
@@ -37,13 +37,19 @@ from crosstvr_core.two_stage import rerank_text_to_video, rerank_video_to_text
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
 
+# roles, not split names: data.train_split / data.eval_split say which splits play them
 TRAIN_SPLIT, TEST_SPLIT = "train", "test"
+
+
+def split_names(cfg: CrossTVRConfig) -> dict[str, str]:
+    return {TRAIN_SPLIT: cfg.data.train_split, TEST_SPLIT: cfg.data.eval_split}
 
 
 @dataclass(frozen=True)
 class Stage1Ref:
     sim_paths: dict  # split -> path of the [T, V] similarity (torch.save)
     metrics: dict
+    model_id: str | None = None  # whose top-K lists are in the stage1_candidates table
 
 
 @dataclass(frozen=True)
@@ -120,10 +126,12 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
     index = index_ref.open()
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    banks = {split: index.load_token_bank(split) for split in (TRAIN_SPLIT, TEST_SPLIT)}
-    for split, bank in banks.items():
+    names = split_names(cfg)
+    banks = {role: index.load_token_bank(names[role]) for role in (TRAIN_SPLIT, TEST_SPLIT)}
+    for role, bank in banks.items():
         if bank.num_videos == 0 or bank.num_captions == 0:
-            raise ValueError(f"split '{split}': no indexed videos or captions in {index.uri}")
+            raise ValueError(f"split '{names[role]}' (data.{role.replace('test', 'eval')}_split):"
+                             f" no indexed videos or captions in {index.uri}")
     train, test = banks[TRAIN_SPLIT], banks[TEST_SPLIT]
     with step_run(cfg, parent_run_id, "stage1"):
         mlflow.log_params({"stage1.num_test_captions": test.num_captions,
@@ -150,11 +158,11 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
         for split, bank in banks.items():
             paths[split] = str(out / f"stage1_{split}.pt")
             torch.save(sims[split], paths[split])
-            _export_candidates(index, model_id, split, bank, sims[split], k)
+            _export_candidates(index, model_id, names[split], bank, sims[split], k)
         mlflow.set_tag("crosstvr.stage1_model_id", model_id)
         mlflow.log_metrics(metrics)
     log_metrics_to(parent_run_id, metrics)
-    return Stage1Ref(paths, metrics)
+    return Stage1Ref(paths, metrics, model_id)
 
 
 def build_reranker(cfg: CrossTVRConfig, index_ref: IndexRef) -> tuple[CrossTVRReranker, dict]:
@@ -182,7 +190,7 @@ def _stage1_model_id(stage1_ref: Stage1Ref, parent_run_id: str) -> str:
     return ids.pop()
 
 
-def _stored_top_k_scores(index, model_id: str, bank) -> NegativeScores:
+def _stored_top_k_scores(index, model_id: str, bank, train_split: str) -> NegativeScores:
     """Hard-negative scores restricted to the stage-1 top K stored in `stage1_candidates`."""
     if STAGE1_CANDIDATES not in index.db.list_tables().tables:
         raise ValueError(f"train.negative_source=stage1_top_k: no table '{STAGE1_CANDIDATES}' "
@@ -193,7 +201,7 @@ def _stored_top_k_scores(index, model_id: str, bank) -> NegativeScores:
     def read(kind: str, rows: list[str], columns: list[str]) -> torch.Tensor:
         stored = table.to_table(
             columns=["query_id", "candidate_ids", "scores"],
-            filter=f"stage1_model_id = '{quoted}' AND split = '{TRAIN_SPLIT}' "
+            filter=f"stage1_model_id = '{quoted}' AND split = '{train_split}' "
                    f"AND query_kind = '{kind}'")
         return scores_from_candidates(
             stored.column("query_id").to_pylist(), stored.column("candidate_ids").to_pylist(),
@@ -215,10 +223,11 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     torch.set_num_threads(t.torch_threads)
     torch.manual_seed(t.seed)
     index = index_ref.open()
-    full = index.load_token_bank(TRAIN_SPLIT)
+    full = index.load_token_bank(cfg.data.train_split)
     sim = torch.load(stage1_ref.sim_paths[TRAIN_SPLIT])
     if t.negative_source == "stage1_top_k":
-        scores = _stored_top_k_scores(index, _stage1_model_id(stage1_ref, parent_run_id), full)
+        scores = _stored_top_k_scores(index, _stage1_model_id(stage1_ref, parent_run_id), full,
+                                      cfg.data.train_split)
     else:
         scores = NegativeScores.from_similarity(sim)
     bank, validation = full, None
@@ -279,12 +288,24 @@ def load_reranker(cfg: CrossTVRConfig, ref: RerankerRef) -> CrossTVRReranker:
     return model.eval()
 
 
+def _twin_accuracy(matrices: dict[str, torch.Tensor], bank, metas: list[dict]) -> dict:
+    """Per factor of the generated benchmark: own video above its one-factor twin (%).
+
+    Empty for corpora without twins (any real dataset)."""
+    if not any(any(k.startswith("twin_") for k in m) for m in metas):
+        return {}
+    caption_video = bank.caption_video.numpy()
+    return {label: synthetic.near_duplicate_accuracy(mat.float().numpy(), caption_video,
+                                                     bank.video_ids, metas)
+            for label, mat in matrices.items()}
+
+
 def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Stage1Ref,
                        reranker_ref: RerankerRef, run_dir: str, parent_run_id: str) -> dict:
     """Top-K stage-1 candidates per query re-scored; both directions; per-family R@1."""
     torch.set_num_threads(cfg.train.torch_threads)
     index = index_ref.open()
-    bank = index.load_token_bank(TEST_SPLIT)
+    bank = index.load_token_bank(cfg.data.eval_split)
     sim = torch.load(stage1_ref.sim_paths[TEST_SPLIT])
     model = load_reranker(cfg, reranker_ref).to(_device())
     e = cfg.eval
@@ -309,11 +330,16 @@ def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
                  "two-stage": text_to_video_ranks(fused_t2v, bank.caption_video)}
         v2t_ranks = {"stage 1": video_to_text_ranks(sim, bank.caption_video),
                      "two-stage": video_to_text_ranks(fused_v2t, bank.caption_video)}
-        families = [m.get("variant", "") for m in index.caption_meta(bank.caption_ids)]
+        metas = index.caption_meta(bank.caption_ids)
+        families = [m.get("variant", "") for m in metas]
         by_family = {label: report.per_family_recall(r, families) for label, r in ranks.items()}
         for label, key in (("stage 1", "stage1"), ("two-stage", "twostage")):
             for family, value in by_family[label].items():
                 metrics[f"{key}/t2v_R1_{family}"] = value
+        twins = _twin_accuracy({"stage 1": sim, "two-stage": fused_t2v}, bank, metas)
+        for label, key in (("stage 1", "stage1"), ("two-stage", "twostage")):
+            for factor, value in twins.get(label, {}).items():
+                metrics[f"{key}/t2v_twin_acc_{factor}"] = value
         mlflow.log_metrics(metrics)
         max_k = min(50, bank.num_videos)
         mlflow.log_figure(report.recall_curve_figure(ranks, max_k, "text -> video"),
@@ -323,13 +349,18 @@ def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
         mlflow.log_figure(report.rank_histogram_figure(ranks, "text -> video ranks"),
                           "figures/rank_histogram_t2v.png")
         if any(families):
-            mlflow.log_figure(report.family_bar_figure(by_family, "t2v R@1 per factor family"),
+            mlflow.log_figure(report.family_bar_figure(by_family, "t2v R@1 per scene kind"),
                               "figures/per_family_r1.png")
+        if twins:
+            mlflow.log_figure(
+                report.family_bar_figure(twins, "caption scores its video above the one-factor "
+                                         "twin (%; chance 50)"), "figures/per_factor_twin_acc.png")
     log_metrics_to(parent_run_id, metrics)
     Path(run_dir, "two_stage_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
 stage1_task = task(run_stage1, name="stage1-candidates", retries=1)
-train_task = task(run_train_reranker, name="train-reranker")
+# a retried training step resumes from its last per-epoch checkpoint in the run directory
+train_task = task(run_train_reranker, name="train-reranker", retries=1)
 eval_task = task(run_two_stage_eval, name="two-stage-eval", retries=1)

@@ -43,6 +43,9 @@ def test_flow_logs_every_metric_to_a_parent_run(flow_result):
     assert parent.data.metrics["twostage/t2v_R1"] == pytest.approx(metrics["twostage/t2v_R1"])
     assert "stage1_meanP/t2v_R1" in parent.data.metrics  # zero-shot baseline beside seqTransf
     assert "stage1/t2v_recall_at_5" in parent.data.metrics  # the re-ranker's ceiling (K=5)
+    for stage in ("stage1", "twostage"):  # per factor of the generated benchmark's cubes
+        for factor in ("colour", "position"):
+            assert 0 <= parent.data.metrics[f"{stage}/t2v_twin_acc_{factor}"] <= 100
     assert parent.data.params["train.epochs"] == "2"  # the full resolved config
     assert parent.data.params["encoder.name"] == "crosstvr-tiny-vit"
     assert "prefect.flow_run_id" in parent.data.tags

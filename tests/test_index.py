@@ -93,3 +93,33 @@ def test_keep_patches_stores_the_cls_attended_subset(corpus, tmp_path, ray_local
         fixed_list_to_numpy(rows_full.column("cls"), (f, 128)))
     bank = index.load_token_bank("train")
     assert bank.video_patches.shape[1:] == (f, 3, w)
+
+
+def test_segment_sampling_is_seeded_per_video(corpus):
+    """decode_batch directly (no Ray): segment sampling draws per video id and seed."""
+    from tasks.index import decode_batch
+
+    ids = np.array(["videos/clip001", "videos/clip002"], dtype=object)
+    batch = {"video_id": ids, "split": np.array(["train", "train"], dtype=object),
+             "path": np.array([str(corpus["root"] / f"{v}.mp4") for v in ids], dtype=object),
+             "known_hash": np.array(["", ""], dtype=object)}
+
+    def frames(**kwargs):
+        out = decode_batch(dict(batch), 4, 64, threads=2, **kwargs)
+        assert list(out["status"]) == ["ok", "ok"]
+        return out["frames"]
+
+    first = frames(method="segment", seed=0)
+    np.testing.assert_array_equal(first, frames(method="segment", seed=0))
+    assert not np.array_equal(first, frames(method="segment", seed=1))
+    assert not np.array_equal(first, frames(method="uniform"))
+
+
+def test_a_table_of_another_sampling_is_refused(tmp_path):
+    from crosstvr_core.storage import EncoderMismatchError, TokenIndex, TokenShapes
+
+    shapes = TokenShapes(4, 8, 2, 8, 6, 8)
+    TokenIndex(tmp_path / "db", "enc", shapes)
+    segment = TokenShapes(4, 8, 2, 8, 6, 8, sampling="segment:0")
+    with pytest.raises(EncoderMismatchError, match="segment:0.*another data.name"):
+        TokenIndex(tmp_path / "db", "enc", segment)

@@ -1,0 +1,149 @@
+"""Index throughput and storage: the whole Ray Data pipeline against a bare encoder loop.
+
+    .venv/bin/python benchmarks/bench_index.py                     # ViT-B/32, 180 clips x 12
+    .venv/bin/python benchmarks/bench_index.py --encoder crosstvr-tiny-vit --frames 8 \
+        --clip-size 64x64 --videos 600                              # the embedded default
+
+Prints, as markdown:
+* frames/s of token extraction through the pipeline (read list -> decode tasks -> encoder
+  actor pool -> Lance upserts; wall time of `index_videos`, Ray already up) and of an
+  in-process loop of the same open_clip forward, same threads, same batch size, on frames
+  already in memory; their ratio (issue goal >= 0.9);
+* bytes per video of the token tables, measured on disk, all patches vs `index.keep_patches`,
+  and computed from the token shapes for ViT-B/32 and ViT-L/14 at F = 12.
+
+Clips are rendered with ffmpeg (testsrc2 with a hue per clip, h264). Weights are a seeded
+random init: speed and storage do not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tasks.runtime import apply_offline_env  # noqa: E402
+
+apply_offline_env()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from crosstvr_core.config import load_config  # noqa: E402
+from crosstvr_core.datasets import load_folder_dataset  # noqa: E402
+from crosstvr_core.storage import TokenIndex, TokenShapes  # noqa: E402
+
+
+def render_corpus(root: Path, videos: int, size: str, seconds: float, fps: int) -> Path:
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(videos):
+        path = root / "videos" / f"clip{i:04d}.mp4"
+        if not path.is_file():
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                 f"testsrc2=size={size}:rate={fps},hue=h={(i * 37) % 360}", "-t", str(seconds),
+                 "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)],
+                check=True)
+        rows.append({"video": f"videos/{path.name}", "caption": f"clip {i}", "split": "train"})
+    captions = root / "captions.jsonl"
+    captions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return captions
+
+
+def in_process_frames_per_s(encoder, frames: int, batch: int, threads: int) -> float:
+    """The bare forward: preprocessed frames in memory, no decode, no Ray, no writes."""
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, encoder.image_size, encoder.image_size, 3), np.uint8)
+    encoder.encode_frames(images[:2])  # warm-up
+    done, start = 0, time.perf_counter()
+    while done < frames:
+        encoder.encode_frames(images)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def table_bytes(uri: str) -> int:
+    path = Path(uri) / "video_tokens.lance"
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def shape_bytes(shapes: TokenShapes) -> int:
+    """fp16 CLS [F, D] + patches [F, P, Wv] + int16 patch index [F, P] + mask [F] per video."""
+    f, p = shapes.num_frames, shapes.num_patches
+    return 2 * f * (shapes.embed_dim + p * shapes.vision_width) + 2 * f * p + f
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--encoder", default="ViT-B-32")
+    parser.add_argument("--videos", type=int, default=180)
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--clip-size", default="320x240")
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the encoder")
+    parser.add_argument("--batch", type=int, default=32, help="encoder frame batch size")
+    parser.add_argument("--keep-patches", type=int, default=4)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+
+    import ray
+
+    from tasks.index import index_videos, load_encoder, token_shapes
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="crosstvr-bench-index-"))
+    captions = render_corpus(work / "corpus", args.videos, args.clip_size, args.seconds, args.fps)
+    dataset = load_folder_dataset(work / "corpus", captions, "bench")
+    common = [f"home={work / 'home'}", f"encoder.name={args.encoder}",
+              f"sampling.num_frames={args.frames}", f"encoder.torch_threads={args.threads}",
+              f"encoder.frame_batch_size={args.batch}"]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    rows = []
+    for label, extra in (("all patches", []), (f"keep {args.keep_patches}",
+                                                [f"index.keep_patches={args.keep_patches}"])):
+        cfg = load_config(None, [*common, f"data.name=bench-{len(rows)}", *extra])
+        encoder = load_encoder(cfg)
+        shapes = token_shapes(cfg, encoder)
+        index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes)
+        start = time.perf_counter()
+        counts = index_videos(cfg, dataset, index, encoder.image_size)
+        seconds = time.perf_counter() - start
+        index.compact()
+        frames = counts["ok"] * args.frames
+        rows.append((label, counts["ok"], frames, seconds, frames / seconds,
+                     table_bytes(cfg.lance_uri) / max(1, counts["ok"]), shape_bytes(shapes)))
+    ray.shutdown()
+    cfg = load_config(None, common)
+    loop = in_process_frames_per_s(load_encoder(cfg), rows[0][2], args.batch, args.threads)
+
+    print(f"\n{args.encoder}, {args.videos} clips {args.clip_size} x {args.seconds:g} s at "
+          f"{args.fps} fps, F = {args.frames}, torch threads {args.threads}, batch {args.batch}\n")
+    print("| pipeline | videos | frames | wall s | frames/s | vs in-process loop | "
+          "bytes/video on disk | bytes/video (shapes) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, videos, frames, seconds, fps, disk, computed in rows:
+        print(f"| {label} | {videos} | {frames} | {seconds:.1f} | {fps:.1f} | {fps / loop:.2f} | "
+              f"{disk:,.0f} | {computed:,} |")
+    print(f"| in-process `encode_frames` loop | - | {rows[0][2]} | - | {loop:.1f} | 1.00 | - | - |")
+
+    print("\nbytes per video from token shapes (fp16, F = 12):\n")
+    print("| encoder | D | P | Wv | all patches | keep 16 | keep 4 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, d, p, w in (("ViT-B/32 @224", 512, 49, 768), ("ViT-B/16 @224", 512, 196, 768),
+                          ("ViT-L/14 @224", 768, 256, 1024), ("ViT-L/14 @336", 768, 576, 1024)):
+        sizes = [shape_bytes(TokenShapes(12, d, m, w, 77, 512)) for m in (p, 16, 4)]
+        print(f"| {name} | {d} | {p} | {w} | " + " | ".join(f"{b / 1e6:.2f} MB" for b in sizes)
+              + " |")
+
+
+if __name__ == "__main__":
+    main()
