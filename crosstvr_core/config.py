@@ -151,6 +151,9 @@ class Stage1Config(_Section):
     # each batch video played backwards is one more negative column of text->video: the
     # head must read frame order (direction, order swaps have the same frames)
     reversed_negatives: bool = False
+    # read the cached patch tokens too (per-patch MLP, max over patches, added to each
+    # frame's CLS): a small object barely moves a random encoder's CLS embedding
+    patch_branch: bool = False
     # dual softmax (DSL) re-normalisation of the similarity at inference
     dual_softmax: bool = False
     dual_softmax_temperature: float = Field(0.01, gt=0)

@@ -124,3 +124,24 @@ def scores_from_candidates(
             if candidate in column_of:
                 scores[row, column_of[candidate]] = float(value)
     return scores
+
+
+def time_reversed_frame_order(frame_mask: torch.Tensor) -> torch.Tensor:
+    """Frame index [B, F] that plays each video's real frames backwards, padding in place.
+
+    A time-reversed clip has exactly the frames of the positive, so only a model that reads
+    frame order can reject it: the cheapest negative for direction (a reversed motion) and
+    order (swapped halves of "A then B"). Videos with fewer than 2 real frames are unchanged.
+    Gather a [B, F, ...] tensor with it along dim 1.
+    """
+    mask = frame_mask.bool()  # [B, F]
+    frames = mask.shape[1]
+    position = torch.arange(frames, device=mask.device).expand_as(mask)  # [B, F]
+    # real frames first, in time order, then the padding (stable sort keeps both orders)
+    real_first = torch.sort((~mask).long(), dim=1, stable=True).indices  # [B, F]
+    count = mask.sum(dim=1, keepdim=True)  # [B, 1]
+    slot = torch.where(position < count, count - 1 - position, position)  # reversed real slots
+    source = real_first.gather(1, slot)  # [B, F]: the frame that lands in real slot order
+    order = position.clone()
+    order.scatter_(1, real_first, source)  # slot i of the real frames takes slot n-1-i's frame
+    return order

@@ -7,7 +7,9 @@ affordable (the paper's scalability claim).
 Loss: binary VTM cross-entropy over, per caption, its positive video, one hard negative
 video sampled from softmax(stage-1 similarity / tau) with the positive masked, and one hard
 negative caption for its video sampled the same way (BLIP), plus optional random negatives.
-A curriculum grows the share of hard negatives from 0 to 1. AdamW, linear warm-up + cosine,
+A curriculum grows the share of hard negatives from 0 to 1. With `reversed_negatives`, the
+caption's own video played backwards is one more negative: same frames, so only the
+video-level (temporal) attention can reject it. AdamW, linear warm-up + cosine,
 gradient clipping, autocast (+ GradScaler for fp16) on CUDA. Each epoch: an atomic
 checkpoint (resumable bit for bit on CPU), optional validation on two-stage R@1 with early
 stopping, the best weights kept.
@@ -32,6 +34,7 @@ from crosstvr_core.hard_negatives import (
     random_negative_videos,
     sample_hard_negative_texts,
     sample_hard_negative_videos,
+    time_reversed_frame_order,
 )
 from crosstvr_core.metrics import retrieval_metrics
 from crosstvr_core.reranker import CrossTVRReranker
@@ -135,6 +138,17 @@ def _sample_negatives(
     )
     use_hard = torch.rand(len(text_rows), generator=generator) < hard_fraction  # [B]
     return torch.where(use_hard, hard_video, neg_video), torch.where(use_hard, hard_text, neg_text)
+
+
+def _play_backwards(inputs: dict[str, torch.Tensor], start: int) -> dict[str, torch.Tensor]:
+    """Pair inputs with the videos of rows start: reversed in time (frames gathered)."""
+    order = time_reversed_frame_order(inputs["frame_mask"][start:])  # [N, F]
+    out = dict(inputs)
+    for name in ("video_cls", "video_patches"):
+        tail = inputs[name][start:]  # [N, F, ...]
+        index = order.view(*order.shape, *([1] * (tail.ndim - 2))).expand_as(tail)
+        out[name] = torch.cat([inputs[name][:start], tail.gather(1, index)])
+    return out
 
 
 def _check_inputs(bank: TokenBank, scores: NegativeScores) -> None:
@@ -264,13 +278,18 @@ def train_reranker(
             # while the hard ones alone are still indistinguishable to an untrained model
             easy = [random_negative_videos(positive_video, num_videos, generator)
                     for _ in range(cfg.random_negatives)]
-            pair_text = torch.cat([text_rows, text_rows, neg_text, *[text_rows] * len(easy)])
-            pair_video = torch.cat([positive_video, neg_video, positive_video, *easy])
-            labels = torch.zeros(pair_text.shape[0], device=device)  # [(3 + R) B]
+            # with cfg.reversed_negatives, a last block of (text, its video played backwards)
+            backwards = [positive_video] if cfg.reversed_negatives else []
+            pair_text = torch.cat([text_rows, text_rows, neg_text,
+                                   *[text_rows] * (len(easy) + len(backwards))])
+            pair_video = torch.cat([positive_video, neg_video, positive_video, *easy, *backwards])
+            labels = torch.zeros(pair_text.shape[0], device=device)  # [(3 + R (+1)) B]
             labels[:batch] = 1.0
 
-            inputs = {name: value.to(device, non_blocking=True)
-                      for name, value in dataset.pairs(pair_text, pair_video).items()}
+            inputs = dataset.pairs(pair_text, pair_video)
+            if backwards:
+                inputs = _play_backwards(inputs, pair_text.shape[0] - batch)
+            inputs = {name: value.to(device, non_blocking=True) for name, value in inputs.items()}
             with training_autocast(device, cfg.precision):
                 logits = model(**inputs)  # [(3 + R) B]
             logits = logits.float()
@@ -299,13 +318,14 @@ def train_reranker(
         bar.close()
 
         seconds = time.perf_counter() - start
+        pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
         record = {
             "epoch": epoch,
             **{name: value / steps_per_epoch for name, value in totals.items()},
             "lr": schedule.get_last_lr()[0],
             "hard_fraction": hard_fraction,
             "seconds": seconds,
-            "pairs_per_second": (3 + cfg.random_negatives) * num_captions / seconds,
+            "pairs_per_second": pairs_per_caption * num_captions / seconds,
         }
         if validation is not None:
             record.update(validate_two_stage(model, validation, device, cfg.precision))

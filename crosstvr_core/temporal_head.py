@@ -34,7 +34,8 @@ class TemporalHead(nn.Module):
     """Frame CLS embeddings [B, F, D] + frame mask [B, F] -> unit video embeddings [B, D]."""
 
     # 1-D parameters AdamW must not decay (also every bias and LayerNorm weight)
-    _NO_DECAY = ("frame_position", "residual_gate", "logit_scale", "text_gate", "text_position")
+    _NO_DECAY = ("frame_position", "residual_gate", "logit_scale", "text_gate", "text_position",
+                 "patch_position", "patch_gate")
 
     def __init__(
         self,
@@ -45,6 +46,8 @@ class TemporalHead(nn.Module):
         dropout: float = 0.0,
         text_width: int = 0,
         context_length: int = 0,
+        vision_width: int = 0,
+        num_patches: int = 0,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -81,18 +84,42 @@ class TemporalHead(nn.Module):
                 num_layers, norm=nn.LayerNorm(embed_dim), enable_nested_tensor=False,
             )
             self.text_gate = nn.Parameter(torch.zeros(embed_dim))
+        self.vision_width, self.num_patches = vision_width, num_patches
+        if vision_width:
+            # patch branch: cached patch tokens [P, Wv] per frame -> a per-patch MLP over
+            # (token, its position) -> max over patches, added to the frame's CLS embedding
+            self.patch_in = nn.Sequential(nn.LayerNorm(vision_width),
+                                          nn.Linear(vision_width, embed_dim))
+            self.patch_position = nn.Parameter(torch.randn(num_patches, embed_dim) * 0.02)
+            self.patch_mlp = nn.Sequential(
+                nn.LayerNorm(embed_dim), nn.Linear(embed_dim, 2 * embed_dim), nn.GELU(),
+                nn.Linear(2 * embed_dim, embed_dim),
+            )
+            self.patch_gate = nn.Parameter(torch.zeros(embed_dim))
 
     @classmethod
     def from_config(
         cls, cfg: Stage1Config, embed_dim: int, num_frames: int, text_width: int = 0,
-        context_length: int = 0,
+        context_length: int = 0, vision_width: int = 0, num_patches: int = 0,
     ) -> TemporalHead:
-        """A head initialised from cfg.seed, without touching the global RNG."""
+        """A head initialised from cfg.seed, without touching the global RNG. The patch
+        branch is built when cfg.patch_branch is on and the patch shapes are given."""
+        patches = cfg.patch_branch and vision_width > 0 and num_patches > 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             return cls(embed_dim, num_frames, cfg.num_layers, cfg.num_heads,
                        text_width=text_width if cfg.text_adapter else 0,
-                       context_length=context_length if cfg.text_adapter else 0)
+                       context_length=context_length if cfg.text_adapter else 0,
+                       vision_width=vision_width if patches else 0,
+                       num_patches=num_patches if patches else 0)
+
+    @classmethod
+    def for_bank(cls, cfg: Stage1Config, bank) -> TemporalHead:
+        """A head sized for a TokenBank's shapes (text adapter and patch branch as cfg says)."""
+        _, frames, patches, width = bank.video_patches.shape
+        return cls.from_config(cfg, bank.video_cls.shape[-1], frames,
+                               bank.text_tokens.shape[-1], bank.text_tokens.shape[1],
+                               width, patches)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at 100 (CLIP)."""
@@ -110,6 +137,18 @@ class TemporalHead(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+    def pool_patches(self, frame_patches: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, F, P, Wv] -> one vector per frame [B, F, D]: an MLP over each
+        (token + its position), then the max over patches, so a small object anywhere in
+        the frame can set a feature that a mean over the whole frame would wash out."""
+        patches = frame_patches.shape[2]
+        if patches != self.num_patches or frame_patches.shape[-1] != self.vision_width:
+            raise ValueError(f"TemporalHead: patches {tuple(frame_patches.shape)}, built for "
+                             f"{self.num_patches} x {self.vision_width}")
+        x = self.patch_in(frame_patches.float()) + self.patch_position  # [B, F, P, D]
+        x = x + self.patch_mlp(x)
+        return x.amax(dim=2)  # [B, F, D]
 
     def encode_text(
         self, text_eot: torch.Tensor, text_tokens: torch.Tensor | None = None,
@@ -131,13 +170,19 @@ class TemporalHead(nn.Module):
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [T, D]
         return F.normalize(base + self.text_gate * pooled, dim=-1)
 
-    def forward(self, frame_cls: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """frame_cls [B, F, D], frame_mask [B, F] (True = real frame) -> float32 [B, D]."""
+    def forward(self, frame_cls: torch.Tensor, frame_mask: torch.Tensor,
+                frame_patches: torch.Tensor | None = None) -> torch.Tensor:
+        """frame_cls [B, F, D], frame_mask [B, F] (True = real frame), frame_patches
+        [B, F, P, Wv] (a head with a patch branch only) -> float32 [B, D]."""
         frames = frame_cls.shape[1]
         if frames > self.num_frames:
             raise ValueError(f"TemporalHead: {frames} frames, built for {self.num_frames}")
         mask = frame_mask.bool()
         x = F.normalize(frame_cls.float(), dim=-1)  # [B, F, D], as meanP
+        if self.vision_width:
+            if frame_patches is None:
+                raise ValueError("TemporalHead: this head has a patch branch; pass frame_patches")
+            x = x + self.patch_gate * self.pool_patches(frame_patches)
         # a clip with no real frame would make attention NaN: let it attend to its padding
         # (its pooled embedding is zero whatever the transformer says)
         padding = ~mask & mask.any(dim=1, keepdim=True)  # [B, F], True = ignore

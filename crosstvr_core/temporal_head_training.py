@@ -4,7 +4,8 @@ Both read only a TokenBank (frame CLS + caption EOT embeddings): the frozen enco
 when the bank was filled, so an epoch is a few small transformer passes, not a CLIP pass.
 
 Loss: CLIP's symmetric InfoNCE over the in-batch caption x video similarity times
-exp(logit_scale). A batch is a shuffled slice of caption rows, so two captions of one video
+exp(logit_scale); with `reversed_negatives`, every batch video played backwards is one more
+text->video negative (time-reversal negatives, as in "Test of Time", Bagad et al. 2023). A batch is a shuffled slice of caption rows, so two captions of one video
 can meet: each distinct video is encoded once and is one column of text->video, and in
 video->text a video's other captions are masked as false negatives (never sampled away).
 """
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from crosstvr_core.config import Stage1Config
+from crosstvr_core.hard_negatives import time_reversed_frame_order
 from crosstvr_core.reranker_training import training_autocast, warmup_cosine
 from crosstvr_core.temporal_head import TemporalHead
 from crosstvr_core.token_bank import TokenBank
@@ -29,23 +31,39 @@ GRAD_CLIP = 1.0
 
 
 def contrastive_loss(
-    text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor, scale: torch.Tensor
+    text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor, scale: torch.Tensor,
+    extra_videos: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE of captions [B, D] vs the batch's distinct videos [U, D] (unit
     vectors); caption_video [B] is the column of each caption's video.
 
-    text->video: each caption against the U videos, each counted once. video->text: for
-    each caption, its video against the B captions, the video's other captions masked as
-    false negatives (a video with n captions gives n rows, one per positive).
+    text->video: each caption against the U videos, each counted once, plus the negative-only
+    columns extra_videos [E, D] when given (e.g. the batch videos played backwards).
+    video->text: for each caption, its video against the B captions, the video's other
+    captions masked as false negatives (a video with n captions gives n rows, one per
+    positive).
     """
     logits = scale * (text @ video.T)  # [B, U]
-    t2v = F.cross_entropy(logits, caption_video)
+    columns = logits if extra_videos is None else torch.cat(
+        [logits, scale * (text @ extra_videos.T)], dim=1)  # [B, U + E]
+    t2v = F.cross_entropy(columns, caption_video)
     by_video = logits.T[caption_video]  # [B, B]: row j = the video of caption j vs captions
     same = caption_video[:, None] == caption_video[None, :]  # [B, B]
     false_negative = same & ~torch.eye(len(same), dtype=torch.bool, device=same.device)
     by_video = by_video.masked_fill(false_negative, float("-inf"))
     target = torch.arange(len(by_video), device=by_video.device)
     return 0.5 * (t2v + F.cross_entropy(by_video, target))
+
+
+def _play_backwards(frame_order: torch.Tensor, video_cls: torch.Tensor,
+                    video_patches: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frames [U, F, ...] gathered along F by frame_order [U, F] (time_reversed_frame_order)."""
+    def gather(x: torch.Tensor) -> torch.Tensor:
+        index = frame_order.view(*frame_order.shape, *([1] * (x.ndim - 2))).expand_as(x)
+        return x.gather(1, index)
+
+    return gather(video_cls), None if video_patches is None else gather(video_patches)
 
 
 def train_temporal_head(
@@ -73,6 +91,8 @@ def train_temporal_head(
     head.to(device)
     # the bank's embeddings are small (fp16, one vector per frame / caption): move them once
     video_cls = bank.video_cls.to(device)  # [V, F, D]
+    # patch tokens are the bank's largest tensor: read per batch, only by a patch branch
+    video_patches = bank.video_patches if head.vision_width else None  # [V, F, P, Wv]
     frame_mask = bank.frame_mask.to(device)  # [V, F]
     text_eot = bank.text_eot.to(device)  # [T, D]
     text_tokens, text_mask = bank.text_tokens.to(device), bank.text_mask.to(device)
@@ -100,10 +120,19 @@ def train_temporal_head(
             rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # [B]
             videos = caption_video[rows]  # [B]
             unique, inverse = torch.unique(videos, return_inverse=True)  # [U], [B]
+            reversed_video = None
+            patches = None if video_patches is None else video_patches[unique.cpu()].to(device)
             with training_autocast(device):
-                video = head(video_cls[unique], frame_mask[unique])  # [U, D]
+                video = head(video_cls[unique], frame_mask[unique], patches)  # [U, D]
                 text = head.encode_text(text_eot[rows], text_tokens[rows], text_mask[rows])
-            loss = contrastive_loss(text.float(), video.float(), inverse, head.scale())
+                if cfg.reversed_negatives:
+                    frame_order = time_reversed_frame_order(frame_mask[unique])  # [U, F]
+                    cls_back, patches_back = _play_backwards(frame_order, video_cls[unique],
+                                                             patches)
+                    reversed_video = head(cls_back, frame_mask[unique], patches_back)
+                    reversed_video = reversed_video.float()  # [U, D]
+            loss = contrastive_loss(text.float(), video.float(), inverse, head.scale(),
+                                    reversed_video)
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -163,7 +192,8 @@ def temporal_video_embeddings(
     """Unit video embeddings [V, D] (float32, on `device`); eval mode, no grad, batched."""
     return _embed_batched(
         head, bank.num_videos,
-        lambda rows, dev: head(bank.video_cls[rows].to(dev), bank.frame_mask[rows].to(dev)),
+        lambda rows, dev: head(bank.video_cls[rows].to(dev), bank.frame_mask[rows].to(dev),
+                               bank.video_patches[rows].to(dev) if head.vision_width else None),
         batch_size, device,
     )
 

@@ -14,6 +14,7 @@ from crosstvr_core.hard_negatives import (
     sample_hard_negative_texts,
     sample_hard_negative_videos,
     scores_from_candidates,
+    time_reversed_frame_order,
 )
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.token_bank import TokenBank
@@ -319,3 +320,18 @@ def test_scores_from_candidates_keeps_the_stored_top_k_only() -> None:
     assert set(draws.tolist()) == {2}
     with pytest.raises(ValueError, match="no stored top-K"):
         scores_from_candidates(["c0"], [["v0"]], [[1.0]], ["c0", "c9"], ["v0"])
+
+
+def test_time_reversed_frame_order_reverses_real_frames_only() -> None:
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 1, 1, 1], [1, 0, 1, 1], [1, 0, 0, 0]],
+                        dtype=torch.bool)
+    order = time_reversed_frame_order(mask)
+    assert order.tolist() == [[3, 2, 1, 0], [1, 0, 2, 3], [0, 3, 2, 1], [3, 1, 2, 0],
+                              [0, 1, 2, 3]]
+    frames = torch.arange(20.0).view(5, 4)
+    backwards = frames.gather(1, order)
+    # the real frames hold the same values in reversed order; padding stays where it was
+    for row in range(5):
+        real = mask[row]
+        assert backwards[row][real].tolist() == frames[row][real].flip(0).tolist()
+        assert backwards[row][~real].tolist() == frames[row][~real].tolist()

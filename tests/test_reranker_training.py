@@ -27,6 +27,7 @@ from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.reranker_training import (
     NegativeScores,
     Validation,
+    _play_backwards,
     score_pairs,
     train_reranker,
 )
@@ -98,6 +99,23 @@ def test_training_learns_a_toy_matching_problem() -> None:
     assert last < 0.5 * first and last < 0.5 * prior, (first, last)
     assert history[-1]["accuracy"] > 0.9
     assert {"loss", "accuracy", "seconds", "lr", "epoch"} <= history[0].keys()
+
+
+def test_reversed_negatives_add_the_positive_played_backwards() -> None:
+    bank = toy_bank()
+    inputs = VTMPairDataset(bank).pairs(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]))
+    inputs["frame_mask"][2, -1] = False  # a clip one frame short: its padding stays last
+    out = _play_backwards(inputs, start=1)
+    for name in ("video_cls", "video_patches"):
+        assert torch.equal(out[name][0], inputs[name][0])  # rows before `start` untouched
+        assert torch.equal(out[name][1], inputs[name][1].flip(0))
+        assert torch.equal(out[name][2, :-1], inputs[name][2, :-1].flip(0))
+        assert torch.equal(out[name][2, -1], inputs[name][2, -1])
+    _, history = toy_training(epochs=2, cfg={"reversed_negatives": True})
+    # 4 pairs per caption now: positive, hard video, hard caption, reversed positive
+    assert history[-1]["pairs_per_second"] * history[-1]["seconds"] == pytest.approx(
+        4 * bank.num_captions)
+    assert np.isfinite(history[-1]["loss"])
 
 
 def test_training_is_deterministic_and_reports_each_epoch() -> None:
@@ -316,7 +334,7 @@ def test_task_reads_negatives_from_the_stored_stage1_top_k(tmp_path: Path) -> No
     index.write_stage1_candidates("s1", "train", "video", bank.video_ids,
                                   [[bank.caption_ids[0]]] * bank.num_videos,
                                   np.ones((bank.num_videos, 1)))
-    scores = _stored_top_k_scores(index, "s1", bank)
+    scores = _stored_top_k_scores(index, "s1", bank, "train")
     assert scores.videos_per_caption.shape == (bank.num_captions, bank.num_videos)
     assert scores.captions_per_video.shape == (bank.num_videos, bank.num_captions)
     finite = torch.isfinite(scores.videos_per_caption)
@@ -324,4 +342,4 @@ def test_task_reads_negatives_from_the_stored_stage1_top_k(tmp_path: Path) -> No
     assert scores.videos_per_caption[0, 1] == pytest.approx(0.9)
     assert torch.isfinite(scores.captions_per_video).sum() == bank.num_videos
     with pytest.raises(ValueError, match="no stored top-K"):
-        _stored_top_k_scores(index, "missing-model", bank)
+        _stored_top_k_scores(index, "missing-model", bank, "train")

@@ -179,6 +179,69 @@ def test_contrastive_loss_with_two_captions_of_one_video() -> None:
     torch.testing.assert_close(loss, 0.5 * (t2v + v2t))
 
 
+def test_contrastive_loss_extra_videos_are_negative_columns_of_text_to_video() -> None:
+    text = F.normalize(torch.randn(3, EMBED), dim=-1)
+    video = F.normalize(torch.randn(3, EMBED), dim=-1)
+    extra = F.normalize(torch.randn(2, EMBED), dim=-1)
+    caption_video = torch.tensor([0, 1, 2])
+    scale = torch.tensor(10.0)
+    loss = contrastive_loss(text, video, caption_video, scale, extra)
+    plain = contrastive_loss(text, video, caption_video, scale)
+    t2v = F.cross_entropy(10.0 * text @ torch.cat([video, extra]).T, caption_video)
+    t2v_plain = F.cross_entropy(10.0 * text @ video.T, caption_video)
+    torch.testing.assert_close(loss - plain, 0.5 * (t2v - t2v_plain))
+
+
+def test_reversed_negatives_teach_order_in_fewer_epochs() -> None:
+    """Each order_bank video played backwards is its twin: with time-reversed negatives the
+    head separates the two orders on held-out contents where the plain loss does not yet."""
+    train, test = order_bank(32, seed=0), order_bank(16, seed=1)
+    results = {}
+    for reversed_negatives in (False, True):
+        cfg = small_cfg(epochs=3, batch_size=32, reversed_negatives=reversed_negatives)
+        head = TemporalHead.from_config(cfg, train.video_cls.shape[-1], 2)
+        train_temporal_head(head, train, cfg, progress=False)
+        sim = temporal_similarity(head, test)
+        results[reversed_negatives] = retrieval_metrics(sim, test.caption_video)["t2v"]["R1"]
+    assert results[True] > results[False], results
+
+
+def object_in_one_patch_bank(num_videos: int, seed: int) -> TokenBank:
+    """The caption names a code carried by ONE of 6 patches of each frame (a small object);
+    the CLS embeddings are shared noise, so a CLS-only head cannot tell the videos apart."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = F.normalize(torch.randn(num_videos, EMBED, generator=gen), dim=-1)
+    patches = 0.1 * torch.randn(num_videos, FRAMES, 6, EMBED, generator=gen)
+    where = torch.randint(0, 6, (num_videos,), generator=gen)
+    patches[torch.arange(num_videos), :, where] += codes[:, None]
+    bank = make_bank(torch.randn(1, FRAMES, EMBED, generator=gen).expand(num_videos, -1, -1)
+                     + 0.01 * torch.randn(num_videos, FRAMES, EMBED, generator=gen),
+                     torch.ones(num_videos, FRAMES, dtype=torch.bool),
+                     codes + 0.05 * torch.randn(num_videos, EMBED, generator=gen),
+                     torch.arange(num_videos))
+    bank.video_patches = patches.half()
+    return bank
+
+
+def test_patch_branch_starts_as_meanp_and_finds_a_small_object() -> None:
+    bank = object_in_one_patch_bank(24, seed=0)
+    cfg = small_cfg(epochs=30, batch_size=8, lr=1e-2, patch_branch=True)
+    head = TemporalHead.for_bank(cfg, bank)
+    assert head.vision_width == EMBED and head.num_patches == 6
+    # zero gates: the untrained head is meanP, whatever the patches say
+    torch.testing.assert_close(temporal_similarity(head, bank), meanp_similarity(bank))
+    with pytest.raises(ValueError, match="patch branch"):
+        head(bank.video_cls[:2], bank.frame_mask[:2])
+    train_temporal_head(head, bank, cfg, progress=False)
+    with_patches = retrieval_metrics(temporal_similarity(head, bank), bank.caption_video)
+    cls_cfg = small_cfg(epochs=30, batch_size=8, lr=1e-2)
+    cls_only = TemporalHead.for_bank(cls_cfg, bank)
+    assert cls_only.vision_width == 0
+    train_temporal_head(cls_only, bank, cls_cfg, progress=False)
+    without = retrieval_metrics(temporal_similarity(cls_only, bank), bank.caption_video)
+    assert with_patches["t2v"]["R1"] >= 90.0 and without["t2v"]["R1"] <= 20.0
+
+
 def test_training_learns_frame_order_that_meanp_cannot_see() -> None:
     train, test = order_bank(32, seed=0), order_bank(16, seed=1)
     meanp = retrieval_metrics(meanp_similarity(test), test.caption_video)["t2v"]["R1"]
