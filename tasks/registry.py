@@ -80,7 +80,7 @@ def champion_score(dataset: str, encoder_id: str, model_name: str = RERANKER_MOD
 
 
 def _run_logged_models(client: mlflow.MlflowClient, parent) -> dict[str, str]:
-    """Logged-model name -> model URI, for models logged by the parent's nested step runs."""
+    """Logged-model name -> model id, for models logged by the parent's nested step runs."""
     experiment_id = parent.info.experiment_id
     children = client.search_runs(
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -90,7 +90,7 @@ def _run_logged_models(client: mlflow.MlflowClient, parent) -> dict[str, str]:
                 experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'",
                 output_format="list"):
             if model.name in REGISTERED_NAMES:
-                found[model.name] = f"models:/{model.model_id}"
+                found[model.name] = model.model_id
     return found
 
 
@@ -129,13 +129,13 @@ def register_run_models(parent_run_id: str, client: mlflow.MlflowClient | None =
         raise RegistryError(f"run {parent_run_id}: no logged model 'reranker' "
                             "(tracking.log_model=false?)")
     registrations = []
-    for logged_name, uri in sorted(logged.items()):
+    for logged_name, model_id in sorted(logged.items()):
         name = REGISTERED_NAMES[logged_name]
         _ensure_registered_model(client, name)
         previous = champion_score(dataset, encoder_id, name, client)
         role = CHAMPION if previous is None or score > previous else CANDIDATE
         version = client.create_model_version(
-            name, uri, run_id=parent_run_id,
+            name, f"models:/{model_id}", run_id=parent_run_id, model_id=model_id,
             tags={DATASET_TAG: dataset, ENCODER_TAG: encoder_id, SCORE_TAG: f"{score:.6f}",
                   ROLE_TAG: role, "crosstvr.parent_run_id": parent_run_id})
         alias = pair_alias(role, dataset, encoder_id)
