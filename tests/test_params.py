@@ -60,6 +60,7 @@ def test_ablation_variants_are_validated_one_by_one():
         ([{"name": "x"}, {"name": "x"}], "duplicate names ['x']"),
         ([], "at least one"),
         ([{"name": "a b"}], "variants.0.name"),
+        ([{"name": "x", "overrides": ["train.negative_source=stage1_top_k"]}], "not supported"),
     ]:
         with pytest.raises(FlowParameterError, match="bad parameter") as err:
             validate_params(AblationParams, "crosstvr-ablation", variants=variants)
