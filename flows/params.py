@@ -124,12 +124,6 @@ class AblationParams(RunParams):
                                                     [*self.overrides, *variant.overrides])
             except ConfigError as exc:
                 raise ValueError(f"variant '{variant.name}': {exc}") from exc
-            if configs[variant.name].train.negative_source == "stage1_top_k":
-                # its train step looks the stage-1 model up under its parent run, which is
-                # the variant's run here, not the one that holds the stage-1 step
-                raise ValueError(f"variant '{variant.name}': train.negative_source="
-                                 "stage1_top_k is not supported by the ablation flow yet; "
-                                 "use train.negative_source=similarity")
         self._variant_configs = configs
         return self
 

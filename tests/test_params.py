@@ -60,7 +60,6 @@ def test_ablation_variants_are_validated_one_by_one():
         ([{"name": "x"}, {"name": "x"}], "duplicate names ['x']"),
         ([], "at least one"),
         ([{"name": "a b"}], "variants.0.name"),
-        ([{"name": "x", "overrides": ["train.negative_source=stage1_top_k"]}], "not supported"),
     ]:
         with pytest.raises(FlowParameterError, match="bad parameter") as err:
             validate_params(AblationParams, "crosstvr-ablation", variants=variants)
@@ -96,8 +95,10 @@ def ablation(prefect_server, ray_local, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("ablation-home")
     variants = [{"name": "decoupled", "overrides": []},
+                # hard negatives from the stored stage-1 top K, found through Stage1Ref
                 {"name": "joint_unshared", "overrides": ["reranker.attention=joint",
-                                                         "reranker.share_parameters=false"]}]
+                                                         "reranker.share_parameters=false",
+                                                         "train.negative_source=stage1_top_k"]}]
     result = crosstvr_ablation(
         config_file=str(TINY_CONFIG),
         overrides=[f"home={home}", "train.epochs=1", "stage1.epochs=1", "train.val_fraction=0",
