@@ -18,6 +18,7 @@ starts at zero, so the untrained head is still exactly meanP on both sides.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,10 @@ class TemporalHead(nn.Module):
         """A head initialised from cfg.seed, without touching the global RNG. The patch
         branch is built when cfg.patch_branch is on and the patch shapes are given."""
         patches = cfg.patch_branch and vision_width > 0 and num_patches > 0
+        if cfg.patch_branch and not patches:
+            warnings.warn("stage1.patch_branch is on but no patch shapes were given: the head "
+                          "reads frame CLS only (build it with TemporalHead.for_bank)",
+                          stacklevel=2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             return cls(embed_dim, num_frames, cfg.num_layers, cfg.num_heads,

@@ -104,7 +104,8 @@ def perturbed_head(seed: int = 0) -> TemporalHead:
 
 
 def small_cfg(**overrides) -> Stage1Config:
-    values = {"num_layers": 1, "num_heads": 2, "epochs": 3, "batch_size": 8, "lr": 3e-3}
+    values = {"num_layers": 1, "num_heads": 2, "epochs": 3, "batch_size": 8, "lr": 3e-3,
+              "patch_branch": False, "reversed_negatives": False}
     return Stage1Config(**{**values, **overrides})
 
 
