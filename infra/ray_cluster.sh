@@ -4,7 +4,9 @@
 #   .venv/bin/python -m flows.cli index DIR ray.address=127.0.0.1:PORT ...
 #   infra/ray_cluster.sh down        # stops only the two nodes this script started
 # Never `ray stop`: it kills every Ray on the machine. tests/test_ray_cluster.py does the same
-# from Python. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER must be 1 here or the worker cannot join.
+# from Python. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER must be 1 here or the worker cannot join, and
+# with it Ray listens on every interface: run this inside `unshare -n` (as the test does) or
+# behind a firewall.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1
