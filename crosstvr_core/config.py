@@ -111,7 +111,11 @@ class IndexConfig(_Section):
     # rows per Lance commit on the driver: fewer, larger commits write faster; a kill loses
     # at most this many encoded videos
     write_batch_rows: int = Field(128, ge=1)
-    # scheduled re-indexing deployment (`crosstvr/reindex`): off until one is set
+    # where the LanceDB databases live: None = <home>/lance; or an object-store root such as
+    # "s3://bucket/crosstvr" (then `storage_options` carries credentials / endpoint / region)
+    lance_root: str | None = None
+    storage_options: dict[str, str] | None = None
+    # scheduled re-indexing deployment (`crosstvr-index/reindex`): off until one is set
     schedule_cron: str | None = None
     schedule_interval_s: int | None = Field(None, ge=60)
 
@@ -266,6 +270,8 @@ class CrossTVRConfig(_Section):
     @property
     def lance_uri(self) -> str:
         """One LanceDB database per dataset: tables of two corpora never mix."""
+        if self.index.lance_root:  # a string join: Path would collapse "s3://" into "s3:/"
+            return f"{self.index.lance_root.rstrip('/')}/{self.data.name}.lancedb"
         return str(self.home_path / "lance" / f"{self.data.name}.lancedb")
 
     def flat(self) -> dict[str, Any]:

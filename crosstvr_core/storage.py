@@ -161,18 +161,24 @@ def _delete_where_in(table, column: str, values: list[str], chunk: int = 500) ->
 class TokenIndex:
     """The three tables of one dataset, bound to one encoder."""
 
-    def __init__(self, uri: str | Path, encoder_id: str, shapes: TokenShapes):
+    def __init__(self, uri: str | Path, encoder_id: str, shapes: TokenShapes,
+                 storage_options: dict[str, str] | None = None,
+                 versions: dict[str, int] | None = None):
+        """`versions` (table -> version) opens those versions read-only: a later step then
+        reads exactly what the index step wrote, even if a re-index commits meanwhile."""
         self.uri = str(uri)
         self.encoder_id = encoder_id
         self.shapes = shapes
         if "://" not in self.uri:  # object-store URIs need no directory
             Path(self.uri).mkdir(parents=True, exist_ok=True)
-        self.db = lancedb.connect(self.uri)
+        self.db = lancedb.connect(self.uri, storage_options=storage_options)
         self.videos = self._open_or_create(VIDEOS, videos_schema())
         self.video_tokens = self._open_or_create(
             VIDEO_TOKENS, video_tokens_schema(shapes, encoder_id)
         )
         self.captions = self._open_or_create(CAPTIONS, captions_schema(shapes, encoder_id))
+        for name, version in (versions or {}).items():
+            getattr(self, name).checkout(version)
 
     def _open_or_create(self, name: str, schema: pa.Schema):
         if name not in self.db.list_tables().tables:

@@ -45,9 +45,12 @@ class IndexRef:
     versions: dict  # table -> Lance version this run produced
     counts: dict
     read_versions: dict | None = None  # table -> Lance version before this run
+    storage_options: dict | None = None  # object-store credentials / endpoint (index.*)
 
-    def open(self) -> TokenIndex:
-        return TokenIndex(self.uri, self.encoder_id, TokenShapes(**self.shapes))
+    def open(self, pinned: bool = True) -> TokenIndex:
+        """The tables at the versions this index step wrote (`pinned`), or the latest."""
+        return TokenIndex(self.uri, self.encoder_id, TokenShapes(**self.shapes),
+                          self.storage_options, self.versions if pinned else None)
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,7 @@ def index_dataset(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexResult
     """Bring the Lance tables of `dataset` up to date with its files and captions."""
     encoder = load_encoder(cfg)  # driver side: identity and shapes only
     shapes = token_shapes(cfg, encoder)
-    index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes)
+    index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes, cfg.index.storage_options)
     read_versions = index.versions()
     failures: dict[str, list[tuple[str, str]]] = {}
     video_counts = index_videos(cfg, dataset, index, encoder.image_size, failures)
@@ -364,7 +367,7 @@ def index_dataset(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexResult
     counts.update({f"captions_{k}": v for k, v in caption_counts.items()})
     log.info("indexed %s: %s", dataset.name, counts)
     ref = IndexRef(index.uri, encoder.encoder_id, asdict(shapes), index.versions(), counts,
-                   read_versions)
+                   read_versions, cfg.index.storage_options)
     return IndexResult(ref, failures)
 
 

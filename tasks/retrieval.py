@@ -133,7 +133,7 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
             raise ValueError(f"split '{names[role]}' (data.{role.replace('test', 'eval')}_split):"
                              f" no indexed videos or captions in {index.uri}")
     train, test = banks[TRAIN_SPLIT], banks[TEST_SPLIT]
-    with step_run(cfg, parent_run_id, "stage1"):
+    with step_run(cfg, parent_run_id, "stage1", reads=index_ref):
         mlflow.log_params({"stage1.num_test_captions": test.num_captions,
                            "stage1.num_test_videos": test.num_videos})
         sims = {split: meanp_similarity(bank) for split, bank in banks.items()}
@@ -246,7 +246,7 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     checkpoint = Path(run_dir) / "reranker.pt"
     device = _device()
 
-    with step_run(cfg, parent_run_id, "train-reranker"):
+    with step_run(cfg, parent_run_id, "train-reranker", reads=index_ref):
         mlflow.log_params({"train.num_captions": bank.num_captions,
                            "train.num_videos": bank.num_videos,
                            "train.num_val_videos": validation.bank.num_videos if validation else 0,
@@ -315,7 +315,7 @@ def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
                              device=_device(), progress=True, precision=cfg.train.precision)
         return torch.sigmoid(logits) if e.fusion_score == "prob" else logits
 
-    with step_run(cfg, parent_run_id, "two-stage-eval"):
+    with step_run(cfg, parent_run_id, "two-stage-eval", reads=index_ref):
         started = time.perf_counter()
         fused_t2v, _ = rerank_text_to_video(sim, e.top_k, scorer, e.fusion_weight)
         t2v_seconds = time.perf_counter() - started

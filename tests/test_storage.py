@@ -106,3 +106,22 @@ def test_rows_missing_a_column_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"lack column\(s\) \['uri'\]"):
         index.upsert("videos", rows, "video_id")
     assert index.videos.count_rows() == 0
+
+
+def test_pinned_versions_read_what_was_written_then(tmp_path):
+    """A later step opens the versions its index step wrote, even after a re-index."""
+    index = TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    index.upsert("videos", _video_rows(["a"]), "video_id")
+    pinned_versions = index.versions()
+    index.upsert("videos", _video_rows(["b", "c"]), "video_id")
+    pinned = TokenIndex(tmp_path / "db", "enc-a", SHAPES, versions=pinned_versions)
+    assert pinned.videos.count_rows() == 1
+    assert pinned.videos.to_lance().to_table(columns=["video_id"]).num_rows == 1
+    assert TokenIndex(tmp_path / "db", "enc-a", SHAPES).videos.count_rows() == 3
+
+
+def test_lance_root_joins_object_store_uris_as_strings():
+    from crosstvr_core.config import load_config
+
+    cfg = load_config(None, ["index.lance_root=s3://bucket/crosstvr/", "data.name=msrvtt"])
+    assert cfg.lance_uri == "s3://bucket/crosstvr/msrvtt.lancedb"
