@@ -36,13 +36,13 @@ from crosstvr_core.reranker_training import (
     score_pairs,
     train_reranker,
 )
-from crosstvr_core.stage1 import meanp_similarity
+from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
 from crosstvr_core.storage import ENCODER_KEY, SHAPES_KEY, VIDEO_TOKENS, TokenIndex, TokenShapes
 from crosstvr_core.temporal_head import TemporalHead, dual_softmax
 from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
 from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.token_dataset import split_validation
-from crosstvr_core.two_stage import rerank_text_to_video
+from crosstvr_core.two_stage import fuse_top_k, rerank_text_to_video
 
 
 def open_index(cfg: CrossTVRConfig) -> TokenIndex:
@@ -133,15 +133,17 @@ def run_reranker(cfg: CrossTVRConfig, banks: dict[str, TokenBank], shapes: dict,
 
 
 def two_stage(cfg: CrossTVRConfig, model: CrossTVRReranker, bank: TokenBank,
-              sim: torch.Tensor) -> torch.Tensor:
+              sim: torch.Tensor, weights: list[float]) -> dict[float, torch.Tensor]:
+    """Fused t2v matrices, one per fusion weight, from one scoring pass over the top K."""
     e = cfg.eval
 
     def scorer(text_rows: torch.Tensor, video_rows: torch.Tensor) -> torch.Tensor:
         logits = score_pairs(model, bank, text_rows, bank, video_rows, e.batch_size)
         return torch.sigmoid(logits) if e.fusion_score == "prob" else logits
 
-    fused, _ = rerank_text_to_video(sim, e.top_k, scorer, e.fusion_weight)
-    return fused
+    _, stage2 = rerank_text_to_video(sim, e.top_k, scorer, e.fusion_weight)
+    _, top = top_k_candidates(sim, e.top_k)
+    return {w: fuse_top_k(sim, top, stage2, w) for w in weights}
 
 
 def main() -> None:
@@ -151,6 +153,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="a name for this run in the log")
     parser.add_argument("--stage1-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fusion-weights", type=float, nargs="*", default=[0.05, 0.2, 0.5],
+                        help="also report two-stage with these eval.fusion_weight values")
     parser.add_argument("--out", default="quality_sweep.jsonl")
     args = parser.parse_args()
 
@@ -171,8 +175,12 @@ def main() -> None:
         result["reranker_seconds"] = round(time.perf_counter() - started, 1)
         result["reranker_epochs_run"] = len(history)
         started = time.perf_counter()
-        result["two_stage"] = quality(two_stage(cfg, model, test, sims["test"]), test, meta, k)
+        weights = sorted({cfg.eval.fusion_weight, *args.fusion_weights})
+        fused = two_stage(cfg, model, test, sims["test"], weights)
         result["eval_seconds"] = round(time.perf_counter() - started, 1)
+        result["two_stage"] = quality(fused[cfg.eval.fusion_weight], test, meta, k)
+        for weight in weights:  # other weights: how much the re-ranker should count
+            result[f"two_stage_w{weight:g}"] = quality(fused[weight], test, meta, k)
     print(json.dumps(result), flush=True)
     with Path(args.out).open("a") as out:
         out.write(json.dumps(result) + "\n")

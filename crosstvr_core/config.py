@@ -187,8 +187,10 @@ class RerankerConfig(_Section):
     # self-attention; trained where the paper's form stalled, CALIBRATION.md), or the whole
     # [queries; text] sequence as in the paper
     cross_attention_from: Literal["queries", "queries_and_text"] = "queries"
-    # M patch tokens kept per frame by the TS2-Net selector (paper: 4); "all" keeps every one
-    num_selected_patches: Annotated[int, Field(ge=1)] | Literal["all"] = 4
+    # M patch tokens kept per frame by the TS2-Net selector (paper: 4); "all" keeps every one.
+    # The embedded encoder has only 16 patches per frame: the quality sweep kept all of them
+    # (docs/quality-log.md); set 4 for ViT-B/32-sized grids (49 patches)
+    num_selected_patches: Annotated[int, Field(ge=1)] | Literal["all"] = "all"
     # perturbed top-M during training: noisy draws and noise scale (TS2-Net: sigma 0.05)
     selection_samples: int = Field(100, ge=1)
     selection_sigma: float = Field(0.05, gt=0)
@@ -197,21 +199,22 @@ class RerankerConfig(_Section):
 class TrainConfig(_Section):
     """Re-ranker training on cached tokens."""
 
-    epochs: int = Field(6, ge=1)
+    # quality sweep (docs/quality-log.md): 3 epochs at lr 5e-3 fit the 15-minute benchmark
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=2)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     hard_negatives: bool = True
     # extra random negative videos per caption, beside the hard video and the hard caption
-    random_negatives: int = Field(0, ge=0)
+    random_negatives: int = Field(2, ge=0)
     # one more negative per caption: its own video played backwards (same frames, reversed
     # order), which only temporal modelling can reject
     reversed_negatives: bool = False
     # curriculum: the share of hard (vs random) negatives grows 0 -> 1 over this fraction of
     # training; 0 = hard from the first step (BLIP), which stalls a model trained from scratch
-    hard_negative_warmup: float = Field(0.5, ge=0, le=1)
+    hard_negative_warmup: float = Field(1.0, ge=0, le=1)
     # softmax temperature over stage-1 similarities when sampling hard negatives
     hard_negative_temperature: float = Field(0.05, gt=0)
     # where hard negatives come from: the full stage-1 similarity, or only the stored

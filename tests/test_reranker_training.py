@@ -76,8 +76,10 @@ def toy_training(epochs: int, hard: bool = True, bank: TokenBank | None = None,
     bank = bank or toy_bank()
     sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
     model = make_model(hidden=32)
+    # pinned, not the defaults: these tests are about 3 pairs per caption and a curriculum
     cfg = TrainConfig(**{"epochs": epochs, "batch_size": 16, "lr": 3e-3, "hard_negatives": hard,
-                         "seed": 3, **(cfg or {})})
+                         "seed": 3, "random_negatives": 0, "hard_negative_warmup": 0.5,
+                         **(cfg or {})})
     return model, train_reranker(model, bank, sim, cfg, **{"progress": False, **kwargs})
 
 
@@ -111,7 +113,7 @@ def test_reversed_negatives_add_the_positive_played_backwards() -> None:
         assert torch.equal(out[name][1], inputs[name][1].flip(0))
         assert torch.equal(out[name][2, :-1], inputs[name][2, :-1].flip(0))
         assert torch.equal(out[name][2, -1], inputs[name][2, -1])
-    _, history = toy_training(epochs=2, cfg={"reversed_negatives": True})
+    _, history = toy_training(epochs=2, cfg={"reversed_negatives": True, "random_negatives": 0})
     # 4 pairs per caption now: positive, hard video, hard caption, reversed positive
     assert history[-1]["pairs_per_second"] * history[-1]["seconds"] == pytest.approx(
         4 * bank.num_captions)
