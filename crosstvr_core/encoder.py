@@ -51,7 +51,9 @@ def random_init_checkpoint(name: str, seed: int, weights_dir: str | Path) -> Pat
     """
     register_bundled_model_configs()
     weights_dir = Path(weights_dir)
-    path = weights_dir / f"{name}-random-seed{seed}.pt"
+    # the architecture is part of the name: an edited model config never loads stale weights
+    config = json.dumps(open_clip.get_model_config(name), sort_keys=True).encode()
+    path = weights_dir / f"{name}-{hashlib.sha256(config).hexdigest()[:8]}-random-seed{seed}.pt"
     if path.is_file():
         return path
     weights_dir.mkdir(parents=True, exist_ok=True)
