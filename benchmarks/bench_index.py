@@ -71,9 +71,16 @@ def in_process_frames_per_s(encoder, frames: int, batch: int, threads: int) -> f
     return done / (time.perf_counter() - start)
 
 
-def table_bytes(uri: str) -> int:
+def table_bytes(uri: str) -> tuple[int, int]:
+    """(bytes of the live version's data files, bytes of every file incl. older versions,
+    which Lance keeps for lineage checkouts until `optimize(cleanup_older_than=...)`)."""
+    import lance
+
     path = Path(uri) / "video_tokens.lance"
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    live = sum((path / "data" / f.path).stat().st_size
+               for fragment in lance.dataset(str(path)).get_fragments()
+               for f in fragment.data_files())
+    return live, sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def shape_bytes(shapes: TokenShapes) -> int:
@@ -119,8 +126,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         index.compact()
         frames = counts["ok"] * args.frames
-        rows.append((label, counts["ok"], frames, seconds, frames / seconds,
-                     table_bytes(cfg.lance_uri) / max(1, counts["ok"]), shape_bytes(shapes)))
+        live, total = table_bytes(cfg.lance_uri)
+        n = max(1, counts["ok"])
+        rows.append((label, counts["ok"], frames, seconds, frames / seconds, live / n,
+                     total / n, shape_bytes(shapes)))
     ray.shutdown()
     cfg = load_config(None, common)
     loop = in_process_frames_per_s(load_encoder(cfg), rows[0][2], args.batch, args.threads)
@@ -128,12 +137,13 @@ def main() -> None:
     print(f"\n{args.encoder}, {args.videos} clips {args.clip_size} x {args.seconds:g} s at "
           f"{args.fps} fps, F = {args.frames}, torch threads {args.threads}, batch {args.batch}\n")
     print("| pipeline | videos | frames | wall s | frames/s | vs in-process loop | "
-          "bytes/video on disk | bytes/video (shapes) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, videos, frames, seconds, fps, disk, computed in rows:
+          "bytes/video live | on disk incl. old versions | bytes/video (shapes) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, videos, frames, seconds, fps, live, disk, computed in rows:
         print(f"| {label} | {videos} | {frames} | {seconds:.1f} | {fps:.1f} | {fps / loop:.2f} | "
-              f"{disk:,.0f} | {computed:,} |")
-    print(f"| in-process `encode_frames` loop | - | {rows[0][2]} | - | {loop:.1f} | 1.00 | - | - |")
+              f"{live:,.0f} | {disk:,.0f} | {computed:,} |")
+    print(f"| in-process `encode_frames` loop | - | {rows[0][2]} | - | {loop:.1f} | 1.00 | - | - "
+          "| - |")
 
     print("\nbytes per video from token shapes (fp16, F = 12):\n")
     print("| encoder | D | P | Wv | all patches | keep 16 | keep 4 |")
