@@ -79,9 +79,7 @@ def _stage1_metrics(sim: torch.Tensor, bank, k: int, prefix: str) -> dict[str, f
 
 def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[TemporalHead, str]:
     """Train the CLIP4Clip seqTransf head on cached frame embeddings; returns it + its id."""
-    head = TemporalHead.from_config(cfg.stage1, train.video_cls.shape[-1],
-                                    train.video_cls.shape[1], train.text_tokens.shape[-1],
-                                    train.text_tokens.shape[1])
+    head = TemporalHead.for_bank(cfg.stage1, train)  # sized by the cached token shapes
 
     def on_epoch_end(epoch: int, record: dict, _head) -> None:
         mlflow.log_metrics({f"stage1_train/{k}": float(v) for k, v in record.items()
@@ -94,7 +92,8 @@ def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[Tempora
     path = run_dir / "stage1_seqtransf.pt"
     torch.save({"state_dict": head.state_dict(), "stage1": cfg.stage1.model_dump(),
                 "embed_dim": head.embed_dim, "num_frames": head.num_frames,
-                "text_width": head.text_width, "context_length": head.context_length}, path)
+                "text_width": head.text_width, "context_length": head.context_length,
+                "patch_shapes": list(train.video_patches.shape[2:])}, path)
     if cfg.tracking.log_model:
         mlflow.pytorch.log_model(head.cpu(), name="stage1_seqtransf",
                                  serialization_format="pickle")
