@@ -29,12 +29,18 @@ DATASET_TAG, ENCODER_TAG, LANCE_URI_TAG = "crosstvr.dataset", "crosstvr.encoder_
 LANCE_VERSION_TAG = "crosstvr.lance.version."  # + table name
 
 
+# The user's $MLFLOW_TRACKING_URI, read once at import: `mlflow.set_tracking_uri` writes the
+# variable too, so reading it later would return the store of this process's previous run
+# (another home's SQLite) instead of the one the next config asks for.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(cfg: CrossTVRConfig) -> str:
-    """Config, else $MLFLOW_TRACKING_URI, else a SQLite store under <home>/mlflow."""
+    """Config, else the user's $MLFLOW_TRACKING_URI, else a SQLite store under <home>/mlflow."""
     if cfg.tracking.tracking_uri:
         return cfg.tracking.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if _USER_TRACKING_URI:
+        return _USER_TRACKING_URI
     store = cfg.home_path / "mlflow"
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"

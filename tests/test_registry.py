@@ -164,3 +164,18 @@ def test_compare_cli(registry, capsys, tmp_path):
                  "tracking.experiment=registry-test"])
     out = capsys.readouterr().out
     assert code == 0 and runs["b10"][0][:8] in out and "10.0" in out
+
+
+def test_each_config_gets_its_own_store_after_another_run_in_the_process(tmp_path):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; the next config's home must win."""
+    import mlflow as _mlflow
+
+    from crosstvr_core.config import load_config
+    from tasks.tracking import tracking_uri, use_experiment
+
+    first = load_config(None, [f"home={tmp_path / 'a'}"])
+    use_experiment(first)
+    assert "MLFLOW_TRACKING_URI" in __import__("os").environ  # what mlflow did
+    second = load_config(None, [f"home={tmp_path / 'b'}"])
+    assert tracking_uri(second) == f"sqlite:///{tmp_path / 'b' / 'mlflow' / 'mlflow.db'}"
+    assert _mlflow.get_tracking_uri() != tracking_uri(second)
