@@ -242,6 +242,16 @@ class EvalConfig(_Section):
     batch_size: int = Field(256, ge=1)
 
 
+class OrchestrationConfig(_Section):
+    """How the flows' Prefect tasks retry transient failures (a lost Ray node, a storage or
+    tracking-server hiccup). Retried steps redo little: the index skips what it committed,
+    training resumes from its last checkpoint."""
+
+    task_retries: int = Field(1, ge=0)
+    index_retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(5.0, ge=0)
+
+
 class TrackingConfig(_Section):
     """MLflow tracking."""
 
@@ -265,6 +275,7 @@ class CrossTVRConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @property
     def home_path(self) -> Path:

@@ -24,7 +24,7 @@ from flows.params import AblationParams, AblationVariant, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
 from tasks.retrieval import eval_task, stage1_task, train_task
-from tasks.runtime import ray_runtime
+from tasks.runtime import ray_runtime, retrying
 from tasks.tracking import (
     FLOW_RUN_TAG,
     log_metrics_to,
@@ -107,12 +107,12 @@ def crosstvr_ablation(config_file: str | None = None, overrides: list[str] | Non
         mlflow.log_dict({"variants": [v.model_dump() for v in params.variants]},
                         "ablation/variants.json")
         run_dir = cfg.home_path / "runs" / parent_id
-        dataset = prepare_dataset_task(cfg)
-        indexed = index_task(cfg, dataset)
+        dataset = retrying(prepare_dataset_task, cfg)(cfg)
+        indexed = retrying(index_task, cfg)(cfg, dataset)
         log_index_run(indexed)
         index = indexed.ref
         tag_index_lineage(parent_id, index)
-        stage1 = stage1_task(cfg, index, str(run_dir), parent_id)
+        stage1 = retrying(stage1_task, cfg)(cfg, index, str(run_dir), parent_id)
         results, base = [], cfg.flat()
         for variant in params.variants:
             variant_cfg = params.variant_config(variant.name)
@@ -122,9 +122,10 @@ def crosstvr_ablation(config_file: str | None = None, overrides: list[str] | Non
                 mlflow.log_params({"ablation.variant": variant.name,
                                    "ablation.overrides": " ".join(variant.overrides), **changed})
                 # train/eval nest under the variant's (active) run and log their metrics to it
-                reranker = train_task(variant_cfg, index, stage1, variant_dir, variant_id)
-                metrics = eval_task(variant_cfg, index, stage1, reranker, variant_dir,
-                                    variant_id)
+                reranker = retrying(train_task, variant_cfg)(
+                    variant_cfg, index, stage1, variant_dir, variant_id)
+                metrics = retrying(eval_task, variant_cfg)(
+                    variant_cfg, index, stage1, reranker, variant_dir, variant_id)
             results.append((variant, metrics))
             log_metrics_to(parent_id, {f"ablation/{variant.name}/t2v_R1":
                                        metrics["twostage/t2v_R1"]})

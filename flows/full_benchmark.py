@@ -18,7 +18,7 @@ from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
 from tasks.registry import register_run_models
 from tasks.retrieval import eval_task, stage1_task, train_task
-from tasks.runtime import ray_runtime
+from tasks.runtime import ray_runtime, retrying
 from tasks.tracking import FLOW_RUN_TAG, log_metrics_to, parent_run, tag_index_lineage
 
 
@@ -34,15 +34,15 @@ def crosstvr(config_file: str | None = None, overrides: list[str] | None = None)
     with ray_runtime(cfg.ray), parent_run(cfg, f"full-benchmark-{flow_run.get_name() or 'local'}",
                                           tags) as parent_id:
         run_dir = str(cfg.home_path / "runs" / parent_id)
-        dataset = prepare_dataset_task(cfg)
-        indexed = index_task(cfg, dataset)
+        dataset = retrying(prepare_dataset_task, cfg)(cfg)
+        indexed = retrying(index_task, cfg)(cfg, dataset)
         log_index_run(indexed)
         index = indexed.ref
         tag_index_lineage(parent_id, index)  # nested step runs copy these: what they read
         log_metrics_to(parent_id, {f"index/{k}": v for k, v in index.counts.items()})
-        stage1 = stage1_task(cfg, index, run_dir, parent_id)
-        reranker = train_task(cfg, index, stage1, run_dir, parent_id)
-        metrics = eval_task(cfg, index, stage1, reranker, run_dir, parent_id)
+        stage1 = retrying(stage1_task, cfg)(cfg, index, run_dir, parent_id)
+        reranker = retrying(train_task, cfg)(cfg, index, stage1, run_dir, parent_id)
+        metrics = retrying(eval_task, cfg)(cfg, index, stage1, reranker, run_dir, parent_id)
         metrics = {**stage1.metrics, **metrics}
         table = results_table(metrics)
         mlflow.log_text(table, "results.txt")

@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from flows.params import RunParams, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
-from tasks.runtime import ray_runtime
+from tasks.runtime import ray_runtime, retrying
 from tasks.tracking import FLOW_RUN_TAG, parent_run, tag_index_lineage
 
 
@@ -28,8 +28,8 @@ def crosstvr_index(config_file: str | None = None, overrides: list[str] | None =
             "crosstvr.flow": "reindex"}
     with ray_runtime(cfg.ray), parent_run(cfg, f"reindex-{flow_run.get_name() or 'local'}",
                                           tags) as parent_id:
-        dataset = prepare_dataset_task(cfg)
-        indexed = index_task(cfg, dataset)
+        dataset = retrying(prepare_dataset_task, cfg)(cfg)
+        indexed = retrying(index_task, cfg)(cfg, dataset)
         log_index_run(indexed)
         tag_index_lineage(parent_id, indexed.ref)
         mlflow.log_metrics({f"index/{k}": v for k, v in indexed.ref.counts.items()})

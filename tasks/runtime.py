@@ -65,3 +65,10 @@ def ray_runtime(ray_cfg) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def retrying(prefect_task, cfg):
+    """`prefect_task` with the config's retry policy (`orchestration.*`)."""
+    o = cfg.orchestration
+    retries = o.index_retries if prefect_task.name == "index-corpus" else o.task_retries
+    return prefect_task.with_options(retries=retries, retry_delay_seconds=o.retry_delay_s)

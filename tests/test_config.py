@@ -66,3 +66,15 @@ def test_home_from_env(monkeypatch, tmp_path):
     cfg = CrossTVRConfig()
     assert cfg.home_path == tmp_path.resolve()
     assert cfg.lance_uri.startswith(str(tmp_path.resolve()))
+
+
+def test_task_retries_come_from_the_config():
+    from tasks.index import index_task
+    from tasks.retrieval import train_task
+    from tasks.runtime import retrying
+
+    cfg = load_config(None, ["orchestration.task_retries=3", "orchestration.index_retries=0",
+                             "orchestration.retry_delay_s=1.5"])
+    assert retrying(train_task, cfg).retries == 3
+    assert retrying(index_task, cfg).retries == 0
+    assert retrying(train_task, cfg).retry_delay_seconds == 1.5
