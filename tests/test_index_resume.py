@@ -6,7 +6,6 @@ runtime, killed with SIGKILL while it commits to Lance.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import lancedb
 from index_fixtures import write_corpus
+from process_helpers import descendants, kill, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_VIDEOS = 40
@@ -30,18 +30,9 @@ def _ok_rows(db_uri) -> int:
     return table.count_rows("status = 'ok'")
 
 
-def _children(pid: int) -> list[int]:
-    """Every live descendant of `pid` (Ray puts its workers in their own sessions)."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
-    parent = {}
-    for line in out.splitlines():
-        child, ppid = map(int, line.split())
-        parent[child] = ppid
-    found, frontier = [], {pid}
-    while frontier:
-        frontier = {c for c, p in parent.items() if p in frontier}
-        found += sorted(frontier)
-    return found
+def _wait(predicate, timeout: float, what: str) -> None:
+    """Poll fast: the run commits one video at a time and must be caught mid-way."""
+    wait_until(predicate, timeout, what, poll_s=0.1)
 
 
 def _process_title(pid: int) -> str:
@@ -50,20 +41,6 @@ def _process_title(pid: int) -> str:
             return handle.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def _kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_killed_index_run_resumes_without_duplicates_or_reencoding(tmp_path):
@@ -82,19 +59,19 @@ def test_killed_index_run_resumes_without_duplicates_or_reencoding(tmp_path):
     family: list[int] = []
     try:
         _wait(lambda: _ok_rows(db_uri) >= 2, 300, "the first committed videos")
-        family = _children(first.pid)
+        family = descendants(first.pid)
         encoders = [p for p in family if "FrameEncoderActor" in _process_title(p)]
         assert encoders, "no encoder actor process found"
-        _kill_all(encoders[:1])  # a Ray worker dies: Ray restarts it and the run goes on
+        kill(encoders[:1])  # a Ray worker dies: Ray restarts it and the run goes on
         written = _ok_rows(db_uri)
         _wait(lambda: _ok_rows(db_uri) >= written + 1, 300, "progress after the worker kill")
-        family = sorted(set(family) | set(_children(first.pid)))
+        family = sorted(set(family) | set(descendants(first.pid)))
         first.send_signal(signal.SIGKILL)  # then the driver dies mid-run
         first.wait(timeout=30)
     finally:
-        _kill_all([first.pid, *family])
+        kill([first.pid, *family])
         time.sleep(1)
-        _kill_all(_children(first.pid))
+        kill(descendants(first.pid))
         log.close()
     done_before = _ok_rows(db_uri)
     assert 0 < done_before < NUM_VIDEOS, f"kill came too late or too early: {done_before}"

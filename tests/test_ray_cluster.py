@@ -25,6 +25,7 @@ from pathlib import Path
 import lancedb
 import pytest
 from index_fixtures import write_corpus
+from process_helpers import descendants, kill, wait_until
 
 from tasks.runtime import OFFLINE_ENV
 
@@ -66,33 +67,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
-    parent = {}
-    for line in out.splitlines():
-        child, ppid = map(int, line.split())
-        parent[child] = ppid
-    found, frontier = [], {pid}
-    while frontier:
-        frontier = {c for c, p in parent.items() if p in frontier}
-        found += sorted(frontier)
-    return found
-
-
-def _kill(pids: list[int], sig: int = signal.SIGKILL) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-
-
 class RayNode:
     """One `ray start --block` process (a head or a worker node) and everything under it."""
 
@@ -115,23 +89,23 @@ class RayNode:
                 raise AssertionError(f"ray start exited: {self.log.read_text()[-3000:]}")
             return "Ray runtime started" in self.log.read_text()
 
-        _wait(started, timeout, f"ray start ({self.log.name})")
-        self.family |= set(_descendants(self.process.pid))
+        wait_until(started, timeout, f"ray start ({self.log.name})")
+        self.family |= set(descendants(self.process.pid))
 
     def kill(self) -> None:
         """SIGKILL the node: raylet, object store, workers, then the `ray start` process."""
-        self.family |= set(_descendants(self.process.pid))
-        _kill(sorted(self.family))
-        _kill([self.process.pid])
+        self.family |= set(descendants(self.process.pid))
+        kill(sorted(self.family))
+        kill([self.process.pid])
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.family |= set(_descendants(self.process.pid))
+            self.family |= set(descendants(self.process.pid))
             self.process.send_signal(signal.SIGTERM)  # --block: shuts its processes down
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=20)
-        _kill(sorted(self.family) + [self.process.pid])
+        kill(sorted(self.family) + [self.process.pid])
         self._log_file.close()
 
 
@@ -182,12 +156,12 @@ def cluster():
     try:
         head.wait_started()
         gcs = GcsView(address)
-        _wait(lambda: len(gcs.alive_nodes()) == 1, 60, "the head node")
+        wait_until(lambda: len(gcs.alive_nodes()) == 1, 60, "the head node")
         head_id = next(iter(gcs.alive_nodes()))
         worker = RayNode(["--address", address], root / "worker", root / "worker.log", env)
         nodes.append(worker)
         worker.wait_started()
-        _wait(lambda: len(gcs.alive_nodes()) == 2, 60, "two alive nodes")
+        wait_until(lambda: len(gcs.alive_nodes()) == 2, 60, "two alive nodes")
         worker_id = next(iter(gcs.alive_nodes() - {head_id}))
         yield {"address": address, "head": head, "worker": worker, "gcs": gcs, "env": env,
                "head_id": head_id, "worker_id": worker_id}
@@ -225,7 +199,7 @@ def test_index_work_spreads_over_both_nodes(cluster, tmp_path):
     assert re.search(r"indexed 12\s+skipped \(unchanged\) 0\s+failed 0", run.stdout), run.stdout
     nodes = cluster["gcs"].alive_nodes()
     # task events are flushed every second or so
-    _wait(lambda: sum(map(len, cluster["gcs"].task_nodes(DECODE_TASK).values())) > 0, 20,
+    wait_until(lambda: sum(map(len, cluster["gcs"].task_nodes(DECODE_TASK).values())) > 0, 20,
           "decode task events")
     time.sleep(2)
     decode_by_node = cluster["gcs"].task_nodes(DECODE_TASK)
@@ -250,16 +224,16 @@ def test_killing_the_second_node_mid_run_still_completes(cluster, tmp_path):
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         # mid-run: videos committed, and this run's decode tasks have run on the worker node
-        _wait(lambda: len(gcs.task_nodes(DECODE_TASK).get(worker_node, set()) - before) >= 1
+        wait_until(lambda: len(gcs.task_nodes(DECODE_TASK).get(worker_node, set()) - before) >= 1
               and len(_rows(db_uri, "videos", "video_id")) >= 2, 180,
               "decode tasks on the worker node and the first commits")
         done_at_kill = len(_rows(db_uri, "videos", "video_id"))
         worker.kill()
-        _wait(lambda: worker_node not in gcs.alive_nodes(), 90, "the GCS to mark the node dead")
+        wait_until(lambda: worker_node not in gcs.alive_nodes(), 90, "the GCS to mark the node dead")
         code = run.wait(timeout=240)
     finally:
         if run.poll() is None:
-            _kill(_descendants(run.pid) + [run.pid])
+            kill(descendants(run.pid) + [run.pid])
         log.close()
     output = (tmp_path / "index.log").read_text()
     assert code == 0, output[-4000:]
