@@ -23,28 +23,21 @@ import time
 
 import torch
 import torch.nn.functional as F
-from quality_sweep import load_banks
+from quality_sweep import build_reranker, load_banks
 
 from crosstvr_core.config import load_config
-from crosstvr_core.hard_negatives import time_reversed_frame_order
 from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.reranker_training import play_backwards
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_dataset import split_validation
+from crosstvr_core.token_dataset import VTMPairDataset, split_validation
 
 
 def forward_and_reversed(bank: TokenBank, rows: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """Inputs of (caption, its video) then (caption, its video backwards), and labels."""
-    videos = bank.video_batch(bank.caption_video[rows])
-    text = bank.text_batch(rows)
-    order = time_reversed_frame_order(videos["frame_mask"])  # [B, F]
-    inputs = {name: torch.cat([value, value]) for name, value in text.items()}
-    for name in ("video_cls", "video_patches"):
-        value = videos[name]  # [B, F, ...]
-        index = order.view(*order.shape, *([1] * (value.ndim - 2))).expand_as(value)
-        inputs[name] = torch.cat([value, value.gather(1, index)])
-    inputs["frame_mask"] = torch.cat([videos["frame_mask"]] * 2)
+    twice = torch.cat([rows, rows])
+    inputs = VTMPairDataset(bank).pairs(twice, bank.caption_video[twice])
     labels = torch.cat([torch.ones(len(rows)), torch.zeros(len(rows))])
-    return inputs, labels
+    return play_backwards(inputs, start=len(rows)), labels
 
 
 @torch.no_grad()
@@ -77,10 +70,7 @@ def main() -> None:
     split = split_validation(banks["train"], 0.1, cfg.train.seed)
     train, held_out = split.train, split.val
     torch.manual_seed(cfg.train.seed)
-    model = CrossTVRReranker(cfg.reranker, embed_dim=shapes["embed_dim"],
-                             vision_width=shapes["vision_width"],
-                             text_width=shapes["text_width"], num_frames=shapes["num_frames"],
-                             num_patches=shapes["num_patches"])
+    model = build_reranker(cfg, shapes)
     model.fit_input_stats(train)
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.train.weight_decay),
                                   lr=cfg.train.lr)

@@ -103,6 +103,13 @@ def run_stage1(cfg: CrossTVRConfig, banks: dict[str, TokenBank]) -> dict[str, to
     return sims
 
 
+def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> CrossTVRReranker:
+    """An untrained re-ranker sized by the index's token shapes."""
+    return CrossTVRReranker(cfg.reranker, embed_dim=shapes["embed_dim"],
+                            vision_width=shapes["vision_width"], text_width=shapes["text_width"],
+                            num_frames=shapes["num_frames"], num_patches=shapes["num_patches"])
+
+
 def run_reranker(cfg: CrossTVRConfig, banks: dict[str, TokenBank], shapes: dict,
                  train_sim: torch.Tensor) -> tuple[CrossTVRReranker, list[dict]]:
     """Train as tasks/retrieval.run_train_reranker does (validation split, early stopping)."""
@@ -118,9 +125,7 @@ def run_reranker(cfg: CrossTVRConfig, banks: dict[str, TokenBank], shapes: dict,
                                 scores.captions_per_video[split.train_videos][:, split.train_captions])
         validation = Validation(split.val, train_sim[split.val_captions][:, split.val_videos],
                                 e.top_k, e.fusion_weight, e.fusion_score, e.batch_size)
-    model = CrossTVRReranker(cfg.reranker, embed_dim=shapes["embed_dim"],
-                             vision_width=shapes["vision_width"], text_width=shapes["text_width"],
-                             num_frames=shapes["num_frames"], num_patches=shapes["num_patches"])
+    model = build_reranker(cfg, shapes)
     model.fit_input_stats(bank)
 
     def report_epoch(epoch: int, record: dict, _model) -> None:

@@ -140,7 +140,7 @@ def _sample_negatives(
     return torch.where(use_hard, hard_video, neg_video), torch.where(use_hard, hard_text, neg_text)
 
 
-def _play_backwards(inputs: dict[str, torch.Tensor], start: int) -> dict[str, torch.Tensor]:
+def play_backwards(inputs: dict[str, torch.Tensor], start: int) -> dict[str, torch.Tensor]:
     """Pair inputs with the videos of rows start: reversed in time (frames gathered)."""
     order = time_reversed_frame_order(inputs["frame_mask"][start:])  # [N, F]
     out = dict(inputs)
@@ -288,7 +288,7 @@ def train_reranker(
 
             inputs = dataset.pairs(pair_text, pair_video)
             if backwards:
-                inputs = _play_backwards(inputs, pair_text.shape[0] - batch)
+                inputs = play_backwards(inputs, pair_text.shape[0] - batch)
             inputs = {name: value.to(device, non_blocking=True) for name, value in inputs.items()}
             with training_autocast(device, cfg.precision):
                 logits = model(**inputs)  # [(3 + R) B]

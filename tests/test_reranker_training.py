@@ -27,7 +27,7 @@ from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.reranker_training import (
     NegativeScores,
     Validation,
-    _play_backwards,
+    play_backwards,
     score_pairs,
     train_reranker,
 )
@@ -107,7 +107,7 @@ def test_reversed_negatives_add_the_positive_played_backwards() -> None:
     bank = toy_bank()
     inputs = VTMPairDataset(bank).pairs(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]))
     inputs["frame_mask"][2, -1] = False  # a clip one frame short: its padding stays last
-    out = _play_backwards(inputs, start=1)
+    out = play_backwards(inputs, start=1)
     for name in ("video_cls", "video_patches"):
         assert torch.equal(out[name][0], inputs[name][0])  # rows before `start` untouched
         assert torch.equal(out[name][1], inputs[name][1].flip(0))
