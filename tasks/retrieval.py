@@ -32,7 +32,7 @@ from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
 from crosstvr_core.storage import STAGE1_CANDIDATES
 from crosstvr_core.temporal_head import TemporalHead, dual_softmax
 from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
-from crosstvr_core.token_dataset import split_validation
+from crosstvr_core.token_dataset import split_validation, without_validation
 from crosstvr_core.two_stage import rerank_text_to_video, rerank_video_to_text
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
@@ -139,7 +139,8 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
         metrics = _stage1_metrics(sims[TEST_SPLIT], test, k, "stage1_meanP")
         model_id = f"meanP|{index_ref.encoder_id}"
         if s1.method == "seqTransf":
-            head, model_id = _train_seqtransf(cfg, train, out)
+            head, model_id = _train_seqtransf(
+                cfg, without_validation(train, cfg.train.val_fraction, cfg.train.seed), out)
             sims = {split: temporal_similarity(head, bank, device=_device())
                     for split, bank in banks.items()}
         elif s1.method == "external":
@@ -236,8 +237,8 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
         scores = NegativeScores(scores.videos_per_caption[captions][:, videos],
                                 scores.captions_per_video[videos][:, captions])
         e = cfg.eval
-        # stage 1 saw these captions in training, so its val R@1 is optimistic: early
-        # stopping compares re-ranker epochs, all on the same stage-1 lists
+        # the same split stage 1 left out of its training (without_validation), so the
+        # validation lists are those of unseen videos, as on the test split
         validation = Validation(split.val, sim[split.val_captions][:, split.val_videos],
                                 e.top_k, e.fusion_weight, e.fusion_score, e.batch_size)
     model, kwargs = build_reranker(cfg, index_ref)

@@ -33,7 +33,12 @@ from crosstvr_core.reranker_training import (
 )
 from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_dataset import LanceTokenSource, VTMPairDataset, split_validation
+from crosstvr_core.token_dataset import (
+    LanceTokenSource,
+    VTMPairDataset,
+    split_validation,
+    without_validation,
+)
 from crosstvr_core.training_checkpoint import latest_checkpoint, load_checkpoint
 
 
@@ -345,3 +350,15 @@ def test_task_reads_negatives_from_the_stored_stage1_top_k(tmp_path: Path) -> No
     assert torch.isfinite(scores.captions_per_video).sum() == bank.num_videos
     with pytest.raises(ValueError, match="no stored top-K"):
         _stored_top_k_scores(index, "missing-model", bank, "train")
+
+
+def test_stage1_never_trains_on_the_rerankers_validation_videos() -> None:
+    """Stage 1 learns from the train videos minus exactly those the re-ranker validates on,
+    so the validation lists are those of unseen videos, as at test time."""
+    bank = toy_bank(num_videos=20)
+    held_out = split_validation(bank, 0.25, seed=3).val
+    learned_from = without_validation(bank, 0.25, seed=3)
+    assert learned_from.num_videos == 15
+    assert not set(learned_from.video_ids) & set(held_out.video_ids)
+    assert set(learned_from.video_ids) | set(held_out.video_ids) == set(bank.video_ids)
+    assert without_validation(bank, 0.0, seed=3) is bank
