@@ -36,12 +36,12 @@ from crosstvr_core.reranker_training import (
     score_pairs,
     train_reranker,
 )
-from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
+from crosstvr_core.stage1 import meanp_similarity, stage1_training_bank, top_k_candidates
 from crosstvr_core.storage import ENCODER_KEY, SHAPES_KEY, VIDEO_TOKENS, TokenIndex, TokenShapes
 from crosstvr_core.temporal_head import TemporalHead, dual_softmax
 from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_dataset import split_validation, without_validation
+from crosstvr_core.token_dataset import split_validation
 from crosstvr_core.two_stage import fuse_top_k, rerank_text_to_video
 
 
@@ -88,12 +88,12 @@ def run_stage1(cfg: CrossTVRConfig, banks: dict[str, TokenBank]) -> dict[str, to
     Cached per stage-1 config under <home>/quality_stage1/, so re-ranker sweeps that keep
     stage 1 fixed do not retrain it (delete the folder after changing the head's code).
     """
-    held_out = (cfg.train.val_fraction, cfg.train.seed)  # stage 1 never sees the val videos
+    held_out = (cfg.train.val_fraction, cfg.train.seed)  # what stage1_training_bank leaves out
     key = hashlib.sha256(f"{cfg.stage1.model_dump_json()}{held_out}".encode()).hexdigest()[:12]
     cache = cfg.home_path / "quality_stage1" / f"{key}.pt"
     if cache.exists():
         return torch.load(cache)
-    train = without_validation(banks["train"], *held_out)
+    train = stage1_training_bank(cfg, banks["train"])
     head = TemporalHead.for_bank(cfg.stage1, train)
     train_temporal_head(head, train, cfg.stage1, progress=False)
     sims = {split: temporal_similarity(head, bank) for split, bank in banks.items()}

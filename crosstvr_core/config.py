@@ -160,6 +160,10 @@ class Stage1Config(_Section):
     # read the cached patch tokens too (per-patch MLP, max over patches, added to each
     # frame's CLS): a small object barely moves a random encoder's CLS embedding
     patch_branch: bool = True
+    # False: the seqTransf head never trains on the re-ranker's validation videos
+    # (train.val_fraction), so early stopping sees the lists of unseen videos, as at test
+    # time; True: it trains on them too (more data, optimistic validation: quality-log)
+    train_on_validation_videos: bool = False
     # dual softmax (DSL) re-normalisation of the similarity at inference
     dual_softmax: bool = False
     dual_softmax_temperature: float = Field(0.01, gt=0)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.token_dataset import without_validation
 
 
 def mean_pooled_video_embeddings(bank: TokenBank) -> torch.Tensor:
@@ -36,3 +38,11 @@ def top_k_candidates(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     """Per row, the k best columns (scores [N, k], indices [N, k]), best first."""
     k = min(k, sim.shape[1])
     return torch.topk(sim, k, dim=1)
+
+
+def stage1_training_bank(cfg: CrossTVRConfig, train: TokenBank) -> TokenBank:
+    """The train videos a trained stage 1 learns from: all but the re-ranker's validation
+    videos, unless `stage1.train_on_validation_videos` (quality-log, 2026-11-28 evening)."""
+    if cfg.stage1.train_on_validation_videos:
+        return train
+    return without_validation(train, cfg.train.val_fraction, cfg.train.seed)

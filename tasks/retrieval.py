@@ -28,11 +28,11 @@ from crosstvr_core.reranker_training import (
     score_pairs,
     train_reranker,
 )
-from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
+from crosstvr_core.stage1 import meanp_similarity, stage1_training_bank, top_k_candidates
 from crosstvr_core.storage import STAGE1_CANDIDATES
 from crosstvr_core.temporal_head import TemporalHead, dual_softmax
 from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
-from crosstvr_core.token_dataset import split_validation, without_validation
+from crosstvr_core.token_dataset import split_validation
 from crosstvr_core.two_stage import rerank_text_to_video, rerank_video_to_text
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
@@ -139,8 +139,7 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
         metrics = _stage1_metrics(sims[TEST_SPLIT], test, k, "stage1_meanP")
         model_id = f"meanP|{index_ref.encoder_id}"
         if s1.method == "seqTransf":
-            head, model_id = _train_seqtransf(
-                cfg, without_validation(train, cfg.train.val_fraction, cfg.train.seed), out)
+            head, model_id = _train_seqtransf(cfg, stage1_training_bank(cfg, train), out)
             sims = {split: temporal_similarity(head, bank, device=_device())
                     for split, bank in banks.items()}
         elif s1.method == "external":
@@ -237,7 +236,7 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
         scores = NegativeScores(scores.videos_per_caption[captions][:, videos],
                                 scores.captions_per_video[videos][:, captions])
         e = cfg.eval
-        # the same split stage 1 left out of its training (without_validation), so the
+        # the split stage 1 left out of its training (stage1_training_bank), so the
         # validation lists are those of unseen videos, as on the test split
         validation = Validation(split.val, sim[split.val_captions][:, split.val_videos],
                                 e.top_k, e.fusion_weight, e.fusion_score, e.batch_size)

@@ -22,7 +22,7 @@ from test_reranker import (  # tests/ is on sys.path (pytest prepend import mode
 )
 from torch.utils.data import DataLoader
 
-from crosstvr_core.config import TrainConfig
+from crosstvr_core.config import CrossTVRConfig, TrainConfig
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.reranker_training import (
     NegativeScores,
@@ -31,6 +31,7 @@ from crosstvr_core.reranker_training import (
     score_pairs,
     train_reranker,
 )
+from crosstvr_core.stage1 import stage1_training_bank
 from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
 from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.token_dataset import (
@@ -362,3 +363,7 @@ def test_stage1_never_trains_on_the_rerankers_validation_videos() -> None:
     assert not set(learned_from.video_ids) & set(held_out.video_ids)
     assert set(learned_from.video_ids) | set(held_out.video_ids) == set(bank.video_ids)
     assert without_validation(bank, 0.0, seed=3) is bank
+    cfg = CrossTVRConfig.model_validate({"train": {"val_fraction": 0.25, "seed": 3}})
+    assert stage1_training_bank(cfg, bank).video_ids == learned_from.video_ids
+    cfg.stage1.train_on_validation_videos = True
+    assert stage1_training_bank(cfg, bank) is bank
