@@ -42,7 +42,13 @@ def top_k_candidates(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 def stage1_training_bank(cfg: CrossTVRConfig, train: TokenBank) -> TokenBank:
     """The train videos a trained stage 1 learns from: all but the re-ranker's validation
-    videos, unless `stage1.train_on_validation_videos` (quality-log, 2026-11-28 evening)."""
+    videos, unless `stage1.train_on_validation_videos`.
+
+    The re-ranker validates on two-stage R@1 over those videos. A stage 1 trained on them
+    has memorised their captions (validation R@1 89% against 31.8% on test,
+    docs/quality-log.md), so early stopping would compare re-rankers on candidate lists
+    that look nothing like the test set's.
+    """
     if cfg.stage1.train_on_validation_videos:
         return train
     return without_validation(train, cfg.train.val_fraction, cfg.train.seed)

@@ -123,13 +123,7 @@ def split_validation(bank: TokenBank, fraction: float, seed: int) -> BankSplit:
 
 def without_validation(bank: TokenBank, fraction: float, seed: int) -> TokenBank:
     """The bank minus the videos `split_validation(bank, fraction, seed)` holds out (all of
-    it when fraction is 0): what stage 1 may train on.
-
-    The re-ranker validates on two-stage R@1 over held-out train videos. A stage 1 trained
-    on them too has memorised their captions (val R@1 89% against 31.8% on test,
-    docs/quality-log.md), so early stopping would compare re-rankers on candidate lists
-    that look nothing like the test set's.
-    """
+    it when fraction is 0), for models that must not see the validation videos."""
     return bank if fraction <= 0 else split_validation(bank, fraction, seed).train
 
 
