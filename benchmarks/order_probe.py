@@ -7,9 +7,10 @@ played backwards (label 0), then reports the share of held-out captions (on held
 whose forward video outscores the reversed one. Chance is 50%; a value that stays there
 while the training loss falls means the config memorises scenes instead of learning order.
 
-Frame spacing matters: on throwaway banks whose kept frames were evenly spaced, the small
-re-ranker learned order (about 70% held-out); with the uneven spacing the uniform sampler
-keeps from 16 rendered frames (0, 2, 4, 6, 9, ...), it did not (docs/quality-log.md).
+Check the kept frames before trusting a rise. When a moving object touches a frame edge at
+one end of the kept frames only (e.g. frames 1, 3, ..., 15 of 16), a clip played backwards
+shows that edge at the wrong end. A video-only model then wins about 66% without reading
+the caption (docs/quality-log.md). The uniform sampler's 0, 2, 4, 6, 9, ..., 15 has no such cue.
 
 It reads the train split's cached tokens of an indexed home (as benchmarks/quality_sweep.py
 does, sharing its bank cache) and never runs the encoder.
