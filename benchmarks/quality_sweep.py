@@ -29,7 +29,7 @@ from crosstvr_core import synthetic
 from crosstvr_core.config import CrossTVRConfig, load_config
 from crosstvr_core.metrics import retrieval_metrics, text_to_video_ranks
 from crosstvr_core.report import per_family_recall
-from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
 from crosstvr_core.reranker_training import (
     NegativeScores,
     Validation,
@@ -106,9 +106,7 @@ def run_stage1(cfg: CrossTVRConfig, banks: dict[str, TokenBank]) -> dict[str, to
 
 def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> CrossTVRReranker:
     """An untrained re-ranker sized by the index's token shapes."""
-    return CrossTVRReranker(cfg.reranker, embed_dim=shapes["embed_dim"],
-                            vision_width=shapes["vision_width"], text_width=shapes["text_width"],
-                            num_frames=shapes["num_frames"], num_patches=shapes["num_patches"])
+    return CrossTVRReranker(cfg.reranker, **reranker_shape_kwargs(shapes))
 
 
 def run_reranker(cfg: CrossTVRConfig, banks: dict[str, TokenBank], shapes: dict,

@@ -188,6 +188,13 @@ class QueryBlock(nn.Module):
         return base + self.dropout(self.self_attn(rows, keys, values, padding))
 
 
+def reranker_shape_kwargs(shapes: dict) -> dict[str, int]:
+    """The constructor's size arguments, picked from an index's token shapes (TokenShapes
+    as a dict, which also holds sizes the re-ranker does not take)."""
+    return {name: shapes[name]
+            for name in ("embed_dim", "vision_width", "text_width", "num_frames", "num_patches")}
+
+
 class CrossTVRReranker(nn.Module):
     """Video-text matching logit from frozen tokens: hierarchical decoupled cross attention."""
 

@@ -21,7 +21,7 @@ from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.external_similarity import load_external_similarity
 from crosstvr_core.hard_negatives import scores_from_candidates
 from crosstvr_core.metrics import retrieval_metrics, text_to_video_ranks, video_to_text_ranks
-from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
 from crosstvr_core.reranker_training import (
     NegativeScores,
     Validation,
@@ -165,10 +165,7 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
 
 
 def build_reranker(cfg: CrossTVRConfig, index_ref: IndexRef) -> tuple[CrossTVRReranker, dict]:
-    s = index_ref.shapes
-    kwargs = {"embed_dim": s["embed_dim"], "vision_width": s["vision_width"],
-              "text_width": s["text_width"], "num_frames": s["num_frames"],
-              "num_patches": s["num_patches"]}
+    kwargs = reranker_shape_kwargs(index_ref.shapes)
     return CrossTVRReranker(cfg.reranker, **kwargs), kwargs
 
 
