@@ -17,6 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_HOME_ENV = "CROSSTVR_HOME"
+# encoder.pretrained value: the embedded encoder pretrained by this project on generated
+# stills (crosstvr_core.encoder_pretraining), then frozen
+STILLS_PRETRAINED = "stills"
 
 
 def default_home() -> str:
@@ -61,10 +64,12 @@ class DataConfig(_Section):
     num_train_videos: int = Field(2000, ge=1)
     num_test_groups: int = Field(64, ge=1)
     captions_per_train_video: int = Field(3, ge=1)
-    # generated: "shared" re-shows up to num_train_videos/2 test scenes in training, each
-    # once, with other noise, tint, jitter and captions (never the test clip itself);
-    # "disjoint" keeps every test scene out (compositional generalisation, much harder)
-    train_scenes: Literal["shared", "disjoint"] = "shared"
+    # generated: "disjoint" (default) keeps every test scene layout out of training, while
+    # every component (colour, shape, region, direction, event order) still occurs there:
+    # retrieval measures generalisation, not memory; "shared" re-shows up to
+    # num_train_videos/2 test scenes in training, each once, with other noise, tint, jitter
+    # and captions (never the test clip itself)
+    train_scenes: Literal["shared", "disjoint"] = "disjoint"
     frame_size: int = Field(64, ge=16)
     rendered_frames: int = Field(16, ge=2)
     fps: int = Field(8, ge=1)
@@ -79,14 +84,32 @@ class EncoderConfig(_Section):
     # open_clip model name (e.g. ViT-B-32) or one of the configs shipped in
     # crosstvr_core/model_configs (the embedded default is a tiny ViT).
     name: str = "crosstvr-tiny-vit"
-    # open_clip pretrained tag (e.g. "openai"), a local checkpoint file, or None for a
-    # random init with `init_seed`, saved under <home>/weights and loaded back from disk.
-    pretrained: str | None = None
+    # open_clip pretrained tag (e.g. "openai"), a local checkpoint file, "stills" (the
+    # embedded encoder after image-text pretraining on generated stills, section `pretrain`;
+    # made once per machine by the crosstvr-pretrain flow), or None for a random init with
+    # `init_seed`. Local files are loaded through open_clip's checkpoint path either way.
+    pretrained: str | None = STILLS_PRETRAINED
     init_seed: int = 0
     frame_batch_size: int = Field(256, ge=1)
     text_batch_size: int = Field(256, ge=1)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     torch_threads: int = Field(1, ge=1)
+
+
+class PretrainConfig(_Section):
+    """Image-text contrastive pretraining of the embedded encoder on generated stills
+    (encoder.pretrained = "stills"); the result is frozen like any pretrained CLIP."""
+
+    num_stills: int = Field(40_000, ge=2)
+    num_eval_stills: int = Field(1024, ge=0)
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    torch_threads: int = Field(2, ge=1)
 
 
 class SamplingConfig(_Section):
@@ -195,6 +218,21 @@ class RerankerConfig(_Section):
     # The embedded encoder has only 16 patches per frame: the quality sweep kept all of them
     # (docs/quality-log.md); set 4 for ViT-B/32-sized grids (49 patches)
     num_selected_patches: Annotated[int, Field(ge=1)] | Literal["all"] = "all"
+    # self-attention blocks over the caption's projected tokens (+ positions) before the
+    # queries read them: stage 2's own trainable text side (0: projected frozen tokens only)
+    text_layers: int = Field(1, ge=0)
+    # self-attention blocks over per-frame summaries (frame CLS + temporal position + frame
+    # difference) before both attention levels: every frame token then knows its context
+    # in time, so a clip and its reversal differ from the first step (0: off)
+    temporal_layers: int = Field(1, ge=0)
+    # init std of the temporal position embeddings; the tokens they are added to are
+    # LayerNormed (per-dimension std ~1), so 0.02 would leave time nearly invisible
+    temporal_pos_std: float = Field(0.5, gt=0)
+    # add a projection of (frame CLS - previous frame CLS) to each frame's summary
+    frame_differences: bool = True
+    # add a multiplicative text x video term (cosine of pooled text and pooled temporal
+    # states, learned scale) to the query-mean head's logit
+    match_term: bool = True
     # perturbed top-M during training: noisy draws and noise scale (TS2-Net: sigma 0.05)
     selection_samples: int = Field(100, ge=1)
     selection_sigma: float = Field(0.05, gt=0)
@@ -202,6 +240,18 @@ class RerankerConfig(_Section):
 
 class TrainConfig(_Section):
     """Re-ranker training on cached tokens."""
+
+    # "listwise": softmax cross-entropy over real stage-1 top-K lists, text->video and
+    # video->text, the caption's own clip played backwards always in its list; "bce": the
+    # paper's binary VTM loss over (positive, hard negative video, hard negative caption)
+    loss: Literal["listwise", "bce"] = "listwise"
+    # K of the training lists (the positive is put in when stage 1 missed it)
+    list_size: int = Field(15, ge=2)
+    # listwise: captions (and as many videos) per step
+    list_batch_size: int = Field(16, ge=1)
+    # cross-fitting: the training lists come from stage-1 models that each never saw the
+    # fold of videos they list (k folds); 0 = from the stage 1 trained on all of them
+    stage1_folds: int = Field(2, ge=0)
 
     # quality sweep (docs/quality-log.md): 3 epochs at lr 5e-3 fit the 15-minute benchmark
     epochs: int = Field(3, ge=1)
@@ -215,7 +265,7 @@ class TrainConfig(_Section):
     random_negatives: int = Field(2, ge=0)
     # one more negative per caption: its own video played backwards (same frames, reversed
     # order), which only temporal modelling can reject
-    reversed_negatives: bool = False
+    reversed_negatives: bool = True
     # curriculum: the share of hard (vs random) negatives grows 0 -> 1 over this fraction of
     # training; 0 = hard from the first step (BLIP), which stalls a model trained from scratch
     hard_negative_warmup: float = Field(1.0, ge=0, le=1)
@@ -240,9 +290,12 @@ class EvalConfig(_Section):
     """Two-stage evaluation."""
 
     top_k: int = Field(15, ge=1)
-    fusion_weight: float = 1.0
-    # stage-2 score added to the stage-1 cosine: the VTM probability or its raw logit
-    fusion_score: Literal["prob", "logit"] = "prob"
+    # stage1 + w * stage2 over the top K; None: w picked per direction on the re-ranker's
+    # validation split (two_stage.FUSION_WEIGHT_GRID), stored with the model
+    fusion_weight: float | None = None
+    # stage-2 score added to the stage-1 cosine: the raw logit (a listwise model's scores
+    # are relative, so squashing them adds nothing) or the VTM probability
+    fusion_score: Literal["prob", "logit"] = "logit"
     batch_size: int = Field(256, ge=1)
 
 
@@ -271,6 +324,7 @@ class CrossTVRConfig(_Section):
     home: str = Field(default_factory=default_home)
     data: DataConfig = DataConfig()
     encoder: EncoderConfig = EncoderConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     sampling: SamplingConfig = SamplingConfig()
     index: IndexConfig = IndexConfig()
     ray: RayConfig = RayConfig()

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 from crosstvr_core.metrics import recall_at_k_curve  # noqa: E402
 
 METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR")
-STAGES = (("stage1", "stage 1"), ("twostage", "two-stage"))
+STAGES = (("stage1_meanP", "meanP"), ("stage1", "stage 1"), ("stage2only", "stage 2 only"),
+          ("twostage", "two-stage"))
 
 
 def metric_name(stage: str, direction: str, key: str) -> str:
@@ -102,5 +103,21 @@ def training_curve_figure(history: list[dict], title: str = "re-ranker training"
     ax.plot(epochs, [h["loss"] for h in history], marker="o", label="VTM loss")
     ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def pretraining_curve_figure(history: list[dict], title: str = "encoder pretraining on stills"):
+    """Contrastive loss per logged step, and the learned temperature (logit scale) beside it."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], marker=".", label="contrastive loss")
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.grid(alpha=0.3)
+    scale = ax.twinx()
+    scale.plot(steps, [h["logit_scale"] for h in history], color="tab:orange", alpha=0.7,
+               label="logit scale")
+    scale.set_ylabel("logit scale (1 / temperature)")
+    fig.legend(loc="upper right")
     fig.tight_layout()
     return fig

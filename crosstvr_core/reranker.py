@@ -30,6 +30,8 @@ frame, Q = N_Q queries, H hidden size.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -188,6 +190,33 @@ class QueryBlock(nn.Module):
         return base + self.dropout(self.self_attn(rows, keys, values, padding))
 
 
+def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
+    """[length, width] fixed sine/cosine positions (Vaswani et al.), per-dimension std ~0.7:
+    any caption length works, and order is visible from the first step."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    rate = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(1e4) / width))
+    out = torch.zeros(length, width)
+    out[:, 0::2] = torch.sin(position * rate)
+    out[:, 1::2] = torch.cos(position * rate)[:, : width // 2]
+    return out
+
+
+def _encoder_stack(hidden: int, heads: int, dropout: float, layers: int) -> nn.ModuleList:
+    """Pre-LN self-attention blocks (batch first) for the text and temporal contexts."""
+    return nn.ModuleList(
+        nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True,
+                                   norm_first=True, activation="gelu")
+        for _ in range(layers)
+    )
+
+
+def _run_stack(stack: nn.ModuleList, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """x [N, S, H] through `stack`, keys masked where padding [N, S] is True."""
+    for layer in stack:
+        x = layer(x, src_key_padding_mask=padding)
+    return x
+
+
 def reranker_shape_kwargs(shapes: dict) -> dict[str, int]:
     """The constructor's size arguments, picked from an index's token shapes (TokenShapes
     as a dict, which also holds sizes the re-ranker does not take)."""
@@ -198,7 +227,7 @@ def reranker_shape_kwargs(shapes: dict) -> dict[str, int]:
 class CrossTVRReranker(nn.Module):
     """Video-text matching logit from frozen tokens: hierarchical decoupled cross attention."""
 
-    _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos")
+    _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale")
 
     def __init__(
         self,
@@ -230,6 +259,9 @@ class CrossTVRReranker(nn.Module):
             self.register_buffer(f"{kind}_mean", torch.zeros(width))
             self.register_buffer(f"{kind}_std", torch.ones(width))
         self.register_buffer("input_stats_fitted", torch.tensor(False))
+        # stage1 + w * stage2 per direction (text->video, video->text), as picked on the
+        # validation split while training; saved with the weights
+        self.register_buffer("fusion_weights", torch.ones(2))
 
         self.text_proj = nn.Sequential(nn.Linear(text_width, hidden), nn.LayerNorm(hidden))
         self.cls_proj = nn.Sequential(nn.Linear(embed_dim, hidden), nn.LayerNorm(hidden))
@@ -253,6 +285,21 @@ class CrossTVRReranker(nn.Module):
             self.tokens_per_frame += self.selector.output_count(num_patches)
 
         self.text_cross_attends = cfg.cross_attention_from == "queries_and_text"
+        # stage 2's own text side: the caption's tokens in context, with positions
+        self.text_encoder = _encoder_stack(hidden, cfg.num_heads, cfg.dropout, cfg.text_layers)
+        # time from the first step: frame summaries (+ positions, + frame differences)
+        # self-attend before any cross attention reads them
+        self.temporal_encoder = _encoder_stack(hidden, cfg.num_heads, cfg.dropout,
+                                               cfg.temporal_layers)
+        self.frame_diff_proj = None
+        if cfg.frame_differences:
+            self.frame_diff_proj = nn.Sequential(nn.Linear(embed_dim, hidden),
+                                                 nn.LayerNorm(hidden))
+        self.match_text = self.match_video = self.match_scale = None
+        if cfg.match_term:  # a direct text x video product beside the query-mean head
+            self.match_text = nn.Linear(hidden, hidden)
+            self.match_video = nn.Linear(hidden, hidden)
+            self.match_scale = nn.Parameter(torch.tensor(math.log(5.0)))
 
         def blocks() -> nn.ModuleList:
             return nn.ModuleList(
@@ -274,10 +321,21 @@ class CrossTVRReranker(nn.Module):
         self.head_norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, 1)
 
-        for param in (self.type_embed, self.patch_pos, self.temporal_pos, self.frame_queries,
-                      self.video_queries):
+        for param in (self.type_embed, self.patch_pos, self.frame_queries, self.video_queries):
             if param is not None:
                 nn.init.trunc_normal_(param, std=0.02)
+        nn.init.trunc_normal_(self.temporal_pos, std=cfg.temporal_pos_std)
+
+    def set_fusion_weights(self, text_to_video: float, video_to_text: float) -> None:
+        self.fusion_weights.copy_(torch.tensor([text_to_video, video_to_text]))
+
+    @property
+    def fusion_weight_t2v(self) -> float:
+        return float(self.fusion_weights[0])
+
+    @property
+    def fusion_weight_v2t(self) -> float:
+        return float(self.fusion_weights[1])
 
     @property
     def has_input_stats(self) -> bool:
@@ -342,7 +400,12 @@ class CrossTVRReranker(nn.Module):
             raise ValueError(f"reranker: text_mask {tuple(text_mask.shape)} does not match "
                              f"text_tokens {tuple(text_tokens.shape)}")
         text_mask = text_mask.bool()
-        return self.text_proj(_standardize(text_tokens, self.text_mean, self.text_std, text_mask))
+        text = self.text_proj(_standardize(text_tokens, self.text_mean, self.text_std, text_mask))
+        if len(self.text_encoder):
+            text = text + sinusoidal_positions(text.shape[1], text.shape[2]).to(text)
+            text = _run_stack(self.text_encoder, text, ~self._attendable_frames(text_mask))
+            text = text.masked_fill(~text_mask.unsqueeze(-1), 0.0)
+        return text
 
     def encode_video(
         self, video_cls: torch.Tensor, video_patches: torch.Tensor, frame_mask: torch.Tensor
@@ -364,8 +427,9 @@ class CrossTVRReranker(nn.Module):
                 f"{tuple(frame_mask.shape)} do not match patches {tuple(video_patches.shape)}"
             )
         frame_mask = frame_mask.bool()
-        cls = _standardize(video_cls, self.cls_mean, self.cls_std, frame_mask)
-        cls = self.cls_proj(cls) + self.type_embed[0]  # [B, F, H]
+        standard_cls = _standardize(video_cls, self.cls_mean, self.cls_std, frame_mask)
+        cls = self.cls_proj(standard_cls) + self.type_embed[0]  # [B, F, H]
+        cls = self._temporal_context(cls, standard_cls, frame_mask)
         if not self.uses_patches:
             return cls.unsqueeze(2)  # [B, F, 1, H]
         patches = _standardize(
@@ -386,6 +450,34 @@ class CrossTVRReranker(nn.Module):
         kept = self.patch_proj(kept) + self.type_embed[1] + positions  # [B*F, M, H]
         kept = kept.reshape(batch, frames, kept.shape[1], -1)  # [B, F, M, H]
         return torch.cat([cls.unsqueeze(2), kept], dim=2)  # [B, F, T, H]
+
+    def _temporal_context(self, cls: torch.Tensor, standard_cls: torch.Tensor,
+                          frame_mask: torch.Tensor) -> torch.Tensor:
+        """Frame CLS tokens [B, F, H] -> the same tokens after self-attention over time
+        (temporal positions, frame differences of the standardised CLS [B, F, D])."""
+        if not len(self.temporal_encoder):
+            return cls
+        x = cls + self.temporal_pos[: cls.shape[1]]
+        if self.frame_diff_proj is not None:
+            previous = torch.cat([standard_cls[:, :1], standard_cls[:, :-1]], dim=1)
+            both = frame_mask & torch.cat([frame_mask[:, :1], frame_mask[:, :-1]], dim=1)
+            diff = (standard_cls - previous).masked_fill(~both.unsqueeze(-1), 0.0)
+            x = x + self.frame_diff_proj(diff)
+        x = _run_stack(self.temporal_encoder, x, ~self._attendable_frames(frame_mask))
+        return x.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
+
+    def _match_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
+                     text_index: torch.Tensor, visual: torch.Tensor,
+                     frame_mask: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine [B] of the pooled text states [U, L, H] (caption text_index[i])
+        and the pooled frame tokens visual[:, :, 0] [B, F, H] over real frames."""
+        weights = text_mask.to(text.dtype).unsqueeze(-1)
+        pooled_text = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [U, H]
+        frames = self._attendable_frames(frame_mask).to(visual.dtype).unsqueeze(-1)
+        pooled_video = (visual[:, :, 0] * frames).sum(1) / frames.sum(1)  # [B, H]
+        t = F.normalize(self.match_text(pooled_text), dim=-1)[text_index]
+        v = F.normalize(self.match_video(pooled_video), dim=-1)
+        return self.match_scale.exp() * (t * v).sum(-1)
 
     def match(
         self,
@@ -409,6 +501,10 @@ class CrossTVRReranker(nn.Module):
         text = self.encode_text(text_tokens, text_mask)  # [U, L, H]
         text_padding = ~text_mask.bool()  # [U, L]
         attendable = self._attendable_frames(frame_mask.bool())  # [B, F]
+        extra = 0.0
+        if self.match_scale is not None:
+            extra = self._match_logit(text, text_mask.bool(), text_index, visual,
+                                      frame_mask.bool())
         temporal_pos = self.temporal_pos[:frames]  # [F, H]
         nq = self.num_queries
 
@@ -424,7 +520,7 @@ class CrossTVRReranker(nn.Module):
                 weights = attendable.to(frame_out.dtype)  # [B, F]
                 weights = weights / weights.sum(dim=1, keepdim=True)
                 pooled = torch.einsum("bf,bfqh->bqh", weights, frame_out)  # [B, Q, H]
-                return self._vtm_head(pooled)
+                return self._vtm_head(pooled) + extra
             # Video level: fresh queries attend to every real frame's query outputs.
             memory = (frame_out + temporal_pos[:, None]).reshape(batch, frames * nq, hidden)
             padding = (~attendable).repeat_interleave(nq, dim=1)  # [B, F*Q]
@@ -436,7 +532,7 @@ class CrossTVRReranker(nn.Module):
             padding = (~attendable).repeat_interleave(per_frame, dim=1)  # [B, F*T]
         video_out = self._run_level(self.video_blocks, self.video_queries, text, text_padding,
                                     text_index, memory, padding, 1)  # [B, Q, H]
-        return self._vtm_head(video_out)
+        return self._vtm_head(video_out) + extra
 
     def _vtm_head(self, query_out: torch.Tensor) -> torch.Tensor:
         """Query outputs [B, Q, H] -> logits [B] from their mean."""

@@ -36,7 +36,6 @@ from crosstvr_core.hard_negatives import (
     sample_hard_negative_videos,
     time_reversed_frame_order,
 )
-from crosstvr_core.metrics import retrieval_metrics
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.token_dataset import TokenSource, VTMPairDataset
@@ -47,7 +46,15 @@ from crosstvr_core.training_checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from crosstvr_core.two_stage import rerank_text_to_video, rerank_video_to_text
+from crosstvr_core.training_lists import TrainingLists
+from crosstvr_core.two_stage import (
+    fused_top1,
+    pick_fusion_weight,
+    relevance,
+    stage2_only_top1,
+    text_to_video_candidates,
+    video_to_text_candidates,
+)
 
 EpochCallback = Callable[[int, dict, CrossTVRReranker], None]
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,8 +99,8 @@ class Validation:
     bank: TokenBank
     stage1_sim: torch.Tensor  # [T_val, V_val]
     top_k: int = 15
-    fusion_weight: float = 1.0
-    fusion_score: str = "prob"  # "prob": + w * sigmoid(logit); "logit": + w * logit
+    fusion_weight: float | None = None  # None: the best of FUSION_WEIGHT_GRID, per direction
+    fusion_score: str = "logit"  # "prob": + w * sigmoid(logit); "logit": + w * logit
     batch_size: int = 256
 
 
@@ -166,7 +173,10 @@ def _check_inputs(bank: TokenBank, scores: NegativeScores) -> None:
 def validate_two_stage(
     model: CrossTVRReranker, val: Validation, device: torch.device, precision: str = "bf16"
 ) -> dict[str, float]:
-    """Two-stage R@1 (both directions) and stage-1 R@1 on the held-out slice."""
+    """Both directions on the held-out slice: stage-1 R@1, two-stage R@1 at the fusion weight
+    (given, or the best of the grid: then it is reported too), and how often the re-ranker's
+    own score puts the right item first within the top K. `val_mean_R1` is what early
+    stopping and model selection compare."""
 
     def scorer(text_rows: torch.Tensor, video_rows: torch.Tensor) -> torch.Tensor:
         logits = score_pairs(model, val.bank, text_rows, val.bank, video_rows, val.batch_size,
@@ -174,14 +184,182 @@ def validate_two_stage(
         return torch.sigmoid(logits) if val.fusion_score == "prob" else logits
 
     k = min(val.top_k, val.bank.num_videos, val.bank.num_captions)
-    fused_t2v, _ = rerank_text_to_video(val.stage1_sim, k, scorer, val.fusion_weight)
-    fused_v2t, _ = rerank_video_to_text(val.stage1_sim, k, scorer, val.fusion_weight)
-    stage1 = retrieval_metrics(val.stage1_sim, val.bank.caption_video)
-    return {
-        "val_t2v_R1": retrieval_metrics(fused_t2v, val.bank.caption_video)["t2v"]["R1"],
-        "val_v2t_R1": retrieval_metrics(fused_v2t, val.bank.caption_video)["v2t"]["R1"],
-        "val_stage1_t2v_R1": stage1["t2v"]["R1"],
-    }
+    truth = relevance(val.bank.caption_video, val.bank.num_videos)  # [T, V]
+    sim = val.stage1_sim.float()
+    out: dict[str, float] = {}
+    for name, stage1, candidates, relevant in (
+        ("t2v", sim, text_to_video_candidates, truth),
+        ("v2t", sim.T, video_to_text_candidates, truth.T),
+    ):
+        top_idx, stage2 = candidates(sim, k, scorer)
+        if val.fusion_weight is None:
+            weight, r1 = pick_fusion_weight(stage1, top_idx, stage2, relevant)
+        else:
+            weight = val.fusion_weight
+            r1 = fused_top1(stage1, top_idx, stage2, relevant, weight)
+        out[f"val_{name}_R1"] = r1
+        out[f"val_{name}_fusion_weight"] = weight
+        out[f"val_stage1_{name}_R1"] = fused_top1(stage1, top_idx, stage2, relevant, 0.0)
+        out[f"val_{name}_stage2_top1"] = stage2_only_top1(top_idx, stage2, relevant)["top1"]
+    out["val_mean_R1"] = (out["val_t2v_R1"] + out["val_v2t_R1"]) / 2
+    return out
+
+
+def _reverse_rows(video: dict[str, torch.Tensor], flip: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Video inputs with the rows where flip [U] is True played backwards."""
+    if not flip.any():
+        return video
+    order = time_reversed_frame_order(video["frame_mask"][flip])  # [n, F]
+    out = dict(video)
+    for name in ("video_cls", "video_patches"):
+        rows = video[name][flip]
+        index = order.view(*order.shape, *([1] * (rows.ndim - 2))).expand_as(rows)
+        out[name] = video[name].clone()
+        out[name][flip] = rows.gather(1, index)
+    return out
+
+
+def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.Tensor,
+                video_rows: torch.Tensor, backwards: torch.Tensor, device: torch.device,
+                precision: str) -> torch.Tensor:
+    """Logits [N] of pairs (caption text_rows[i], video video_rows[i], played backwards where
+    backwards[i]); each distinct (video, direction) is encoded once and each distinct
+    caption's text path runs once, with gradients."""
+    keys, pair_video = torch.unique(video_rows * 2 + backwards.long(), return_inverse=True)
+    captions, pair_text = torch.unique(text_rows, return_inverse=True)
+    video = _reverse_rows(source.video_batch(keys // 2), (keys % 2).bool())
+    video = {name: value.to(device, non_blocking=True) for name, value in video.items()}
+    text = {name: value.to(device, non_blocking=True)
+            for name, value in source.text_batch(captions).items()}
+    pair_video, pair_text = pair_video.to(device), pair_text.to(device)
+    with training_autocast(device, precision):
+        visual = model.encode_video(**video)  # [U, F, T, H]
+        logits = model.match(text["text_tokens"], text["text_mask"], visual[pair_video],
+                             video["frame_mask"][pair_video], text_index=pair_text)
+    return logits.float()
+
+
+def _curriculum(lists: torch.Tensor, num_items: int, hard_fraction: float,
+                generator: torch.Generator) -> torch.Tensor:
+    """Each list entry [N, K] kept with probability hard_fraction, else a random item."""
+    if hard_fraction >= 1:
+        return lists
+    random = torch.randint(num_items, lists.shape, generator=generator)
+    easy = torch.rand(lists.shape, generator=generator) >= hard_fraction
+    return torch.where(easy, random, lists)
+
+
+def _with_positive_first(candidates: torch.Tensor, positive: torch.Tensor,
+                         is_positive: torch.Tensor, num_items: int,
+                         generator: torch.Generator) -> torch.Tensor:
+    """[N, K] lists -> [N, K]: the positive at column 0, then the first K-1 entries that are
+    not right answers (is_positive [N, K]); right answers elsewhere in the list are replaced
+    by random items (a re-draw that is right again is rare and only weakens one column)."""
+    random = torch.randint(num_items, candidates.shape, generator=generator)
+    others = torch.where(is_positive, random, candidates)
+    # stable sort puts the replaced entries last, so the real hard negatives come first
+    order = torch.sort(is_positive.long(), dim=1, stable=True).indices
+    others = others.gather(1, order)
+    return torch.cat([positive.unsqueeze(1), others[:, :-1]], dim=1)
+
+
+def listwise_step(model: CrossTVRReranker, bank: TokenBank, lists: TrainingLists,
+                  text_rows: torch.Tensor, hard_fraction: float, generator: torch.Generator,
+                  device: torch.device, precision: str, reversed_negative: bool = True
+                  ) -> tuple[torch.Tensor, list[float]]:
+    """Symmetric listwise loss of one batch of captions text_rows [B].
+
+    text->video: each caption's stage-1 list of K videos, its own first, and (with
+    `reversed_negative`) its own video played backwards as a K+1-th candidate; video->text:
+    each caption's video with its stage-1 list of K captions, that caption first and the
+    video's other captions taken out. Softmax cross-entropy towards column 0, averaged over
+    both directions. Returns (loss, [t2v top-1 in list, positive probability, positive
+    beats its reversal]).
+    """
+    positive = bank.caption_video[text_rows]  # [B]
+    batch = len(text_rows)
+    videos = _curriculum(lists.videos_per_caption[text_rows], bank.num_videos, hard_fraction,
+                         generator)
+    videos = _with_positive_first(videos, positive, videos == positive.unsqueeze(1),
+                                  bank.num_videos, generator)  # [B, K]
+    captions = _curriculum(lists.captions_per_video[positive], bank.num_captions,
+                           hard_fraction, generator)
+    captions = _with_positive_first(captions, text_rows,
+                                    bank.caption_video[captions] == positive.unsqueeze(1),
+                                    bank.num_captions, generator)  # [B, K']
+    k_videos, k_captions = videos.shape[1], captions.shape[1]
+    t2v_text = text_rows.unsqueeze(1).expand(-1, k_videos)
+    backwards = torch.zeros(batch, k_videos, dtype=torch.bool)
+    if reversed_negative:
+        videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)  # [B, K+1]
+        t2v_text = text_rows.unsqueeze(1).expand(-1, k_videos + 1)
+        backwards = torch.cat([backwards, torch.ones(batch, 1, dtype=torch.bool)], dim=1)
+    v2t_video = positive.unsqueeze(1).expand(-1, k_captions)
+    logits = pair_logits(
+        model, bank,
+        torch.cat([t2v_text.reshape(-1), captions.reshape(-1)]),
+        torch.cat([videos.reshape(-1), v2t_video.reshape(-1)]),
+        torch.cat([backwards.reshape(-1), torch.zeros(captions.numel(), dtype=torch.bool)]),
+        device, precision)
+    t2v = logits[: videos.numel()].view(videos.shape)
+    v2t = logits[videos.numel():].view(captions.shape)
+    target = torch.zeros(batch, dtype=torch.long, device=t2v.device)
+    loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
+    with torch.no_grad():
+        stats = [
+            (t2v.argmax(dim=1) == 0).float().mean(),
+            t2v.softmax(dim=1)[:, 0].mean(),
+            (t2v[:, 0] > t2v[:, -1]).float().mean() if reversed_negative else t2v.new_tensor(0.0),
+        ]
+    return loss, stats
+
+
+def _bce_step(model: CrossTVRReranker, dataset: VTMPairDataset, bank: TokenBank,
+              scores: NegativeScores, text_rows: torch.Tensor, cfg: TrainConfig,
+              generator: torch.Generator, hard_fraction: float, device: torch.device
+              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The paper's binary VTM loss of one batch (the ablation baseline). Returns (loss,
+    [pair accuracy, positive probability, positive beats the hard negative video])."""
+    batch = len(text_rows)
+    positive_video = bank.caption_video[text_rows]  # [B]
+    neg_video, neg_text = _sample_negatives(
+        bank, scores, text_rows, positive_video, cfg, generator, hard_fraction
+    )
+    # (text, its video), (text, negative video), (negative text, video), then
+    # cfg.random_negatives x (text, random video): easy pairs keep the loss informative
+    # while the hard ones alone are still indistinguishable to an untrained model
+    easy = [random_negative_videos(positive_video, bank.num_videos, generator)
+            for _ in range(cfg.random_negatives)]
+    # with cfg.reversed_negatives, a last block of (text, its video played backwards)
+    backwards = [positive_video] if cfg.reversed_negatives else []
+    pair_text = torch.cat([text_rows, text_rows, neg_text,
+                           *[text_rows] * (len(easy) + len(backwards))])
+    pair_video = torch.cat([positive_video, neg_video, positive_video, *easy, *backwards])
+    labels = torch.zeros(pair_text.shape[0], device=device)  # [(3 + R (+1)) B]
+    labels[:batch] = 1.0
+
+    inputs = dataset.pairs(pair_text, pair_video)
+    if backwards:
+        inputs = play_backwards(inputs, pair_text.shape[0] - batch)
+    inputs = {name: value.to(device, non_blocking=True) for name, value in inputs.items()}
+    with training_autocast(device, cfg.precision):
+        logits = model(**inputs).float()  # [(3 + R) B]
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    with torch.no_grad():
+        pos, neg_video_logits = logits[:batch], logits[batch : 2 * batch]
+        stats = [((logits > 0).float() == labels).float().mean(), torch.sigmoid(pos).mean(),
+                 (pos > neg_video_logits).float().mean()]
+    return loss, stats
+
+
+def _check_lists(bank: TokenBank, lists: TrainingLists | None) -> None:
+    if lists is None:
+        raise ValueError("train_reranker: train.loss=listwise needs the stage-1 training lists")
+    want = (bank.num_captions, bank.num_videos)
+    got = (lists.videos_per_caption.shape[0], lists.captions_per_video.shape[0])
+    if got != want:
+        raise ValueError(f"train_reranker: lists for {got[0]} captions x {got[1]} videos, the "
+                         f"bank has {want[0]} x {want[1]}")
 
 
 def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -191,9 +369,10 @@ def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def train_reranker(
     model: CrossTVRReranker,
     bank: TokenBank,
-    stage1_sim: torch.Tensor | NegativeScores,
+    stage1_sim: torch.Tensor | NegativeScores | None,
     cfg: TrainConfig,
     *,
+    lists: TrainingLists | None = None,
     device: str | torch.device = "cpu",
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
@@ -201,14 +380,15 @@ def train_reranker(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
 ) -> list[dict]:
-    """Train with a binary VTM loss over (positive, negative video, negative text) triples.
-
-    stage1_sim [T, V]: stage-1 similarity of the bank's captions to its videos (or explicit
-    NegativeScores), what hard negatives are drawn from. Fits the input statistics from
+    """Train on cached tokens: listwise (cfg.loss, the default) over `lists`, the stage-1
+    top-K lists of the bank's captions and videos (training_lists); or a binary VTM loss over
+    (positive, negative video, negative text) triples drawn from `stage1_sim` [T, V] (the
+    bank's stage-1 similarity, or explicit NegativeScores). Fits the input statistics from
     `bank` first if the model has none. Seeded by cfg.seed: the same init, bank and cfg give
     identical weights on CPU.
 
-    Each epoch (counted from 1): validation on two-stage t2v R@1 when `validation` is given
+    Each epoch (counted from 1): validation on two-stage R@1, the mean of both directions
+    (`validate_two_stage`; the model keeps the fusion weights picked there), when `validation` is given
     (early stopping after cfg.early_stopping_patience epochs without a better score; the
     best weights are loaded at the end), then a checkpoint in `checkpoint_dir` (its path in
     the record as "checkpoint"), then `on_epoch_end(epoch, record, model)`. With `resume`,
@@ -217,11 +397,19 @@ def train_reranker(
     the model is left in eval mode on `device`.
     """
     device = torch.device(device)
-    scores = (stage1_sim if isinstance(stage1_sim, NegativeScores)
-              else NegativeScores.from_similarity(stage1_sim))
-    _check_inputs(bank, scores)
+    listwise = cfg.loss == "listwise"
+    if listwise:
+        _check_lists(bank, lists)
+        batch_size = cfg.list_batch_size
+    else:
+        if stage1_sim is None:
+            raise ValueError("train_reranker: train.loss=bce needs the stage-1 similarity")
+        scores = (stage1_sim if isinstance(stage1_sim, NegativeScores)
+                  else NegativeScores.from_similarity(stage1_sim))
+        _check_inputs(bank, scores)
+        batch_size = cfg.batch_size
     dataset = VTMPairDataset(bank)
-    num_captions, num_videos = bank.num_captions, bank.num_videos
+    num_captions = bank.num_captions
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -229,7 +417,7 @@ def train_reranker(
         model.fit_input_stats(bank)
     model.to(device)
 
-    steps_per_epoch = math.ceil(num_captions / cfg.batch_size)
+    steps_per_epoch = math.ceil(num_captions / batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -264,36 +452,17 @@ def train_reranker(
         bar = tqdm(range(steps_per_epoch), desc=f"reranker epoch {epoch}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for step in bar:
-            text_rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # [B]
-            batch = text_rows.shape[0]
-            positive_video = bank.caption_video[text_rows]  # [B]
+            text_rows = order[step * batch_size : (step + 1) * batch_size]  # [B]
             hard_fraction = hard_negative_fraction(
                 (epoch - 1) * steps_per_epoch + step, total_steps, cfg.hard_negative_warmup
             )
-            neg_video, neg_text = _sample_negatives(
-                bank, scores, text_rows, positive_video, cfg, generator, hard_fraction
-            )
-            # (text, its video), (text, negative video), (negative text, video), then
-            # cfg.random_negatives x (text, random video): easy pairs keep the loss informative
-            # while the hard ones alone are still indistinguishable to an untrained model
-            easy = [random_negative_videos(positive_video, num_videos, generator)
-                    for _ in range(cfg.random_negatives)]
-            # with cfg.reversed_negatives, a last block of (text, its video played backwards)
-            backwards = [positive_video] if cfg.reversed_negatives else []
-            pair_text = torch.cat([text_rows, text_rows, neg_text,
-                                   *[text_rows] * (len(easy) + len(backwards))])
-            pair_video = torch.cat([positive_video, neg_video, positive_video, *easy, *backwards])
-            labels = torch.zeros(pair_text.shape[0], device=device)  # [(3 + R (+1)) B]
-            labels[:batch] = 1.0
-
-            inputs = dataset.pairs(pair_text, pair_video)
-            if backwards:
-                inputs = play_backwards(inputs, pair_text.shape[0] - batch)
-            inputs = {name: value.to(device, non_blocking=True) for name, value in inputs.items()}
-            with training_autocast(device, cfg.precision):
-                logits = model(**inputs)  # [(3 + R) B]
-            logits = logits.float()
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            if listwise:
+                loss, stats = listwise_step(model, bank, lists, text_rows, hard_fraction,
+                                            generator, device, cfg.precision,
+                                            cfg.reversed_negatives)
+            else:
+                loss, stats = _bce_step(model, dataset, bank, scores, text_rows, cfg,
+                                        generator, hard_fraction, device)
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -303,22 +472,17 @@ def train_reranker(
             scaler.update()
             schedule.step()
 
-            with torch.no_grad():
-                pos, neg_video_logits = logits[:batch], logits[batch : 2 * batch]
-                metrics = torch.stack([
-                    loss,
-                    ((logits > 0).float() == labels).float().mean(),
-                    torch.sigmoid(pos).mean(),
-                    (pos > neg_video_logits).float().mean(),
-                    grad_norm.float(),
-                ]).tolist()  # one device sync per step
+            metrics = torch.stack([loss.detach(), *stats, grad_norm.float()]).tolist()
             for name, value in zip(totals, metrics, strict=True):
                 totals[name] += value
             bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
         bar.close()
 
         seconds = time.perf_counter() - start
-        pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
+        if listwise:  # K + 1 (reversed) videos and K captions per caption
+            pairs_per_caption = 2 * cfg.list_size + int(cfg.reversed_negatives)
+        else:
+            pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
         record = {
             "epoch": epoch,
             **{name: value / steps_per_epoch for name, value in totals.items()},
@@ -329,8 +493,10 @@ def train_reranker(
         }
         if validation is not None:
             record.update(validate_two_stage(model, validation, device, cfg.precision))
-            if record["val_t2v_R1"] > best["score"]:
-                best.update(score=record["val_t2v_R1"], epoch=epoch, state=_clone_state(model),
+            model.set_fusion_weights(record["val_t2v_fusion_weight"],
+                                     record["val_v2t_fusion_weight"])
+            if record["val_mean_R1"] > best["score"]:
+                best.update(score=record["val_mean_R1"], epoch=epoch, state=_clone_state(model),
                             stale_epochs=0)
             else:
                 best["stale_epochs"] += 1

@@ -150,8 +150,11 @@ def near_duplicate_accuracy(
     caption_video: Sequence[int],
     video_ids: Sequence[str],
     caption_meta: Sequence[dict],
+    direction: str = "t2v",
 ) -> dict[str, float]:
-    """Per factor: % of test captions scoring their own video above its one-factor twin.
+    """Per factor: % of test captions scoring their own video above its one-factor twin
+    (direction "t2v"), or of videos scoring their own caption above the twin's caption
+    ("v2t": column-wise; the twin's first caption stands for it).
 
     similarity [num_captions, num_videos]; caption_video[i] is caption i's video column;
     video_ids name the columns (dataset ids or relative paths); caption_meta[i] holds the
@@ -165,10 +168,16 @@ def near_duplicate_accuracy(
     if similarity.shape[1] != len(video_ids) or len(caption_video) != len(caption_meta):
         raise ValueError(f"near_duplicate_accuracy: {len(video_ids)} video ids and "
                          f"{len(caption_video)} caption videos for a {similarity.shape} matrix")
+    if direction not in ("t2v", "v2t"):
+        raise ValueError(f"near_duplicate_accuracy: direction must be t2v or v2t, got {direction!r}")
     column = {_video_key(v): j for j, v in enumerate(video_ids)}
+    caption_of: dict[int, int] = {}
+    for i, v in enumerate(caption_video):
+        caption_of.setdefault(int(v), i)
     wins: dict[str, list[bool]] = {}
     for i, meta in enumerate(caption_meta):
-        own = similarity[i, int(caption_video[i])]
+        own_video = int(caption_video[i])
+        own = similarity[i, own_video]
         for factor in FACTORS:
             twin = meta.get(f"twin_{factor}")
             if not twin:
@@ -176,5 +185,12 @@ def near_duplicate_accuracy(
             if _video_key(twin) not in column:
                 raise ValueError(f"near_duplicate_accuracy: caption {i}'s {factor} twin "
                                  f"{twin!r} is not among the videos")
-            wins.setdefault(factor, []).append(bool(own > similarity[i, column[_video_key(twin)]]))
+            twin_video = column[_video_key(twin)]
+            if direction == "t2v":
+                other = similarity[i, twin_video]
+            elif twin_video in caption_of:
+                other = similarity[caption_of[twin_video], own_video]
+            else:
+                continue
+            wins.setdefault(factor, []).append(bool(own > other))
     return {factor: 100.0 * float(np.mean(w)) for factor, w in sorted(wins.items())}

@@ -25,6 +25,7 @@ from prefect import task
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.datasets import RetrievalDataset
 from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
+from crosstvr_core.encoder_pretraining import resolve_pretrained
 from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
 from crosstvr_core.video_decode import VideoDecodeError, decode_frames, file_content_hash
 
@@ -62,7 +63,7 @@ class IndexResult:
 
 
 def encoder_spec(cfg: CrossTVRConfig) -> EncoderSpec:
-    return EncoderSpec(cfg.encoder.name, cfg.encoder.pretrained, cfg.encoder.precision)
+    return EncoderSpec(cfg.encoder.name, resolve_pretrained(cfg), cfg.encoder.precision)
 
 
 def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:

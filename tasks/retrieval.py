@@ -12,28 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import torch
 from prefect import task
 
-from crosstvr_core import report, synthetic
+from crosstvr_core import pipeline, report
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.external_similarity import load_external_similarity
 from crosstvr_core.hard_negatives import scores_from_candidates
-from crosstvr_core.metrics import retrieval_metrics, text_to_video_ranks, video_to_text_ranks
 from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
-from crosstvr_core.reranker_training import (
-    NegativeScores,
-    Validation,
-    score_pairs,
-    train_reranker,
-)
-from crosstvr_core.stage1 import meanp_similarity, stage1_training_bank, top_k_candidates
+from crosstvr_core.reranker_training import NegativeScores
+from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
 from crosstvr_core.storage import STAGE1_CANDIDATES
-from crosstvr_core.temporal_head import TemporalHead, dual_softmax
-from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
-from crosstvr_core.token_dataset import split_validation
-from crosstvr_core.two_stage import rerank_text_to_video, rerank_video_to_text
+from crosstvr_core.temporal_head import TemporalHead
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
 
@@ -60,33 +50,23 @@ class RerankerRef:
 
 
 def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _ceiling(sim: torch.Tensor, bank, k: int, prefix: str) -> dict[str, float]:
-    """Recall of the true item within the top K: the re-ranker's ceiling, both directions."""
-    t2v = text_to_video_ranks(sim, bank.caption_video)
-    v2t = video_to_text_ranks(sim, bank.caption_video)
-    return {f"{prefix}/t2v_recall_at_{k}": float(100.0 * np.mean(t2v < k)),
-            f"{prefix}/v2t_recall_at_{k}": float(100.0 * np.mean(v2t < k))}
-
-
-def _stage1_metrics(sim: torch.Tensor, bank, k: int, prefix: str) -> dict[str, float]:
-    metrics = report.flat_metrics(prefix, retrieval_metrics(sim, bank.caption_video))
-    metrics.update(_ceiling(sim, bank, k, prefix))
-    return metrics
+    return pipeline.device()
 
 
 def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[TemporalHead, str]:
     """Train the CLIP4Clip seqTransf head on cached frame embeddings; returns it + its id."""
-    head = TemporalHead.for_bank(cfg.stage1, train)  # sized by the cached token shapes
 
     def on_epoch_end(epoch: int, record: dict, _head) -> None:
         mlflow.log_metrics({f"stage1_train/{k}": float(v) for k, v in record.items()
                             if isinstance(v, int | float) and k != "epoch"}, step=epoch)
 
-    history = train_temporal_head(head, train, cfg.stage1, device=_device(),
-                                  on_epoch_end=on_epoch_end)
+    history: list[dict] = []
+
+    def keep(epoch: int, record: dict, head) -> None:
+        history.append(record)
+        on_epoch_end(epoch, record, head)
+
+    head = pipeline.fit_stage1_for_reranking(cfg, train, on_epoch_end=keep)
     mlflow.log_figure(report.training_curve_figure(history, "stage-1 seqTransf training"),
                       "figures/stage1_training_curve.png")
     path = run_dir / "stage1_seqtransf.pt"
@@ -132,16 +112,17 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
             raise ValueError(f"split '{names[role]}' (data.{role.replace('test', 'eval')}_split):"
                              f" no indexed videos or captions in {index.uri}")
     train, test = banks[TRAIN_SPLIT], banks[TEST_SPLIT]
+    metas = index.caption_meta(test.caption_ids)
     with step_run(cfg, parent_run_id, "stage1", reads=index_ref):
         mlflow.log_params({"stage1.num_test_captions": test.num_captions,
                            "stage1.num_test_videos": test.num_videos})
         sims = {split: meanp_similarity(bank) for split, bank in banks.items()}
-        metrics = _stage1_metrics(sims[TEST_SPLIT], test, k, "stage1_meanP")
+        metrics = pipeline.stage1_metrics(sims[TEST_SPLIT], test, k, "stage1_meanP", metas)
         model_id = f"meanP|{index_ref.encoder_id}"
         if s1.method == "seqTransf":
-            head, model_id = _train_seqtransf(cfg, stage1_training_bank(cfg, train), out)
-            sims = {split: temporal_similarity(head, bank, device=_device())
-                    for split, bank in banks.items()}
+            head, model_id = _train_seqtransf(cfg, train, out)
+            sims = {TRAIN_SPLIT: pipeline.stage1_scorer(head)(train, train),
+                    TEST_SPLIT: pipeline.stage1_test_similarity(cfg, head, test)}
         elif s1.method == "external":
             if not (s1.external_similarity and s1.external_caption_ids and s1.external_video_ids):
                 raise ValueError("stage1.method=external needs stage1.external_similarity, "
@@ -150,9 +131,9 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
                 s1.external_similarity, s1.external_caption_ids, s1.external_video_ids,
                 test.caption_ids, test.video_ids)
             model_id = f"external|{Path(s1.external_similarity).name}"
-        if s1.dual_softmax:
-            sims[TEST_SPLIT] = dual_softmax(sims[TEST_SPLIT], s1.dual_softmax_temperature)
-        metrics.update(_stage1_metrics(sims[TEST_SPLIT], test, k, "stage1"))
+        else:
+            sims[TEST_SPLIT] = pipeline.stage1_test_similarity(cfg, None, test)
+        metrics.update(pipeline.stage1_metrics(sims[TEST_SPLIT], test, k, "stage1", metas))
         paths = {}
         for split, bank in banks.items():
             paths[split] = str(out / f"stage1_{split}.pt")
@@ -221,32 +202,34 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     index = index_ref.open()
     full = index.load_token_bank(cfg.data.train_split)
     sim = torch.load(stage1_ref.sim_paths[TRAIN_SPLIT])
-    if t.negative_source == "stage1_top_k":
-        scores = _stored_top_k_scores(index, _stage1_model_id(stage1_ref, parent_run_id), full,
-                                      cfg.data.train_split)
-    else:
-        scores = NegativeScores.from_similarity(sim)
-    bank, validation = full, None
-    if t.val_fraction > 0:
-        split = split_validation(full, t.val_fraction, t.seed)
-        bank, captions, videos = split.train, split.train_captions, split.train_videos
-        scores = NegativeScores(scores.videos_per_caption[captions][:, videos],
-                                scores.captions_per_video[videos][:, captions])
-        e = cfg.eval
-        # the split stage 1 left out of its training (stage1_training_bank), so the
-        # validation lists are those of unseen videos, as on the test split
-        validation = Validation(split.val, sim[split.val_captions][:, split.val_videos],
-                                e.top_k, e.fusion_weight, e.fusion_score, e.batch_size)
+    negatives = None
+    if t.loss == "bce" and t.negative_source == "stage1_top_k":
+        negatives = _stored_top_k_scores(index, _stage1_model_id(stage1_ref, parent_run_id),
+                                          full, cfg.data.train_split)
+    # the validation videos are those stage 1 left out of its training
+    # (stage1_training_bank), so their lists look like the test split's
+    split = pipeline.reranker_split(cfg, full)
+    bank = split.train if split else full
+    if negatives is not None and split is not None:
+        negatives = NegativeScores(
+            negatives.videos_per_caption[split.train_captions][:, split.train_videos],
+            negatives.captions_per_video[split.train_videos][:, split.train_captions])
     model, kwargs = build_reranker(cfg, index_ref)
-    model.fit_input_stats(bank)
     checkpoint = Path(run_dir) / "reranker.pt"
-    device = _device()
 
     with step_run(cfg, parent_run_id, "train-reranker", reads=index_ref):
         mlflow.log_params({"train.num_captions": bank.num_captions,
                            "train.num_videos": bank.num_videos,
-                           "train.num_val_videos": validation.bank.num_videos if validation else 0,
+                           "train.num_val_videos": split.val.num_videos if split else 0,
                            "reranker.num_parameters": sum(p.numel() for p in model.parameters())})
+        lists = None
+        if t.loss == "listwise":
+            started = time.perf_counter()
+            part_sim = sim[split.train_captions][:, split.train_videos] if split else sim
+            lists = pipeline.training_lists(cfg, bank, part_sim)
+            mlflow.log_metrics({"lists/seconds": time.perf_counter() - started,
+                                **{f"lists/{k}": v
+                                   for k, v in pipeline.list_recall(lists, bank).items()}})
 
         def on_epoch_end(epoch: int, record: dict, _model) -> None:
             numeric = {f"train/{k}": float(v) for k, v in record.items()
@@ -256,12 +239,13 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
                 mlflow.log_artifact(record["checkpoint"], artifact_path="checkpoints")
 
         started = time.perf_counter()
-        history = train_reranker(model, bank, scores, t, device=device,
-                                 on_epoch_end=on_epoch_end, validation=validation,
-                                 checkpoint_dir=Path(run_dir) / "reranker_checkpoints",
-                                 resume=True)
+        history = pipeline.train_stage2(
+            cfg, model, full, sim, lists, split, negatives=negatives, on_epoch_end=on_epoch_end,
+            checkpoint_dir=Path(run_dir) / "reranker_checkpoints")
         mlflow.log_metric("train/seconds", time.perf_counter() - started)
-        best = max(history, key=lambda r: r.get("val_t2v_R1", 0.0)) if validation else history[-1]
+        best = max(history, key=lambda r: r.get("val_mean_R1", 0.0)) if split else history[-1]
+        mlflow.log_metrics({"train/fusion_weight_t2v": model.fusion_weight_t2v,
+                            "train/fusion_weight_v2t": model.fusion_weight_v2t})
         mlflow.log_metric("train/best_epoch", best["epoch"])
         tmp = checkpoint.with_suffix(".pt.tmp")
         torch.save({"state_dict": model.state_dict(), "kwargs": kwargs, "epoch": best["epoch"],
@@ -284,73 +268,41 @@ def load_reranker(cfg: CrossTVRConfig, ref: RerankerRef) -> CrossTVRReranker:
     return model.eval()
 
 
-def _twin_accuracy(matrices: dict[str, torch.Tensor], bank, metas: list[dict]) -> dict:
-    """Per factor of the generated benchmark: own video above its one-factor twin (%).
-
-    Empty for corpora without twins (any real dataset)."""
-    if not any(any(k.startswith("twin_") for k in m) for m in metas):
-        return {}
-    caption_video = bank.caption_video.numpy()
-    return {label: synthetic.near_duplicate_accuracy(mat.float().numpy(), caption_video,
-                                                     bank.video_ids, metas)
-            for label, mat in matrices.items()}
-
-
 def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Stage1Ref,
                        reranker_ref: RerankerRef, run_dir: str, parent_run_id: str) -> dict:
-    """Top-K stage-1 candidates per query re-scored; both directions; per-family R@1."""
+    """Top-K stage-1 candidates per query re-scored; both directions; the re-ranker alone;
+    per scene kind and per twin factor; figures."""
     torch.set_num_threads(cfg.train.torch_threads)
     index = index_ref.open()
     bank = index.load_token_bank(cfg.data.eval_split)
     sim = torch.load(stage1_ref.sim_paths[TEST_SPLIT])
     model = load_reranker(cfg, reranker_ref).to(_device())
-    e = cfg.eval
-
-    def scorer(text_rows: torch.Tensor, video_rows: torch.Tensor) -> torch.Tensor:
-        logits = score_pairs(model, bank, text_rows, bank, video_rows, e.batch_size,
-                             device=_device(), progress=True, precision=cfg.train.precision)
-        return torch.sigmoid(logits) if e.fusion_score == "prob" else logits
+    metas = index.caption_meta(bank.caption_ids)
 
     with step_run(cfg, parent_run_id, "two-stage-eval", reads=index_ref):
         started = time.perf_counter()
-        fused_t2v, _ = rerank_text_to_video(sim, e.top_k, scorer, e.fusion_weight)
-        t2v_seconds = time.perf_counter() - started
-        fused_v2t, _ = rerank_video_to_text(sim, e.top_k, scorer, e.fusion_weight)
-        metrics = report.flat_metrics("twostage", {
-            "t2v": retrieval_metrics(fused_t2v, bank.caption_video)["t2v"],
-            "v2t": retrieval_metrics(fused_v2t, bank.caption_video)["v2t"],
-        })
-        metrics["twostage/t2v_ms_per_query"] = 1000.0 * t2v_seconds / max(1, bank.num_captions)
-
-        ranks = {"stage 1": text_to_video_ranks(sim, bank.caption_video),
-                 "two-stage": text_to_video_ranks(fused_t2v, bank.caption_video)}
-        v2t_ranks = {"stage 1": video_to_text_ranks(sim, bank.caption_video),
-                     "two-stage": video_to_text_ranks(fused_v2t, bank.caption_video)}
-        metas = index.caption_meta(bank.caption_ids)
-        families = [m.get("variant", "") for m in metas]
-        by_family = {label: report.per_family_recall(r, families) for label, r in ranks.items()}
-        for label, key in (("stage 1", "stage1"), ("two-stage", "twostage")):
-            for family, value in by_family[label].items():
-                metrics[f"{key}/t2v_R1_{family}"] = value
-        twins = _twin_accuracy({"stage 1": sim, "two-stage": fused_t2v}, bank, metas)
-        for label, key in (("stage 1", "stage1"), ("two-stage", "twostage")):
-            for factor, value in twins.get(label, {}).items():
-                metrics[f"{key}/t2v_twin_acc_{factor}"] = value
+        result = pipeline.evaluate_two_stage(cfg, model, bank, sim, metas, progress=True)
+        metrics = result.metrics
+        metrics["twostage/ms_per_query"] = (1000.0 * (time.perf_counter() - started)
+                                            / max(1, bank.num_captions + bank.num_videos))
         mlflow.log_metrics(metrics)
         max_k = min(50, bank.num_videos)
-        mlflow.log_figure(report.recall_curve_figure(ranks, max_k, "text -> video"),
+        mlflow.log_figure(report.recall_curve_figure(result.ranks, max_k, "text -> video"),
                           "figures/recall_at_k_t2v.png")
-        mlflow.log_figure(report.recall_curve_figure(v2t_ranks, max_k, "video -> text"),
+        mlflow.log_figure(report.recall_curve_figure(result.v2t_ranks, max_k, "video -> text"),
                           "figures/recall_at_k_v2t.png")
-        mlflow.log_figure(report.rank_histogram_figure(ranks, "text -> video ranks"),
+        mlflow.log_figure(report.rank_histogram_figure(result.ranks, "text -> video ranks"),
                           "figures/rank_histogram_t2v.png")
-        if any(families):
+        if any(result.families):
+            by_family = {label: report.per_family_recall(r, result.families)
+                         for label, r in result.ranks.items()}
             mlflow.log_figure(report.family_bar_figure(by_family, "t2v R@1 per scene kind"),
                               "figures/per_family_r1.png")
-        if twins:
+        if result.twins:
             mlflow.log_figure(
-                report.family_bar_figure(twins, "caption scores its video above the one-factor "
-                                         "twin (%; chance 50)"), "figures/per_factor_twin_acc.png")
+                report.family_bar_figure(result.twins, "caption scores its video above the "
+                                         "one-factor twin (%; chance 50)"),
+                "figures/per_factor_twin_acc.png")
     log_metrics_to(parent_run_id, metrics)
     Path(run_dir, "two_stage_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -7,7 +7,7 @@ def test_defaults_are_the_embedded_benchmark():
     cfg = load_config()
     assert cfg.data.kind == "generated"
     assert cfg.encoder.name == "crosstvr-tiny-vit" and cfg.encoder.pretrained is None
-    assert cfg.eval.top_k == 15 and cfg.eval.fusion_weight == 1.0
+    assert cfg.eval.top_k == 15 and cfg.eval.fusion_weight is None
 
 
 def test_file_then_overrides(tmp_path):

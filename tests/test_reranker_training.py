@@ -83,7 +83,8 @@ def toy_training(epochs: int, hard: bool = True, bank: TokenBank | None = None,
     sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
     model = make_model(hidden=32)
     # pinned, not the defaults: these tests are about 3 pairs per caption and a curriculum
-    cfg = TrainConfig(**{"epochs": epochs, "batch_size": 16, "lr": 3e-3, "hard_negatives": hard,
+    cfg = TrainConfig(**{"loss": "bce", "epochs": epochs, "batch_size": 16, "lr": 3e-3,
+                         "hard_negatives": hard, "reversed_negatives": False,
                          "seed": 3, "random_negatives": 0, "hard_negative_warmup": 0.5,
                          **(cfg or {})})
     return model, train_reranker(model, bank, sim, cfg, **{"progress": False, **kwargs})
@@ -193,8 +194,9 @@ def test_validation_early_stopping_keeps_the_best_weights(tmp_path: Path) -> Non
         epochs=6, bank=split.train, validation=validation, on_epoch_end=keep,
         cfg={"early_stopping_patience": 1, "lr": 3e-2},
     )
-    assert all({"val_t2v_R1", "val_v2t_R1", "val_stage1_t2v_R1"} <= r.keys() for r in history)
-    scores = [r["val_t2v_R1"] for r in history]
+    assert all({"val_t2v_R1", "val_v2t_R1", "val_stage1_t2v_R1", "val_mean_R1",
+                "val_t2v_stage2_top1", "val_t2v_fusion_weight"} <= r.keys() for r in history)
+    scores = [r["val_mean_R1"] for r in history]
     best_epoch = history[int(np.argmax(scores))]["epoch"]
     # held-out videos carry codes never trained on, so R@1 stalls and patience 1 stops it
     assert len(history) < 6 and history[-1]["early_stopped"]
@@ -213,12 +215,12 @@ def test_negatives_from_stored_top_k_train() -> None:
     videos.scatter_(1, top, 1.0)
     scores = NegativeScores(videos, torch.zeros(bank.num_videos, bank.num_captions))
     model = make_model(hidden=32)
-    history = train_reranker(model, bank, scores, TrainConfig(epochs=1, batch_size=16),
-                             progress=False)
+    history = train_reranker(model, bank, scores,
+                             TrainConfig(epochs=1, batch_size=16, loss="bce"), progress=False)
     assert np.isfinite(history[0]["loss"])
     with pytest.raises(ValueError, match="negative scores"):
-        train_reranker(model, bank, NegativeScores(videos.T, videos), TrainConfig(epochs=1),
-                       progress=False)
+        train_reranker(model, bank, NegativeScores(videos.T, videos),
+                       TrainConfig(epochs=1, loss="bce"), progress=False)
 
 
 def test_score_pairs_matches_forward_across_banks() -> None:

@@ -1,0 +1,210 @@
+"""Image-text contrastive pretraining of the embedded encoder on generated stills, then frozen.
+
+The analogue of CLIP for a machine that cannot download CLIP: the tiny open_clip model learns
+what one frame shows (pretraining_stills) with open_clip's own contrastive loss (`ClipLoss`),
+its learnable temperature and open_clip_train's warm-up + cosine schedule. The result is a
+plain open_clip state dict, loaded by the index exactly as real weights are
+(`encoder.pretrained=<checkpoint>`), and never updated downstream.
+
+The checkpoint's file name carries a hash of everything that determines it (model config,
+pretraining config, the excluded test scenes), so a machine pays for it once and an edited
+config never reads stale weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.loss import ClipLoss
+from open_clip_train.scheduler import cosine_lr
+from tqdm.auto import tqdm
+
+from crosstvr_core.config import STILLS_PRETRAINED, CrossTVRConfig, PretrainConfig
+from crosstvr_core.encoder import (
+    EncoderError,
+    random_init_checkpoint,
+    register_bundled_model_configs,
+)
+from crosstvr_core.pretraining_stills import generate_stills
+from crosstvr_core.synthetic_scenes import make_benchmark_specs
+
+StepCallback = Callable[[int, dict], None]
+
+
+def test_scene_contents(num_test_groups: int, seed: int) -> frozenset:
+    """Contents of the generated benchmark's test scenes: what pretraining must never show."""
+    return frozenset(spec.content for spec in make_benchmark_specs(0, num_test_groups, seed))
+
+
+def checkpoint_path(weights_dir: str | Path, model_name: str, cfg: PretrainConfig,
+                    excluded_key: str) -> Path:
+    """Where the pretrained checkpoint of (model config, pretraining config, excluded test
+    scenes) lives: the same inputs give the same path, so it is computed once per machine."""
+    register_bundled_model_configs()
+    key = json.dumps({"model": open_clip.get_model_config(model_name),
+                      "pretrain": cfg.model_dump(), "excluded": excluded_key},
+                     sort_keys=True).encode()
+    digest = hashlib.sha256(key).hexdigest()[:10]
+    return Path(weights_dir) / f"{model_name}-stills-{digest}.pt"
+
+
+def excluded_key(cfg: CrossTVRConfig) -> str:
+    """Which test scenes pretraining leaves out: the generated benchmark's of this config."""
+    return f"generated-test:seed={cfg.data.seed}:groups={cfg.data.num_test_groups}"
+
+
+def stills_checkpoint(cfg: CrossTVRConfig) -> Path:
+    """The stills-pretrained checkpoint this config asks for (it may not exist yet)."""
+    return checkpoint_path(cfg.home_path / "weights", cfg.encoder.name, cfg.pretrain,
+                           excluded_key(cfg))
+
+
+def resolve_pretrained(cfg: CrossTVRConfig) -> str | None:
+    """encoder.pretrained as open_clip takes it: "stills" becomes its checkpoint file, which
+    must exist (the crosstvr-pretrain flow makes it); tags, paths and None pass through."""
+    if cfg.encoder.pretrained != STILLS_PRETRAINED:
+        return cfg.encoder.pretrained
+    path = stills_checkpoint(cfg)
+    if not path.is_file():
+        raise EncoderError(
+            f"encoder '{cfg.encoder.name}': pretrained={STILLS_PRETRAINED!r} needs the "
+            f"checkpoint {path}, which does not exist yet: run `crosstvr pretrain` (or the "
+            "crosstvr-pretrain/encoder deployment) with the same config first")
+    return str(path)
+
+
+@dataclass
+class StillsData:
+    """Pre-rendered stills: uint8 frames [N, S, S, 3] and their token ids [N, context]."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    captions: list[str]
+
+
+def build_stills(count: int, frame_size: int, tokenizer, seed: int,
+                 excluded: frozenset) -> StillsData:
+    images, captions = [], []
+    for image, text in generate_stills(count, frame_size, seed, excluded):
+        images.append(image)
+        captions.append(text)
+    return StillsData(torch.from_numpy(np.stack(images)), tokenizer(captions), captions)
+
+
+def _normalise(images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """uint8 [B, S, S, 3] -> the model's normalised float input [B, 3, S, S]."""
+    cfg = model.visual.preprocess_cfg
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip_train's grouping: no decay on gains, biases, embeddings and logit_scale."""
+    def plain(name: str, p: torch.Tensor) -> bool:
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name \
+            or "logit_scale" in name or "embedding" in name
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if plain(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not plain(n, p)], "weight_decay": weight_decay}]
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: torch.nn.Module, data: StillsData, batch: int = 256) -> dict:
+    """Held-out image->text and text->image top-1 accuracy within batches of `batch` stills
+    (a caption shared by two stills counts as right for either); fewer stills than `batch`
+    are one batch. Empty (no accuracy) for fewer than 2 stills."""
+    batch = min(batch, len(data.captions))
+    if batch < 2:
+        return {}
+    model.eval()
+    hits_i2t = hits_t2i = total = 0
+    for start in range(0, len(data.captions) - batch + 1, batch):
+        rows = slice(start, start + batch)
+        image = torch.nn.functional.normalize(model.encode_image(_normalise(data.images[rows],
+                                                                            model)), dim=-1)
+        text = torch.nn.functional.normalize(model.encode_text(data.tokens[rows]), dim=-1)
+        sim = image @ text.T
+        same = np.array(data.captions[rows])
+        equal = torch.from_numpy(same[:, None] == same[None, :])
+        hits_i2t += int(equal[torch.arange(batch), sim.argmax(1)].sum())
+        hits_t2i += int(equal[sim.argmax(0), torch.arange(batch)].sum())
+        total += batch
+    return {"i2t_top1": 100.0 * hits_i2t / max(1, total), "t2i_top1": 100.0 * hits_t2i / max(1, total)}
+
+
+def pretrain_encoder(model_name: str, cfg: PretrainConfig, out_path: str | Path, *,
+                     weights_dir: str | Path, init_seed: int = 0, excluded: frozenset = frozenset(),
+                     on_log: StepCallback | None = None, progress: bool = True) -> dict:
+    """Train `model_name` (from its seeded random init) on `cfg.num_stills` generated stills
+    with open_clip's ClipLoss; save the state dict atomically to `out_path`.
+
+    Returns a summary: steps, seconds, final loss, held-out retrieval accuracy before and
+    after. `on_log(step, record)` is called every `cfg.log_every` steps.
+    """
+    torch.set_num_threads(cfg.torch_threads)
+    register_bundled_model_configs()
+    start_path = random_init_checkpoint(model_name, init_seed, weights_dir)
+    model = open_clip.create_model(model_name, pretrained=str(start_path))
+    tokenizer = open_clip.get_tokenizer(model_name)
+    size = model.visual.preprocess_cfg["size"]
+    frame_size = int(size[0] if isinstance(size, tuple | list) else size)
+
+    started = time.perf_counter()
+    train = build_stills(cfg.num_stills, frame_size, tokenizer, cfg.seed, excluded)
+    held_out = build_stills(cfg.num_eval_stills, frame_size, tokenizer, cfg.seed + 10_000,
+                            excluded) if cfg.num_eval_stills else None
+    data_seconds = time.perf_counter() - started
+    before = retrieval_accuracy(model, held_out) if held_out else {}
+
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loss_fn = ClipLoss()
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(0.9, 0.98), eps=1e-6)
+    adjust_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.steps)
+    per_epoch = max(1, len(train.captions) // cfg.batch_size)
+    order = torch.randperm(len(train.captions), generator=generator)
+    model.train()
+    running, history = [], []
+    for step in tqdm(range(cfg.steps), desc="encoder pretraining", disable=not progress):
+        if step and step % per_epoch == 0:
+            order = torch.randperm(len(train.captions), generator=generator)
+        rows = order[(step % per_epoch) * cfg.batch_size:][:cfg.batch_size]
+        adjust_lr(step)
+        image_features, text_features, logit_scale = model(
+            _normalise(train.images[rows], model), train.tokens[rows])[:3]
+        loss = loss_fn(image_features, text_features, logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # open_clip_train clamps the temperature at 100
+            model.logit_scale.clamp_(0, math.log(100))
+        running.append(loss.item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            record = {"loss": float(np.mean(running)), "logit_scale": model.logit_scale.exp().item(),
+                      "lr": optimizer.param_groups[0]["lr"]}
+            running = []
+            history.append({"step": step + 1, **record})
+            if on_log is not None:
+                on_log(step + 1, record)
+    after = retrieval_accuracy(model, held_out) if held_out else {}
+    model.eval()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".pt.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(out_path)  # atomic: a killed run never leaves half a checkpoint
+    return {"steps": cfg.steps, "seconds": time.perf_counter() - started,
+            "data_seconds": data_seconds, "final_loss": history[-1]["loss"] if history else None,
+            "random_init": before, "pretrained": after, "history": history,
+            "checkpoint": str(out_path)}

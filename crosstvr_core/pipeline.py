@@ -1,0 +1,264 @@
+"""The benchmark's steps as library functions: stage 1, training lists, re-ranker training,
+two-stage scoring and evaluation.
+
+The Prefect tasks (tasks/retrieval.py) wrap these with Lance reads and MLflow logging; the
+research scripts in experiments/ call the very same functions on banks they load, so a number
+from an experiment and a number from the flow come from one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crosstvr_core import synthetic
+from crosstvr_core.config import CrossTVRConfig
+from crosstvr_core.metrics import retrieval_metrics, text_to_video_ranks, video_to_text_ranks
+from crosstvr_core.report import flat_metrics, per_family_recall
+from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
+from crosstvr_core.reranker_training import (
+    EpochCallback,
+    NegativeScores,
+    Validation,
+    score_pairs,
+    train_reranker,
+)
+from crosstvr_core.stage1 import meanp_similarity, stage1_training_bank
+from crosstvr_core.temporal_head import TemporalHead, dual_softmax
+from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
+from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.token_dataset import BankSplit, split_validation
+from crosstvr_core.training_lists import (
+    TrainingLists,
+    cross_fitted_similarity,
+    lists_from_similarity,
+)
+from crosstvr_core.two_stage import (
+    STAGE2_ONLY_WEIGHT,
+    fuse_top_k,
+    relevance,
+    stage2_only_top1,
+    text_to_video_candidates,
+    video_to_text_candidates,
+)
+
+Stage1Scorer = Callable[[TokenBank, TokenBank], torch.Tensor]
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- stage 1
+
+
+def fit_stage1(cfg: CrossTVRConfig, bank: TokenBank, *, on_epoch_end: EpochCallback | None = None,
+               progress: bool = True) -> TemporalHead | None:
+    """The trained stage-1 head on `bank` (seqTransf), or None for the zero-shot meanP."""
+    if cfg.stage1.method != "seqTransf":
+        return None
+    head = TemporalHead.for_bank(cfg.stage1, bank)
+    train_temporal_head(head, bank, cfg.stage1, device=device(), on_epoch_end=on_epoch_end,
+                        progress=progress)
+    return head.eval()
+
+
+def stage1_scorer(head: TemporalHead | None) -> Stage1Scorer:
+    """(captions of one bank, videos of another) -> cosine [T, V] of this stage 1."""
+    if head is None:
+        return meanp_similarity
+    return lambda text, video: temporal_similarity(head, text, video, device=device())
+
+
+def reranker_split(cfg: CrossTVRConfig, train: TokenBank) -> BankSplit | None:
+    """The re-ranker's training part and its validation videos (None: no validation)."""
+    if cfg.train.val_fraction <= 0:
+        return None
+    return split_validation(train, cfg.train.val_fraction, cfg.train.seed)
+
+
+def list_recall(lists: TrainingLists, bank: TokenBank) -> dict[str, float]:
+    """% of captions whose video is in their training list, and of videos with one of their
+    captions in theirs: how hard the lists are (compare with the test recall@K)."""
+    videos = (lists.videos_per_caption == bank.caption_video.unsqueeze(1)).any(1)
+    captions = (bank.caption_video[lists.captions_per_video]
+                == torch.arange(bank.num_videos).unsqueeze(1)).any(1)
+    return {"t2v_positive_listed": 100.0 * float(videos.float().mean()),
+            "v2t_positive_listed": 100.0 * float(captions.float().mean())}
+
+
+def training_lists(cfg: CrossTVRConfig, bank: TokenBank, stage1_sim: torch.Tensor, *,
+                   progress: bool = False) -> TrainingLists:
+    """The stage-1 top-K lists the re-ranker trains on, for `bank` (its training part).
+
+    seqTransf with train.stage1_folds >= 2: cross-fitted (each list from a head that never
+    saw that caption's or that video's fold); otherwise the lists of `stage1_sim` [T, V]
+    (a zero-shot stage 1 never saw any caption, so its lists are honest as they are).
+    """
+    k = cfg.train.list_size
+    if cfg.stage1.method == "seqTransf" and cfg.train.stage1_folds >= 2:
+        def train_fold(seen: TokenBank) -> Stage1Scorer:
+            return stage1_scorer(fit_stage1(cfg, seen, progress=progress))
+
+        by_caption, by_video = cross_fitted_similarity(bank, cfg.train.stage1_folds,
+                                                       cfg.train.seed, train_fold)
+        return lists_from_similarity(by_caption, by_video, k)
+    return lists_from_similarity(stage1_sim, stage1_sim, k)
+
+
+# --------------------------------------------------------------------------- stage 2
+
+
+def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> CrossTVRReranker:
+    return CrossTVRReranker(cfg.reranker, **reranker_shape_kwargs(shapes))
+
+
+def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
+                 stage1_train_sim: torch.Tensor, lists: TrainingLists | None,
+                 split: BankSplit | None, *, negatives: NegativeScores | None = None,
+                 on_epoch_end: EpochCallback | None = None,
+                 checkpoint_dir: str | Path | None = None, progress: bool = True
+                 ) -> list[dict]:
+    """Train the re-ranker on the split's training part (all of `train` without a split),
+    validating on its held-out videos with the stage-1 similarity [T, V] of `train`.
+    `lists` are the training part's (training_lists); `negatives` (bce only) default to
+    the stage-1 similarity."""
+    t, e = cfg.train, cfg.eval
+    bank, validation = train, None
+    negatives = negatives or NegativeScores.from_similarity(stage1_train_sim)
+    if split is not None:
+        bank = split.train
+        negatives = NegativeScores(
+            negatives.videos_per_caption[split.train_captions][:, split.train_videos],
+            negatives.captions_per_video[split.train_videos][:, split.train_captions])
+        val_sim = stage1_train_sim[split.val_captions][:, split.val_videos]
+        validation = Validation(split.val, val_sim, e.top_k, e.fusion_weight, e.fusion_score,
+                                e.batch_size)
+    model.fit_input_stats(bank)
+    history = train_reranker(model, bank, negatives if t.loss == "bce" else None, t,
+                             lists=lists, device=device(), on_epoch_end=on_epoch_end,
+                             validation=validation, checkpoint_dir=checkpoint_dir,
+                             resume=checkpoint_dir is not None, progress=progress)
+    if e.fusion_weight is not None:
+        model.set_fusion_weights(e.fusion_weight, e.fusion_weight)
+    return history
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class TwoStageResult:
+    """Evaluation of one split: flat metrics and the fused matrices [T, V] per direction."""
+
+    metrics: dict[str, float]
+    fused_t2v: torch.Tensor
+    fused_v2t: torch.Tensor
+    ranks: dict[str, np.ndarray]  # "stage 1" / "two-stage" text->video ranks
+    v2t_ranks: dict[str, np.ndarray]
+    families: list[str]
+    twins: dict[str, dict[str, float]]  # label -> factor -> accuracy
+
+
+def _twin_accuracy(matrix: torch.Tensor, bank: TokenBank, metas: list[dict],
+                   direction: str) -> dict[str, float]:
+    return synthetic.near_duplicate_accuracy(matrix.float().numpy(), bank.caption_video.numpy(),
+                                             bank.video_ids, metas, direction=direction)
+
+
+def evaluate_two_stage(cfg: CrossTVRConfig, model: CrossTVRReranker, bank: TokenBank,
+                       stage1_sim: torch.Tensor, metas: list[dict] | None = None, *,
+                       progress: bool = False) -> TwoStageResult:
+    """Stage 1 vs two-stage on `bank` in both directions, with the model's fusion weights
+    (picked on validation, or eval.fusion_weight): R@K/MdR/MnR, the re-ranker's own top-1
+    within the top K (`stage2only/*`), per scene kind and per twin factor."""
+    e = cfg.eval
+    k = min(e.top_k, bank.num_videos, bank.num_captions)
+
+    def scorer(text_rows: torch.Tensor, video_rows: torch.Tensor) -> torch.Tensor:
+        logits = score_pairs(model, bank, text_rows, bank, video_rows, e.batch_size,
+                             device=device(), progress=progress, precision=cfg.train.precision)
+        return torch.sigmoid(logits) if e.fusion_score == "prob" else logits
+
+    sim = stage1_sim.float()
+    truth = relevance(bank.caption_video, bank.num_videos)
+    t2v_idx, t2v_s2 = text_to_video_candidates(sim, k, scorer)
+    v2t_idx, v2t_s2 = video_to_text_candidates(sim, k, scorer)
+    w_t2v, w_v2t = model.fusion_weight_t2v, model.fusion_weight_v2t
+    fused_t2v = fuse_top_k(sim, t2v_idx, t2v_s2, w_t2v)
+    fused_v2t = fuse_top_k(sim.T, v2t_idx, v2t_s2, w_v2t).T
+    only_t2v = fuse_top_k(sim, t2v_idx, t2v_s2, STAGE2_ONLY_WEIGHT)
+    only_v2t = fuse_top_k(sim.T, v2t_idx, v2t_s2, STAGE2_ONLY_WEIGHT).T
+
+    metrics = flat_metrics("twostage", {
+        "t2v": retrieval_metrics(fused_t2v, bank.caption_video)["t2v"],
+        "v2t": retrieval_metrics(fused_v2t, bank.caption_video)["v2t"]})
+    metrics.update(flat_metrics("stage2only", {
+        "t2v": retrieval_metrics(only_t2v, bank.caption_video)["t2v"],
+        "v2t": retrieval_metrics(only_v2t, bank.caption_video)["v2t"]}))
+    for name, idx, s2, relevant in (("t2v", t2v_idx, t2v_s2, truth), ("v2t", v2t_idx, v2t_s2, truth.T)):
+        top1 = stage2_only_top1(idx, s2, relevant)
+        metrics[f"stage2only/{name}_top1_in_top{k}"] = top1["top1"]
+        metrics[f"stage2only/{name}_top1_in_top{k}_when_listed"] = top1["top1_when_listed"]
+        metrics[f"stage2only/{name}_chance_in_top{k}"] = top1["chance"]
+    metrics["twostage/t2v_fusion_weight"] = w_t2v
+    metrics["twostage/v2t_fusion_weight"] = w_v2t
+
+    ranks = {"stage 1": text_to_video_ranks(sim, bank.caption_video),
+             "two-stage": text_to_video_ranks(fused_t2v, bank.caption_video)}
+    v2t_ranks = {"stage 1": video_to_text_ranks(sim, bank.caption_video),
+                 "two-stage": video_to_text_ranks(fused_v2t, bank.caption_video)}
+    metas = metas or [{} for _ in range(bank.num_captions)]
+    families = [m.get("variant", "") for m in metas]
+    for label, key in (("stage 1", "stage1"), ("two-stage", "twostage")):
+        for family, value in per_family_recall(ranks[label], families).items():
+            metrics[f"{key}/t2v_R1_{family}"] = value
+    twins: dict[str, dict[str, float]] = {}
+    if any(k.startswith("twin_") for m in metas for k in m):
+        matrices = {"stage 1": (sim, sim), "two-stage": (fused_t2v, fused_v2t),
+                    "stage 2 only": (only_t2v, only_v2t)}
+        for label, (t2v, v2t) in matrices.items():
+            key = {"stage 1": "stage1", "two-stage": "twostage", "stage 2 only": "stage2only"}[label]
+            twins[label] = _twin_accuracy(t2v, bank, metas, "t2v")
+            for factor, value in twins[label].items():
+                metrics[f"{key}/t2v_twin_acc_{factor}"] = value
+            for factor, value in _twin_accuracy(v2t, bank, metas, "v2t").items():
+                metrics[f"{key}/v2t_twin_acc_{factor}"] = value
+    return TwoStageResult(metrics, fused_t2v, fused_v2t, ranks, v2t_ranks, families, twins)
+
+
+def stage1_metrics(sim: torch.Tensor, bank: TokenBank, k: int, prefix: str,
+                   metas: list[dict] | None = None) -> dict[str, float]:
+    """R@K/MdR/MnR both directions, recall within the top K (the re-ranker's ceiling), and
+    twin accuracy per factor when the captions name twins."""
+    metrics = flat_metrics(prefix, retrieval_metrics(sim, bank.caption_video))
+    t2v = text_to_video_ranks(sim, bank.caption_video)
+    v2t = video_to_text_ranks(sim, bank.caption_video)
+    metrics[f"{prefix}/t2v_recall_at_{k}"] = float(100.0 * np.mean(t2v < k))
+    metrics[f"{prefix}/v2t_recall_at_{k}"] = float(100.0 * np.mean(v2t < k))
+    if metas and any(key.startswith("twin_") for m in metas for key in m):
+        for direction in ("t2v", "v2t"):
+            for factor, value in _twin_accuracy(sim, bank, metas, direction).items():
+                metrics[f"{prefix}/{direction}_twin_acc_{factor}"] = value
+    return metrics
+
+
+def stage1_test_similarity(cfg: CrossTVRConfig, head: TemporalHead | None,
+                           test: TokenBank) -> torch.Tensor:
+    sim = stage1_scorer(head)(test, test)
+    if cfg.stage1.dual_softmax:
+        sim = dual_softmax(sim, cfg.stage1.dual_softmax_temperature)
+    return sim
+
+
+def fit_stage1_for_reranking(cfg: CrossTVRConfig, train: TokenBank, *,
+                             on_epoch_end: EpochCallback | None = None,
+                             progress: bool = True) -> TemporalHead | None:
+    """The stage 1 whose lists are re-ranked: trained on the train split minus the
+    re-ranker's validation videos (stage1_training_bank)."""
+    return fit_stage1(cfg, stage1_training_bank(cfg, train), on_epoch_end=on_epoch_end,
+                      progress=progress)

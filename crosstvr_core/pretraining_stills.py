@@ -1,0 +1,132 @@
+"""Still frames with captions of what each frame shows: the data the embedded encoder learns from.
+
+No pretrained weights can be fetched offline, and a random-init frozen encoder is blind: its
+frame embedding barely moves with a small object's colour or place, and its text tokens do
+not know which word they are. CLIP knows what a frame shows and nothing of time; these stills
+teach the tiny encoder exactly that. Each still is one frame of a generated scene (the same
+renderer as the benchmark videos: backgrounds, shapes, jitter), captioned with what is visible
+in that frame: sizes, colours, shapes, the 3 x 3 region each object is in, and how many there
+are. Words of time (moves, left-to-right, then, appears) are never said: the encoder learns no
+temporal cue, which stays the re-ranker's job.
+
+Scenes are drawn from their own random stream and any scene of the evaluated test set is
+skipped (`excluded` contents), so pretraining never shows a test scene.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from crosstvr_core.synthetic_grammar import BACKGROUND_WORDS, SHAPE_WORDS, SIZE_WORDS
+from crosstvr_core.synthetic_render import render_frames
+from crosstvr_core.synthetic_scenes import (
+    _LINE,
+    BACKGROUNDS,
+    DIRECTIONS,
+    KINDS,
+    REGIONS,
+    SIZES,
+    SceneObject,
+    VideoSpec,
+    band_centre,
+    random_scene,
+)
+
+COUNT_WORDS = ("one object", "two objects", "three objects")
+# the frames a scene is rendered with; a still is one of them
+_STILL_CLIP_FRAMES = 16
+
+
+@dataclass(frozen=True)
+class VisibleObject:
+    """What one frame shows of an object: its look and the 3 x 3 region it is in."""
+
+    shape: str
+    colour: str
+    size: str
+    region: str
+
+
+def _nearest_line(frac: float) -> int:
+    return int(np.argmin([abs(frac - line) for line in _LINE]))
+
+
+def _region_at(col: int, row: int) -> str:
+    return next(name for name, cell in REGIONS.items() if cell == (col, row))
+
+
+def visible_objects(spec: VideoSpec, frame: int, frame_size: int,
+                    num_frames: int = _STILL_CLIP_FRAMES) -> list[VisibleObject]:
+    """The objects frame `frame` of `spec` (rendered with `num_frames`) shows, and where."""
+    half = num_frames // 2
+    phase = 0 if frame < half else (1 if frame >= num_frames - half else None)
+    shown = []
+    for obj in spec.objects:
+        if obj.role == "mover":
+            axis, sign = DIRECTIONS[obj.direction]
+            side = max(4, round(SIZES[obj.size] * frame_size))
+            track = np.round(np.linspace(0, frame_size - side, num_frames))
+            along = (track if sign > 0 else track[::-1])[frame]
+            along_line = _nearest_line((along + side / 2) / frame_size)
+            across_line = _nearest_line(band_centre(obj.place))
+            col, row = (along_line, across_line) if axis == "x" else (across_line, along_line)
+            shown.append(VisibleObject(obj.shape, obj.colour, obj.size, _region_at(col, row)))
+            continue
+        visible = {"still": True, "leaves": phase == 0, "arrives": phase == 1,
+                   "changes": phase is not None}[obj.role]
+        if not visible:
+            continue
+        colour = obj.colour_after if obj.role == "changes" and phase == 1 else obj.colour
+        shown.append(VisibleObject(obj.shape, colour, obj.size, obj.place))
+    return shown
+
+
+def still_caption(objects: list[VisibleObject], background: str,
+                  rng: np.random.Generator) -> str:
+    """A caption naming every visible object (size, colour, shape, region) in random order,
+    with the count and the background sometimes said."""
+    if not objects:
+        text = "nothing but the background"
+    else:
+        phrases = []
+        for obj in (objects[i] for i in rng.permutation(len(objects))):
+            size = SIZE_WORDS[obj.size][int(rng.integers(len(SIZE_WORDS[obj.size])))]
+            shape = SHAPE_WORDS[obj.shape][int(rng.integers(len(SHAPE_WORDS[obj.shape])))]
+            phrases.append(f"a {size} {obj.colour} {shape} in the {obj.region}")
+        text = " and ".join(phrases)
+        if rng.random() < 0.3:
+            text = f"{COUNT_WORDS[len(objects) - 1]}: {text}"
+    if rng.random() < 0.4:
+        words = BACKGROUND_WORDS[background]
+        text = f"{text} on a {words[int(rng.integers(len(words)))]} background"
+    return text
+
+
+def generate_stills(count: int, frame_size: int, seed: int,
+                    excluded: frozenset = frozenset()) -> Iterator[tuple[np.ndarray, str]]:
+    """`count` (uint8 [S, S, 3] frame, caption) pairs from scenes drawn for pretraining only.
+
+    A scene whose content (VideoSpec.content) is in `excluded` (the test set's) is skipped.
+    Deterministic from `seed`.
+    """
+    rng = np.random.default_rng([seed, 31])
+    made = 0
+    while made < count:
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+        objects: tuple[SceneObject, ...] = random_scene(rng, kind)
+        if (kind, frozenset(objects)) in excluded:
+            continue
+        background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+        spec = VideoSpec(f"still-{made:07d}", "train", kind, "", "", objects, background,
+                         int(rng.integers(2**31 - 1)))
+        frames = render_frames(spec, frame_size, _STILL_CLIP_FRAMES)
+        # two frames per scene: two positions of a mover, both phases of an events scene
+        for frame in rng.choice(_STILL_CLIP_FRAMES, size=2, replace=False):
+            if made == count:
+                break
+            shown = visible_objects(spec, int(frame), frame_size)
+            yield frames[int(frame)].copy(), still_caption(shown, background, rng)
+            made += 1

@@ -1,0 +1,113 @@
+"""Stage 1 vs two-stage on an indexed home, in-process: the flow's steps without Prefect,
+Ray or MLflow, so one config change costs minutes instead of a whole `make benchmark`.
+
+It calls the same library functions as the flow's tasks (crosstvr_core.pipeline) on the same
+cached tokens, so with the same config it gives the flow's numbers. Prints the metrics as
+JSON and appends them, with the config delta and a tag, to `--out`.
+
+    CROSSTVR_HOME=<indexed home> .venv/bin/python experiments/two_stage.py \
+        --set train.epochs=4 --set reranker.temporal_layers=2 --tag deeper-time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import lancedb
+import torch
+
+from crosstvr_core import pipeline
+from crosstvr_core.config import CrossTVRConfig, load_config
+from crosstvr_core.storage import ENCODER_KEY, SHAPES_KEY, VIDEO_TOKENS, TokenIndex, TokenShapes
+from crosstvr_core.token_bank import TokenBank
+
+
+def open_index(cfg: CrossTVRConfig) -> TokenIndex:
+    """The index of cfg.data.name, bound to the encoder and shapes its tables record."""
+    db = lancedb.connect(cfg.lance_uri)
+    if VIDEO_TOKENS not in db.list_tables().tables:
+        raise SystemExit(f"no '{VIDEO_TOKENS}' table in {cfg.lance_uri}: index the home first")
+    meta = db.open_table(VIDEO_TOKENS).schema.metadata
+    shapes = TokenShapes(**json.loads(meta[SHAPES_KEY]))
+    return TokenIndex(cfg.lance_uri, meta[ENCODER_KEY].decode(), shapes)
+
+
+def load_banks(cfg: CrossTVRConfig) -> tuple[TokenBank, TokenBank, list[dict], dict, str]:
+    """Train and eval banks, the eval captions' metadata, token shapes, encoder id."""
+    index = open_index(cfg)
+    train = index.load_token_bank(cfg.data.train_split)
+    test = index.load_token_bank(cfg.data.eval_split)
+    return train, test, index.caption_meta(test.caption_ids), dict(index.shapes.__dict__), \
+        index.encoder_id
+
+
+def run(cfg: CrossTVRConfig, train: TokenBank, test: TokenBank, metas: list[dict],
+        shapes: dict, progress: bool = True) -> dict:
+    """The flow's stage 1, training lists, re-ranker training and evaluation, in order."""
+    torch.manual_seed(cfg.train.seed)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    k = cfg.eval.top_k
+    metrics = pipeline.stage1_metrics(pipeline.stage1_test_similarity(cfg, None, test), test,
+                                      k, "stage1_meanP", metas)
+    head = pipeline.fit_stage1_for_reranking(cfg, train, progress=progress)
+    train_sim = pipeline.stage1_scorer(head)(train, train)
+    test_sim = pipeline.stage1_test_similarity(cfg, head, test)
+    metrics.update(pipeline.stage1_metrics(test_sim, test, k, "stage1", metas))
+    seconds["stage1"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    split = pipeline.reranker_split(cfg, train)
+    part = split.train if split else train
+    lists = None
+    if cfg.train.loss == "listwise":
+        part_sim = train_sim[split.train_captions][:, split.train_videos] if split else train_sim
+        lists = pipeline.training_lists(cfg, part, part_sim)
+        metrics.update({f"lists/{name}": v for name, v in pipeline.list_recall(lists, part).items()})
+    seconds["lists"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    model = pipeline.build_reranker(cfg, shapes)
+    history = pipeline.train_stage2(cfg, model, train, train_sim, lists, split, progress=progress)
+    seconds["reranker"] = time.perf_counter() - started
+    started = time.perf_counter()
+    metrics.update(pipeline.evaluate_two_stage(cfg, model, test, test_sim, metas).metrics)
+    seconds["eval"] = time.perf_counter() - started
+    return {"metrics": metrics, "history": history, "seconds": seconds}
+
+
+SUMMARY_KEYS = ("stage1_meanP/t2v_R1", "stage1/t2v_R1", "stage1/v2t_R1", "twostage/t2v_R1",
+                "twostage/v2t_R1", "stage2only/t2v_top1_in_top15", "stage2only/v2t_top1_in_top15",
+                "twostage/t2v_fusion_weight", "twostage/v2t_fusion_weight")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="YAML/TOML config, as the flow takes")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override (repeatable)")
+    parser.add_argument("--tag", default="run")
+    parser.add_argument("--out", default="experiments/results.jsonl")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.set)
+    torch.set_num_threads(cfg.train.torch_threads)
+    train, test, metas, shapes, encoder_id = load_banks(cfg)
+    result = run(cfg, train, test, metas, shapes)
+    metrics = result["metrics"]
+    summary = {key: round(metrics[key], 2) for key in SUMMARY_KEYS if key in metrics}
+    factors = {key: round(v, 1) for key, v in metrics.items() if "twin_acc" in key}
+    line = {"tag": args.tag, "set": args.set, "encoder_id": encoder_id, "summary": summary,
+            "twins": factors, "seconds": {k: round(v, 1) for k, v in result["seconds"].items()},
+            "history": result["history"], "metrics": metrics}
+    print(json.dumps({k: line[k] for k in ("tag", "summary", "twins", "seconds")}, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()

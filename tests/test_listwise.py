@@ -1,0 +1,137 @@
+"""Listwise re-ranker training, cross-fitted training lists and validation-picked fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_reranker import FRAMES, make_model, random_bank
+from test_reranker_training import toy_bank
+
+from crosstvr_core.config import TrainConfig
+from crosstvr_core.hard_negatives import time_reversed_frame_order
+from crosstvr_core.metrics import retrieval_metrics
+from crosstvr_core.reranker_training import Validation, train_reranker
+from crosstvr_core.training_lists import (
+    TrainingLists,
+    cross_fitted_similarity,
+    fold_of_videos,
+    lists_from_similarity,
+)
+from crosstvr_core.two_stage import (
+    fuse_top_k,
+    fused_top1,
+    pick_fusion_weight,
+    relevance,
+    stage2_only_top1,
+    text_to_video_candidates,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_cross_fitted_lists_come_from_a_stage1_that_never_saw_them() -> None:
+    """Each caption row (video column) is scored by the model trained without its fold."""
+    bank = toy_bank(num_videos=12)
+    folds = fold_of_videos(bank.num_videos, 3, seed=5)
+    assert sorted(torch.bincount(folds).tolist()) == [4, 4, 4]
+    seen_by_call: list[set[str]] = []
+
+    def train(seen):
+        seen_by_call.append(set(seen.video_ids))
+        marker = float(len(seen_by_call))
+        return lambda text, video: torch.full((text.num_captions, video.num_videos), marker)
+
+    by_caption, by_video = cross_fitted_similarity(bank, 3, seed=5, train=train)
+    assert len(seen_by_call) == 3
+    for row in range(bank.num_captions):
+        model = int(by_caption[row, 0]) - 1  # which call scored this caption
+        own_video = bank.video_ids[int(bank.caption_video[row])]
+        assert own_video not in seen_by_call[model]
+    for col in range(bank.num_videos):
+        model = int(by_video[0, col]) - 1
+        assert bank.video_ids[col] not in seen_by_call[model]
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        cross_fitted_similarity(bank, 1, seed=0, train=train)
+
+
+def test_lists_are_top_k_and_subset_renumbers() -> None:
+    sim = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.7]])  # 2 captions x 3 videos
+    lists = lists_from_similarity(sim, sim, k=2)
+    assert lists.videos_per_caption.tolist() == [[0, 2], [1, 2]]
+    assert lists.captions_per_video.tolist() == [[0, 1], [1, 0], [1, 0]]
+    sub = lists.subset(torch.tensor([1]), torch.tensor([1, 2]))  # caption 1, videos 1 and 2
+    assert sub.videos_per_caption.tolist() == [[0, 1]]
+    assert sub.captions_per_video.tolist() == [[0, 0], [0, 0]]
+
+
+def test_stage2_only_and_fusion_helpers_agree_with_the_metrics() -> None:
+    gen = torch.Generator().manual_seed(0)
+    stage1 = torch.randn(20, 10, generator=gen)
+    caption_video = torch.arange(20) % 10
+    truth = relevance(caption_video, 10)
+
+    def oracle(text_rows: torch.Tensor, video_rows: torch.Tensor) -> torch.Tensor:
+        return (caption_video[text_rows] == video_rows).float()
+
+    top_idx, stage2 = text_to_video_candidates(stage1, 5, oracle)
+    listed = truth.gather(1, top_idx).any(1).float().mean() * 100
+    only = stage2_only_top1(top_idx, stage2, truth)
+    assert only["top1"] == pytest.approx(float(listed))  # a perfect re-ranker within the list
+    assert only["top1_when_listed"] == pytest.approx(100.0)
+    assert only["chance"] == pytest.approx(float(listed) / 5)
+    for weight in (0.0, 0.5, 100.0):
+        fused = fuse_top_k(stage1, top_idx, stage2, weight)
+        r1 = retrieval_metrics(fused, caption_video)["t2v"]["R1"]
+        assert fused_top1(stage1, top_idx, stage2, truth, weight) == pytest.approx(r1)
+    weight, r1 = pick_fusion_weight(stage1, top_idx, stage2, truth)
+    assert r1 == pytest.approx(float(listed)) and weight > 0
+    stage1_r1 = retrieval_metrics(stage1, caption_video)["t2v"]["R1"]
+    assert pick_fusion_weight(stage1, top_idx, -stage2, truth) == (0.0, pytest.approx(stage1_r1))
+
+
+def test_listwise_training_learns_to_rank_the_lists() -> None:
+    bank = toy_bank(num_videos=24)
+    sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
+    lists = lists_from_similarity(sim, sim, 6)
+    model = make_model(hidden=32)
+    cfg = TrainConfig(epochs=8, list_batch_size=8, lr=3e-3, list_size=6, seed=1)
+    history = train_reranker(model, bank, None, cfg, lists=lists, progress=False,
+                             validation=Validation(bank, sim, top_k=bank.num_videos))
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.6 * first["loss"]
+    assert last["accuracy"] > 0.8  # the positive first in its training list
+    assert last["val_t2v_stage2_top1"] > 50 and last["val_v2t_stage2_top1"] > 50
+    assert model.fusion_weights.tolist() == [
+        history[int(np.argmax([r["val_mean_R1"] for r in history]))][k]
+        for k in ("val_t2v_fusion_weight", "val_v2t_fusion_weight")]
+    with pytest.raises(ValueError, match="training lists"):
+        train_reranker(make_model(), bank, None, cfg, progress=False)
+    wrong = TrainingLists(lists.videos_per_caption[:3], lists.captions_per_video)
+    with pytest.raises(ValueError, match="lists for 3 captions"):
+        train_reranker(make_model(), bank, None, cfg, lists=wrong, progress=False)
+
+
+def test_time_is_visible_from_the_first_step() -> None:
+    """An untrained re-ranker already scores a clip and its reversal differently (temporal
+    positions at a useful scale, temporal self-attention, frame differences)."""
+    bank = random_bank()
+    model = make_model(hidden=32)
+    model.fit_input_stats(bank)
+    rows = torch.arange(bank.num_videos)
+    video = bank.video_batch(rows)
+    order = time_reversed_frame_order(video["frame_mask"])
+    backwards = dict(video)
+    for name in ("video_cls", "video_patches"):
+        index = order.view(*order.shape, *([1] * (video[name].ndim - 2))).expand_as(video[name])
+        backwards[name] = video[name].gather(1, index)
+    text = bank.text_batch(rows)
+    with torch.no_grad():
+        forward = model(**text, **video)
+        reverse = model(**text, **backwards)
+    gap = (forward - reverse).abs() / forward.abs().clamp(min=1e-3)
+    assert float(gap.mean()) > 0.01
+    assert FRAMES >= 2
