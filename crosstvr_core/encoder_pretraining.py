@@ -40,7 +40,7 @@ from crosstvr_core.synthetic_scenes import make_benchmark_specs
 StepCallback = Callable[[int, dict], None]
 
 
-def test_scene_contents(num_test_groups: int, seed: int) -> frozenset:
+def excluded_test_scenes(num_test_groups: int, seed: int) -> frozenset:
     """Contents of the generated benchmark's test scenes: what pretraining must never show."""
     return frozenset(spec.content for spec in make_benchmark_specs(0, num_test_groups, seed))
 

@@ -12,6 +12,7 @@ JSON and appends them, with the config delta and a tag, to `--out`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -44,30 +45,52 @@ def load_banks(cfg: CrossTVRConfig) -> tuple[TokenBank, TokenBank, list[dict], d
         index.encoder_id
 
 
+def stage1_key(cfg: CrossTVRConfig, encoder_id: str) -> str:
+    """What stage 1 and the training lists depend on: reuse them across re-ranker runs."""
+    key = {"encoder": encoder_id, "data": cfg.data.model_dump(), "stage1": cfg.stage1.model_dump(),
+           "train": {k: getattr(cfg.train, k) for k in ("seed", "val_fraction", "stage1_folds",
+                                                        "list_size", "loss")},
+           "k": cfg.eval.top_k}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def run(cfg: CrossTVRConfig, train: TokenBank, test: TokenBank, metas: list[dict],
-        shapes: dict, progress: bool = True) -> dict:
-    """The flow's stage 1, training lists, re-ranker training and evaluation, in order."""
+        shapes: dict, progress: bool = True, cache: Path | None = None) -> dict:
+    """The flow's stage 1, training lists, re-ranker training and evaluation, in order.
+    With `cache`, stage 1 and the lists are read from it when this config made them before."""
     torch.manual_seed(cfg.train.seed)
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    k = cfg.eval.top_k
-    metrics = pipeline.stage1_metrics(pipeline.stage1_test_similarity(cfg, None, test), test,
-                                      k, "stage1_meanP", metas)
-    head = pipeline.fit_stage1_for_reranking(cfg, train, progress=progress)
-    train_sim = pipeline.stage1_scorer(head)(train, train)
-    test_sim = pipeline.stage1_test_similarity(cfg, head, test)
-    metrics.update(pipeline.stage1_metrics(test_sim, test, k, "stage1", metas))
-    seconds["stage1"] = time.perf_counter() - started
-
-    started = time.perf_counter()
     split = pipeline.reranker_split(cfg, train)
     part = split.train if split else train
-    lists = None
-    if cfg.train.loss == "listwise":
-        part_sim = train_sim[split.train_captions][:, split.train_videos] if split else train_sim
-        lists = pipeline.training_lists(cfg, part, part_sim)
-        metrics.update({f"lists/{name}": v for name, v in pipeline.list_recall(lists, part).items()})
-    seconds["lists"] = time.perf_counter() - started
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, weights_only=False)
+        metrics, train_sim, test_sim, lists = (saved[k] for k in ("metrics", "train_sim",
+                                                                  "test_sim", "lists"))
+    else:
+        started = time.perf_counter()
+        k = cfg.eval.top_k
+        metrics = pipeline.stage1_metrics(pipeline.stage1_test_similarity(cfg, None, test), test,
+                                          k, "stage1_meanP", metas)
+        head = pipeline.fit_stage1_for_reranking(cfg, train, progress=progress)
+        train_sim = pipeline.stage1_scorer(head)(train, train)
+        test_sim = pipeline.stage1_test_similarity(cfg, head, test)
+        metrics.update(pipeline.stage1_metrics(test_sim, test, k, "stage1", metas))
+        seconds["stage1"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        lists = None
+        if cfg.train.loss == "listwise":
+            part_sim = (train_sim[split.train_captions][:, split.train_videos] if split
+                        else train_sim)
+            lists = pipeline.training_lists(cfg, part, part_sim)
+            metrics.update({f"lists/{name}": v
+                            for name, v in pipeline.list_recall(lists, part).items()})
+        seconds["lists"] = time.perf_counter() - started
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"metrics": metrics, "train_sim": train_sim, "test_sim": test_sim,
+                        "lists": lists}, cache)
+    metrics = dict(metrics)
 
     started = time.perf_counter()
     model = pipeline.build_reranker(cfg, shapes)
@@ -91,11 +114,15 @@ def main() -> None:
                         help="dotted config override (repeatable)")
     parser.add_argument("--tag", default="run")
     parser.add_argument("--out", default="experiments/results.jsonl")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recompute stage 1 and the training lists even if cached")
     args = parser.parse_args()
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(cfg.train.torch_threads)
     train, test, metas, shapes, encoder_id = load_banks(cfg)
-    result = run(cfg, train, test, metas, shapes)
+    cache = None if args.no_cache else (
+        cfg.home_path / "experiment_cache" / f"stage1-{stage1_key(cfg, encoder_id)}.pt")
+    result = run(cfg, train, test, metas, shapes, cache=cache)
     metrics = result["metrics"]
     summary = {key: round(metrics[key], 2) for key in SUMMARY_KEYS if key in metrics}
     factors = {key: round(v, 1) for key, v in metrics.items() if "twin_acc" in key}

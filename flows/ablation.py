@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from flows.params import AblationParams, AblationVariant, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
+from tasks.pretrain import ensure_stills_encoder_task
 from tasks.retrieval import eval_task, stage1_task, train_task
 from tasks.runtime import ray_runtime, retrying
 from tasks.tracking import (
@@ -108,6 +109,8 @@ def crosstvr_ablation(config_file: str | None = None, overrides: list[str] | Non
                         "ablation/variants.json")
         run_dir = cfg.home_path / "runs" / parent_id
         dataset = retrying(prepare_dataset_task, cfg)(cfg)
+        # the stills-pretrained encoder (the default): made once per machine, then reused
+        retrying(ensure_stills_encoder_task, cfg)(cfg, parent_id)
         indexed = retrying(index_task, cfg)(cfg, dataset)
         log_index_run(indexed)
         index = indexed.ref

@@ -1,4 +1,5 @@
-"""`crosstvr` command line: run the flow, print results, show the resolved config."""
+"""`crosstvr` command line: run the flows (benchmark, encoder pretraining), index a corpus,
+print results, compare runs, show the resolved config."""
 
 from __future__ import annotations
 
@@ -57,6 +58,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = crosstvr(config_file=args.config, overrides=list(args.overrides))
     print(results_table(result["metrics"]))
     return 0
+
+
+def _print_pretrain_summary(summary: dict) -> None:
+    before, after = summary["random_init"], summary["pretrained"]
+    print(f"pretrained in {summary['seconds']:.0f} s, {summary['steps']} steps, final loss "
+          f"{summary['final_loss']:.4f}")
+    for key in after:
+        print(f"  held-out stills {key}: {before.get(key, float('nan')):5.1f} (random init) -> "
+              f"{after[key]:5.1f}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from flows.pretrain import crosstvr_pretrain
+
+    load_config(args.config, args.overrides)  # fail before starting anything
+    result = crosstvr_pretrain(config_file=args.config, overrides=list(args.overrides))
+    if result["reused"]:
+        print(f"already pretrained on this machine: {result['checkpoint']}")
+    else:
+        _print_pretrain_summary(result["summary"])
+        print(f"checkpoint: {result['checkpoint']}")
+        if result["model_version"]:
+            print(f"registered crosstvr-encoder v{result['model_version']} (@champion)")
+    return 0
+
+
+def ensure_encoder_for_cli(cfg) -> None:
+    """`crosstvr index` with encoder.pretrained = "stills": pretrain first if this machine
+    lacks the checkpoint (its own MLflow run), saying so; otherwise nothing to do."""
+    from crosstvr_core.config import STILLS_PRETRAINED
+    from crosstvr_core.encoder_pretraining import stills_checkpoint
+    from tasks.pretrain import ensure_stills_encoder
+
+    if cfg.encoder.pretrained != STILLS_PRETRAINED or stills_checkpoint(cfg).is_file():
+        return
+    print(f"encoder.pretrained={STILLS_PRETRAINED}: no checkpoint on this machine yet; "
+          f"pretraining it first ({cfg.pretrain.steps} steps, once per machine; "
+          "encoder.pretrained=null indexes with a random init instead)")
+    ref = ensure_stills_encoder(cfg)
+    if ref.summary:
+        _print_pretrain_summary(ref.summary)
+    print(f"encoder checkpoint: {ref.checkpoint}")
 
 
 def _index_overrides(args: argparse.Namespace) -> list[str]:
@@ -131,6 +174,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"corpus '{dataset.name}' ({dataset.format_name}): {len(dataset.videos)} videos, "
           f"{len(dataset.captions)} captions -> {cfg.lance_uri}")
     apply_offline_env()
+    ensure_encoder_for_cli(cfg)
     start = time.monotonic()
     with ray_runtime(cfg.ray):
         result = index_dataset(cfg, dataset)
@@ -167,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the full-benchmark flow in this process")
     _config_args(run)
     run.set_defaults(func=cmd_run)
+    pretrain = sub.add_parser(
+        "pretrain", help="pretrain the embedded encoder on generated stills (once per machine) "
+        "with the crosstvr-pretrain flow in this process")
+    _config_args(pretrain)
+    pretrain.set_defaults(func=cmd_pretrain)
     results = sub.add_parser("results", help="print the results of a flow run from MLflow")
     results.add_argument("--flow-run-id", required=True)
     _config_args(results)

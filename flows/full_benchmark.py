@@ -1,5 +1,8 @@
 """The `crosstvr` flow: index -> stage 1 -> train re-ranker -> two-stage eval -> report.
 
+Before indexing it makes sure the stills-pretrained encoder exists (encoder.pretrained =
+"stills", the default): pretrained once per machine, then reused (tasks/pretrain.py).
+
 The flow only composes tasks; its parameters are a config file and dotted overrides, so the
 same deployment runs the embedded default or a real corpus with real weights.
 """
@@ -16,6 +19,7 @@ from crosstvr_core.report import results_table
 from flows.params import RunParams, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
+from tasks.pretrain import ensure_stills_encoder_task
 from tasks.registry import register_run_models
 from tasks.retrieval import eval_task, stage1_task, train_task
 from tasks.runtime import ray_runtime, retrying
@@ -35,6 +39,8 @@ def crosstvr(config_file: str | None = None, overrides: list[str] | None = None)
                                           tags) as parent_id:
         run_dir = str(cfg.home_path / "runs" / parent_id)
         dataset = retrying(prepare_dataset_task, cfg)(cfg)
+        # the stills-pretrained encoder (the default): made once per machine, then reused
+        retrying(ensure_stills_encoder_task, cfg)(cfg, parent_id)
         indexed = retrying(index_task, cfg)(cfg, dataset)
         log_index_run(indexed)
         index = indexed.ref

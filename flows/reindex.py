@@ -3,6 +3,8 @@
 Served as the deployment `crosstvr-index/reindex`, on a schedule when the config sets one
 (`index.schedule_cron` or `index.schedule_interval_s`). Re-indexing only does what changed:
 unchanged videos are skipped before decoding, failed ones retried, removed ones deleted.
+With the default encoder (encoder.pretrained = "stills") the pretrained checkpoint is made
+first when this machine lacks it (tasks/pretrain.py), then reused.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from prefect.runtime import flow_run
 from flows.params import RunParams, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
+from tasks.pretrain import ensure_stills_encoder_task
 from tasks.runtime import ray_runtime, retrying
 from tasks.tracking import FLOW_RUN_TAG, parent_run, tag_index_lineage
 
@@ -29,6 +32,8 @@ def crosstvr_index(config_file: str | None = None, overrides: list[str] | None =
     with ray_runtime(cfg.ray), parent_run(cfg, f"reindex-{flow_run.get_name() or 'local'}",
                                           tags) as parent_id:
         dataset = retrying(prepare_dataset_task, cfg)(cfg)
+        # the stills-pretrained encoder (the default): made once per machine, then reused
+        retrying(ensure_stills_encoder_task, cfg)(cfg, parent_id)
         indexed = retrying(index_task, cfg)(cfg, dataset)
         log_index_run(indexed)
         tag_index_lineage(parent_id, indexed.ref)

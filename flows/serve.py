@@ -1,5 +1,6 @@
-"""Serve the deployments: `crosstvr/full-benchmark` (the whole DAG), `crosstvr-index/reindex`
-and `crosstvr-ablation/ablation` (re-ranker variants on the same tokens and stage 1).
+"""Serve the deployments: `crosstvr/full-benchmark` (the whole DAG), `crosstvr-index/reindex`,
+`crosstvr-ablation/ablation` (re-ranker variants on the same tokens and stage 1) and
+`crosstvr-pretrain/encoder` (the stills-pretrained embedded encoder, once per machine).
 
 `make up` runs this in the background; `prefect deployment run crosstvr/full-benchmark`
 then schedules a run that this process picks up and executes in a subprocess.
@@ -20,11 +21,13 @@ from prefect import serve
 from crosstvr_core.config import ConfigError, CrossTVRConfig, load_config
 from flows.ablation import crosstvr_ablation
 from flows.full_benchmark import crosstvr
+from flows.pretrain import crosstvr_pretrain
 from flows.reindex import crosstvr_index
 
 FULL_BENCHMARK = "full-benchmark"
 REINDEX = "reindex"
 ABLATION = "ablation"
+PRETRAIN = "encoder"
 REINDEX_CONFIG_ENV = "CROSSTVR_REINDEX_CONFIG"
 
 
@@ -46,8 +49,9 @@ def deployments() -> list:
     return [
         crosstvr.to_deployment(
             name=FULL_BENCHMARK,
-            description="index -> stage 1 -> train CrossTVR re-ranker -> two-stage eval -> "
-            "report, on the configured dataset (default: the embedded generated benchmark)",
+            description="(pretrain the stills encoder once per machine) -> index -> stage 1 "
+            "-> train CrossTVR re-ranker -> two-stage eval -> report, on the configured "
+            "dataset (default: the embedded generated benchmark)",
             tags=["crosstvr", "benchmark"],
         ),
         crosstvr_index.to_deployment(
@@ -64,6 +68,14 @@ def deployments() -> list:
             description="index + stage 1 once, then train and evaluate each re-ranker variant "
             "(default: the paper's ablation table) on the same tokens; logs a table + figure",
             tags=["crosstvr", "ablation"],
+        ),
+        crosstvr_pretrain.to_deployment(
+            name=PRETRAIN,
+            description="pretrain the embedded encoder (encoder.*) on generated stills "
+            "(image-text contrastive, section pretrain) unless this machine has that "
+            "checkpoint; logs it to MLflow and registers crosstvr-encoder@champion. The other "
+            "deployments run this step themselves when the checkpoint is missing",
+            tags=["crosstvr", "encoder"],
         ),
     ]
 

@@ -34,7 +34,7 @@ from crosstvr_core.encoder_pretraining import (
     excluded_key,
     pretrain_encoder,
     stills_checkpoint,
-    test_scene_contents,
+    excluded_test_scenes,
 )
 from tasks.tracking import DATASET_TAG, log_config, step_run, use_experiment
 
@@ -149,7 +149,7 @@ def _pretrain(cfg: CrossTVRConfig, checkpoint: Path, parent_run_id: str | None,
 
     from crosstvr_core.encoder import register_bundled_model_configs
 
-    excluded = test_scene_contents(cfg.data.num_test_groups, cfg.data.seed)
+    excluded = excluded_test_scenes(cfg.data.num_test_groups, cfg.data.seed)
     p = cfg.pretrain
     logger.info("pretraining %s on %d generated stills, %d steps of %d (once per machine) "
                 "-> %s", cfg.encoder.name, p.num_stills, p.steps, p.batch_size, checkpoint)

@@ -1,12 +1,13 @@
 import pytest
 
-from crosstvr_core.config import ConfigError, CrossTVRConfig, load_config
+from crosstvr_core.config import STILLS_PRETRAINED, ConfigError, CrossTVRConfig, load_config
 
 
 def test_defaults_are_the_embedded_benchmark():
     cfg = load_config()
     assert cfg.data.kind == "generated"
-    assert cfg.encoder.name == "crosstvr-tiny-vit" and cfg.encoder.pretrained is None
+    assert cfg.encoder.name == "crosstvr-tiny-vit"
+    assert cfg.encoder.pretrained == STILLS_PRETRAINED  # pretrained on generated stills
     assert cfg.eval.top_k == 15 and cfg.eval.fusion_weight is None
 
 

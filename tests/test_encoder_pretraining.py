@@ -23,7 +23,9 @@ from crosstvr_core.encoder_pretraining import (
     pretrain_encoder,
     resolve_pretrained,
     stills_checkpoint,
-    test_scene_contents,
+)
+from crosstvr_core.encoder_pretraining import (  # an alias: pytest would collect test_*
+    excluded_test_scenes as benchmark_test_scenes,
 )
 from crosstvr_core.pretraining_stills import (
     generate_stills,
@@ -148,7 +150,7 @@ def test_excluded_scenes_never_appear(monkeypatch):
     assert not set(rendered) & excluded
     assert rendered != free
     # the benchmark's test scenes are what the pretraining step excludes
-    test_scenes = test_scene_contents(2, 0)
+    test_scenes = benchmark_test_scenes(2, 0)
     assert len(test_scenes) == 16 and all(kind in ("motion", "events") for kind, _ in test_scenes)
 
 
@@ -196,7 +198,7 @@ def three_steps(tmp_path_factory):
                          warmup_steps=1, log_every=2, torch_threads=1)
     logged = []
     summary = pretrain_encoder(MODEL, cfg, root / "enc.pt", weights_dir=root / "weights",
-                               excluded=test_scene_contents(2, 0), progress=False,
+                               excluded=benchmark_test_scenes(2, 0), progress=False,
                                on_log=lambda step, record: logged.append((step, record)))
     return root, summary, logged
 
@@ -297,7 +299,7 @@ def test_the_step_pretrains_once_registers_and_then_reuses(step_home):
     assert parent[CHECKPOINT_TAG] == str(path) and parent[REUSED_TAG] == "false"
 
     version = client.get_model_version_by_alias(ENCODER_MODEL, "champion")
-    assert version.version == ref.model_version and version.run_id == ref.mlflow_run_id
+    assert str(version.version) == ref.model_version and version.run_id == ref.mlflow_run_id
     assert version.tags[SHA256_TAG] == ref.sha256
     assert path.stem.endswith(version.tags["crosstvr.pretrain.config_hash"])
     assert client.get_model_version_by_alias(

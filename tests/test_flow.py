@@ -53,8 +53,20 @@ def test_flow_logs_every_metric_to_a_parent_run(flow_result):
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # a fresh home: the stills encoder (the default) is pretrained first, once
     assert {c.data.tags["mlflow.runName"] for c in children} == {
-        "stage1", "train-reranker", "two-stage-eval"}
+        "pretrain-encoder", "stage1", "train-reranker", "two-stage-eval"}
+    assert parent.data.tags["crosstvr.pretrain.reused"] == "false"
+    checkpoint = parent.data.tags["crosstvr.encoder_checkpoint"]
+    assert "-stills-" in checkpoint
+    pretrain = next(c for c in children if c.data.tags["mlflow.runName"] == "pretrain-encoder")
+    assert pretrain.data.params["pretrain.steps"] == "4"  # tiny.yaml's
+    assert "pretrain/i2t_top1" in pretrain.data.metrics
+    encoder = client.get_model_version_by_alias("crosstvr-encoder", "champion")
+    assert encoder.run_id == pretrain.info.run_id
+    # the index encoded with that checkpoint
+    sha = encoder.tags["crosstvr.checkpoint_sha256"]
+    assert parent.data.tags["crosstvr.encoder_id"] == f"crosstvr-tiny-vit|sha256:{sha[:16]}|64px"
     train = next(c for c in children if c.data.tags["mlflow.runName"] == "train-reranker")
     artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
     assert "figures" in artifacts and "training_history.json" in artifacts
@@ -100,9 +112,31 @@ def test_rerunning_the_flow_skips_unchanged_videos(flow_result):
     home, overrides, _ = flow_result
     again = crosstvr(config_file=str(TINY_CONFIG), overrides=overrides + ["train.epochs=1"])
     client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-    metrics = client.get_run(again["mlflow_run_id"]).data.metrics
+    rerun = client.get_run(again["mlflow_run_id"])
+    metrics = rerun.data.metrics
     assert metrics["index/videos_ok"] == 0 and metrics["index/videos_skip"] > 0
     assert metrics["index/captions_encoded"] == 0
+    assert rerun.data.tags["crosstvr.pretrain.reused"] == "true"  # the encoder, too
+    children = client.search_runs(
+        [rerun.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{rerun.info.run_id}'")
+    assert "pretrain-encoder" not in {c.data.tags["mlflow.runName"] for c in children}
+
+
+def test_pretrain_flow_reuses_the_benchmarks_encoder(flow_result, capsys):
+    from flows.cli import main
+    from flows.pretrain import crosstvr_pretrain
+
+    home, overrides, result = flow_result
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    checkpoint = client.get_run(result["mlflow_run_id"]).data.tags["crosstvr.encoder_checkpoint"]
+    out = crosstvr_pretrain(config_file=str(TINY_CONFIG), overrides=overrides)
+    assert out["reused"] and out["checkpoint"] == checkpoint and out["summary"] is None
+    parent = client.get_run(out["mlflow_run_id"])
+    assert parent.data.tags["crosstvr.flow"] == "pretrain"
+    assert parent.data.tags["crosstvr.pretrain.reused"] == "true"
+    assert main(["pretrain", "--config", str(TINY_CONFIG), *overrides]) == 0
+    assert f"already pretrained on this machine: {checkpoint}" in capsys.readouterr().out
 
 
 def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeypatch):

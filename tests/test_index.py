@@ -21,8 +21,9 @@ def corpus(tmp_path):
 
 
 def _cfg(home, *extra):
+    # a seeded random-init encoder: these tests are about the index, not the encoder's weights
     return load_config(None, [f"home={home}", "data.name=idx", "sampling.num_frames=4",
-                              "ray.decode_batch_size=4", *extra])
+                              "ray.decode_batch_size=4", "encoder.pretrained=null", *extra])
 
 
 def _dataset(corpus):

@@ -6,10 +6,17 @@ from dataset_fixtures import write_msvd, write_videos
 
 from crosstvr_core.datasets import load_dataset
 from flows.cli import main
+from tasks.pretrain import file_sha256
 
 
 def _rows(db, table):
     return lancedb.connect(db).open_table(table).to_arrow().to_pylist()
+
+
+# the default encoder (pretrained on generated stills), pretrained in seconds; logging the
+# encoder as an MLflow model is tested in test_encoder_pretraining
+TINY_PRETRAIN = ["pretrain.num_stills=64", "pretrain.num_eval_stills=32", "pretrain.steps=2",
+                 "pretrain.batch_size=32", "pretrain.torch_threads=1", "tracking.log_model=false"]
 
 
 def test_index_a_known_format(tmp_path, capsys, ray_local):
@@ -17,9 +24,13 @@ def test_index_a_known_format(tmp_path, capsys, ray_local):
     write_msvd(root)
     expected = load_dataset("msvd", root)
     code = main(["index", "--dataset", "msvd", "--root", str(root), "--name", "m",
-                 f"home={tmp_path / 'home'}", "sampling.num_frames=2"])
+                 f"home={tmp_path / 'home'}", "sampling.num_frames=2", *TINY_PRETRAIN])
     out = capsys.readouterr().out
     assert code == 0, out
+    # no stills checkpoint on this machine yet: pretrained first, then indexed with it
+    assert "pretraining it first (2 steps" in out
+    checkpoints = list((tmp_path / "home" / "weights").glob("crosstvr-tiny-vit-stills-*.pt"))
+    assert len(checkpoints) == 1 and f"encoder checkpoint: {checkpoints[0]}" in out
     n = len(expected.videos)
     assert f"indexed {n}  skipped (unchanged) 0  failed 0" in out
     assert f"captions encoded {len(expected.captions)}" in out
@@ -31,15 +42,20 @@ def test_index_a_known_format(tmp_path, capsys, ray_local):
 
     # the same command again: everything unchanged
     assert main(["index", "--dataset", "msvd", "--root", str(root), "--name", "m",
-                 f"home={tmp_path / 'home'}", "sampling.num_frames=2"]) == 0
-    assert f"indexed 0  skipped (unchanged) {n}  failed 0" in capsys.readouterr().out
+                 f"home={tmp_path / 'home'}", "sampling.num_frames=2", *TINY_PRETRAIN]) == 0
+    out = capsys.readouterr().out
+    assert f"indexed 0  skipped (unchanged) {n}  failed 0" in out
+    assert "pretraining" not in out  # the checkpoint is reused
+    # the tokens are the pretrained checkpoint's (encoder_id carries its hash)
+    assert {v["encoder_id"] for v in videos} == {
+        f"crosstvr-tiny-vit|sha256:{file_sha256(checkpoints[0])[:16]}|64px"}
 
 
 def test_index_a_bare_folder_of_videos(tmp_path, capsys, ray_local):
     write_videos(tmp_path / "clips", ["a.mp4", "sub/b.mkv", "c.webm"])
     (tmp_path / "clips" / "notes.txt").write_text("not a video")
     code = main(["index", str(tmp_path / "clips"), f"home={tmp_path / 'home'}",
-                 "sampling.num_frames=2"])
+                 "sampling.num_frames=2", "encoder.pretrained=null"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "indexed 3  skipped (unchanged) 0  failed 0" in out

@@ -50,6 +50,7 @@ def test_killed_index_run_resumes_without_duplicates_or_reencoding(tmp_path):
     command = [
         sys.executable, "-m", "flows.cli", "index", str(corpus["root"]),
         "--captions", str(corpus["captions"]), "--name", "resume", "sampling.num_frames=4",
+        "encoder.pretrained=null",  # a random-init encoder: no pretraining before the kill
         "ray.decode_batch_size=1", "index.write_batch_rows=1",
     ]
     env = {**os.environ, "CROSSTVR_HOME": str(home)}

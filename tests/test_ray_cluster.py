@@ -176,6 +176,7 @@ def _index_command(corpus: dict, name: str, address: str) -> list[str]:
     return [
         sys.executable, "-m", "flows.cli", "index", str(corpus["root"]),
         "--captions", str(corpus["captions"]), "--name", name, "sampling.num_frames=4",
+        "encoder.pretrained=null",
         f"ray.address={address}", "ray.decode_batch_size=1", "ray.decode_threads=1",
         "ray.decode_num_cpus=0.5", "ray.encode_num_cpus=0.5", "index.write_batch_rows=2",
     ]

@@ -47,6 +47,7 @@ def stack_env(tmp_path):
     reindex_config.write_text(yaml.safe_dump({
         "data": {"kind": "folder", "root": str(corpus["root"]),
                  "captions_file": str(corpus["captions"]), "name": "reindex-test"},
+        "encoder": {"pretrained": None},  # the full benchmark (tiny.yaml) pretrains its own
         "sampling": {"num_frames": 2},
         "index": {"schedule_interval_s": 3600},
     }))
