@@ -32,9 +32,9 @@ from crosstvr_core import report
 from crosstvr_core.config import STILLS_PRETRAINED, CrossTVRConfig
 from crosstvr_core.encoder_pretraining import (
     excluded_key,
+    excluded_test_scenes,
     pretrain_encoder,
     stills_checkpoint,
-    excluded_test_scenes,
 )
 from tasks.tracking import DATASET_TAG, log_config, step_run, use_experiment
 
