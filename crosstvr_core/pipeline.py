@@ -114,6 +114,9 @@ def training_lists(cfg: CrossTVRConfig, bank: TokenBank, stage1_sim: torch.Tenso
 
 
 def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> CrossTVRReranker:
+    """A fresh re-ranker sized for the index's token shapes, initialised from train.seed
+    (whatever ran before, the same config gives the same initial weights)."""
+    torch.manual_seed(cfg.train.seed)
     return CrossTVRReranker(cfg.reranker, **reranker_shape_kwargs(shapes))
 
 

@@ -457,6 +457,8 @@ def train_reranker(
                 (epoch - 1) * steps_per_epoch + step, total_steps, cfg.hard_negative_warmup
             )
             if listwise:
+                # hard mining off (the ablation): lists of random items only
+                hard_fraction = hard_fraction if cfg.hard_negatives else 0.0
                 loss, stats = listwise_step(model, bank, lists, text_rows, hard_fraction,
                                             generator, device, cfg.precision,
                                             cfg.reversed_negatives)

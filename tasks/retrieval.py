@@ -146,8 +146,8 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
 
 
 def build_reranker(cfg: CrossTVRConfig, index_ref: IndexRef) -> tuple[CrossTVRReranker, dict]:
-    kwargs = reranker_shape_kwargs(index_ref.shapes)
-    return CrossTVRReranker(cfg.reranker, **kwargs), kwargs
+    return (pipeline.build_reranker(cfg, index_ref.shapes),
+            reranker_shape_kwargs(index_ref.shapes))
 
 
 def _stage1_model_id(stage1_ref: Stage1Ref, parent_run_id: str) -> str:

@@ -204,3 +204,26 @@ def test_external_stage1_matrix_is_used_as_given(flow_result, tmp_path):
         result = run_stage1(cfg, ref, str(tmp_path / "run"), parent_id)
     for key in ("t2v_R1", "t2v_R5", "v2t_MnR", "t2v_recall_at_5"):
         assert result.metrics[f"stage1/{key}"] == pytest.approx(result.metrics[f"stage1_meanP/{key}"])
+
+
+def test_experiment_script_gives_the_flows_numbers(flow_result):
+    """experiments/two_stage.py runs the flow's steps in-process through the same library
+    functions: on the flow's own index and config it reproduces the flow's metrics."""
+    import sys
+    from pathlib import Path
+
+    from crosstvr_core.config import load_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import two_stage as experiment
+
+    home, overrides, result = flow_result
+    cfg = load_config(TINY_CONFIG, overrides)
+    torch.set_num_threads(cfg.train.torch_threads)
+    train, test, metas, shapes, _ = experiment.load_banks(cfg)
+    mine = experiment.run(cfg, train, test, metas, shapes, progress=False)["metrics"]
+    flow = result["metrics"]
+    for key in ("stage1_meanP/t2v_R1", "stage1/t2v_R1", "stage1/v2t_MnR", "twostage/t2v_R1",
+                "twostage/v2t_R1", "twostage/t2v_MnR", "stage2only/t2v_R1",
+                "twostage/t2v_fusion_weight", "twostage/v2t_fusion_weight"):
+        assert mine[key] == pytest.approx(flow[key]), key
