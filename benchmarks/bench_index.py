@@ -8,7 +8,7 @@ Prints, as markdown:
 * frames/s of token extraction through the pipeline (read list -> decode tasks -> encoder
   actor pool -> Lance upserts; wall time of `index_videos`, Ray already up) and of an
   in-process loop of the same open_clip forward, same threads, same batch size, on frames
-  already in memory; their ratio (issue goal >= 0.9);
+  already in memory; their ratio (target >= 0.95);
 * bytes per video of the token tables, measured on disk, all patches vs `index.keep_patches`,
   and computed from the token shapes for ViT-B/32 and ViT-L/14 at F = 12.
 

@@ -164,9 +164,9 @@ class Stage1Config(_Section):
     # meanP: zero-shot mean pooling; seqTransf: trained temporal head over frozen frame
     # embeddings (CLIP4Clip); external: a similarity matrix from another retriever.
     method: Literal["meanP", "seqTransf", "external"] = "seqTransf"
-    # seqTransf head and its training (cached tokens only). Defaults from the quality sweep
-    # (docs/quality-log.md): 1 layer + lr 5e-3 + 12 epochs beat 2 layers + 30 epochs, in 60%
-    # of the time (the text adapter over 32 tokens is most of the cost)
+    # seqTransf head and its training (cached tokens only): 1 layer + lr 5e-3 + 12 epochs
+    # beat 2 layers + 30 epochs on the generated benchmark, in 60% of the time (the text
+    # adapter over the caption tokens is most of the cost)
     num_layers: int = Field(1, ge=1)
     num_heads: int = Field(4, ge=1)
     epochs: int = Field(12, ge=1)
@@ -185,7 +185,7 @@ class Stage1Config(_Section):
     patch_branch: bool = True
     # False: the seqTransf head never trains on the re-ranker's validation videos
     # (train.val_fraction), so early stopping sees the lists of unseen videos, as at test
-    # time; True: it trains on them too (more data, optimistic validation: quality-log)
+    # time; True: it trains on them too (more data, optimistic validation)
     train_on_validation_videos: bool = False
     # dual softmax (DSL) re-normalisation of the similarity at inference
     dual_softmax: bool = False
@@ -211,12 +211,12 @@ class RerankerConfig(_Section):
     # the frame and video levels use the same blocks (paper's best: sharing, +0.2 R@1)
     share_parameters: bool = True
     # who cross-attends to visual tokens: only the N_Q queries (text reaches them through
-    # self-attention; trained where the paper's form stalled, CALIBRATION.md), or the whole
+    # self-attention; trained where the paper's form stalled in a prototype), or the whole
     # [queries; text] sequence as in the paper
     cross_attention_from: Literal["queries", "queries_and_text"] = "queries"
     # M patch tokens kept per frame by the TS2-Net selector (paper: 4); "all" keeps every one.
-    # The embedded encoder has only 16 patches per frame: the quality sweep kept all of them
-    # (docs/quality-log.md); set 4 for ViT-B/32-sized grids (49 patches)
+    # The embedded encoder has only 16 patches per frame, all kept; set 4 for ViT-B/32-sized
+    # grids (49 patches)
     num_selected_patches: Annotated[int, Field(ge=1)] | Literal["all"] = "all"
     # self-attention blocks over the caption's projected tokens (+ positions) before the
     # queries read them: stage 2's own trainable text side (0: projected frozen tokens only)
@@ -253,7 +253,6 @@ class TrainConfig(_Section):
     # fold of videos they list (k folds); 0 = from the stage 1 trained on all of them
     stage1_folds: int = Field(2, ge=0)
 
-    # quality sweep (docs/quality-log.md): 3 epochs at lr 5e-3 fit the 15-minute benchmark
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(5e-3, gt=0)

@@ -12,7 +12,7 @@ outputs gives one video-text-matching (VTM) logit.
 joint); `share_parameters` makes both levels use the same blocks (the paper's best);
 `cross_attention_from` says whether only the queries cross-attend to visual tokens (the
 default: text reaches them through the self-attention over [queries; text]; a prototype
-stalled when the text tokens also cross-attended, CALIBRATION.md) or the whole
+stalled when the text tokens also cross-attended) or the whole
 [queries; text] sequence does, as in the paper. In the default form the text rows
 self-attend over the text only: they then depend on the caption alone, run once per caption
 instead of once per (pair, frame). With that and projecting only the kept patches, a

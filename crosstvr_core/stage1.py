@@ -45,8 +45,8 @@ def stage1_training_bank(cfg: CrossTVRConfig, train: TokenBank) -> TokenBank:
     videos, unless `stage1.train_on_validation_videos`.
 
     The re-ranker validates on two-stage R@1 over those videos. A stage 1 trained on them
-    has memorised their captions (validation R@1 89% against 31.8% on test,
-    docs/quality-log.md), so early stopping would compare re-rankers on candidate lists
+    has memorised their captions (validation R@1 89% against 31.8% on test, measured on
+    the generated benchmark), so early stopping would compare re-rankers on candidate lists
     that look nothing like the test set's.
     """
     if cfg.stage1.train_on_validation_videos:

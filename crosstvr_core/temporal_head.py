@@ -14,8 +14,8 @@ starts at zero, so the untrained head is still exactly meanP on both sides.
 
 With `Stage1Config.patch_branch`, each frame also reads its cached patch tokens: an MLP over
 each (token + position), max over patches, gated (zero at init) onto the frame's CLS. On the
-generated benchmark it took stage-1 t2v R@1 from 3.9 to 19.5 (with time-reversed negatives;
-docs/quality-log.md). Build such a head with `TemporalHead.for_bank`.
+generated benchmark it took stage-1 t2v R@1 from 3.9 to 19.5 with a random-init encoder
+(with time-reversed negatives). Build such a head with `TemporalHead.for_bank`.
 
 `dual_softmax` is the inference-only DSL re-weighting (CAMoE / DSL).
 """
