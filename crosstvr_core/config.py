@@ -230,6 +230,9 @@ class RerankerConfig(_Section):
     temporal_pos_std: float = Field(0.5, gt=0)
     # add a projection of (frame CLS - previous frame CLS) to each frame's summary
     frame_differences: bool = True
+    # add a linear map of the frame's whole patch grid to its summary: where things are in
+    # each frame, which a CLS embedding barely says, so the temporal blocks can see motion
+    grid_summary: bool = True
     # add a multiplicative text x video term (cosine of pooled text and pooled temporal
     # states, learned scale) to the query-mean head's logit
     match_term: bool = True
@@ -249,6 +252,9 @@ class TrainConfig(_Section):
     list_size: int = Field(15, ge=2)
     # listwise: captions (and as many videos) per step
     list_batch_size: int = Field(16, ge=1)
+    # listwise: an epoch visits every caption ("all") or one random caption per video
+    # ("one_per_video": as many steps as videos; the other captions come in later epochs)
+    captions_per_epoch: Literal["all", "one_per_video"] = "one_per_video"
     # cross-fitting: the training lists come from stage-1 models that each never saw the
     # fold of videos they list (k folds); 0 = from the stage 1 trained on all of them
     stage1_folds: int = Field(2, ge=0)

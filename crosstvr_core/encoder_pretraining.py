@@ -38,6 +38,8 @@ from crosstvr_core.pretraining_stills import generate_stills
 from crosstvr_core.synthetic_scenes import make_benchmark_specs
 
 StepCallback = Callable[[int, dict], None]
+# bumped when the pretraining code changes what a config produces (part of the cache key)
+RECIPE_VERSION = 2
 
 
 def excluded_test_scenes(num_test_groups: int, seed: int) -> frozenset:
@@ -50,7 +52,7 @@ def checkpoint_path(weights_dir: str | Path, model_name: str, cfg: PretrainConfi
     """Where the pretrained checkpoint of (model config, pretraining config, excluded test
     scenes) lives: the same inputs give the same path, so it is computed once per machine."""
     register_bundled_model_configs()
-    key = json.dumps({"model": open_clip.get_model_config(model_name),
+    key = json.dumps({"recipe": RECIPE_VERSION, "model": open_clip.get_model_config(model_name),
                       "pretrain": cfg.model_dump(), "excluded": excluded_key},
                      sort_keys=True).encode()
     digest = hashlib.sha256(key).hexdigest()[:10]
@@ -106,6 +108,22 @@ def _normalise(images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def scene_pair_order(count: int, generator: torch.Generator) -> torch.Tensor:
+    """A random order of the stills that keeps the two stills of each scene (rows 2i, 2i+1,
+    as generate_stills yields them) next to each other, so they share a batch.
+
+    The two differ only in where the mover is or in which phase of the events is shown:
+    with both in one batch the contrastive loss must read positions and the state of each
+    object, not only which colours and shapes are present (colours alone separate most
+    random pairs, and an encoder trained on those stays blind to position).
+    """
+    pairs = torch.randperm(count // 2, generator=generator)
+    order = torch.stack([2 * pairs, 2 * pairs + 1], dim=1).reshape(-1)
+    if count % 2:
+        order = torch.cat([order, torch.tensor([count - 1])])
+    return order
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -173,12 +191,12 @@ def pretrain_encoder(model_name: str, cfg: PretrainConfig, out_path: str | Path,
                                   betas=(0.9, 0.98), eps=1e-6)
     adjust_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.steps)
     per_epoch = max(1, len(train.captions) // cfg.batch_size)
-    order = torch.randperm(len(train.captions), generator=generator)
+    order = scene_pair_order(len(train.captions), generator)
     model.train()
     running, history = [], []
     for step in tqdm(range(cfg.steps), desc="encoder pretraining", disable=not progress):
         if step and step % per_epoch == 0:
-            order = torch.randperm(len(train.captions), generator=generator)
+            order = scene_pair_order(len(train.captions), generator)
         rows = order[(step % per_epoch) * cfg.batch_size:][:cfg.batch_size]
         adjust_lr(step)
         image_features, text_features, logit_scale = model(

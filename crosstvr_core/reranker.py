@@ -289,12 +289,18 @@ class CrossTVRReranker(nn.Module):
         self.text_encoder = _encoder_stack(hidden, cfg.num_heads, cfg.dropout, cfg.text_layers)
         # time from the first step: frame summaries (+ positions, + frame differences)
         # self-attend before any cross attention reads them
+        # (not for the spatial_only ablation, which by definition never reads frame order)
+        temporal_layers = 0 if cfg.attention == "spatial_only" else cfg.temporal_layers
         self.temporal_encoder = _encoder_stack(hidden, cfg.num_heads, cfg.dropout,
-                                               cfg.temporal_layers)
+                                               temporal_layers)
         self.frame_diff_proj = None
-        if cfg.frame_differences:
+        if cfg.frame_differences and temporal_layers:
             self.frame_diff_proj = nn.Sequential(nn.Linear(embed_dim, hidden),
                                                  nn.LayerNorm(hidden))
+        self.grid_proj = None
+        if cfg.grid_summary and temporal_layers:
+            self.grid_proj = nn.Sequential(nn.Linear(num_patches * vision_width, hidden),
+                                           nn.LayerNorm(hidden))
         self.match_text = self.match_video = self.match_scale = None
         if cfg.match_term:  # a direct text x video product beside the query-mean head
             self.match_text = nn.Linear(hidden, hidden)
@@ -429,12 +435,12 @@ class CrossTVRReranker(nn.Module):
         frame_mask = frame_mask.bool()
         standard_cls = _standardize(video_cls, self.cls_mean, self.cls_std, frame_mask)
         cls = self.cls_proj(standard_cls) + self.type_embed[0]  # [B, F, H]
-        cls = self._temporal_context(cls, standard_cls, frame_mask)
-        if not self.uses_patches:
-            return cls.unsqueeze(2)  # [B, F, 1, H]
         patches = _standardize(
             video_patches, self.patch_mean, self.patch_std, frame_mask.unsqueeze(-1)
-        )
+        )  # [B, F, P, Wv]
+        cls = self._temporal_context(cls, standard_cls, patches, frame_mask)
+        if not self.uses_patches:
+            return cls.unsqueeze(2)  # [B, F, 1, H]
         patches = patches.reshape(batch * frames, num_patches, -1)  # [B*F, P, Wv]
         chosen = self.selector.indicators(patches)  # [B*F, M, P], None = keep all
         if chosen is None:
@@ -452,12 +458,15 @@ class CrossTVRReranker(nn.Module):
         return torch.cat([cls.unsqueeze(2), kept], dim=2)  # [B, F, T, H]
 
     def _temporal_context(self, cls: torch.Tensor, standard_cls: torch.Tensor,
-                          frame_mask: torch.Tensor) -> torch.Tensor:
+                          patches: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """Frame CLS tokens [B, F, H] -> the same tokens after self-attention over time
-        (temporal positions, frame differences of the standardised CLS [B, F, D])."""
+        (temporal positions, frame differences of the standardised CLS [B, F, D], a map of
+        the standardised patch grid [B, F, P, Wv])."""
         if not len(self.temporal_encoder):
             return cls
         x = cls + self.temporal_pos[: cls.shape[1]]
+        if self.grid_proj is not None:
+            x = x + self.grid_proj(patches.flatten(2))
         if self.frame_diff_proj is not None:
             previous = torch.cat([standard_cls[:, :1], standard_cls[:, :-1]], dim=1)
             both = frame_mask & torch.cat([frame_mask[:, :1], frame_mask[:, :-1]], dim=1)

@@ -362,6 +362,18 @@ def _check_lists(bank: TokenBank, lists: TrainingLists | None) -> None:
                          f"bank has {want[0]} x {want[1]}")
 
 
+def one_caption_per_video(caption_video: torch.Tensor, generator: torch.Generator
+                          ) -> torch.Tensor:
+    """Caption rows, one drawn at random per video, in random order: an epoch sees every
+    video once (multi-caption corpora: every caption over the epochs)."""
+    keys = torch.rand(len(caption_video), generator=generator)
+    order = torch.argsort(caption_video.double() + keys.double() * 0.5)  # by video, random within
+    first = torch.ones(len(order), dtype=torch.bool)
+    first[1:] = caption_video[order][1:] != caption_video[order][:-1]
+    chosen = order[first]
+    return chosen[torch.randperm(len(chosen), generator=generator)]
+
+
 def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
 
@@ -417,7 +429,9 @@ def train_reranker(
         model.fit_input_stats(bank)
     model.to(device)
 
-    steps_per_epoch = math.ceil(num_captions / batch_size)
+    one_per_video = listwise and cfg.captions_per_epoch == "one_per_video"
+    rows_per_epoch = bank.num_videos if one_per_video else num_captions
+    steps_per_epoch = math.ceil(rows_per_epoch / batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -447,7 +461,8 @@ def train_reranker(
             break
         model.train()
         start = time.perf_counter()
-        order = torch.randperm(num_captions, generator=generator)
+        order = (one_caption_per_video(bank.caption_video, generator) if one_per_video
+                 else torch.randperm(num_captions, generator=generator))
         totals = dict.fromkeys(metric_names, 0.0)
         bar = tqdm(range(steps_per_epoch), desc=f"reranker epoch {epoch}/{cfg.epochs}",
                    disable=not progress, leave=False)
@@ -482,7 +497,8 @@ def train_reranker(
 
         seconds = time.perf_counter() - start
         if listwise:  # K + 1 (reversed) videos and K captions per caption
-            pairs_per_caption = 2 * cfg.list_size + int(cfg.reversed_negatives)
+            pairs_per_caption = (2 * cfg.list_size + int(cfg.reversed_negatives)) * (
+                rows_per_epoch / num_captions)
         else:
             pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
         record = {
