@@ -233,6 +233,10 @@ class RerankerConfig(_Section):
     # add a linear map of the frame's whole patch grid to its summary: where things are in
     # each frame, which a CLS embedding barely says, so the temporal blocks can see motion
     grid_summary: bool = True
+    # K spatial soft-argmax keypoints per frame (a learned saliency map over the patch grid,
+    # its expected (x, y) and peak), added to each frame's summary: a few numbers per frame
+    # that say where the salient things are, so motion is a short trajectory (0: off)
+    keypoints: int = Field(8, ge=0)
     # add a multiplicative text x video term (cosine of pooled text and pooled temporal
     # states, learned scale) to the query-mean head's logit
     match_term: bool = True

@@ -201,6 +201,17 @@ def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
     return out
 
 
+def patch_grid_coordinates(num_patches: int) -> torch.Tensor:
+    """[P, 2] (x, y) of each patch in [-1, 1], row-major over a square grid (a grid that is
+    not square is laid out as one row)."""
+    side = math.isqrt(num_patches)
+    rows, cols = (side, side) if side * side == num_patches else (1, num_patches)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, rows) if rows > 1 else torch.zeros(1),
+                            torch.linspace(-1, 1, cols) if cols > 1 else torch.zeros(1),
+                            indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+
+
 def _encoder_stack(hidden: int, heads: int, dropout: float, layers: int) -> nn.ModuleList:
     """Pre-LN self-attention blocks (batch first) for the text and temporal contexts."""
     return nn.ModuleList(
@@ -294,13 +305,24 @@ class CrossTVRReranker(nn.Module):
         self.temporal_encoder = _encoder_stack(hidden, cfg.num_heads, cfg.dropout,
                                                temporal_layers)
         self.frame_diff_proj = None
+        self.grid_differences = bool(cfg.grid_summary and cfg.frame_differences
+                                     and temporal_layers)
         if cfg.frame_differences and temporal_layers:
-            self.frame_diff_proj = nn.Sequential(nn.Linear(embed_dim, hidden),
-                                                 nn.LayerNorm(hidden))
+            # the CLS difference, and with grid_summary the patch-grid difference: summed over
+            # time it is (last grid - first grid), so motion is linear in the states' mean
+            width = embed_dim + (num_patches * vision_width if self.grid_differences else 0)
+            self.frame_diff_proj = nn.Sequential(nn.Linear(width, hidden), nn.LayerNorm(hidden))
         self.grid_proj = None
         if cfg.grid_summary and temporal_layers:
             self.grid_proj = nn.Sequential(nn.Linear(num_patches * vision_width, hidden),
                                            nn.LayerNorm(hidden))
+        self.keypoint_saliency = self.keypoint_proj = None
+        if cfg.keypoints and temporal_layers:
+            self.keypoint_saliency = nn.Linear(vision_width, cfg.keypoints)
+            self.keypoint_proj = nn.Sequential(nn.Linear(3 * cfg.keypoints, hidden),
+                                               nn.LayerNorm(hidden))
+            self.register_buffer("patch_xy", patch_grid_coordinates(num_patches),
+                                 persistent=False)
         self.match_text = self.match_video = self.match_scale = None
         if cfg.match_term:  # a direct text x video product beside the query-mean head
             self.match_text = nn.Linear(hidden, hidden)
@@ -467,13 +489,28 @@ class CrossTVRReranker(nn.Module):
         x = cls + self.temporal_pos[: cls.shape[1]]
         if self.grid_proj is not None:
             x = x + self.grid_proj(patches.flatten(2))
+        if self.keypoint_saliency is not None:
+            x = x + self.keypoint_proj(self._keypoints(patches))
         if self.frame_diff_proj is not None:
-            previous = torch.cat([standard_cls[:, :1], standard_cls[:, :-1]], dim=1)
+            frames = standard_cls
+            if self.grid_differences:
+                frames = torch.cat([standard_cls, patches.flatten(2)], dim=-1)
+            previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
             both = frame_mask & torch.cat([frame_mask[:, :1], frame_mask[:, :-1]], dim=1)
-            diff = (standard_cls - previous).masked_fill(~both.unsqueeze(-1), 0.0)
+            diff = (frames - previous).masked_fill(~both.unsqueeze(-1), 0.0)
             x = x + self.frame_diff_proj(diff)
         x = _run_stack(self.temporal_encoder, x, ~self._attendable_frames(frame_mask))
         return x.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
+
+    def _keypoints(self, patches: torch.Tensor) -> torch.Tensor:
+        """Standardised patches [B, F, P, Wv] -> per frame and keypoint its expected grid
+        position (x, y in [-1, 1]) under a softmax saliency over patches, and the peak
+        saliency: [B, F, 3K]."""
+        logits = self.keypoint_saliency(patches)  # [B, F, P, K]
+        weights = logits.softmax(dim=2)
+        xy = torch.einsum("bfpk,pc->bfkc", weights, self.patch_xy)  # [B, F, K, 2]
+        peak = logits.amax(dim=2, keepdim=True).transpose(2, 3)  # [B, F, K, 1]
+        return torch.cat([xy, torch.tanh(peak / 4)], dim=-1).flatten(2)
 
     def _match_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
                      text_index: torch.Tensor, visual: torch.Tensor,

@@ -88,10 +88,13 @@ PAPER_ABLATION: tuple[AblationVariant, ...] = (
     AblationVariant(name="joint", overrides=["reranker.attention=joint"]),
     AblationVariant(name="unshared", overrides=["reranker.share_parameters=false"]),
     AblationVariant(name="no_hard_negatives", overrides=["train.hard_negatives=false"]),
-    AblationVariant(name="patches_all", overrides=["reranker.num_selected_patches=all"]),
-    AblationVariant(name="patches_2", overrides=["reranker.num_selected_patches=2"]),
-    AblationVariant(name="queries_4", overrides=["reranker.num_queries=4"]),
-    AblationVariant(name="queries_16", overrides=["reranker.num_queries=16"]),
+    AblationVariant(name="patches_4", overrides=["reranker.num_selected_patches=4"]),
+    # what this implementation adds to the paper's module and training, one at a time
+    AblationVariant(name="bce_loss", overrides=["train.loss=bce"]),
+    AblationVariant(name="no_text_layers", overrides=["reranker.text_layers=0"]),
+    AblationVariant(name="no_temporal_context", overrides=["reranker.temporal_layers=0"]),
+    AblationVariant(name="no_match_term", overrides=["reranker.match_term=false"]),
+    AblationVariant(name="lists_not_cross_fitted", overrides=["train.stage1_folds=0"]),
 )
 
 # keys a variant may change: everything downstream of the shared index and stage 1

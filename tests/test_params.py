@@ -53,7 +53,8 @@ def test_ablation_variants_are_validated_one_by_one():
     assert params.variant_config("joint").reranker.attention == "joint"
     assert params.variant_config("unshared").reranker.share_parameters is False
     assert params.variant_config("no_hard_negatives").train.hard_negatives is False
-    assert params.variant_config("patches_all").reranker.num_selected_patches == "all"
+    assert params.variant_config("patches_4").reranker.num_selected_patches == 4
+    assert params.variant_config("bce_loss").train.loss == "bce"
     for variants, named in [
         ([{"name": "x", "overrides": ["reranker.num_querys=2"]}], "variant 'x'"),
         ([{"name": "x", "overrides": ["sampling.num_frames=2"]}], "shared index or stage 1"),
