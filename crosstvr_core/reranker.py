@@ -212,6 +212,19 @@ def patch_grid_coordinates(num_patches: int) -> torch.Tensor:
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
 
 
+def temporal_slope(series: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Least-squares slope over the real frames of each channel of series [B, F, C] against
+    time in [-1, 1] (0 for a clip with fewer than 2 real frames): [B, C]."""
+    mask = frame_mask.to(series.dtype).unsqueeze(-1)  # [B, F, 1]
+    count = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    time = torch.linspace(-1.0, 1.0, series.shape[1], device=series.device, dtype=series.dtype)
+    time = time.view(1, -1, 1)
+    centred_time = (time - (time * mask).sum(1, keepdim=True) / count) * mask
+    centred = (series - (series * mask).sum(1, keepdim=True) / count) * mask
+    spread = centred_time.square().sum(dim=1).clamp(min=1e-6)  # [B, 1]
+    return (centred_time * centred).sum(dim=1) / spread
+
+
 def _encoder_stack(hidden: int, heads: int, dropout: float, layers: int) -> nn.ModuleList:
     """Pre-LN self-attention blocks (batch first) for the text and temporal contexts."""
     return nn.ModuleList(
@@ -323,6 +336,13 @@ class CrossTVRReranker(nn.Module):
                                                nn.LayerNorm(hidden))
             self.register_buffer("patch_xy", patch_grid_coordinates(num_patches),
                                  persistent=False)
+        # the clip's trend: least-squares slope over time of each keypoint statistic and of
+        # the standardised CLS, added to every frame after the temporal blocks. Forward and
+        # reversed clips have opposite slopes, so order is one linear read-out away
+        self.trend_proj = None
+        if temporal_layers:
+            width = embed_dim + (3 * cfg.keypoints if self.keypoint_saliency is not None else 0)
+            self.trend_proj = nn.Sequential(nn.Linear(width, hidden), nn.LayerNorm(hidden))
         self.match_text = self.match_video = self.match_scale = None
         if cfg.match_term:  # a direct text x video product beside the query-mean head
             self.match_text = nn.Linear(hidden, hidden)
@@ -489,8 +509,11 @@ class CrossTVRReranker(nn.Module):
         x = cls + self.temporal_pos[: cls.shape[1]]
         if self.grid_proj is not None:
             x = x + self.grid_proj(patches.flatten(2))
+        series = standard_cls
         if self.keypoint_saliency is not None:
-            x = x + self.keypoint_proj(self._keypoints(patches))
+            keypoints = self._keypoints(patches)  # [B, F, 3K]
+            x = x + self.keypoint_proj(keypoints)
+            series = torch.cat([keypoints, standard_cls], dim=-1)
         if self.frame_diff_proj is not None:
             frames = standard_cls
             if self.grid_differences:
@@ -500,6 +523,8 @@ class CrossTVRReranker(nn.Module):
             diff = (frames - previous).masked_fill(~both.unsqueeze(-1), 0.0)
             x = x + self.frame_diff_proj(diff)
         x = _run_stack(self.temporal_encoder, x, ~self._attendable_frames(frame_mask))
+        if self.trend_proj is not None:
+            x = x + self.trend_proj(temporal_slope(series, frame_mask)).unsqueeze(1)
         return x.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
 
     def _keypoints(self, patches: torch.Tensor) -> torch.Tensor:
