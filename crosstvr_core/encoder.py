@@ -35,7 +35,8 @@ class EncoderError(ValueError):
     """An encoder that cannot be loaded or used as asked; the message names it."""
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (checkpoints can be GBs)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -236,7 +237,7 @@ def load_frozen_encoder(
     if path.suffix in (".pt", ".pth", ".bin", ".safetensors") or path.exists():
         if not path.is_file():
             raise EncoderError(f"encoder '{spec.name}': checkpoint '{path}' not found")
-        weights_id = f"sha256:{_file_sha256(path)[:16]}"
+        weights_id = f"sha256:{file_sha256(path)[:16]}"
         pretrained = str(path)
     else:
         tags = open_clip.list_pretrained_tags_by_model(spec.name)

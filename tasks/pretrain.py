@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,18 +23,19 @@ from pathlib import Path
 
 import mlflow
 import torch
-from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
 from crosstvr_core import report
 from crosstvr_core.config import STILLS_PRETRAINED, CrossTVRConfig
+from crosstvr_core.encoder import file_sha256
 from crosstvr_core.encoder_pretraining import (
     excluded_key,
     excluded_test_scenes,
     pretrain_encoder,
     stills_checkpoint,
 )
+from tasks.registry import ensure_registered_model
 from tasks.tracking import DATASET_TAG, log_config, step_run, use_experiment
 
 STEP = "pretrain-encoder"
@@ -64,14 +64,6 @@ def _logger():
         return get_run_logger()
     except MissingContextError:  # called outside a flow (the CLI)
         return logging.getLogger(__name__)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def config_hash(checkpoint: Path) -> str:
@@ -111,14 +103,10 @@ def register_encoder(model_id: str, run_id: str, sha256: str, cfg_hash: str,
     """A new version of `crosstvr-encoder` from a logged model; aliases `champion` and
     `stills-<config hash>` point at it. Returns the version."""
     client = client or mlflow.MlflowClient()
-    try:
-        client.get_registered_model(ENCODER_MODEL)
-    except MlflowException:
-        with contextlib.suppress(MlflowException):  # else created concurrently
-            client.create_registered_model(
-                ENCODER_MODEL, description="The embedded open_clip encoder pretrained on "
-                "generated stills (crosstvr-pretrain), frozen downstream; `champion` = the "
-                "latest pretrained, `stills-<config hash>` = the one of a pretrain config")
+    ensure_registered_model(
+        client, ENCODER_MODEL, "The embedded open_clip encoder pretrained on generated "
+        "stills (crosstvr-pretrain), frozen downstream; `champion` = the latest pretrained, "
+        "`stills-<config hash>` = the one of a pretrain config")
     tags = {SHA256_TAG: sha256, CONFIG_HASH_TAG: cfg_hash,
             **{f"crosstvr.pretrain.{k}": f"{v:.2f}" for k, v in accuracy.items()}}
     version = client.create_model_version(ENCODER_MODEL, f"models:/{model_id}", run_id=run_id,

@@ -94,14 +94,16 @@ def _run_logged_models(client: mlflow.MlflowClient, parent) -> dict[str, str]:
     return found
 
 
-def _ensure_registered_model(client: mlflow.MlflowClient, name: str) -> None:
+def ensure_registered_model(client: mlflow.MlflowClient, name: str,
+                            description: str = "CrossTVR; aliases champion-<dataset>-<encoder "
+                            "hash> per dataset + encoder pair, plain `champion` = the latest "
+                            "crowned") -> None:
+    """Create registered model `name` unless it exists (two runs may race to create it)."""
     try:
         client.get_registered_model(name)
     except MlflowException:
         with contextlib.suppress(MlflowException):  # else created concurrently
-            client.create_registered_model(
-                name, description="CrossTVR; aliases champion-<dataset>-<encoder hash> per "
-                "dataset + encoder pair, plain `champion` = the latest crowned")
+            client.create_registered_model(name, description=description)
 
 
 def register_run_models(parent_run_id: str, client: mlflow.MlflowClient | None = None
@@ -131,7 +133,7 @@ def register_run_models(parent_run_id: str, client: mlflow.MlflowClient | None =
     registrations = []
     for logged_name, model_id in sorted(logged.items()):
         name = REGISTERED_NAMES[logged_name]
-        _ensure_registered_model(client, name)
+        ensure_registered_model(client, name)
         previous = champion_score(dataset, encoder_id, name, client)
         role = CHAMPION if previous is None or score > previous else CANDIDATE
         version = client.create_model_version(

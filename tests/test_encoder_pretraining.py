@@ -265,13 +265,13 @@ def step_home(tmp_path):
 
 
 def test_the_step_pretrains_once_registers_and_then_reuses(step_home):
+    from crosstvr_core.encoder import file_sha256
     from tasks.pretrain import (
         CHECKPOINT_TAG,
         ENCODER_MODEL,
         REUSED_TAG,
         SHA256_TAG,
         ensure_stills_encoder,
-        file_sha256,
     )
     from tasks.tracking import parent_run
 

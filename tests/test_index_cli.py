@@ -5,8 +5,8 @@ import pytest
 from dataset_fixtures import write_msvd, write_videos
 
 from crosstvr_core.datasets import load_dataset
+from crosstvr_core.encoder import file_sha256
 from flows.cli import main
-from tasks.pretrain import file_sha256
 
 
 def _rows(db, table):
