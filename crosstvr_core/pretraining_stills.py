@@ -123,12 +123,8 @@ def generate_stills(count: int, frame_size: int, seed: int,
         spec = VideoSpec(f"still-{made:07d}", "train", kind, "", "", objects, background,
                          int(rng.integers(2**31 - 1)))
         frames = render_frames(spec, frame_size, _STILL_CLIP_FRAMES)
-        # two frames per scene that show it differently: one from each quarter at the ends
-        # of the clip (a mover's first and last region, the two phases of an events scene),
-        # in random order; two frames showing the same thing would be a false negative pair
-        quarter = _STILL_CLIP_FRAMES // 4
-        pair = [int(rng.integers(quarter)), _STILL_CLIP_FRAMES - 1 - int(rng.integers(quarter))]
-        for frame in (pair if rng.random() < 0.5 else pair[::-1]):
+        # two frames per scene: two positions of a mover, or the phases of an events scene
+        for frame in rng.choice(_STILL_CLIP_FRAMES, size=2, replace=False):
             if made == count:
                 break
             shown = visible_objects(spec, int(frame), frame_size)

@@ -32,7 +32,7 @@ def flat_metrics(stage: str, metrics: dict[str, dict[str, float]]) -> dict[str, 
 
 def results_table(metrics: dict[str, float]) -> str:
     """A fixed-width table: rows stage x direction, columns R@1/5/10, MdR, MnR."""
-    header = f"{'stage':<10} {'dir':<4} " + " ".join(f"{k:>7}" for k in METRIC_KEYS)
+    header = f"{'stage':<12} {'dir':<4} " + " ".join(f"{k:>7}" for k in METRIC_KEYS)
     lines = [header, "-" * len(header)]
     for stage, label in STAGES:
         for direction in ("t2v", "v2t"):
@@ -40,7 +40,7 @@ def results_table(metrics: dict[str, float]) -> str:
             if all(v is None for v in values):
                 continue
             cells = " ".join(f"{v:7.1f}" if v is not None else f"{'-':>7}" for v in values)
-            lines.append(f"{label:<10} {direction:<4} {cells}")
+            lines.append(f"{label:<12} {direction:<4} {cells}")
     return "\n".join(lines)
 
 

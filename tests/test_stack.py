@@ -85,7 +85,7 @@ def test_up_deployment_run_results_down(stack_env):
     out = bench.stdout + bench.stderr
     assert bench.returncode == 0, out[-4000:]
     assert "Completed" in out
-    for row in ("stage 1    t2v", "stage 1    v2t", "two-stage  t2v", "two-stage  v2t"):
+    for row in ("stage 1      t2v", "stage 1      v2t", "two-stage    t2v", "stage 2 only v2t"):
         assert row in out
     assert f"http://127.0.0.1:{stack_env['CROSSTVR_MLFLOW_PORT']}/#/experiments/" in out
     assert time.time() - started < 600
