@@ -90,6 +90,10 @@ class EncoderConfig(_Section):
     # `init_seed`. Local files are loaded through open_clip's checkpoint path either way.
     pretrained: str | None = STILLS_PRETRAINED
     init_seed: int = 0
+    # the caption token features cached for stage 2: "last" (the text tower's last layer)
+    # or "embedding" (its input token + position embeddings: word identity, untouched by
+    # what pretraining taught the tower to ignore; docs/benchmarks.md)
+    text_tokens: Literal["last", "embedding"] = "last"
     frame_batch_size: int = Field(256, ge=1)
     text_batch_size: int = Field(256, ge=1)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"

@@ -73,6 +73,9 @@ class EncoderSpec:
     name: str
     pretrained: str | None = None
     precision: str = "fp32"
+    # which caption token features are cached for stage 2: "last" (the text tower's last
+    # layer, after ln_final) or "embedding" (its input: token + position embeddings)
+    text_tokens: str = "last"
 
 
 class FrozenEncoder:
@@ -90,7 +93,9 @@ class FrozenEncoder:
         self.image_size = int(cfg["size"][0] if isinstance(cfg["size"], tuple | list) else cfg["size"])
         self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.encoder_id = f"{spec.name}|{weights_id}|{self.image_size}px"
+        # tokens of another text layer are other tokens: they must never share a table
+        layer = "" if spec.text_tokens == "last" else f"|text={spec.text_tokens}"
+        self.encoder_id = f"{spec.name}|{weights_id}|{self.image_size}px{layer}"
         probe = self._probe_shapes()
         self.embed_dim, self.vision_width, self.num_patches, self.text_width = probe
         self.context_length = int(getattr(model, "context_length", tokenizer.context_length))
@@ -208,7 +213,16 @@ class FrozenEncoder:
                 text=ids, text_indices=1, normalize=False, normalize_intermediates=True
             )
         tokens = out["text_intermediates"][-1].float()
+        if self.spec.text_tokens == "embedding":
+            tokens = self._input_embeddings(ids)
         return out["text_features"].float(), tokens, self._text_lengths(ids)
+
+    def _input_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """The text tower's input: token + position embeddings [N, L, Wt]."""
+        text = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps them in .text
+        embedding, positions = text.token_embedding, text.positional_embedding
+        with torch.no_grad():
+            return (embedding(ids) + positions[: ids.shape[1]]).float()
 
     def _text_lengths(self, ids: torch.Tensor) -> torch.Tensor:
         if getattr(self.model, "text_pool_type", "argmax") == "argmax":

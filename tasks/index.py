@@ -63,7 +63,8 @@ class IndexResult:
 
 
 def encoder_spec(cfg: CrossTVRConfig) -> EncoderSpec:
-    return EncoderSpec(cfg.encoder.name, resolve_pretrained(cfg), cfg.encoder.precision)
+    return EncoderSpec(cfg.encoder.name, resolve_pretrained(cfg), cfg.encoder.precision,
+                       cfg.encoder.text_tokens)
 
 
 def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:

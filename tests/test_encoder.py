@@ -129,3 +129,20 @@ def test_vit_b32_tokens_equal_open_clip_on_a_checkpoint_file(tmp_path):
     assert lengths.tolist() == [int((row != 0).sum()) for row in ids]
     _, kept, where = encoder.encode_frames_selected(frames, 4)
     assert kept.shape == (2, 4, 768) and where.shape == (2, 4)
+
+
+def test_embedding_text_tokens_are_the_towers_input_and_another_encoder(tmp_path, tiny_encoder):
+    """encoder.text_tokens=embedding caches open_clip's token + position embeddings, keeps
+    the EOT embedding, and is another encoder id (its tokens never share a table)."""
+    spec = EncoderSpec("crosstvr-tiny-vit", text_tokens="embedding")
+    embedded = load_frozen_encoder(spec, init_seed=0, weights_dir=tmp_path)
+    texts = ["a red circle moves left along the top", "a red circle moves right along the top"]
+    eot, tokens, lengths = embedded.encode_captions(texts)
+    ids = embedded.tokenize(texts)
+    model = embedded.model
+    with torch.no_grad():
+        expected = model.token_embedding(ids) + model.positional_embedding
+        torch.testing.assert_close(eot, model.encode_text(ids), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tokens, expected)
+    last = load_frozen_encoder(EncoderSpec("crosstvr-tiny-vit"), init_seed=0, weights_dir=tmp_path)
+    assert embedded.encoder_id == last.encoder_id + "|text=embedding"
