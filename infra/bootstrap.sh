@@ -11,6 +11,7 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
 fi
+"$CROSSTVR_REPO/infra/install_chromium.sh"  # for the gallery browser test; never fails
 
 PYTHON="${CROSSTVR_PYTHON:-$(command -v python3.11 || command -v python3)}"
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
