@@ -90,10 +90,12 @@ class EncoderConfig(_Section):
     # `init_seed`. Local files are loaded through open_clip's checkpoint path either way.
     pretrained: str | None = STILLS_PRETRAINED
     init_seed: int = 0
-    # the caption token features cached for stage 2: "last" (the text tower's last layer)
-    # or "embedding" (its input token + position embeddings: word identity, untouched by
-    # what pretraining taught the tower to ignore; docs/benchmarks.md)
-    text_tokens: Literal["last", "embedding"] = "last"
+    # the caption token features cached for stage 2: "last" (the text tower's last layer,
+    # as CrossTVR reads real CLIP), "embedding" (its input token + position embeddings: word
+    # identity, untouched by what pretraining taught the tower to ignore), or "auto":
+    # "embedding" for the stills-pretrained encoder, whose last layer all but drops region
+    # and direction words (docs/benchmarks.md), "last" for every other encoder
+    text_tokens: Literal["auto", "last", "embedding"] = "auto"
     frame_batch_size: int = Field(256, ge=1)
     text_batch_size: int = Field(256, ge=1)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -246,6 +248,11 @@ class RerankerConfig(_Section):
     # add a multiplicative text x video term (cosine of pooled text and pooled temporal
     # states, learned scale) to the query-mean head's logit
     match_term: bool = True
+    # add a temporal grounding term: each caption token finds the frames that show what it
+    # names (best-matching token of each frame, softmax over time), and the caption says when
+    # each token should happen (a learned early/late score per token); the logit rewards
+    # agreement, so "A then B" and its reversal read opposite signs (order, appear/leave)
+    grounding_term: bool = False
     # perturbed top-M during training: noisy draws and noise scale (TS2-Net: sigma 0.05)
     selection_samples: int = Field(100, ge=1)
     selection_sigma: float = Field(0.05, gt=0)

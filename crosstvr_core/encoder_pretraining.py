@@ -84,6 +84,15 @@ def resolve_pretrained(cfg: CrossTVRConfig) -> str | None:
     return str(path)
 
 
+def resolve_text_tokens(cfg: CrossTVRConfig) -> str:
+    """encoder.text_tokens with "auto" decided: the stills encoder's token cache reads the
+    text tower's input embeddings (its last layer keeps colour but barely tells regions or
+    directions apart), every other encoder its last layer, as CrossTVR does with CLIP."""
+    if cfg.encoder.text_tokens != "auto":
+        return cfg.encoder.text_tokens
+    return "embedding" if cfg.encoder.pretrained == STILLS_PRETRAINED else "last"
+
+
 @dataclass
 class StillsData:
     """Pre-rendered stills: uint8 frames [N, S, S, 3] and their token ids [N, context]."""

@@ -251,7 +251,8 @@ def reranker_shape_kwargs(shapes: dict) -> dict[str, int]:
 class CrossTVRReranker(nn.Module):
     """Video-text matching logit from frozen tokens: hierarchical decoupled cross attention."""
 
-    _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale")
+    _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale",
+                          "ground_sharpness", "ground_scale")
 
     def __init__(
         self,
@@ -348,6 +349,14 @@ class CrossTVRReranker(nn.Module):
             self.match_text = nn.Linear(hidden, hidden)
             self.match_video = nn.Linear(hidden, hidden)
             self.match_scale = nn.Parameter(torch.tensor(math.log(5.0)))
+
+        self.ground_text = self.ground_video = self.ground_when = None
+        if cfg.grounding_term and cfg.attention != "spatial_only":
+            self.ground_text = nn.Linear(hidden, hidden)
+            self.ground_video = nn.Linear(hidden, hidden)
+            self.ground_when = nn.Linear(hidden, 2)  # per token: expected time, importance
+            self.ground_sharpness = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.ground_scale = nn.Parameter(torch.tensor(2.0))
 
         def blocks() -> nn.ModuleList:
             return nn.ModuleList(
@@ -550,6 +559,32 @@ class CrossTVRReranker(nn.Module):
         v = F.normalize(self.match_video(pooled_video), dim=-1)
         return self.match_scale.exp() * (t * v).sum(-1)
 
+    def _grounding_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
+                         text_index: torch.Tensor, visual: torch.Tensor,
+                         frame_mask: torch.Tensor) -> torch.Tensor:
+        """Temporal grounding [B]: sum over caption tokens of importance x expected time
+        (from the text alone, in [-1, 1]) x observed time (where over the clip's real
+        frames, in [-1, 1], the token's best-matching frame tokens are, softmax over time).
+        Playing a clip backwards flips every observed time, so the term changes sign."""
+        keys = F.normalize(self.ground_text(text), dim=-1)[text_index]  # [B, L, H]
+        # the patch tokens (content and place only): the frame CLS has seen the whole clip
+        content = visual[:, :, 1:] if visual.shape[2] > 1 else visual
+        tokens = F.normalize(self.ground_video(content), dim=-1)  # [B, F, M, H]
+        similarity = torch.einsum("blh,bfth->blft", keys, tokens).amax(dim=-1)  # [B, L, F]
+        attendable = self._attendable_frames(frame_mask)  # [B, F]
+        similarity = (similarity * self.ground_sharpness.exp()).masked_fill(
+            ~attendable[:, None, :], float("-inf"))
+        real = attendable.to(visual.dtype)
+        count = real.sum(dim=1, keepdim=True)  # [B, 1]
+        # each real frame's place in the clip: -1 first, +1 last (0 for a one-frame clip)
+        place = ((real.cumsum(dim=1) - 1) / (count - 1).clamp(min=1.0) * 2 - 1) * real
+        place = place.masked_fill(count == 1, 0.0)
+        observed = torch.einsum("blf,bf->bl", similarity.softmax(dim=-1), place)  # [B, L]
+        when, importance = self.ground_when(text).unbind(dim=-1)  # [U, L] each
+        importance = importance.masked_fill(~text_mask, float("-inf")).softmax(dim=-1)
+        expected = (torch.tanh(when) * importance)[text_index]  # [B, L]
+        return self.ground_scale * (expected * observed).sum(dim=-1)
+
     def match(
         self,
         text_tokens: torch.Tensor,
@@ -576,6 +611,9 @@ class CrossTVRReranker(nn.Module):
         if self.match_scale is not None:
             extra = self._match_logit(text, text_mask.bool(), text_index, visual,
                                       frame_mask.bool())
+        if self.ground_text is not None:
+            extra = extra + self._grounding_logit(text, text_mask.bool(), text_index, visual,
+                                                  frame_mask.bool())
         temporal_pos = self.temporal_pos[:frames]  # [F, H]
         nq = self.num_queries
 

@@ -34,6 +34,10 @@ class SchemaMismatchError(ValueError):
     """A table on disk has other columns than this version of crosstvr writes."""
 
 
+class IndexNotFoundError(FileNotFoundError):
+    """No index where one was expected; the message says how to make it."""
+
+
 class EncoderMismatchError(ValueError):
     """A table holds tokens of another encoder (or other shapes) than the one asked for."""
 
@@ -179,6 +183,25 @@ class TokenIndex:
         self.captions = self._open_or_create(CAPTIONS, captions_schema(shapes, encoder_id))
         for name, version in (versions or {}).items():
             getattr(self, name).checkout(version)
+
+    @classmethod
+    def open_existing(cls, uri: str | Path, storage_options: dict[str, str] | None = None
+                      ) -> TokenIndex:
+        """An index that was written before, bound to the encoder and shapes its tables
+        record (for readers that did not index it: search, experiments)."""
+        if "://" not in str(uri) and not Path(uri).is_dir():
+            raise IndexNotFoundError(f"no index at {uri}: index the dataset first "
+                                     "(`crosstvr index` or the crosstvr/reindex deployment)")
+        db = lancedb.connect(str(uri), storage_options=storage_options)
+        if VIDEO_TOKENS not in db.list_tables().tables:
+            raise IndexNotFoundError(f"no '{VIDEO_TOKENS}' table in {uri}: index the dataset "
+                                     "first (`crosstvr index` or the crosstvr/reindex deployment)")
+        meta = db.open_table(VIDEO_TOKENS).schema.metadata or {}
+        if ENCODER_KEY not in meta or SHAPES_KEY not in meta:
+            raise SchemaMismatchError(f"table '{VIDEO_TOKENS}' at {uri} records no encoder "
+                                      "or token shapes: it was not written by crosstvr")
+        shapes = TokenShapes(**json.loads(meta[SHAPES_KEY]))
+        return cls(uri, meta[ENCODER_KEY].decode(), shapes, storage_options)
 
     def _open_or_create(self, name: str, schema: pa.Schema):
         if name not in self.db.list_tables().tables:

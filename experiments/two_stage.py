@@ -17,28 +17,17 @@ import json
 import time
 from pathlib import Path
 
-import lancedb
 import torch
 
 from crosstvr_core import pipeline
 from crosstvr_core.config import CrossTVRConfig, load_config
-from crosstvr_core.storage import ENCODER_KEY, SHAPES_KEY, VIDEO_TOKENS, TokenIndex, TokenShapes
+from crosstvr_core.storage import TokenIndex
 from crosstvr_core.token_bank import TokenBank
-
-
-def open_index(cfg: CrossTVRConfig) -> TokenIndex:
-    """The index of cfg.data.name, bound to the encoder and shapes its tables record."""
-    db = lancedb.connect(cfg.lance_uri)
-    if VIDEO_TOKENS not in db.list_tables().tables:
-        raise SystemExit(f"no '{VIDEO_TOKENS}' table in {cfg.lance_uri}: index the home first")
-    meta = db.open_table(VIDEO_TOKENS).schema.metadata
-    shapes = TokenShapes(**json.loads(meta[SHAPES_KEY]))
-    return TokenIndex(cfg.lance_uri, meta[ENCODER_KEY].decode(), shapes)
 
 
 def load_banks(cfg: CrossTVRConfig) -> tuple[TokenBank, TokenBank, list[dict], dict, str]:
     """Train and eval banks, the eval captions' metadata, token shapes, encoder id."""
-    index = open_index(cfg)
+    index = TokenIndex.open_existing(cfg.lance_uri)
     train = index.load_token_bank(cfg.data.train_split)
     test = index.load_token_bank(cfg.data.eval_split)
     return train, test, index.caption_meta(test.caption_ids), dict(index.shapes.__dict__), \

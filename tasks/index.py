@@ -25,7 +25,7 @@ from prefect import task
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.datasets import RetrievalDataset
 from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
-from crosstvr_core.encoder_pretraining import resolve_pretrained
+from crosstvr_core.encoder_pretraining import resolve_pretrained, resolve_text_tokens
 from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
 from crosstvr_core.video_decode import VideoDecodeError, decode_frames, file_content_hash
 
@@ -64,7 +64,7 @@ class IndexResult:
 
 def encoder_spec(cfg: CrossTVRConfig) -> EncoderSpec:
     return EncoderSpec(cfg.encoder.name, resolve_pretrained(cfg), cfg.encoder.precision,
-                       cfg.encoder.text_tokens)
+                       resolve_text_tokens(cfg))
 
 
 def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:

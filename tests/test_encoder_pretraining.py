@@ -22,6 +22,7 @@ from crosstvr_core.encoder_pretraining import (
     checkpoint_path,
     pretrain_encoder,
     resolve_pretrained,
+    resolve_text_tokens,
     stills_checkpoint,
 )
 from crosstvr_core.encoder_pretraining import (  # an alias: pytest would collect test_*
@@ -173,6 +174,20 @@ def test_checkpoint_path_is_stable_and_follows_what_determines_it(tmp_path):
         == stills_checkpoint(base)
     assert stills_checkpoint(load_config(TINY_CONFIG, [f"home={tmp_path}", "data.seed=1"])) \
         != stills_checkpoint(base)
+
+
+def test_auto_text_tokens_read_embeddings_only_for_the_stills_encoder():
+    """The stills encoder caches input embeddings; real weights keep CrossTVR's last layer;
+    an explicit choice always wins."""
+    assert resolve_text_tokens(load_config(None, [])) == "embedding"
+    for pretrained in ("openai", "/models/x.pt", "null"):
+        cfg = load_config(None, [f"encoder.pretrained={pretrained}"])
+        assert resolve_text_tokens(cfg) == "last"
+    for choice in ("last", "embedding"):
+        for pretrained in ("stills", "openai"):
+            cfg = load_config(None, [f"encoder.text_tokens={choice}",
+                                     f"encoder.pretrained={pretrained}"])
+            assert resolve_text_tokens(cfg) == choice
 
 
 def test_resolve_pretrained_names_the_missing_checkpoint(tmp_path):
