@@ -24,6 +24,10 @@ the video level (joint / temporal_only: their tokens are masked), and their inpu
 zeroed after standardisation, so padding values can never reach the logit. A video with no
 real frame attends to its (zeroed) frame 0 instead of an all-masked row, which would be NaN.
 
+Looking inside: `attention_maps` reruns `forward` with the cross-attention weights recorded
+and reduces them to one weight per frame and one heat map per frame's patch grid, for the
+retrieval gallery (gallery_data); recording leaves every output unchanged.
+
 Shapes: B pairs, L text tokens, F frames, P patches, M kept patches, T = 1 + M tokens per
 frame, Q = N_Q queries, H hidden size.
 """
@@ -87,7 +91,16 @@ class Attention(nn.Module):
     Boolean padding is True where a key must be ignored; no row here ever has all its keys
     masked (the queries are always keys of the self-attention, and the video level keeps
     frame 0 of a video without real frames).
+
+    `keep_weights`: None (the default), or a list to which every call appends its softmax
+    weights [N, heads, T, S], for people to look at (CrossTVRReranker.attention_maps). The
+    fused kernel never materialises them, so they are computed a second time, explicitly,
+    from the same queries, keys and mask; the output still comes from the kernel, so it is
+    bit-identical with recording on or off.
     """
+
+    # a class default, so modules pickled before the attribute existed still run
+    keep_weights: list[torch.Tensor] | None = None
 
     def __init__(self, hidden: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -116,11 +129,24 @@ class Attention(nn.Module):
         """Rows x [N, T, H] attend to keys/values [N, heads, S, d] (padding [N, S])."""
         n, rows, hidden = x.shape
         mask = None if padding is None else ~padding[:, None, None, :]  # [N, 1, 1, S]
+        queries = self._split_heads(self.query(x))  # [N, heads, T, d]
         out = F.scaled_dot_product_attention(
-            self._split_heads(self.query(x)), keys, values, attn_mask=mask,
+            queries, keys, values, attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
         )  # [N, heads, T, d]
+        if self.keep_weights is not None:
+            self.keep_weights.append(self.attention_weights(queries, keys, padding))
         return self.out(out.transpose(1, 2).reshape(n, rows, hidden))
+
+    @staticmethod
+    def attention_weights(queries: torch.Tensor, keys: torch.Tensor,
+                          padding: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) [N, heads, T, S] with padded keys excluded: what the
+        kernel in `forward` applies (its default scale, no dropout), made explicit."""
+        scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.shape[-1])
+        if padding is not None:
+            scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        return scores.softmax(dim=-1).detach()
 
 
 class QueryBlock(nn.Module):
@@ -449,6 +475,115 @@ class CrossTVRReranker(nn.Module):
         [B, F, D], video_patches [B, F, P, Wv], frame_mask [B, F]; masks True = real)."""
         visual = self.encode_video(video_cls, video_patches, frame_mask)
         return self.match(text_tokens, text_mask, visual, frame_mask)
+
+    @torch.no_grad()
+    def attention_maps(
+        self,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        video_cls: torch.Tensor,
+        video_patches: torch.Tensor,
+        frame_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the queries looked, for a person to see: (frame_weights [B, F], patch_heat
+        [B, F, P]) of the same pairs `forward` takes, computed in eval mode.
+
+        frame_weights: the video-level queries' cross-attention summed over each frame's
+        memory entries (its Q frame-level query outputs; for temporal_only its CLS token; for
+        joint its T tokens), averaged over queries, heads and that level's blocks, then
+        renormalised to sum 1 over the real frames (0 on padded frames; all 0 for a video
+        without real frames). spatial_only has no video level: it means frames uniformly,
+        which is what these weights show.
+
+        patch_heat: the frame-level queries' cross-attention over each frame's T = 1 + M
+        tokens, averaged over queries, heads and blocks, with the CLS token dropped and each
+        kept patch's weight put at its place in the P-patch grid (0 for patches the selector
+        dropped and for padded frames). A frame's heat sums to 1 minus the weight on its CLS.
+        joint has no frame level: its heat is the joint level's weights on each frame's
+        tokens, renormalised within the frame (the share of that frame's attention, as for
+        the frame level). temporal_only reads no patches: its heat is all zeros.
+
+        Only the queries' rows are read (in the paper form the text rows cross-attend too).
+        The two levels share their blocks by default, so the recorded calls are told apart by
+        their order: `match` runs every frame-level block, then every video-level block; the
+        shapes are checked against that.
+        """
+        frame_mask = frame_mask.bool()
+        batch, frames = frame_mask.shape
+        modules = {id(m): m for blocks in (self.frame_blocks, self.video_blocks)
+                   if blocks is not None for m in (b.cross_attn for b in blocks)}
+        record: list[torch.Tensor] = []
+        was_training = self.training
+        self.eval()  # hard top-M selection, no dropout: what evaluation scores
+        try:
+            for module in modules.values():
+                module.keep_weights = record
+            self(text_tokens, text_mask, video_cls, video_patches, frame_mask)
+            kept = self._kept_patch_indices(video_patches, frame_mask)  # [B, F, M] | None
+        finally:
+            for module in modules.values():
+                module.keep_weights = None
+            self.train(was_training)
+
+        num_frame_blocks = len(self.frame_blocks) if self.frame_blocks is not None else 0
+        frame_level = self._query_attention(record[:num_frame_blocks], batch * frames)
+        video_level = self._query_attention(record[num_frame_blocks:], batch)
+        real = frame_mask.to(video_cls.dtype)
+        tokens = None  # [B, F, T]: attention over each frame's tokens, CLS first
+        if self.attention == "spatial_only":
+            per_frame = real.clone()
+        elif self.attention == "temporal_only":
+            per_frame = video_level  # [B, F]: one CLS token per frame
+        elif self.attention == "joint":
+            video_level = video_level.view(batch, frames, -1)  # [B, F, T]
+            per_frame = video_level.sum(dim=-1)
+            tokens = video_level / per_frame.unsqueeze(-1).clamp(min=1e-12)
+        else:  # decoupled: Q frame-level query outputs per frame
+            per_frame = video_level.view(batch, frames, self.num_queries).sum(dim=-1)
+        if frame_level is not None:
+            tokens = frame_level.view(batch, frames, -1)
+        per_frame = per_frame * real
+        frame_weights = per_frame / per_frame.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+        patch_heat = video_cls.new_zeros(batch, frames, self.num_patches)
+        if tokens is not None:
+            if kept is None:  # every patch kept, in grid order: token j + 1 is patch j
+                patch_heat = tokens[:, :, 1:].clone()
+            else:
+                patch_heat.scatter_(2, kept, tokens[:, :, 1:])
+            patch_heat = patch_heat * real.unsqueeze(-1)
+        return frame_weights, patch_heat
+
+    def _query_attention(self, weights: list[torch.Tensor], rows: int) -> torch.Tensor | None:
+        """One level's recorded weights [rows, heads, Q(+L), S] per block -> the queries'
+        mean over queries, heads and blocks [rows, S] (None for a level that did not run)."""
+        if not weights:
+            return None
+        for w in weights:
+            if w.shape[0] != rows or w.shape[2] < self.num_queries:
+                raise RuntimeError(
+                    f"reranker.attention_maps: recorded attention {tuple(w.shape)} is not a "
+                    f"level of {rows} rows; did `match` change the order of its levels?")
+        if len({w.shape[-1] for w in weights}) != 1:
+            raise RuntimeError("reranker.attention_maps: blocks of one level attend to "
+                               f"memories of different lengths {[w.shape for w in weights]}")
+        return torch.stack([w[:, :, : self.num_queries].mean(dim=(1, 2)) for w in weights]
+                           ).mean(dim=0)
+
+    def _kept_patch_indices(self, video_patches: torch.Tensor,
+                            frame_mask: torch.Tensor) -> torch.Tensor | None:
+        """The grid position [B, F, M] of each kept patch token, as encode_video picks them
+        in eval mode (the hard top-M of the selector on the standardised patches), or None
+        when every patch is kept in grid order (or none is read: temporal_only)."""
+        if self.selector is None:
+            return None
+        batch, frames, num_patches, width = video_patches.shape
+        patches = _standardize(video_patches, self.patch_mean, self.patch_std,
+                               frame_mask.unsqueeze(-1))
+        chosen = self.selector.indicators(patches.reshape(batch * frames, num_patches, width))
+        if chosen is None:
+            return None
+        return chosen.argmax(dim=-1).view(batch, frames, -1)
 
     def encode_text(self, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Standardised, projected text tokens [U, L, H] (padding zeroed)."""

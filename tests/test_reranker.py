@@ -335,3 +335,116 @@ def test_time_reversed_frame_order_reverses_real_frames_only() -> None:
         real = mask[row]
         assert backwards[row][real].tolist() == frames[row][real].flip(0).tolist()
         assert backwards[row][~real].tolist() == frames[row][~real].tolist()
+
+
+# --------------------------------------------------------------------------- attention maps
+
+
+def cross_attention_modules(model: CrossTVRReranker) -> list:
+    return [block.cross_attn for blocks in (model.frame_blocks, model.video_blocks)
+            if blocks is not None for block in blocks]
+
+
+def test_recorded_weights_are_the_ones_the_kernel_applies() -> None:
+    """weights @ values (then the output projection) gives the module's own output."""
+    from crosstvr_core.reranker import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(hidden=8, heads=2, dropout=0.0).eval()
+    x, memory = torch.randn(3, 4, 8), torch.randn(3, 5, 8)
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True], [False] + [True] * 4])
+    keys, values = attention.keys_values(memory)
+    attention.keep_weights = []
+    out = attention(x, keys, values, padding)
+    (weights,) = attention.keep_weights  # [N, heads, T, S]
+    assert torch.all(weights.masked_select(padding[:, None, None, :]) == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, 4))
+    mixed = (weights @ values).transpose(1, 2).reshape(3, 4, 8)
+    torch.testing.assert_close(attention.out(mixed), out)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_attention_maps_shapes_sums_and_padding(layers: int, variant: dict) -> None:
+    bank = random_bank()
+    model = make_model(layers=layers, **variant)
+    model.fit_input_stats(bank)
+    inputs = pair_inputs(bank, [0, 1, 2, 3], [0, 1, 2, 4])
+    inputs["frame_mask"][3] = False  # a video without a real frame
+    real = inputs["frame_mask"]
+    assert (~real[0]).any() and real[1].all()
+    frame_weights, patch_heat = model.attention_maps(**inputs)
+    assert frame_weights.shape == (4, FRAMES) and patch_heat.shape == (4, FRAMES, PATCHES)
+    assert torch.isfinite(frame_weights).all() and torch.isfinite(patch_heat).all()
+    assert (frame_weights >= 0).all() and (patch_heat >= 0).all()
+    torch.testing.assert_close(frame_weights[:3].sum(1), torch.ones(3))
+    assert torch.all(frame_weights[~real] == 0) and torch.all(patch_heat[~real] == 0)
+    heat_per_frame = patch_heat[real].sum(-1)  # the frame's attention minus its CLS share
+    attention = variant.get("attention", "decoupled")
+    if attention == "temporal_only":  # no patch tokens are read at all
+        assert torch.all(patch_heat == 0)
+    else:
+        assert (heat_per_frame > 0).all() and (heat_per_frame < 1).all()
+        kept = PATCHES if variant.get("num_selected_patches") == "all" else 2
+        # exactly the kept patches of each real frame are warm
+        assert ((patch_heat[real] > 0).sum(-1) == kept).all()
+    if attention == "spatial_only":  # a plain mean over frames
+        torch.testing.assert_close(frame_weights[:3], real[:3] / real[:3].sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_recording_leaves_outputs_bit_identical(variant: dict) -> None:
+    bank = random_bank()
+    model = make_model(layers=2, **variant)
+    model.fit_input_stats(bank)
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 4])
+    reference = model(**inputs)
+    modules = cross_attention_modules(model)
+    for module in modules:
+        module.keep_weights = []
+    recorded = model(**inputs)
+    assert torch.equal(recorded, reference)
+    assert sum(len(m.keep_weights) for m in {id(m): m for m in modules}.values()) > 0
+    for module in modules:
+        module.keep_weights = None
+    model.train()
+    model.attention_maps(**inputs)
+    # attention_maps restores what it changed: training mode, no recording
+    assert model.training and all(m.keep_weights is None for m in modules)
+    assert torch.equal(model.eval()(**inputs), reference)
+
+
+def test_patch_heat_lands_on_the_selected_grid_positions() -> None:
+    bank = random_bank()
+    model = make_model()  # keeps 2 of 6 patches per frame
+    inputs = pair_inputs(bank, [0, 1], [1, 3])
+    _, patch_heat = model.attention_maps(**inputs)
+    patches = (inputs["video_patches"] - model.patch_mean) / model.patch_std
+    chosen = hard_top_k(model.selector.scorer(patches.flatten(0, 1)), 2).argmax(-1)
+    warm = (patch_heat > 0).flatten(0, 1).nonzero()  # [(frame, patch)]
+    assert warm[:, 1].view(-1, 2).tolist() == chosen.tolist()
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_identical_frames_get_identical_attention(attention: str) -> None:
+    """Frame 2 a copy of frame 1, and nothing that tells them apart (no temporal blocks, no
+    temporal positions): both frames get the same weight and the same heat."""
+    bank = random_bank()
+    model = make_model(attention=attention, temporal_layers=0, match_term=False)
+    with torch.no_grad():
+        model.temporal_pos.zero_()
+    inputs = pair_inputs(bank, [0, 2], [1, 3])
+    for name in ("video_cls", "video_patches"):
+        inputs[name][:, 2] = inputs[name][:, 1]
+    frame_weights, patch_heat = model.attention_maps(**inputs)
+    torch.testing.assert_close(frame_weights[:, 2], frame_weights[:, 1])
+    torch.testing.assert_close(patch_heat[:, 2], patch_heat[:, 1])
+    if attention == "spatial_only":  # uniform over frames by construction
+        assert not torch.allclose(patch_heat[:, 0], patch_heat[:, 1])
+    else:  # not trivially equal
+        assert not torch.allclose(frame_weights[:, 0], frame_weights[:, 1])
+    # a frame switched off gets no weight, and the others share all of it
+    inputs["frame_mask"][:, 0] = False
+    frame_weights, patch_heat = model.attention_maps(**inputs)
+    assert torch.all(frame_weights[:, 0] == 0) and torch.all(patch_heat[:, 0] == 0)
+    torch.testing.assert_close(frame_weights.sum(1), torch.ones(2))
