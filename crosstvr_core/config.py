@@ -321,6 +321,20 @@ class EvalConfig(_Section):
     batch_size: int = Field(256, ge=1)
 
 
+class SearchConfig(_Section):
+    """Text queries against an index (`crosstvr search`, the crosstvr-search/batch
+    deployment): stage 1 over every indexed video, the re-ranker over its top eval.top_k."""
+
+    k: int = Field(10, ge=1)  # results shown per query
+    # registry alias (champion | candidate, resolved for the index's dataset + encoder) or
+    # the MLflow run id of a finished benchmark run
+    model: str = "champion"
+    rerank: bool = True
+    # exact cosine search below this many videos; past it the stage-1 embeddings get a
+    # LanceDB ANN index, whose recall against exact search is measured when it is built
+    exact_below: int = Field(50_000, ge=1)
+
+
 class OrchestrationConfig(_Section):
     """How the flows' Prefect tasks retry transient failures (a lost Ray node, a storage or
     tracking-server hiccup). Retried steps redo little: the index skips what it committed,
@@ -354,6 +368,7 @@ class CrossTVRConfig(_Section):
     reranker: RerankerConfig = RerankerConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 

@@ -1,5 +1,5 @@
 """`crosstvr` command line: run the flows (benchmark, encoder pretraining), index a corpus,
-print results, compare runs, show the resolved config."""
+search it, print results, compare runs, show the resolved config."""
 
 from __future__ import annotations
 
@@ -194,6 +194,61 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_search(result, answered: dict[str, str], rerank: bool) -> None:
+    print(f'query: "{result.query}"' + ("  (longer than the text context: cut)"
+                                       if result.truncated else ""))
+    print(f"{'rank':>4}  {'video id':<24} {'stage 1':>8} {'stage 2':>8} {'fused':>8}  path")
+    for hit in result.hits:
+        stage2 = "-" if hit.stage2 is None else f"{hit.stage2:8.3f}"
+        print(f"{hit.rank:>4}  {hit.video_id:<24} {hit.stage1:8.4f} {stage2:>8} "
+              f"{hit.fused:8.4f}  {hit.uri}")
+    if not rerank:
+        print("(stage 1 only: --no-rerank)")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """One query against an index: stage 1 over every video, the re-ranker over its top K."""
+    import json
+
+    from crosstvr_core.encoder import EncoderError
+    from crosstvr_core.storage import EncoderMismatchError, IndexNotFoundError, SchemaMismatchError
+    from crosstvr_core.text_search import SearchError
+    from tasks.registry import RegistryError
+    from tasks.search import answered_by, open_searcher, write_search_gallery
+
+    overrides = list(args.overrides)
+    if args.dataset:
+        overrides.append(f"data.name={args.dataset}")
+    if args.model:
+        overrides.append(f"search.model={args.model}")
+    cfg = load_config(args.config, overrides)
+    k = args.k or cfg.search.k
+    rerank = cfg.search.rerank and not args.no_rerank
+    try:
+        searcher = open_searcher(cfg)
+        results = searcher.search([args.query], k, rerank=rerank, candidates=cfg.eval.top_k)
+    except (SearchError, RegistryError, IndexNotFoundError, EncoderError, EncoderMismatchError,
+            SchemaMismatchError) as exc:
+        print(f"crosstvr search: {exc}", file=sys.stderr)
+        return 1
+    answered = answered_by(searcher)
+    if args.json:
+        print(json.dumps({"query": results[0].query, "truncated": results[0].truncated,
+                          "answered_by": answered,
+                          "hits": [hit.__dict__ for hit in results[0].hits],
+                          "stage1_hits": [hit.__dict__ for hit in results[0].stage1_hits]},
+                         indent=1))
+    else:
+        _print_search(results[0], answered, rerank)
+        for key, value in answered.items():
+            print(f"  {key}: {value}")
+    if args.html:
+        page = write_search_gallery(searcher, [("q000001", results[0], None)], Path(args.html),
+                                    title=f"crosstvr search: {results[0].query}")
+        print(f"gallery: {page}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"'{text}': expected a whole number >= 1")
@@ -235,6 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     index.add_argument("--name", help="database name under <home>/lance (default: folder name)")
     _config_args(index)
     index.set_defaults(func=cmd_index)
+    search = sub.add_parser(
+        "search", help="which indexed videos show this? one text query, stage 1 + re-ranker",
+        description="Encode QUERY with the index's frozen text tower, find the stage-1 top "
+        "K over every indexed video, re-rank them with the registered re-ranker.")
+    search.add_argument("query")
+    search.add_argument("--dataset", help="the indexed dataset (data.name)")
+    search.add_argument("-k", type=_positive_int, help="results to show (search.k)")
+    search.add_argument("--model", help="champion | candidate | an MLflow run id (search.model)")
+    search.add_argument("--no-rerank", action="store_true", help="stage 1 only")
+    search.add_argument("--html", help="also write a gallery page into this folder")
+    search.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _config_args(search)
+    search.set_defaults(func=cmd_search)
     compare = sub.add_parser("compare", help="flow runs from MLflow with key metrics and the "
                              "difference to their dataset + encoder champion")
     compare.add_argument("--dataset", help="only runs on this dataset (data.name)")

@@ -1,6 +1,7 @@
 """Serve the deployments: `crosstvr/full-benchmark` (the whole DAG), `crosstvr-index/reindex`,
-`crosstvr-ablation/ablation` (re-ranker variants on the same tokens and stage 1) and
-`crosstvr-pretrain/encoder` (the stills-pretrained embedded encoder, once per machine).
+`crosstvr-ablation/ablation` (re-ranker variants on the same tokens and stage 1),
+`crosstvr-pretrain/encoder` (the stills-pretrained embedded encoder, once per machine) and
+`crosstvr-search/batch` (a file of text queries against an index's champion models).
 
 `make up` runs this in the background; `prefect deployment run crosstvr/full-benchmark`
 then schedules a run that this process picks up and executes in a subprocess.
@@ -23,11 +24,13 @@ from flows.ablation import crosstvr_ablation
 from flows.full_benchmark import crosstvr
 from flows.pretrain import crosstvr_pretrain
 from flows.reindex import crosstvr_index
+from flows.search import crosstvr_search
 
 FULL_BENCHMARK = "full-benchmark"
 REINDEX = "reindex"
 ABLATION = "ablation"
 PRETRAIN = "encoder"
+BATCH_SEARCH = "batch"
 REINDEX_CONFIG_ENV = "CROSSTVR_REINDEX_CONFIG"
 
 
@@ -76,6 +79,13 @@ def deployments() -> list:
             "checkpoint; logs it to MLflow and registers crosstvr-encoder@champion. The other "
             "deployments run this step themselves when the checkpoint is missing",
             tags=["crosstvr", "encoder"],
+        ),
+        crosstvr_search.to_deployment(
+            name=BATCH_SEARCH,
+            description="answer a queries file (txt, or CSV/JSONL with `query` and an "
+            "optional ground-truth `video`) with the dataset's champion models on Ray; "
+            "answers in the index's search_results Lance table, R@K and a gallery in MLflow",
+            tags=["crosstvr", "search"],
         ),
     ]
 

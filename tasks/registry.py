@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from crosstvr_core.text_search import SearchModels, stage1_key
 from tasks.tracking import DATASET_TAG, ENCODER_TAG
 
 RERANKER_MODEL = "crosstvr-reranker"
@@ -158,3 +159,60 @@ def load_registered_reranker(dataset: str | None = None, encoder_id: str | None 
     name = alias if dataset is None else pair_alias(alias, dataset, encoder_id)
     model = mlflow.pytorch.load_model(f"models:/{RERANKER_MODEL}@{name}", map_location="cpu")
     return model.eval()
+
+
+def _run_models(client: mlflow.MlflowClient, run_id: str) -> dict[str, str]:
+    """Logged-model name -> model id of a flow run (its parent run, when given a step run)."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise RegistryError(f"no MLflow run '{run_id}' in this tracking store") from err
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if parent_id:
+        run = client.get_run(parent_id)
+    return _run_logged_models(client, run)
+
+
+def load_search_models(dataset: str, encoder_id: str, model: str,
+                       client: mlflow.MlflowClient | None = None) -> SearchModels:
+    """The stage-1 head and re-ranker that answer searches of a dataset + encoder pair.
+
+    `model` is a registry alias (champion | candidate: this pair's) or a flow run id. The
+    stage 1 always comes from the same run as the re-ranker, whose lists and fusion weights
+    it was trained with; a run without a trained stage 1 searches with meanP."""
+    client = client or mlflow.MlflowClient()
+    provenance: dict[str, str] = {}
+    if model in (CHAMPION, CANDIDATE):
+        alias = pair_alias(model, dataset, encoder_id)
+        version = _version_by_alias(client, RERANKER_MODEL, alias)
+        if version is None:
+            raise RegistryError(
+                f"no registered '{RERANKER_MODEL}' with alias '{alias}' (dataset '{dataset}', "
+                f"encoder '{encoder_id}'): run the crosstvr/full-benchmark deployment on "
+                "this dataset first, or pass a run id")
+        run_id = version.tags.get("crosstvr.parent_run_id") or version.run_id
+        provenance[RERANKER_MODEL] = f"version {version.version} (@{alias})"
+    else:
+        run_id = model
+    logged = _run_models(client, run_id)
+    if "reranker" not in logged:
+        raise RegistryError(f"run {run_id} logged no re-ranker (tracking.log_model=false, or "
+                            "not a crosstvr benchmark run)")
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    if tags.get(DATASET_TAG) and (tags[DATASET_TAG], tags.get(ENCODER_TAG)) != (dataset,
+                                                                             encoder_id):
+        raise RegistryError(
+            f"run {run_id} trained on dataset '{tags[DATASET_TAG]}' with encoder "
+            f"'{tags.get(ENCODER_TAG)}', not '{dataset}' / '{encoder_id}'")
+    reranker = mlflow.pytorch.load_model(f"models:/{logged['reranker']}",
+                                         map_location="cpu").eval()
+    stage1 = None
+    if "stage1_seqtransf" in logged:
+        stage1 = mlflow.pytorch.load_model(f"models:/{logged['stage1_seqtransf']}",
+                                           map_location="cpu").eval()
+    provenance.setdefault(RERANKER_MODEL, f"model {logged['reranker']}")
+    provenance["stage1"] = (f"model {logged['stage1_seqtransf']}" if stage1 is not None
+                            else "meanP (zero-shot)")
+    provenance["run"] = run_id
+    return SearchModels(stage1, reranker, stage1_key(stage1), provenance)

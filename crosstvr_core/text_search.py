@@ -1,0 +1,313 @@
+"""Text search over an indexed corpus: "which of my videos show this?".
+
+A query is encoded by the index's own frozen text tower, stage 1 finds the top K videos over
+the whole index (the stage-1 head's video embeddings, kept in a Lance table next to the
+tokens: searched exactly below a size threshold, through an ANN index above it), and the
+re-ranker rescores those K from their cached tokens, read from Lance by video id. Nothing
+here loads the whole index into memory except the stage-1 embeddings of a small gallery.
+
+The stage-1 embeddings depend on the stage-1 model and on the token table's content, so
+their table is named after both (`stage1_embeddings_<model key>_v<token table version>`);
+a search after a re-index or with another stage-1 model builds a fresh one and drops the
+stale ones of that model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from crosstvr_core.encoder import FrozenEncoder
+from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.reranker_training import score_pairs
+from crosstvr_core.search import AnnIndex
+from crosstvr_core.storage import VIDEO_TOKENS, VIDEOS, TokenIndex, _sql_string, fixed_list_to_numpy
+from crosstvr_core.temporal_head import TemporalHead
+
+EMBEDDINGS_PREFIX = "stage1_embeddings"
+
+
+class SearchError(ValueError):
+    """A search cannot run as asked; the message names the input and what is wrong."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One returned video. stage2 is None when the video was not re-ranked."""
+
+    rank: int  # 1-based, in the final order
+    video_id: str
+    uri: str
+    stage1: float
+    stage2: float | None
+    fused: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One query's answer: the stage-1 order and the final (re-ranked) order."""
+
+    query: str
+    stage1_hits: list[SearchHit]
+    hits: list[SearchHit]
+    truncated: bool  # the query was longer than the text context and was cut
+
+
+@dataclass
+class GalleryInfo:
+    """Which stage-1 embedding table answered and how it searches."""
+
+    table: str
+    size: int
+    exact: bool
+    build_recall: float | None  # ANN recall@k against exact search, measured at build
+    built_now: bool
+
+
+@dataclass
+class SearchModels:
+    """What answers a search: the stage-1 head (None: zero-shot meanP), the re-ranker (None:
+    stage 1 only), and a description of where they came from (registry versions, run id)."""
+
+    stage1: TemporalHead | None
+    reranker: CrossTVRReranker | None
+    stage1_key: str  # identifies the stage-1 weights: names their embedding table
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+def stage1_key(head: TemporalHead | None) -> str:
+    """A short hash of the stage-1 weights ("meanp" without a head)."""
+    if head is None:
+        return "meanp"
+    digest = hashlib.sha256()
+    for name, tensor in sorted(head.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _video_token_batches(index: TokenIndex, columns: list[str], batch_rows: int
+                         ) -> Iterator[dict[str, np.ndarray | list[str]]]:
+    """The token table in record batches: bounded memory however large the index."""
+    shapes = index.shapes
+    widths = {"cls": (shapes.num_frames, shapes.embed_dim), "frame_mask": (shapes.num_frames,),
+              "patches": (shapes.num_frames, shapes.num_patches, shapes.vision_width)}
+    scanner = index.video_tokens.to_lance().scanner(columns=["video_id", *columns],
+                                                    batch_size=batch_rows)
+    for batch in scanner.to_batches():
+        if batch.num_rows == 0:
+            continue
+        out: dict[str, np.ndarray | list[str]] = {
+            "video_id": batch.column("video_id").to_pylist()}
+        for name in columns:
+            out[name] = fixed_list_to_numpy(batch.column(name), widths[name])
+        yield out
+
+
+@torch.no_grad()
+def stage1_video_embeddings(index: TokenIndex, head: TemporalHead | None,
+                            batch_rows: int = 512) -> tuple[list[str], torch.Tensor]:
+    """(video ids, unit stage-1 embeddings [N, D]) of every indexed video, streamed."""
+    columns = ["cls", "frame_mask"] + (["patches"] if head is not None and head.vision_width
+                                       else [])
+    ids: list[str] = []
+    chunks: list[torch.Tensor] = []
+    if head is not None:
+        head.eval()
+    for batch in _video_token_batches(index, columns, batch_rows):
+        cls = torch.from_numpy(batch["cls"]).float()
+        mask = torch.from_numpy(batch["frame_mask"].astype(bool))
+        if head is None:  # meanP: mean of unit frame embeddings over real frames
+            frames = F.normalize(cls, dim=-1) * mask.unsqueeze(-1)
+            pooled = frames.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            chunks.append(F.normalize(pooled, dim=-1))
+        else:
+            patches = torch.from_numpy(batch["patches"]).float() if "patches" in batch else None
+            chunks.append(head(cls, mask, patches))
+        ids.extend(batch["video_id"])
+    if not ids:
+        raise SearchError(f"the index at {index.uri} holds no video tokens: nothing to search")
+    return ids, torch.cat(chunks)
+
+
+def open_stage1_gallery(index: TokenIndex, models: SearchModels, *, brute_force_below: int,
+                        recall_k: int = 15) -> tuple[AnnIndex, GalleryInfo]:
+    """The stage-1 embedding table of this model and this token-table version, built (with
+    its ANN index past `brute_force_below` videos, recall measured) when missing."""
+    version = index.video_tokens.version
+    prefix = f"{EMBEDDINGS_PREFIX}_{models.stage1_key}_v"
+    name = f"{prefix}{version}"
+    tables = index.db.list_tables().tables
+    built_now = name not in tables
+    if built_now:
+        ids, vectors = stage1_video_embeddings(index, models.stage1)
+        gallery = AnnIndex.build(index.uri, vectors, ids, table_name=name,
+                                 brute_force_below=brute_force_below,
+                                 recall_k=min(recall_k, len(ids)))
+        for stale in tables:  # older token versions of the same model
+            if stale.startswith(prefix) and stale != name:
+                index.db.drop_table(stale)
+    else:
+        gallery = AnnIndex.open(index.uri, table_name=name)
+    recall = getattr(gallery, "build_recall", None)
+    return gallery, GalleryInfo(name, len(gallery), gallery.brute_force,
+                                None if recall is None else float(recall), built_now)
+
+
+class _QueryTokens:
+    """Caption-side TokenSource over encoded queries, video side over candidate tokens."""
+
+    def __init__(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                 video: dict[str, torch.Tensor]) -> None:
+        self.text_tokens, self.text_mask, self.video = text_tokens, text_mask, video
+
+    def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"text_tokens": self.text_tokens[rows], "text_mask": self.text_mask[rows]}
+
+    def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {key: value[rows] for key, value in self.video.items()}
+
+
+def candidate_tokens(index: TokenIndex, video_ids: list[str]) -> dict[str, torch.Tensor]:
+    """Tokens of the given videos, in that order (repeats allowed), read by id from Lance."""
+    shapes = index.shapes
+    unique = list(dict.fromkeys(video_ids))
+    table = index.video_tokens.to_lance().to_table(
+        columns=["video_id", "frame_mask", "cls", "patches"],
+        filter=f"video_id IN ({', '.join(_sql_string(v) for v in unique)})")
+    row_of = {v: i for i, v in enumerate(table.column("video_id").to_pylist())}
+    missing = [v for v in unique if v not in row_of]
+    if missing:
+        raise SearchError(f"the token table at {index.uri} lacks videos {missing[:5]} that "
+                          "stage 1 returned: the index changed during the search; rerun it")
+    order = torch.tensor([row_of[v] for v in video_ids], dtype=torch.long)
+    f = shapes.num_frames
+    return {
+        "video_cls": torch.from_numpy(fixed_list_to_numpy(
+            table.column("cls"), (f, shapes.embed_dim))).float()[order],
+        "video_patches": torch.from_numpy(fixed_list_to_numpy(
+            table.column("patches"), (f, shapes.num_patches, shapes.vision_width))).float()[order],
+        "frame_mask": torch.from_numpy(fixed_list_to_numpy(
+            table.column("frame_mask"), (f,)).astype(bool))[order],
+    }
+
+
+def video_uris(index: TokenIndex, video_ids: list[str]) -> dict[str, str]:
+    """video id -> the file it was indexed from."""
+    unique = list(dict.fromkeys(video_ids))
+    if not unique:
+        return {}
+    table = index.videos.to_lance().to_table(
+        columns=["video_id", "uri"],
+        filter=f"video_id IN ({', '.join(_sql_string(v) for v in unique)})")
+    return dict(zip(table.column("video_id").to_pylist(), table.column("uri").to_pylist(),
+                    strict=True))
+
+
+def check_queries(queries: list[str]) -> list[str]:
+    """Queries stripped; an empty one is refused by its position."""
+    cleaned = [re.sub(r"\s+", " ", q).strip() for q in queries]
+    empty = [i for i, q in enumerate(cleaned) if not q]
+    if not cleaned:
+        raise SearchError("no query given")
+    if empty:
+        raise SearchError(f"query #{empty[0] + 1} is empty")
+    return cleaned
+
+
+def was_truncated(encoder: FrozenEncoder, text: str) -> bool:
+    """Whether the text tower's context cuts this query (open_clip truncates silently)."""
+    tokenizer = encoder.tokenizer
+    context = int(getattr(tokenizer, "context_length", 0) or 0)
+    encode = getattr(tokenizer, "encode", None)
+    if not context or encode is None:
+        return False
+    return len(encode(text)) + 2 > context  # + start and end tokens
+
+
+class TextSearcher:
+    """Answers text queries against one index with one pair of models."""
+
+    def __init__(self, index: TokenIndex, encoder: FrozenEncoder, models: SearchModels, *,
+                 brute_force_below: int, fusion_score: str = "logit",
+                 batch_size: int = 256, device: str = "cpu") -> None:
+        if encoder.encoder_id != index.encoder_id:
+            raise SearchError(
+                f"encoder mismatch: the index at {index.uri} holds tokens of "
+                f"'{index.encoder_id}', the configured encoder is '{encoder.encoder_id}'; "
+                "search with the encoder config the index was built with")
+        self.index, self.encoder, self.models = index, encoder, models
+        self.fusion_score, self.batch_size, self.device = fusion_score, batch_size, device
+        self.gallery, self.gallery_info = open_stage1_gallery(
+            index, models, brute_force_below=brute_force_below)
+
+    @torch.no_grad()
+    def encode(self, queries: list[str]) -> dict[str, torch.Tensor]:
+        """Queries -> stage-1 embeddings [Q, D] and the re-ranker's token inputs."""
+        eot, tokens, lengths = self.encoder.encode_captions(queries)
+        mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        head = self.models.stage1
+        if head is None:
+            embedding = F.normalize(eot.float(), dim=-1)
+        else:
+            embedding = head.eval().encode_text(eot, tokens, mask)
+        return {"embedding": embedding, "tokens": tokens, "mask": mask}
+
+    def rerank_scores(self, encoded: dict[str, torch.Tensor], query_rows: torch.Tensor,
+                      video_ids: list[str]) -> torch.Tensor:
+        """Re-ranker scores [N] of (query row, video id) pairs, as fusion reads them."""
+        model = self.models.reranker
+        source = _QueryTokens(encoded["tokens"], encoded["mask"],
+                              candidate_tokens(self.index, video_ids))
+        logits = score_pairs(model, source, query_rows, source,
+                             torch.arange(len(video_ids)), self.batch_size, device=self.device,
+                             precision="fp32")
+        return torch.sigmoid(logits) if self.fusion_score == "prob" else logits
+
+    def search(self, queries: list[str], k: int, *, rerank: bool = True,
+               candidates: int | None = None) -> list[QueryResult]:
+        """Top k videos per query; the re-ranker rescores the stage-1 top `candidates`
+        (default k, at least k) and they are ordered by stage 1 + w_t2v x stage 2."""
+        queries = check_queries(queries)
+        size = len(self.gallery)
+        if k < 1:
+            raise SearchError(f"k must be at least 1, got {k}")
+        k = min(k, size)
+        pool = min(max(candidates or k, k), size)
+        encoded = self.encode(queries)
+        found = self.gallery.search(encoded["embedding"], pool)
+        rerank = rerank and self.models.reranker is not None
+        stage2 = None
+        if rerank:
+            rows = torch.arange(len(queries)).repeat_interleave(pool)
+            flat_ids = [v for row in found.ids for v in row]
+            stage2 = self.rerank_scores(encoded, rows, flat_ids).view(len(queries), pool)
+        uris = video_uris(self.index, [v for row in found.ids for v in row])
+        weight = self.models.reranker.fusion_weight_t2v if rerank else 0.0
+        results = []
+        for q, text in enumerate(queries):
+            s1 = found.scores[q].float()
+            s2 = stage2[q] if stage2 is not None else None
+            fused = s1 + weight * s2 if s2 is not None else s1
+            order = torch.argsort(fused, descending=True, stable=True)[:k].tolist()
+
+            def hit(rank: int, j: int, q=q, s1=s1, s2=s2, fused=fused) -> SearchHit:
+                vid = found.ids[q][j]
+                return SearchHit(rank, vid, uris.get(vid, ""), float(s1[j]),
+                                 None if s2 is None else float(s2[j]), float(fused[j]))
+
+            results.append(QueryResult(
+                text, [hit(r + 1, j) for r, j in enumerate(range(min(k, pool)))],
+                [hit(r + 1, j) for r, j in enumerate(order)], was_truncated(self.encoder, text)))
+        return results
+
+
+def index_versions(index: TokenIndex) -> dict[str, int]:
+    """The token and video table versions a search read."""
+    return {VIDEO_TOKENS: index.video_tokens.version, VIDEOS: index.videos.version}
