@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -246,6 +248,8 @@ class TextSearcher:
         self.fusion_score, self.batch_size, self.device = fusion_score, batch_size, device
         self.gallery, self.gallery_info = open_stage1_gallery(
             index, models, brute_force_below=brute_force_below)
+        # seconds spent per stage over every search so far: where a batch's time goes
+        self.seconds: dict[str, float] = defaultdict(float)
 
     @torch.no_grad()
     def encode(self, queries: list[str]) -> dict[str, torch.Tensor]:
@@ -260,13 +264,12 @@ class TextSearcher:
         return {"embedding": embedding, "tokens": tokens, "mask": mask}
 
     def rerank_scores(self, encoded: dict[str, torch.Tensor], query_rows: torch.Tensor,
-                      video_ids: list[str]) -> torch.Tensor:
-        """Re-ranker scores [N] of (query row, video id) pairs, as fusion reads them."""
-        model = self.models.reranker
-        source = _QueryTokens(encoded["tokens"], encoded["mask"],
-                              candidate_tokens(self.index, video_ids))
-        logits = score_pairs(model, source, query_rows, source,
-                             torch.arange(len(video_ids)), self.batch_size, device=self.device,
+                      videos: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Re-ranker scores [N] of pairs (query row i, video row i of `videos`, the
+        candidates' tokens as `candidate_tokens` reads them), as fusion reads them."""
+        source = _QueryTokens(encoded["tokens"], encoded["mask"], videos)
+        logits = score_pairs(self.models.reranker, source, query_rows, source,
+                             torch.arange(len(query_rows)), self.batch_size, device=self.device,
                              precision="fp32")
         return torch.sigmoid(logits) if self.fusion_score == "prob" else logits
 
@@ -280,15 +283,25 @@ class TextSearcher:
             raise SearchError(f"k must be at least 1, got {k}")
         k = min(k, size)
         pool = min(max(candidates or k, k), size)
+        started = time.perf_counter()
         encoded = self.encode(queries)
+        self.seconds["encode"] += time.perf_counter() - started
+        started = time.perf_counter()
         found = self.gallery.search(encoded["embedding"], pool)
+        self.seconds["stage1"] += time.perf_counter() - started
         rerank = rerank and self.models.reranker is not None
         stage2 = None
         if rerank:
+            started = time.perf_counter()
+            videos = candidate_tokens(self.index, [v for row in found.ids for v in row])
+            self.seconds["tokens"] += time.perf_counter() - started
+            started = time.perf_counter()
             rows = torch.arange(len(queries)).repeat_interleave(pool)
-            flat_ids = [v for row in found.ids for v in row]
-            stage2 = self.rerank_scores(encoded, rows, flat_ids).view(len(queries), pool)
+            stage2 = self.rerank_scores(encoded, rows, videos).view(len(queries), pool)
+            self.seconds["rerank"] += time.perf_counter() - started
+        started = time.perf_counter()
         uris = video_uris(self.index, [v for row in found.ids for v in row])
+        self.seconds["lookup"] += time.perf_counter() - started
         weight = self.models.reranker.fusion_weight_t2v if rerank else 0.0
         results = []
         for q, text in enumerate(queries):
