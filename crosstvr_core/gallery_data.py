@@ -14,6 +14,7 @@ maps (CrossTVRReranker.attention_maps).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -30,7 +31,9 @@ from crosstvr_core.video_decode import VideoDecodeError, decode_uniform_frames
 log = logging.getLogger(__name__)
 
 GREY = 128  # the pixel value of frames that could not be decoded
-DECODE_WORKERS = 4  # ffmpeg subprocesses at once: the Python threads only wait on pipes
+# ffmpeg subprocesses at once, one decoder thread each (the Python threads only wait on
+# pipes): a small clip costs ~0.12 CPU-s, mostly ffprobe and ffmpeg starting up
+DECODE_WORKERS = min(4, os.cpu_count() or 1)
 
 
 class GalleryVideo(NamedTuple):
@@ -49,7 +52,8 @@ def clip_frames_with_note(uri: str, num_frames: int, size: int) -> tuple[np.ndar
     """(uint8 [F, S, S, 3] frames, "") for a clip that decodes; grey frames and a note
     naming the problem for one that does not (a missing file, a damaged one)."""
     try:
-        frames, _mask, _probe = decode_uniform_frames(uri, num_frames, size, strict=False)
+        frames, _mask, _probe = decode_uniform_frames(uri, num_frames, size, strict=False,
+                                                      threads=1)
         return frames, ""
     except (VideoDecodeError, OSError) as exc:
         grey = np.full((num_frames, size, size, 3), GREY, dtype=np.uint8)
@@ -235,7 +239,29 @@ def two_stage_gallery(model: CrossTVRReranker, bank: TokenBank, stage1_sim: torc
     lift that keeps candidates first in `fused_t2v`); every hit gets the attention maps.
     uris / texts: video id -> file, caption id -> text; patch_index [V, F, P] aligned with
     the bank's videos, for an index that keeps some patches (see heat_on_grid).
+
+    The model runs on one torch thread here: batches of ~10 pairs gain nothing from more,
+    and spinning threads on busy cores made them 50x slower (0.7 s instead of 0.01 s each).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _two_stage_gallery(
+            model, bank, stage1_sim, fused_t2v, ranks, metas, uris, texts, top_k=top_k,
+            fusion_weight=fusion_weight, fusion_score=fusion_score, frame_size=frame_size,
+            shown=shown, num_changed=num_changed, num_twins=num_twins,
+            grid_patches=grid_patches, patch_index=patch_index)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _two_stage_gallery(model: CrossTVRReranker, bank: TokenBank, stage1_sim: torch.Tensor,
+                       fused_t2v: torch.Tensor, ranks: dict[str, np.ndarray],
+                       metas: list[dict], uris: dict[str, str], texts: dict[str, str], *,
+                       top_k: int, fusion_weight: float, fusion_score: str, frame_size: int,
+                       shown: int, num_changed: int, num_twins: int,
+                       grid_patches: int | None, patch_index: torch.Tensor | None,
+                       ) -> dict[str, list[GalleryQuery]]:
     sim = stage1_sim.float()
     k = min(top_k, bank.num_videos, bank.num_captions)  # as evaluate_two_stage
     fixed, broken = pick_changed_queries(ranks["stage 1"], ranks["two-stage"], shown, num_changed)

@@ -7,28 +7,39 @@ directory, logs a nested MLflow run, and returns a small reference to what it wr
 from __future__ import annotations
 
 import json
+import logging
+import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from prefect import task
 
 from crosstvr_core import pipeline, report
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.external_similarity import load_external_similarity
+from crosstvr_core.gallery import write_gallery
+from crosstvr_core.gallery_data import two_stage_gallery
 from crosstvr_core.hard_negatives import scores_from_candidates
 from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
 from crosstvr_core.reranker_training import NegativeScores
 from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
-from crosstvr_core.storage import STAGE1_CANDIDATES
+from crosstvr_core.storage import STAGE1_CANDIDATES, TokenIndex, fixed_list_to_numpy
 from crosstvr_core.temporal_head import TemporalHead
+from crosstvr_core.token_bank import TokenBank
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
 
 # roles, not split names: data.train_split / data.eval_split say which splits play them
 TRAIN_SPLIT, TEST_SPLIT = "train", "test"
+GALLERY_ARTIFACTS = "gallery"  # artifact folder of the evaluation gallery (index.html)
+DEFAULT_DISPLAY_FRAME_SIZE = 96  # gallery frames when the encoder id names no input size
+
+log = logging.getLogger(__name__)
 
 
 def split_names(cfg: CrossTVRConfig) -> dict[str, str]:
@@ -282,8 +293,9 @@ def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     with step_run(cfg, parent_run_id, "two-stage-eval", reads=index_ref):
         started = time.perf_counter()
         result = pipeline.evaluate_two_stage(cfg, model, bank, sim, metas, progress=True)
+        evaluated = time.perf_counter()
         metrics = result.metrics
-        metrics["twostage/ms_per_query"] = (1000.0 * (time.perf_counter() - started)
+        metrics["twostage/ms_per_query"] = (1000.0 * (evaluated - started)
                                             / max(1, bank.num_captions + bank.num_videos))
         mlflow.log_metrics(metrics)
         max_k = min(50, bank.num_videos)
@@ -303,9 +315,80 @@ def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
                 report.family_bar_figure(result.twins, "caption scores its video above the "
                                          "one-factor twin (%; chance 50)"),
                 "figures/per_factor_twin_acc.png")
+        try:  # a picture for people: it must never cost the step its metrics
+            log_eval_gallery(cfg, index, index_ref, model, bank, sim, result, metas,
+                             parent_run_id)
+        except Exception as exc:  # any failure, logged with its traceback
+            log.warning("two-stage eval: no gallery (%s: %s)", type(exc).__name__, exc,
+                        exc_info=True)
+            mlflow.set_tag("crosstvr.gallery_error", f"{type(exc).__name__}: {exc}"[:5000])
     log_metrics_to(parent_run_id, metrics)
     Path(run_dir, "two_stage_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def display_frame_size(encoder_id: str) -> int:
+    """The frame size the encoder saw (its id names it, e.g. '...|64px'): the gallery shows
+    the frames at that size, as the index sampled them."""
+    match = re.search(r"\|(\d+)px", encoder_id)
+    return int(match.group(1)) if match else DEFAULT_DISPLAY_FRAME_SIZE
+
+
+def _video_uris(index: TokenIndex, video_ids: list[str]) -> dict[str, str]:
+    """video id -> the file the index read it from (the `videos` table's uri)."""
+    table = index.videos.to_lance().to_table(columns=["video_id", "uri"])
+    wanted = set(video_ids)
+    return {v: u for v, u in zip(table.column("video_id").to_pylist(),
+                                 table.column("uri").to_pylist(), strict=True) if v in wanted}
+
+
+def _patch_grid(index: TokenIndex, shapes: dict, bank: TokenBank
+                ) -> tuple[torch.Tensor | None, int | None]:
+    """(patch_index [V, F, P] aligned with the bank's videos, the grid's patch count) for an
+    index that keeps only some patches per frame (index.keep_patches); (None, None) when the
+    stored patches are the whole grid."""
+    grid = int(shapes.get("source_patches") or 0)
+    if grid <= shapes["num_patches"]:
+        return None, None
+    table = index.video_tokens.to_lance().to_table(columns=["video_id", "patch_index"])
+    row_of = {v: i for i, v in enumerate(table.column("video_id").to_pylist())}
+    positions = fixed_list_to_numpy(table.column("patch_index"),
+                                    (shapes["num_frames"], shapes["num_patches"]))
+    rows = [row_of[v] for v in bank.video_ids]
+    return torch.from_numpy(positions[rows].astype(np.int64)), grid
+
+
+def log_eval_gallery(cfg: CrossTVRConfig, index: TokenIndex, index_ref: IndexRef,
+                     model: CrossTVRReranker, bank: TokenBank, sim: torch.Tensor,
+                     result: pipeline.TwoStageResult, metas: list[dict], parent_run_id: str
+                     ) -> None:
+    """The evaluation gallery (gallery_data.two_stage_gallery: the queries the re-ranker fixed
+    and broke most, twins it ranks above the truth; attention maps, frames decoded again),
+    logged under `gallery/` to the active (step) run and to the parent run.
+
+    About 20 queries x 10 hits, each clip decoded once: seconds, whatever the split's size.
+    """
+    started = time.perf_counter()
+    patch_index, grid = _patch_grid(index, index_ref.shapes, bank)
+    sections = two_stage_gallery(
+        model, bank, sim, result.fused_t2v, result.ranks, metas,
+        _video_uris(index, bank.video_ids), index.caption_texts(),
+        top_k=cfg.eval.top_k, fusion_weight=model.fusion_weight_t2v,
+        fusion_score=cfg.eval.fusion_score, frame_size=display_frame_size(index_ref.encoder_id),
+        patch_index=patch_index, grid_patches=grid)
+    queries = [q for qs in sections.values() for q in qs]
+    subtitle = (f"{cfg.data.name}, split {cfg.data.eval_split}: {bank.num_captions} captions, "
+                f"{bank.num_videos} videos; stage 1 ({cfg.stage1.method}) top "
+                f"{cfg.eval.top_k} re-ranked, fused = stage 1 + {model.fusion_weight_t2v:.3g} "
+                f"x stage 2 ({cfg.eval.fusion_score}). Bars under a strip: the re-ranker's "
+                "attention over frames; the second strip: its attention over patches.")
+    with tempfile.TemporaryDirectory(prefix="crosstvr-gallery-") as tmp:
+        write_gallery(queries, Path(tmp), "Two-stage evaluation gallery", subtitle,
+                      sections=sections)
+        mlflow.log_artifacts(tmp, GALLERY_ARTIFACTS)
+        mlflow.MlflowClient().log_artifacts(parent_run_id, tmp, GALLERY_ARTIFACTS)
+    mlflow.log_metrics({"gallery/seconds": time.perf_counter() - started,
+                        "gallery/queries": float(len(queries))})
 
 
 stage1_task = task(run_stage1, name="stage1-candidates", retries=1)
