@@ -27,6 +27,11 @@ FLOW_RUN_TAG = "prefect.flow_run_id"
 DATASET_TAG, ENCODER_TAG, LANCE_URI_TAG = "crosstvr.dataset", "crosstvr.encoder_id", \
     "crosstvr.lance_uri"
 LANCE_VERSION_TAG = "crosstvr.lance.version."  # + table name
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, evaluations) unless this
+# tag marks it a model-training one; then it opens on the runs table, where our runs are.
+# Key and value as the UI reads them (mlflow/server/js: "mlflow.experimentKind",
+# ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 # The user's $MLFLOW_TRACKING_URI, read once at import: `mlflow.set_tracking_uri` writes the
@@ -47,21 +52,31 @@ def tracking_uri(cfg: CrossTVRConfig) -> str:
 
 
 def use_experiment(cfg: CrossTVRConfig) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    """Point MLflow at the configured store and experiment; returns the experiment id.
+
+    The experiment is marked as model training (EXPERIMENT_KIND_TAG), so the UI opens it on
+    its runs table: when created, and for an existing one that has no kind yet (a kind
+    someone set by hand is kept).
+    """
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:") or uri.startswith("file:"):
-        # a direct store keeps artifacts beside it, never in the current directory
-        artifact_location = (cfg.home_path / "mlflow" / "artifacts").as_uri()
-    try:
-        return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
-    except mlflow.exceptions.MlflowException:
-        # created concurrently by another run
-        return mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    if experiment is None:
+        artifact_location = None
+        if uri.startswith("sqlite:") or uri.startswith("file:"):
+            # a direct store keeps artifacts beside it, never in the current directory
+            artifact_location = (cfg.home_path / "mlflow" / "artifacts").as_uri()
+        try:
+            return mlflow.create_experiment(
+                cfg.tracking.experiment, artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except mlflow.exceptions.MlflowException:
+            # created concurrently by another run
+            experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                                 MODEL_TRAINING_KIND)
+    return experiment.experiment_id
 
 
 def log_config(cfg: CrossTVRConfig) -> None:
