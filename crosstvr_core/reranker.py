@@ -739,6 +739,10 @@ class CrossTVRReranker(nn.Module):
                 f"reranker: {batch} videos, text_index {tuple(text_index.shape)} and "
                 f"frame_mask {tuple(frame_mask.shape)} do not pair up"
             )
+        # positions past every caption's end are padding for all: drop them before any work
+        real = text_mask.bool().any(dim=0).nonzero()
+        length = int(real.max()) + 1 if len(real) else 1
+        text_tokens, text_mask = text_tokens[:, :length], text_mask[:, :length]
         text = self.encode_text(text_tokens, text_mask)  # [U, L, H]
         text_padding = ~text_mask.bool()  # [U, L]
         attendable = self._attendable_frames(frame_mask.bool())  # [B, F]
