@@ -99,15 +99,17 @@ def frame_strip(frames: np.ndarray) -> np.ndarray:
 def heat_strip(frames: np.ndarray, patch_heat: np.ndarray) -> np.ndarray:
     """The frame strip with each frame's patch attention blended over it, red (low) to yellow (high).
 
-    Heat is normalised per frame (its max patch is fully coloured), so each frame shows where the
-    re-ranker looked within it; zero-heat pixels keep the frame's own colours.
+    Heat is stretched per frame from its least to its most attended patch (the least keeps the
+    frame's own colours, the most is fully coloured): attention over 16 to 49 patches is often
+    nearly flat, and scaling by the peak alone would tint the whole frame.
     """
     strip = frame_strip(frames).astype(np.float32)
     side = strip.shape[0]
     grid = math.isqrt(patch_heat.shape[1])
     heat = np.clip(np.asarray(patch_heat, dtype=np.float32), 0.0, None).reshape(-1, grid, grid)
-    peak = heat.max(axis=(1, 2), keepdims=True)
-    heat = np.divide(heat, peak, out=np.zeros_like(heat), where=peak > 0)
+    low = heat.min(axis=(1, 2), keepdims=True)
+    spread = heat.max(axis=(1, 2), keepdims=True) - low
+    heat = np.divide(heat - low, spread, out=np.zeros_like(heat), where=spread > 0)
     maps = [np.asarray(Image.fromarray(h).resize((side, side), Image.BILINEAR))
             for h in heat]
     level = np.clip(np.concatenate(maps, axis=1), 0.0, 1.0)[..., None]
