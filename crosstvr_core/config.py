@@ -249,10 +249,12 @@ class RerankerConfig(_Section):
     # states, learned scale) to the query-mean head's logit
     match_term: bool = True
     # add a temporal grounding term: each caption token finds the frames that show what it
-    # names (best-matching token of each frame, softmax over time), and the caption says when
-    # each token should happen (a learned early/late score per token); the logit rewards
-    # agreement, so "A then B" and its reversal read opposite signs (order, appear/leave)
-    grounding_term: bool = False
+    # names (its best-matching patch token in each frame, softmax over time), and the
+    # caption says when each token should happen (a learned early/late score per token); the
+    # logit rewards agreement, so "A, then B" and its reversal read opposite signs. On the
+    # generated benchmark it took order twins from chance to 67 / 80 (t2v / v2t) and
+    # direction from 81 to 98 (docs/benchmarks.md)
+    grounding_term: bool = True
     # perturbed top-M during training: noisy draws and noise scale (TS2-Net: sigma 0.05)
     selection_samples: int = Field(100, ge=1)
     selection_sigma: float = Field(0.05, gt=0)
@@ -276,7 +278,8 @@ class TrainConfig(_Section):
     # fold of videos they list (k folds); 0 = from the stage 1 trained on all of them
     stage1_folds: int = Field(2, ge=0)
 
-    epochs: int = Field(3, ge=1)
+    # 6: validation R@1 still rises at 3 (92.8 -> 96.4 at 6 on the generated benchmark)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)

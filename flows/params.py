@@ -94,6 +94,7 @@ PAPER_ABLATION: tuple[AblationVariant, ...] = (
     AblationVariant(name="no_text_layers", overrides=["reranker.text_layers=0"]),
     AblationVariant(name="no_temporal_context", overrides=["reranker.temporal_layers=0"]),
     AblationVariant(name="no_match_term", overrides=["reranker.match_term=false"]),
+    AblationVariant(name="no_grounding_term", overrides=["reranker.grounding_term=false"]),
     AblationVariant(name="lists_not_cross_fitted", overrides=["train.stage1_folds=0"]),
 )
 
@@ -142,7 +143,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def validate_params(model: type[RunParams], flow_name: str, **params) -> RunParams:
+def validate_params(model: type[RunParams], flow_name: str, /, **params) -> RunParams:
     """Validate a flow's parameters, or raise FlowParameterError naming what is wrong.
 
     Called first thing in every flow, so Prefect marks the run Failed at once with this

@@ -227,3 +227,130 @@ def test_experiment_script_gives_the_flows_numbers(flow_result):
                 "twostage/v2t_R1", "twostage/t2v_MnR", "stage2only/t2v_R1",
                 "twostage/t2v_fusion_weight", "twostage/v2t_fusion_weight"):
         assert mine[key] == pytest.approx(flow[key]), key
+
+
+# ------------------------------------------------------------------ search what was indexed
+
+
+def _search_cli(flow_result, *args):
+    import json
+
+    from flows.cli import main
+
+    home, overrides, _ = flow_result
+    return main(["search", *args, "--config", str(TINY_CONFIG), *overrides]), json
+
+
+def _test_captions(home):
+    from crosstvr_core.config import load_config
+
+    cfg = load_config(TINY_CONFIG, [f"home={home}"])
+    index = TokenIndex.open_existing(cfg.lance_uri)
+    bank = index.load_token_bank("test")
+    texts = index.caption_texts()
+    return cfg, index, bank, [(texts[c], bank.video_ids[int(v)])
+                              for c, v in zip(bank.caption_ids, bank.caption_video, strict=True)]
+
+
+def test_search_cli_answers_with_the_champion_models(flow_result, capsys):
+    """`crosstvr search` over the whole index: stage-1 scores are the flow's own cosines,
+    the fused order is stage 1 + w x stage 2, and it says which models and tables answered."""
+    import json
+
+    home, overrides, result = flow_result
+    _, index, bank, captions = _test_captions(home)
+    text, truth = captions[0]
+    code, _ = _search_cli(flow_result, text, "-k", "5", "--json")
+    assert code == 0
+    answer = json.loads(capsys.readouterr().out)
+    hits = answer["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert all(h["stage2"] is not None for h in hits)
+    fused = [h["fused"] for h in hits]
+    assert fused == sorted(fused, reverse=True)
+    assert answer["answered_by"]["run"] == result["mlflow_run_id"]
+    assert "version" in answer["answered_by"]["crosstvr-reranker"]
+    assert answer["answered_by"]["lance.video_tokens"] == str(index.video_tokens.version)
+    # golden: over the whole index, each test video's stage-1 score is the flow's own
+    code, _ = _search_cli(flow_result, text, "-k", "1000", "--json", "--no-rerank")
+    everything = json.loads(capsys.readouterr().out)["stage1_hits"]
+    assert code == 0 and len(everything) == index.video_tokens.count_rows()
+    sim = torch.load(next((home / "runs" / result["mlflow_run_id"]).rglob("stage1_test.pt")))
+    column = {v: i for i, v in enumerate(bank.video_ids)}
+    scores = {h["video_id"]: h["stage1"] for h in everything}
+    for video, j in column.items():
+        assert scores[video] == pytest.approx(float(sim[0, j]), abs=1e-4)
+    stage1_scores = [h["stage1"] for h in everything]
+    assert stage1_scores == sorted(stage1_scores, reverse=True)
+    assert all(h["uri"] for h in hits)
+
+
+def test_search_cli_refuses_bad_requests_with_a_message(flow_result, capsys):
+    home, _, _ = flow_result
+    cases = [
+        (["a red circle", "--dataset", "no-such-dataset"], "no index"),
+        (["   "], "empty"),
+        (["a red circle", "--model", "0123456789abcdef"], "no MLflow run"),
+        (["a red circle", "encoder.pretrained=null"], "encoder mismatch"),
+    ]
+    for args, message in cases:
+        code, _ = _search_cli(flow_result, *args)
+        err = capsys.readouterr().err
+        assert code == 1, args
+        assert message in err, (args, err)
+        assert "Traceback" not in err
+
+
+def test_search_cli_stage1_only_long_query_and_gallery(flow_result, capsys, tmp_path):
+    import json
+
+    long_query = " ".join(["a small red circle moves to the left"] * 20)
+    code, _ = _search_cli(flow_result, long_query, "--no-rerank", "--json", "-k", "3",
+                          "--html", str(tmp_path / "page"))
+    assert code == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["truncated"] is True
+    assert all(h["stage2"] is None for h in answer["hits"])
+    assert [h["video_id"] for h in answer["hits"]] == \
+        [h["video_id"] for h in answer["stage1_hits"]]
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "moves to the left" in page and "<img" in page
+
+
+def test_batch_search_flow_stores_answers_once(flow_result, tmp_path):
+    """crosstvr-search/batch: answers in the index's search_results table, R@K against the
+    ground truth logged to MLflow, a gallery; a rerun with the same inputs is a no-op."""
+    import json
+
+    import lancedb
+
+    from flows.search import crosstvr_search
+    from tasks.search import RESULTS_TABLE
+
+    home, overrides, _ = flow_result
+    cfg, index, _, captions = _test_captions(home)
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"query": t, "video": v}) + "\n"
+                               for t, v in captions[:6]))
+    first = crosstvr_search(str(queries), k=4, config_file=str(TINY_CONFIG),
+                            overrides=overrides)
+    assert first["reused"] is False
+    table = lancedb.connect(index.uri).open_table(RESULTS_TABLE)
+    rows = table.to_arrow().to_pylist()
+    assert len(rows) == 6 * 4
+    by_query: dict[str, list] = {}
+    for row in rows:
+        by_query.setdefault(row["query_id"], []).append(row)
+    r1 = 100.0 * sum(any(r["is_truth"] and r["rank"] == 1 for r in rs)
+                     for rs in by_query.values()) / 6
+    assert first["metrics"]["search/R1"] == pytest.approx(r1)
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    parent = client.get_run(first["mlflow_run_id"])
+    assert parent.data.metrics["search/R1"] == pytest.approx(r1)
+    step = client.get_run(first["mlflow_step_run"])
+    assert "gallery" in {a.path for a in client.list_artifacts(step.info.run_id)}
+    version = table.version
+    again = crosstvr_search(str(queries), k=4, config_file=str(TINY_CONFIG),
+                            overrides=overrides)
+    assert again["reused"] is True and again["batch_key"] == first["batch_key"]
+    assert lancedb.connect(index.uri).open_table(RESULTS_TABLE).version == version
