@@ -268,18 +268,3 @@ def load_frozen_encoder(
     tokenizer = open_clip.get_tokenizer(spec.name)
     return FrozenEncoder(model, tokenizer, spec, weights_id)
 
-
-def model_card(encoder: FrozenEncoder) -> str:
-    """A JSON summary of the encoder's identity and token shapes (stored with the tables)."""
-    return json.dumps(
-        {
-            "encoder_id": encoder.encoder_id,
-            "image_size": encoder.image_size,
-            "embed_dim": encoder.embed_dim,
-            "vision_width": encoder.vision_width,
-            "num_patches": encoder.num_patches,
-            "text_width": encoder.text_width,
-            "context_length": encoder.context_length,
-        },
-        sort_keys=True,
-    )

@@ -50,7 +50,7 @@ def split_names(cfg: CrossTVRConfig) -> dict[str, str]:
 class Stage1Ref:
     sim_paths: dict  # split -> path of the [T, V] similarity (torch.save)
     metrics: dict
-    model_id: str | None = None  # whose top-K lists are in the stage1_candidates table
+    model_id: str  # whose top-K lists are in the stage1_candidates table
 
 
 @dataclass(frozen=True)
@@ -161,23 +161,6 @@ def build_reranker(cfg: CrossTVRConfig, index_ref: IndexRef) -> tuple[CrossTVRRe
             reranker_shape_kwargs(index_ref.shapes))
 
 
-def _stage1_model_id(stage1_ref: Stage1Ref, parent_run_id: str) -> str:
-    """The stage-1 model whose top-K lists to read: the Stage1Ref's, else the tag its
-    MLflow step run recorded under this parent run."""
-    model_id = getattr(stage1_ref, "model_id", None)
-    if model_id:
-        return model_id
-    runs = mlflow.search_runs(
-        search_all_experiments=True, output_format="list",
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                      "and tags.`crosstvr.step` = 'stage1'")
-    ids = {r.data.tags.get("crosstvr.stage1_model_id") for r in runs} - {None}
-    if len(ids) != 1:
-        raise ValueError(f"train.negative_source=stage1_top_k: cannot tell which stage-1 model's "
-                         f"candidates to use under run {parent_run_id} (found {sorted(ids)})")
-    return ids.pop()
-
-
 def _stored_top_k_scores(index, model_id: str, bank, train_split: str) -> NegativeScores:
     """Hard-negative scores restricted to the stage-1 top K stored in `stage1_candidates`."""
     if STAGE1_CANDIDATES not in index.db.list_tables().tables:
@@ -215,8 +198,8 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     sim = torch.load(stage1_ref.sim_paths[TRAIN_SPLIT])
     negatives = None
     if t.loss == "bce" and t.negative_source == "stage1_top_k":
-        negatives = _stored_top_k_scores(index, _stage1_model_id(stage1_ref, parent_run_id),
-                                          full, cfg.data.train_split)
+        negatives = _stored_top_k_scores(index, stage1_ref.model_id, full,
+                                         cfg.data.train_split)
     # the validation videos are those stage 1 left out of its training
     # (stage1_training_bank), so their lists look like the test split's
     split = pipeline.reranker_split(cfg, full)

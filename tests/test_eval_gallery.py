@@ -98,7 +98,7 @@ def eval_inputs(tmp_path, shared):
     torch.save({"state_dict": model.state_dict(), "kwargs": kwargs}, tmp_path / "reranker.pt")
     sim = torch.from_numpy(rng.random((NUM_VIDEOS, NUM_VIDEOS)).astype(np.float32))
     torch.save(sim, tmp_path / "stage1_test.pt")
-    stage1_ref = Stage1Ref({"test": str(tmp_path / "stage1_test.pt")}, {})
+    stage1_ref = Stage1Ref({"test": str(tmp_path / "stage1_test.pt")}, {}, f"meanP|{ENCODER_ID}")
     reranker_ref = RerankerRef(str(tmp_path / "reranker.pt"), kwargs, None)
     with mlflow.start_run(experiment_id=use_experiment(cfg), run_name="parent") as parent:
         pass
