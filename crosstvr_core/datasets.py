@@ -5,9 +5,9 @@
     load_dataset("folder", "/data/mine", annotations="captions.jsonl")
     load_dataset("manifest", "/data", annotations="manifest.csv")
 
-`name` is a format from `known_formats()` (the registry is `DATASET_FORMATS`; the files each
-reads, exactly as the CLIP4Clip family distributes them, are listed in
-`crosstvr_core.annotation_formats`): msrvtt, msvd, didemo, activitynet, vatex, lsmdc, and
+`name` is a format from `known_formats()` (the registry is
+`crosstvr_core.annotation_formats.ANNOTATION_FORMATS`, with the files each reads, exactly as
+the CLIP4Clip family distributes them): msrvtt, msvd, didemo, activitynet, vatex, lsmdc, and
 for any user corpus `folder` (a folder of videos + a CSV/JSONL captions file: `video` path or
 id, `caption`, optional `split`) or `manifest` (`uri`: local paths and `file://` now,
 object-store URIs refused with "not supported yet" until they come through this interface).
@@ -20,8 +20,6 @@ What a `RetrievalDataset` knows:
   (MSR-VTT 1k-A, LSMDC test, anything in paragraph mode);
 * `caption_mode`: 'sentence', or 'paragraph' (a video's sentences joined into one caption,
   in temporal order where times are given: the DiDeMo and ActivityNet protocol, their default);
-* `caption_sampling`: 'all' (every caption a training pair) or 'one_per_epoch'
-  (`epoch_captions` draws one caption per video and epoch, as CLIP4Clip trains MSR-VTT);
 * `missing_videos`: ids whose file was not found, skipped (`missing_report()` is the
   warning to print) or, with `missing_videos="error"`, a `DatasetError`.
 
@@ -35,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os.path
-import random
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,23 +49,21 @@ from crosstvr_core.annotation_formats import (
 )
 
 __all__ = [
-    "DATASET_FORMATS", "VIDEO_EXTENSIONS", "CaptionItem", "DatasetError", "RetrievalDataset",
+    "VIDEO_EXTENSIONS", "CaptionItem", "DatasetError", "RetrievalDataset",
     "VideoFileIndex", "VideoItem", "known_formats", "load_dataset", "load_folder_dataset",
     "scan_video_folder",
 ]
 
 log = logging.getLogger(__name__)
 
-DATASET_FORMATS: dict[str, AnnotationFormat] = ANNOTATION_FORMATS
 CAPTION_MODES = ("sentence", "paragraph")
-CAPTION_SAMPLINGS = ("all", "one_per_epoch")
 MISSING_VIDEO_POLICIES = ("skip", "error", "keep")
 PARAGRAPH_SUFFIX = "paragraph"
 _REPORTED_IDS = 5
 
 
 def known_formats() -> list[str]:
-    return sorted(DATASET_FORMATS)
+    return sorted(ANNOTATION_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,6 @@ class RetrievalDataset:
     captions: list[CaptionItem]
     format_name: str = "folder"
     caption_mode: str = "sentence"
-    caption_sampling: str = "all"
     videos_dir: str = ""
     missing_videos: list[str] = field(default_factory=list)
     skipped_captions: int = 0
@@ -130,17 +124,6 @@ class RetrievalDataset:
         """'multi' when some video of the split has several captions (each is a query)."""
         counts = Counter(c.video_id for c in self._known_split_captions(split))
         return "multi" if max(counts.values()) > 1 else "single"
-
-    def epoch_captions(self, split: str, epoch: int, seed: int = 0) -> list[CaptionItem]:
-        """The training captions of one epoch: all of them, or one per video drawn afresh
-        each epoch (deterministic in seed, epoch and video id) for 'one_per_epoch'."""
-        if self.caption_sampling == "all":
-            return self._known_split_captions(split)
-        chosen = []
-        for video_id, captions in self.captions_by_video(split).items():
-            rng = random.Random(f"{seed}:{epoch}:{video_id}")
-            chosen.append(captions[rng.randrange(len(captions))])
-        return chosen
 
     def missing_report(self) -> str | None:
         """The warning to print when videos were skipped; None when all were found."""
@@ -319,24 +302,22 @@ def load_dataset(
     annotations: str | Path | Mapping[str, str | Path] | None = None,
     missing_videos: Literal["skip", "error", "keep"] = "skip",
     caption_mode: Literal["sentence", "paragraph"] | None = None,
-    caption_sampling: Literal["all", "one_per_epoch"] = "all",
     dataset_name: str | None = None,
 ) -> RetrievalDataset:
     """Read a corpus of format `name` whose annotation files are under `root`.
 
     split: one split, or None for every split whose files exist (user formats: all rows).
     annotations: file name overrides, relative to root: a path for the one-file formats
-      (folder, manifest), else a mapping role -> file (roles: DATASET_FORMATS[name].files).
+      (folder, manifest), else a mapping role -> file (roles: ANNOTATION_FORMATS[name].files).
     missing_videos: 'skip' (reported on the dataset), 'error', or 'keep' (listed with the
       expected path; decoding then records them as failed).
     caption_mode: None for the format's protocol; 'paragraph' joins a video's sentences.
     """
-    fmt = DATASET_FORMATS.get(name)
+    fmt = ANNOTATION_FORMATS.get(name)
     if fmt is None:
         raise DatasetError(f"unknown dataset format '{name}'; known: {', '.join(known_formats())}")
     _choose("missing_videos", missing_videos, MISSING_VIDEO_POLICIES)
     mode = _choose("caption_mode", caption_mode or fmt.caption_mode, CAPTION_MODES)
-    _choose("caption_sampling", caption_sampling, CAPTION_SAMPLINGS)
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset root '{root}': not a directory")
@@ -352,7 +333,7 @@ def load_dataset(
     if fmt.name != "manifest" and not videos_root.is_dir():
         raise DatasetError(f"videos directory '{videos_root}': not a directory")
     return _assemble(parsed, dataset_name or name, root, videos_root, fmt.name, mode,
-                     caption_sampling, missing_videos)
+                     missing_videos)
 
 
 def _only_split(parsed: Annotations, split: str, paths: dict[str, Path]) -> Annotations:
@@ -365,7 +346,7 @@ def _only_split(parsed: Annotations, split: str, paths: dict[str, Path]) -> Anno
 
 
 def _assemble(parsed: Annotations, name: str, root: Path, videos_root: Path, format_name: str,
-              caption_mode: str, caption_sampling: str, missing_policy: str) -> RetrievalDataset:
+              caption_mode: str, missing_policy: str) -> RetrievalDataset:
     _check_one_split_per_video(parsed.videos)
     index = VideoFileIndex(videos_root)
     videos: list[VideoItem] = []
@@ -401,7 +382,7 @@ def _assemble(parsed: Annotations, name: str, root: Path, videos_root: Path, for
     if caption_mode == "paragraph":
         captions = _paragraphs(captions, starts)
     dataset = RetrievalDataset(name, str(root), videos, captions, format_name, caption_mode,
-                               caption_sampling, str(videos_root), missing, skipped)
+                               str(videos_root), missing, skipped)
     report = dataset.missing_report()
     if report:
         log.warning(report)

@@ -36,7 +36,7 @@ def load_corpus(d: DataConfig) -> RetrievalDataset:
     dataset = load_dataset(
         d.kind, root, d.split, videos_dir=d.videos_dir, annotations=annotations,
         missing_videos=d.missing_videos, caption_mode=d.caption_mode,
-        caption_sampling=d.caption_sampling, dataset_name=d.name,
+        dataset_name=d.name,
     )
     if dataset.missing_videos:
         log.warning("%s", dataset.missing_report())

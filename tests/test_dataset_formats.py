@@ -47,18 +47,6 @@ def test_msrvtt_1ka_test_is_single_caption_and_train_expands_every_sentence(tmp_
     assert both.splits() == ["test", "train"]
 
 
-def test_msrvtt_one_caption_per_video_per_epoch(tmp_path):
-    write_msrvtt(tmp_path)
-    every = load_dataset("msrvtt", tmp_path, "train")
-    assert len(every.epoch_captions("train", epoch=0)) == 5
-    one = load_dataset("msrvtt", tmp_path, "train", caption_sampling="one_per_epoch")
-    epochs = [one.epoch_captions("train", epoch=e, seed=1) for e in range(12)]
-    assert all(sorted(c.video_id for c in e) == ["video0", "video1"] for e in epochs)
-    assert one.epoch_captions("train", 3, seed=1) == epochs[3]  # reproducible
-    drawn = {c.caption_id for e in epochs for c in e if c.video_id == "video1"}
-    assert len(drawn) > 1  # a different sentence in different epochs
-
-
 def test_msvd_lists_and_token_pickle_multi_caption(tmp_path):
     captions = write_msvd(tmp_path)
     ds = load_dataset("msvd", tmp_path)
