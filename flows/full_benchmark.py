@@ -41,7 +41,7 @@ def crosstvr(config_file: str | None = None, overrides: list[str] | None = None)
         dataset = retrying(prepare_dataset_task, cfg)(cfg)
         # the stills-pretrained encoder (the default): made once per machine, then reused
         retrying(ensure_stills_encoder_task, cfg)(cfg, parent_id)
-        indexed = retrying(index_task, cfg)(cfg, dataset)
+        indexed = retrying(index_task, cfg, kind="index")(cfg, dataset)
         log_index_run(indexed)
         index = indexed.ref
         tag_index_lineage(parent_id, index)  # nested step runs copy these: what they read

@@ -34,7 +34,7 @@ def crosstvr_index(config_file: str | None = None, overrides: list[str] | None =
         dataset = retrying(prepare_dataset_task, cfg)(cfg)
         # the stills-pretrained encoder (the default): made once per machine, then reused
         retrying(ensure_stills_encoder_task, cfg)(cfg, parent_id)
-        indexed = retrying(index_task, cfg)(cfg, dataset)
+        indexed = retrying(index_task, cfg, kind="index")(cfg, dataset)
         log_index_run(indexed)
         tag_index_lineage(parent_id, indexed.ref)
         mlflow.log_metrics({f"index/{k}": v for k, v in indexed.ref.counts.items()})

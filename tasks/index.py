@@ -392,6 +392,7 @@ def log_index_run(result: IndexResult) -> None:
                          for reason, items in result.failures.items()}, "index/failures.json")
 
 
-# retries: a transient failure (a lost Ray node, a storage hiccup) re-runs the step, which
-# skips everything already committed
-index_task = task(run_index, name="index-corpus", retries=2, retry_delay_seconds=5)
+# retries (orchestration.index_retries, through tasks.runtime.retrying(kind="index")): a
+# transient failure (a lost Ray node, a storage hiccup) re-runs the step, which skips
+# everything already committed
+index_task = task(run_index, name="index-corpus")

@@ -105,4 +105,4 @@ def prepare_dataset(cfg: CrossTVRConfig) -> DatasetRef:
     return ref
 
 
-prepare_dataset_task = task(prepare_dataset, name="prepare-dataset", retries=1)
+prepare_dataset_task = task(prepare_dataset, name="prepare-dataset")

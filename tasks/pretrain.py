@@ -210,4 +210,4 @@ def ensure_stills_encoder(cfg: CrossTVRConfig, parent_run_id: str | None = None
 
 
 # a retried step pretrains again from scratch (only a finished checkpoint is ever written)
-ensure_stills_encoder_task = task(ensure_stills_encoder, name="pretrain-encoder", retries=1)
+ensure_stills_encoder_task = task(ensure_stills_encoder, name="pretrain-encoder")

@@ -374,7 +374,7 @@ def log_eval_gallery(cfg: CrossTVRConfig, index: TokenIndex, index_ref: IndexRef
                         "gallery/queries": float(len(queries))})
 
 
-stage1_task = task(run_stage1, name="stage1-candidates", retries=1)
+stage1_task = task(run_stage1, name="stage1-candidates")
 # a retried training step resumes from its last per-epoch checkpoint in the run directory
-train_task = task(run_train_reranker, name="train-reranker", retries=1)
-eval_task = task(run_two_stage_eval, name="two-stage-eval", retries=1)
+train_task = task(run_train_reranker, name="train-reranker")
+eval_task = task(run_two_stage_eval, name="two-stage-eval")

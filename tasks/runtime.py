@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from crosstvr_core.config import default_home
 
@@ -67,8 +68,15 @@ def ray_runtime(ray_cfg) -> Iterator[None]:
         ray.shutdown()
 
 
-def retrying(prefect_task, cfg):
-    """`prefect_task` with the config's retry policy (`orchestration.*`)."""
+# which `orchestration.*` retry count a step gets: the index step has its own
+RETRY_COUNTS = {"step": "task_retries", "index": "index_retries"}
+
+
+def retrying(prefect_task, cfg, kind: Literal["step", "index"] = "step"):
+    """`prefect_task` with the config's retry policy: `orchestration.index_retries` for
+    kind="index", `orchestration.task_retries` for any other step; `retry_delay_s` for both.
+
+    The tasks are defined without retries: this is where their policy comes from."""
     o = cfg.orchestration
-    retries = o.index_retries if prefect_task.name == "index-corpus" else o.task_retries
-    return prefect_task.with_options(retries=retries, retry_delay_seconds=o.retry_delay_s)
+    return prefect_task.with_options(retries=getattr(o, RETRY_COUNTS[kind]),
+                                     retry_delay_seconds=o.retry_delay_s)

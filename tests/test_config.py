@@ -77,5 +77,6 @@ def test_task_retries_come_from_the_config():
     cfg = load_config(None, ["orchestration.task_retries=3", "orchestration.index_retries=0",
                              "orchestration.retry_delay_s=1.5"])
     assert retrying(train_task, cfg).retries == 3
-    assert retrying(index_task, cfg).retries == 0
+    assert retrying(index_task, cfg, kind="index").retries == 0
+    assert retrying(index_task, cfg).retries == 3  # the kind decides, never the task's name
     assert retrying(train_task, cfg).retry_delay_seconds == 1.5
