@@ -12,8 +12,10 @@ with another encoder's tokens is refused, so two encoders' tokens can never mix.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lancedb
 import numpy as np
@@ -150,6 +152,50 @@ def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ..
     return values.reshape((len(column), *shape))
 
 
+def table_rows(schema: pa.Schema, columns: Mapping[str, Any]) -> pa.Table:
+    """Rows given column by column (numpy arrays or lists) as a table of `schema`'s types:
+    [N, ...] arrays become its fixed-size-list columns. Columns `schema` lacks are refused;
+    columns it has but `columns` lacks are left out (`TokenIndex.upsert` fills defaults)."""
+    unknown = sorted(set(columns) - set(schema.names))
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in the table's schema {schema.names}")
+    arrays, fields = [], []
+    for name, value in columns.items():
+        field = schema.field(name)
+        if pa.types.is_fixed_size_list(field.type):
+            arrays.append(fixed_list(np.asarray(value), field.type.value_type.to_pandas_dtype()))
+        else:
+            arrays.append(pa.array(value, type=field.type))
+        fields.append(field)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def decode_video_tokens(table: pa.Table, shapes: TokenShapes) -> dict[str, torch.Tensor]:
+    """`video_tokens` rows (columns cls, patches, frame_mask) as tensors, fp16 as stored:
+    video_cls [N, F, D], video_patches [N, F, P, Wv], frame_mask [N, F] bool."""
+    s = shapes
+    return {
+        "video_cls": torch.from_numpy(
+            fixed_list_to_numpy(table.column("cls"), (s.num_frames, s.embed_dim))),
+        "video_patches": torch.from_numpy(fixed_list_to_numpy(
+            table.column("patches"), (s.num_frames, s.num_patches, s.vision_width))),
+        "frame_mask": torch.from_numpy(
+            fixed_list_to_numpy(table.column("frame_mask"), (s.num_frames,)).astype(bool)),
+    }
+
+
+def decode_caption_tokens(table: pa.Table, shapes: TokenShapes) -> dict[str, torch.Tensor]:
+    """`captions` rows (columns tokens, length) as tensors: text_tokens [N, L, Wt] (fp16 as
+    stored), text_mask [N, L] (the first `length` positions)."""
+    s = shapes
+    lengths = torch.from_numpy(table.column("length").to_numpy().astype(np.int64))
+    return {
+        "text_tokens": torch.from_numpy(fixed_list_to_numpy(
+            table.column("tokens"), (s.context_length, s.text_width))),
+        "text_mask": torch.arange(s.context_length)[None, :] < lengths[:, None],
+    }
+
+
 def _sql_string(value: str) -> str:
     """A SQL string literal for Lance filters (quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
@@ -241,12 +287,17 @@ class TokenIndex:
                     f"'{self.encoder_id}'"
                 )
 
-    def upsert(self, name: str, rows: pa.Table, key: str) -> dict[str, int]:
-        """Insert new keys, replace existing ones, in one atomic commit."""
+    def upsert(self, name: str, rows: pa.Table | Mapping[str, Any], key: str
+               ) -> dict[str, int]:
+        """Insert new keys, replace existing ones, in one atomic commit.
+
+        `rows`: a table, or its columns (converted to the table's types by `table_rows`)."""
+        table = getattr(self, name)
+        if not isinstance(rows, pa.Table):
+            rows = table_rows(table.schema, rows)
         if rows.num_rows == 0:
             return {"inserted": 0, "updated": 0}
         self._check_rows(name, rows)
-        table = getattr(self, name)
         rows = self._with_defaults(rows, table.schema)
         missing = [c for c in table.schema.names if c not in rows.column_names]
         if missing:
@@ -292,6 +343,17 @@ class TokenIndex:
         table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all() \
             .execute(rows)
         return n
+
+    def stage1_candidates(self, stage1_model_id: str, split: str, query_kind: str
+                          ) -> pa.Table | None:
+        """The stored top-K lists (query_id, candidate_ids, scores) of one stage-1 model,
+        split and query kind; None when no stage 1 has written any."""
+        if STAGE1_CANDIDATES not in self.db.list_tables().tables:
+            return None
+        return self.db.open_table(STAGE1_CANDIDATES).to_lance().to_table(
+            columns=["query_id", "candidate_ids", "scores"],
+            filter=f"stage1_model_id = {_sql_string(stage1_model_id)} "
+                   f"AND split = {_sql_string(split)} AND query_kind = {_sql_string(query_kind)}")
 
     def delete_videos(self, video_ids: list[str]) -> None:
         """Remove videos (and their tokens and captions) that left the corpus."""
@@ -369,21 +431,12 @@ class TokenIndex:
         ).sort_by("caption_id")
         cap_rows = [i for i, v in enumerate(captions.column("video_id").to_pylist()) if v in row_of]
         captions = captions.take(cap_rows)
-        lengths = torch.from_numpy(captions.column("length").to_numpy().astype(np.int64))
-        positions = torch.arange(s.context_length)
         return TokenBank(
             video_ids=video_ids,
-            video_cls=torch.from_numpy(
-                fixed_list_to_numpy(tokens.column("cls"), (s.num_frames, s.embed_dim))),
-            video_patches=torch.from_numpy(fixed_list_to_numpy(
-                tokens.column("patches"), (s.num_frames, s.num_patches, s.vision_width))),
-            frame_mask=torch.from_numpy(
-                fixed_list_to_numpy(tokens.column("frame_mask"), (s.num_frames,)).astype(bool)),
+            **decode_video_tokens(tokens, s),
             caption_ids=captions.column("caption_id").to_pylist(),
             text_eot=torch.from_numpy(fixed_list_to_numpy(captions.column("eot"), (s.embed_dim,))),
-            text_tokens=torch.from_numpy(fixed_list_to_numpy(
-                captions.column("tokens"), (s.context_length, s.text_width))),
-            text_mask=positions[None, :] < lengths[:, None],
+            **decode_caption_tokens(captions, s),
             caption_video=torch.tensor(
                 [row_of[v] for v in captions.column("video_id").to_pylist()], dtype=torch.long),
         )

@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from crosstvr_core.storage import TokenShapes, fixed_list_to_numpy
+from crosstvr_core.storage import TokenShapes, decode_caption_tokens, decode_video_tokens
 from crosstvr_core.token_bank import TokenBank
 
 
@@ -172,24 +172,15 @@ class LanceTokenSource:
         return dataset.take(offsets[rows.long().cpu().numpy()].tolist(), columns=columns)
 
     def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        s = self.shapes
         table = self._take(self._video_tokens, self._video_offsets, rows,
                            ["frame_mask", "cls", "patches"])
-        return {
-            "video_cls": torch.from_numpy(fixed_list_to_numpy(
-                table.column("cls"), (s.num_frames, s.embed_dim))).float(),
-            "video_patches": torch.from_numpy(fixed_list_to_numpy(
-                table.column("patches"), (s.num_frames, s.num_patches, s.vision_width))).float(),
-            "frame_mask": torch.from_numpy(
-                fixed_list_to_numpy(table.column("frame_mask"), (s.num_frames,)).astype(bool)),
-        }
+        return _float_tokens(decode_video_tokens(table, self.shapes))
 
     def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        s = self.shapes
         table = self._take(self._captions, self._caption_offsets, rows, ["tokens", "length"])
-        lengths = torch.from_numpy(table.column("length").to_numpy().astype(np.int64))
-        return {
-            "text_tokens": torch.from_numpy(fixed_list_to_numpy(
-                table.column("tokens"), (s.context_length, s.text_width))).float(),
-            "text_mask": torch.arange(s.context_length)[None, :] < lengths[:, None],
-        }
+        return _float_tokens(decode_caption_tokens(table, self.shapes))
+
+
+def _float_tokens(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored fp16 tokens as the float32 the re-ranker reads; masks stay bool."""
+    return {k: v if v.dtype == torch.bool else v.float() for k, v in batch.items()}

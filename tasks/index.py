@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pyarrow as pa
 import ray
 import torch
 from prefect import task
@@ -26,7 +25,7 @@ from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.datasets import RetrievalDataset
 from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
 from crosstvr_core.encoder_pretraining import resolve_pretrained, resolve_text_tokens
-from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
+from crosstvr_core.storage import CAPTIONS, VIDEO_TOKENS, VIDEOS, TokenIndex, TokenShapes
 from crosstvr_core.video_decode import VideoDecodeError, decode_frames, file_content_hash
 
 log = logging.getLogger(__name__)
@@ -216,55 +215,42 @@ class CaptionEncoderActor(_EncoderActor):
 
 # --- Lance writes -----------------------------------------------------------------------
 def _write_video_batch(index: TokenIndex, batch: dict, corpus: str) -> dict[str, int]:
+    """Upsert a decoded batch: tokens of the ok videos, the row of every video not skipped
+    (column types are the tables' schemas, storage.table_rows)."""
     status = batch["status"]
     done = np.flatnonzero(status != "skip")
     ok = np.flatnonzero(status == "ok")
     if ok.size:
-        index.upsert("video_tokens", pa.table({
-            "video_id": batch["video_id"][ok].astype(str),
-            "content_hash": batch["content_hash"][ok].astype(str),
+        index.upsert(VIDEO_TOKENS, {
+            "video_id": batch["video_id"][ok],
+            "content_hash": batch["content_hash"][ok],
             "encoder_id": [index.encoder_id] * ok.size,
-            "frame_mask": fixed_list(batch["frame_mask"][ok], np.bool_),
-            "cls": fixed_list(batch["cls"][ok]),
-            "patches": fixed_list(batch["patches"][ok]),
-            "patch_index": fixed_list(batch["patch_index"][ok], np.int16),
-        }), key="video_id")
+            **{k: batch[k][ok] for k in ("frame_mask", "cls", "patches", "patch_index")},
+        }, key="video_id")
     if done.size:
         now = dt.datetime.now(dt.UTC)
-        index.upsert("videos", pa.table({
-            "video_id": batch["video_id"][done].astype(str),
+        index.upsert(VIDEOS, {
+            **{k: batch[k][done] for k in ("video_id", "split", "content_hash", "duration", "fps",
+                                           "width", "height", "size_bytes", "error",
+                                           "error_reason")},
             "corpus": [corpus] * done.size,
-            "split": batch["split"][done].astype(str),
-            "uri": batch["path"][done].astype(str),
-            "content_hash": batch["content_hash"][done].astype(str),
-            "duration": batch["duration"][done],
-            "fps": batch["fps"][done],
-            "width": batch["width"][done].astype(np.int32),
-            "height": batch["height"][done].astype(np.int32),
-            "size_bytes": batch["size_bytes"][done].astype(np.int64),
-            "num_frames_sampled": batch["frame_mask"][done].sum(1).astype(np.int32),
-            "status": status[done].astype(str),
-            "error": batch["error"][done].astype(str),
-            "error_reason": batch["error_reason"][done].astype(str),
+            "uri": batch["path"][done],
+            "num_frames_sampled": batch["frame_mask"][done].sum(1),
+            "status": status[done],
             "encoder_id": [index.encoder_id] * done.size,
-            "indexed_at": pa.array([now] * done.size, pa.timestamp("us", tz="UTC")),
-        }), key="video_id")
+            "indexed_at": [now] * done.size,
+        }, key="video_id")
     return {s: int((status == s).sum()) for s in ("ok", "failed", "skip")}
 
 
 def _write_caption_batch(index: TokenIndex, batch: dict) -> int:
-    index.upsert("captions", pa.table({
-        "caption_id": batch["caption_id"].astype(str),
-        "video_id": batch["video_id"].astype(str),
-        "split": batch["split"].astype(str),
-        "text": batch["text"].astype(str),
-        "meta": batch["meta"].astype(str),
-        "encoder_id": [index.encoder_id] * len(batch["caption_id"]),
-        "eot": fixed_list(batch["eot"]),
-        "tokens": fixed_list(batch["tokens"]),
-        "length": batch["length"],
-    }), key="caption_id")
-    return len(batch["caption_id"])
+    n = len(batch["caption_id"])
+    index.upsert(CAPTIONS, {
+        **{k: batch[k] for k in ("caption_id", "video_id", "split", "text", "meta", "eot",
+                                 "tokens", "length")},
+        "encoder_id": [index.encoder_id] * n,
+    }, key="caption_id")
+    return n
 
 
 def _actor_stage_args(cfg: CrossTVRConfig) -> dict:

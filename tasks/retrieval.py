@@ -163,17 +163,12 @@ def build_reranker(cfg: CrossTVRConfig, index_ref: IndexRef) -> tuple[CrossTVRRe
 
 def _stored_top_k_scores(index, model_id: str, bank, train_split: str) -> NegativeScores:
     """Hard-negative scores restricted to the stage-1 top K stored in `stage1_candidates`."""
-    if STAGE1_CANDIDATES not in index.db.list_tables().tables:
-        raise ValueError(f"train.negative_source=stage1_top_k: no table '{STAGE1_CANDIDATES}' "
-                         f"in {index.uri}; run stage 1 first")
-    table = index.db.open_table(STAGE1_CANDIDATES).to_lance()
-    quoted = model_id.replace("'", "''")
 
     def read(kind: str, rows: list[str], columns: list[str]) -> torch.Tensor:
-        stored = table.to_table(
-            columns=["query_id", "candidate_ids", "scores"],
-            filter=f"stage1_model_id = '{quoted}' AND split = '{train_split}' "
-                   f"AND query_kind = '{kind}'")
+        stored = index.stage1_candidates(model_id, train_split, kind)
+        if stored is None:
+            raise ValueError(f"train.negative_source=stage1_top_k: no table "
+                             f"'{STAGE1_CANDIDATES}' in {index.uri}; run stage 1 first")
         return scores_from_candidates(
             stored.column("query_id").to_pylist(), stored.column("candidate_ids").to_pylist(),
             stored.column("scores").to_pylist(), rows, columns)

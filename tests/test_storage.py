@@ -2,7 +2,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from crosstvr_core.storage import EncoderMismatchError, TokenIndex, TokenShapes, fixed_list
+from crosstvr_core.storage import (
+    EncoderMismatchError,
+    TokenIndex,
+    TokenShapes,
+    decode_video_tokens,
+    fixed_list,
+)
 
 SHAPES = TokenShapes(num_frames=3, embed_dim=4, num_patches=2, vision_width=5,
                      context_length=6, text_width=7)
@@ -125,3 +131,24 @@ def test_lance_root_joins_object_store_uris_as_strings():
 
     cfg = load_config(None, ["index.lance_root=s3://bucket/crosstvr/", "data.name=msrvtt"])
     assert cfg.lance_uri == "s3://bucket/crosstvr/msrvtt.lancedb"
+
+
+def test_upsert_takes_columns_in_the_tables_types(tmp_path):
+    """Columns given as numpy arrays / lists take the table's types (storage.table_rows)."""
+    index = TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    columns = {name: column.to_pylist() for name, column in
+               zip(_video_rows(["a"]).column_names, _video_rows(["a"]).columns, strict=True)}
+    columns["width"] = np.array([64.0])  # probe facts arrive as float64
+    assert index.upsert("videos", columns, "video_id") == {"inserted": 1, "updated": 0}
+    rng = np.random.default_rng(3)
+    assert index.upsert("video_tokens", {
+        "video_id": np.array(["a"], dtype=object), "content_hash": ["h-a"],
+        "encoder_id": ["enc-a"], "frame_mask": np.ones((1, 3), bool),
+        "cls": rng.normal(size=(1, 3, 4)), "patches": rng.normal(size=(1, 3, 2, 5)),
+    }, "video_id")["inserted"] == 1
+    stored = index.videos.to_lance().to_table(columns=["width"]).column("width")
+    assert stored.type == pa.int32() and stored.to_pylist() == [64]
+    tokens = decode_video_tokens(index.video_tokens.to_lance().to_table(), SHAPES)
+    assert tokens["video_patches"].shape == (1, 3, 2, 5) and tokens["frame_mask"].all()
+    with pytest.raises(ValueError, match=r"columns \['colour'\] are not in"):
+        index.upsert("videos", {**columns, "colour": ["red"]}, "video_id")
