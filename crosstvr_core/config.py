@@ -8,13 +8,16 @@ same resolved config did the same thing.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 DEFAULT_HOME_ENV = "CROSSTVR_HOME"
 # encoder.pretrained value: the embedded encoder pretrained by this project on generated
@@ -34,308 +37,559 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which corpus to index and evaluate."""
 
-    # "generated" renders the embedded benchmark; any other value is an annotation format of
-    # crosstvr_core.datasets (msrvtt, msvd, didemo, activitynet, vatex, lsmdc: the files as
-    # the CLIP4Clip family distributes them; folder / manifest: any user corpus)
     kind: Literal[
         "generated", "folder", "manifest", "msrvtt", "msvd", "didemo", "activitynet", "vatex",
         "lsmdc",
-    ] = "generated"
-    # generated: where the benchmark is rendered (default: <home>/datasets/<name>);
-    # otherwise: the directory holding the annotation files (folder: the videos' root).
-    root: str | None = None
-    # folder / manifest: the CSV or JSONL file (video or uri, caption, optional split);
-    # a folder without one indexes every video file below root, captions-less.
-    captions_file: str | None = None
-    # known formats: annotation file overrides, role -> file name (see DATASET_FORMATS)
-    annotations: dict[str, str] | None = None
-    videos_dir: str | None = None  # default: <root>/videos when it exists, else <root>
-    split: str | None = None  # None: every split whose files exist
-    missing_videos: Literal["skip", "error", "keep"] = "skip"
-    caption_mode: Literal["sentence", "paragraph"] | None = None  # None: the format's protocol
-    caption_sampling: Literal["all", "one_per_epoch"] = "all"
-    # which splits train (stage 1, re-ranker) and which one is evaluated (e.g. "val" for
-    # VATEX, whose public test captions are withheld)
-    train_split: str = "train"
-    eval_split: str = "test"
-    name: str = "generated-fine-grained"
-    # generated benchmark sizes: a test group is a cube of 8 videos (3 one-factor swaps), so
-    # 64 groups = 512 test videos (docs/benchmark-data.md).
-    num_train_videos: int = Field(2000, ge=1)
-    num_test_groups: int = Field(64, ge=1)
-    captions_per_train_video: int = Field(3, ge=1)
-    # generated: "disjoint" (default) keeps every test scene layout out of training, while
-    # every component (colour, shape, region, direction, event order) still occurs there:
-    # retrieval measures generalisation, not memory; "shared" re-shows up to
-    # num_train_videos/2 test scenes in training, each once, with other noise, tint, jitter
-    # and captions (never the test clip itself)
-    train_scenes: Literal["shared", "disjoint"] = "disjoint"
-    frame_size: int = Field(64, ge=16)
-    rendered_frames: int = Field(16, ge=2)
-    fps: int = Field(8, ge=1)
-    seed: int = 0
-    # generated: clips per Ray Data render task, all encoded by one ffmpeg process
-    render_batch_size: int = Field(64, ge=1)
+    ] = Field(
+        "generated",
+        description='"generated" renders the embedded benchmark; any other value is an '
+        "annotation format of crosstvr_core.datasets (msrvtt, msvd, didemo, activitynet, vatex, "
+        "lsmdc: the files as the CLIP4Clip family distributes them; folder / manifest: any "
+        "user corpus).",
+    )
+    root: str | None = Field(
+        None,
+        description="generated: where the benchmark is rendered (default: "
+        "`<home>/datasets/<name>`); otherwise: the directory holding the annotation files "
+        "(folder: the videos' root).",
+    )
+    captions_file: str | None = Field(
+        None,
+        description="folder / manifest: the CSV or JSONL file (video or uri, caption, optional "
+        "split); a folder without one indexes every video file below root, captions-less.",
+    )
+    annotations: dict[str, str] | None = Field(
+        None,
+        description="Known formats: annotation file overrides, role -> file name (roles: "
+        "annotation_formats.ANNOTATION_FORMATS[kind].files).",
+    )
+    videos_dir: str | None = Field(
+        None,
+        description="Where the videos are; default: `<root>/videos` when it exists, else "
+        "`<root>`.",
+    )
+    split: str | None = Field(
+        None, description="Load only this split; None: every split whose files exist."
+    )
+    missing_videos: Literal["skip", "error", "keep"] = Field(
+        "skip",
+        description='Videos whose file is not found: "skip" (reported on the dataset), "error", '
+        'or "keep" (listed with the expected path; decoding then records them as failed).',
+    )
+    caption_mode: Literal["sentence", "paragraph"] | None = Field(
+        None,
+        description='"sentence", or "paragraph" (a video\'s sentences joined into one caption: '
+        "the DiDeMo and ActivityNet protocol); None: the format's protocol.",
+    )
+    caption_sampling: Literal["all", "one_per_epoch"] = Field(
+        "all",
+        description="Not read by the pipeline: stage 1 trains on every caption, and "
+        "train.captions_per_epoch picks the re-ranker's captions per epoch.",
+    )
+    train_split: str = Field(
+        "train", description="The split that trains stage 1 and the re-ranker."
+    )
+    eval_split: str = Field(
+        "test",
+        description='The split that is evaluated (e.g. "val" for VATEX, whose public test '
+        "captions are withheld).",
+    )
+    name: str = Field(
+        "generated-fine-grained",
+        description="The dataset's name: it names its LanceDB database (`<name>.lancedb`), its "
+        "registered models and the dataset tag of its MLflow runs.",
+    )
+    num_train_videos: int = Field(
+        2000, ge=1, description="generated: training videos rendered."
+    )
+    num_test_groups: int = Field(
+        64,
+        ge=1,
+        description="generated: test groups; a test group is a cube of 8 videos (3 one-factor "
+        "swaps), so 64 groups = 512 test videos (docs/benchmark-data.md).",
+    )
+    captions_per_train_video: int = Field(
+        3, ge=1, description="generated: captions written for each training video."
+    )
+    train_scenes: Literal["shared", "disjoint"] = Field(
+        "disjoint",
+        description='generated: "disjoint" (default) keeps every test scene layout out of '
+        "training, while every component (colour, shape, region, direction, event order) still "
+        'occurs there: retrieval measures generalisation, not memory; "shared" re-shows up to '
+        "num_train_videos/2 test scenes in training, each once, with other noise, tint, jitter "
+        "and captions (never the test clip itself).",
+    )
+    frame_size: int = Field(
+        64, ge=16, description="generated: width and height of the rendered frames, in pixels."
+    )
+    rendered_frames: int = Field(
+        16, ge=2, description="generated: frames rendered per clip."
+    )
+    fps: int = Field(8, ge=1, description="generated: frame rate of the rendered clips.")
+    seed: int = Field(
+        0, description="generated: seed of the rendered scenes, clips and captions."
+    )
+    render_batch_size: int = Field(
+        64,
+        ge=1,
+        description="generated: clips per Ray Data render task, all encoded by one ffmpeg "
+        "process.",
+    )
 
 
 class EncoderConfig(_Section):
     """The frozen image-text encoder, loaded through open_clip."""
 
-    # open_clip model name (e.g. ViT-B-32) or one of the configs shipped in
-    # crosstvr_core/model_configs (the embedded default is a tiny ViT).
-    name: str = "crosstvr-tiny-vit"
-    # open_clip pretrained tag (e.g. "openai"), a local checkpoint file, "stills" (the
-    # embedded encoder after image-text pretraining on generated stills, section `pretrain`;
-    # made once per machine by the crosstvr-pretrain flow), or None for a random init with
-    # `init_seed`. Local files are loaded through open_clip's checkpoint path either way.
-    pretrained: str | None = STILLS_PRETRAINED
-    init_seed: int = 0
-    # the caption token features cached for stage 2: "last" (the text tower's last layer,
-    # as CrossTVR reads real CLIP), "embedding" (its input token + position embeddings: word
-    # identity, untouched by what pretraining taught the tower to ignore), or "auto":
-    # "embedding" for the stills-pretrained encoder, whose last layer all but drops region
-    # and direction words (docs/benchmarks.md), "last" for every other encoder
-    text_tokens: Literal["auto", "last", "embedding"] = "auto"
-    frame_batch_size: int = Field(256, ge=1)
-    text_batch_size: int = Field(256, ge=1)
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    torch_threads: int = Field(1, ge=1)
+    name: str = Field(
+        "crosstvr-tiny-vit",
+        description="open_clip model name (e.g. ViT-B-32) or one of the configs shipped in "
+        "crosstvr_core/model_configs (the embedded default is a tiny ViT).",
+    )
+    pretrained: str | None = Field(
+        STILLS_PRETRAINED,
+        description='open_clip pretrained tag (e.g. "openai"), a local checkpoint file, '
+        '"stills" (the embedded encoder after image-text pretraining on generated stills, '
+        "section `pretrain`; made once per machine by the crosstvr-pretrain flow), or None for "
+        "a random init with `init_seed`. Local files are loaded through open_clip's checkpoint "
+        "path either way.",
+    )
+    init_seed: int = Field(
+        0, description="Seed of the random init (pretrained: None, and the start of pretraining)."
+    )
+    text_tokens: Literal["auto", "last", "embedding"] = Field(
+        "auto",
+        description='The caption token features cached for stage 2: "last" (the text tower\'s '
+        'last layer, as CrossTVR reads real CLIP), "embedding" (its input token + position '
+        "embeddings: word identity, untouched by what pretraining taught the tower to ignore), "
+        'or "auto": "embedding" for the stills-pretrained encoder, whose last layer all but '
+        'drops region and direction words (docs/benchmarks.md), "last" for every other encoder.',
+    )
+    frame_batch_size: int = Field(
+        256, ge=1, description="Frames per encoder forward when indexing."
+    )
+    text_batch_size: int = Field(
+        256, ge=1, description="Captions per encoder forward when indexing."
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32",
+        description="Autocast precision of the encoder forward on CUDA (CPU always runs fp32).",
+    )
+    torch_threads: int = Field(
+        1, ge=1, description="torch threads of each encoder actor."
+    )
 
 
 class PretrainConfig(_Section):
     """Image-text contrastive pretraining of the embedded encoder on generated stills
     (encoder.pretrained = "stills"); the result is frozen like any pretrained CLIP."""
 
-    num_stills: int = Field(40_000, ge=2)
-    num_eval_stills: int = Field(1024, ge=0)
-    steps: int = Field(600, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_steps: int = Field(50, ge=0)
-    seed: int = 0
-    log_every: int = Field(50, ge=1)
-    torch_threads: int = Field(2, ge=1)
+    num_stills: int = Field(40_000, ge=2, description="Captioned training stills generated.")
+    num_eval_stills: int = Field(
+        1024,
+        ge=0,
+        description="Held-out stills, retrieved before and after pretraining (0: none).",
+    )
+    steps: int = Field(600, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(128, ge=2, description="Still-caption pairs per contrastive step.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate of the cosine schedule.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warmup steps.")
+    seed: int = Field(0, description="Seed of the stills and of training.")
+    log_every: int = Field(50, ge=1, description="Log the loss every this many steps.")
+    torch_threads: int = Field(2, ge=1, description="torch threads while pretraining.")
 
 
 class SamplingConfig(_Section):
     """How frames are taken from each video."""
 
-    num_frames: int = Field(8, ge=1)
-    # "uniform": F frames evenly over the clip (evaluation, the default); "segment": one
-    # random frame per each of F equal segments (TSN-style augmentation), drawn from `seed`
-    # and the video id, so a re-index with the same seed stores the same frames
-    method: Literal["uniform", "segment"] = "uniform"
-    seed: int = 0
+    num_frames: int = Field(8, ge=1, description="F: frames kept per video.")
+    method: Literal["uniform", "segment"] = Field(
+        "uniform",
+        description='"uniform": F frames evenly over the clip (evaluation, the default); '
+        '"segment": one random frame per each of F equal segments (TSN-style augmentation), '
+        "drawn from `seed` and the video id, so a re-index with the same seed stores the same "
+        "frames.",
+    )
+    seed: int = Field(0, description='Seed of the "segment" draws.')
 
 
 class IndexConfig(_Section):
     """What the index step keeps and how re-indexing treats the corpus."""
 
-    # keep only the M patch tokens per frame that the CLS token attends to most in the last
-    # block (None: all patches); lets ViT-L / ViT-G corpora fit on disk
-    keep_patches: int | None = Field(None, ge=1)
-    # delete videos (and their tokens and captions) that are no longer in the corpus
-    remove_missing: bool = True
-    # rows per Lance commit on the driver: fewer, larger commits write faster; a kill loses
-    # at most this many encoded videos
-    write_batch_rows: int = Field(128, ge=1)
-    # where the LanceDB databases live: None = <home>/lance; or an object-store root such as
-    # "s3://bucket/crosstvr" (then `storage_options` carries credentials / endpoint / region)
-    lance_root: str | None = None
-    storage_options: dict[str, str] | None = None
-    # scheduled re-indexing deployment (`crosstvr-index/reindex`): off until one is set
-    schedule_cron: str | None = None
-    schedule_interval_s: int | None = Field(None, ge=60)
+    keep_patches: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the M patch tokens per frame that the CLS token attends to most "
+        "in the last block (None: all patches); lets ViT-L / ViT-G corpora fit on disk.",
+    )
+    remove_missing: bool = Field(
+        True,
+        description="Delete videos (and their tokens and captions) that are no longer in the "
+        "corpus.",
+    )
+    write_batch_rows: int = Field(
+        128,
+        ge=1,
+        description="Rows per Lance commit on the driver: fewer, larger commits write faster; "
+        "a kill loses at most this many encoded videos.",
+    )
+    lance_root: str | None = Field(
+        None,
+        description="Where the LanceDB databases live: None = `<home>/lance`; or an "
+        'object-store root such as "s3://bucket/crosstvr" (then `storage_options` carries '
+        "credentials / endpoint / region).",
+    )
+    storage_options: dict[str, str] | None = Field(
+        None,
+        description="Object-store options for lance_root (credentials, endpoint, region).",
+    )
+    schedule_cron: str | None = Field(
+        None,
+        description="Cron schedule of the re-indexing deployment (`crosstvr-index/reindex`); "
+        "off until it or schedule_interval_s is set.",
+    )
+    schedule_interval_s: int | None = Field(
+        None,
+        ge=60,
+        description="Interval schedule of the re-indexing deployment, in seconds; off until it "
+        "or schedule_cron is set.",
+    )
 
 
 class RayConfig(_Section):
     """Ray runtime and the resources of each Ray Data stage (same code on CPU and GPU)."""
 
-    address: str | None = None  # None: a local runtime for this run; "auto" or ray://...
-    num_cpus: int | None = 2  # for a local runtime only
-    include_dashboard: bool = False
-    decode_num_cpus: float = Field(0.5, gt=0)  # two decode tasks beside one encoder actor
-    decode_batch_size: int = Field(16, ge=1)
-    # files each decode task decodes at once (ffmpeg subprocesses; the task only waits)
-    decode_threads: int = Field(2, ge=1)
-    encode_num_cpus: float = Field(1.0, ge=0)
-    encode_num_gpus: float = Field(0.0, ge=0)
-    encode_pool_size: int = Field(1, ge=1)
+    address: str | None = Field(
+        None, description='None: a local runtime for this run; "auto" or ray://...'
+    )
+    num_cpus: int | None = Field(2, description="CPUs of a local runtime (only).")
+    include_dashboard: bool = Field(False, description="Start the Ray dashboard.")
+    decode_num_cpus: float = Field(
+        0.5, gt=0, description="CPUs per decode task: two decode tasks beside one encoder actor."
+    )
+    decode_batch_size: int = Field(16, ge=1, description="Videos per decode batch.")
+    decode_threads: int = Field(
+        2,
+        ge=1,
+        description="Files each decode task decodes at once (ffmpeg subprocesses; the task only "
+        "waits).",
+    )
+    encode_num_cpus: float = Field(1.0, ge=0, description="CPUs per encoder actor.")
+    encode_num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor.")
+    encode_pool_size: int = Field(1, ge=1, description="Encoder actors in the pool.")
 
 
 class Stage1Config(_Section):
     """Candidate selection by cosine similarity."""
 
-    # meanP: zero-shot mean pooling; seqTransf: trained temporal head over frozen frame
-    # embeddings (CLIP4Clip); external: a similarity matrix from another retriever.
-    method: Literal["meanP", "seqTransf", "external"] = "seqTransf"
-    # seqTransf head and its training (cached tokens only): 1 layer + lr 5e-3 + 12 epochs
-    # beat 2 layers + 30 epochs on the generated benchmark, in 60% of the time (the text
-    # adapter over the caption tokens is most of the cost)
-    num_layers: int = Field(1, ge=1)
-    num_heads: int = Field(4, ge=1)
-    epochs: int = Field(12, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(5e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
-    # a trainable adapter over the cached caption tokens (the text encoder stays frozen)
-    text_adapter: bool = True
-    # each batch video played backwards is one more negative column of text->video: the
-    # head must read frame order (direction, order swaps have the same frames)
-    reversed_negatives: bool = True
-    # read the cached patch tokens too (per-patch MLP, max over patches, added to each
-    # frame's CLS): a small object barely moves a random encoder's CLS embedding
-    patch_branch: bool = True
-    # False: the seqTransf head never trains on the re-ranker's validation videos
-    # (train.val_fraction), so early stopping sees the lists of unseen videos, as at test
-    # time; True: it trains on them too (more data, optimistic validation)
-    train_on_validation_videos: bool = False
-    # dual softmax (DSL) re-normalisation of the similarity at inference
-    dual_softmax: bool = False
-    dual_softmax_temperature: float = Field(0.01, gt=0)
-    # external: .npy [num_captions, num_videos] + JSON lists of caption ids / video ids
-    external_similarity: str | None = None
-    external_caption_ids: str | None = None
-    external_video_ids: str | None = None
+    method: Literal["meanP", "seqTransf", "external"] = Field(
+        "seqTransf",
+        description="meanP: zero-shot mean pooling; seqTransf: trained temporal head over "
+        "frozen frame embeddings (CLIP4Clip); external: a similarity matrix from another "
+        "retriever.",
+    )
+    num_layers: int = Field(
+        1,
+        ge=1,
+        description="seqTransf: transformer layers of the head (trained on cached tokens only); "
+        "1 layer + lr 5e-3 + 12 epochs beat 2 layers + 30 epochs on the generated benchmark, in "
+        "60% of the time (the text adapter over the caption tokens is most of the cost).",
+    )
+    num_heads: int = Field(4, ge=1, description="seqTransf: attention heads of the head.")
+    epochs: int = Field(12, ge=1, description="seqTransf: training epochs.")
+    batch_size: int = Field(128, ge=2, description="seqTransf: captions per contrastive step.")
+    lr: float = Field(5e-3, gt=0, description="seqTransf: peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="seqTransf: weight decay.")
+    warmup_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="seqTransf: share of training spent warming up the learning rate.",
+    )
+    seed: int = Field(0, description="seqTransf: training seed.")
+    text_adapter: bool = Field(
+        True,
+        description="A trainable adapter over the cached caption tokens (the text encoder "
+        "stays frozen).",
+    )
+    reversed_negatives: bool = Field(
+        True,
+        description="Each batch video played backwards is one more negative column of "
+        "text->video: the head must read frame order (direction, order swaps have the same "
+        "frames).",
+    )
+    patch_branch: bool = Field(
+        True,
+        description="Read the cached patch tokens too (per-patch MLP, max over patches, added "
+        "to each frame's CLS): a small object barely moves a random encoder's CLS embedding.",
+    )
+    train_on_validation_videos: bool = Field(
+        False,
+        description="False: the seqTransf head never trains on the re-ranker's validation "
+        "videos (train.val_fraction), so early stopping sees the lists of unseen videos, as at "
+        "test time; True: it trains on them too (more data, optimistic validation).",
+    )
+    dual_softmax: bool = Field(
+        False,
+        description="Dual softmax (DSL) re-normalisation of the similarity at inference.",
+    )
+    dual_softmax_temperature: float = Field(
+        0.01, gt=0, description="Temperature of the dual softmax."
+    )
+    external_similarity: str | None = Field(
+        None, description="external: .npy file, [num_captions, num_videos] similarities."
+    )
+    external_caption_ids: str | None = Field(
+        None, description="external: JSON list of the caption ids of its rows."
+    )
+    external_video_ids: str | None = Field(
+        None, description="external: JSON list of the video ids of its columns."
+    )
 
 
 class RerankerConfig(_Section):
     """The CrossTVR decoupled cross-attention re-ranker."""
 
-    # sized for a 2-core CPU and the embedded 128-wide encoder: a listwise step of 16
-    # captions (about 500 pairs) takes ~0.4 s; raise both for ViT-B and a GPU
-    hidden_size: int = Field(64, ge=8)
-    num_heads: int = Field(4, ge=1)
-    num_layers: int = Field(1, ge=1)  # L blocks per attention level
-    num_queries: int = Field(4, ge=1)  # N_Q learnable query tokens
-    dropout: float = Field(0.0, ge=0, lt=1)
-    # the ablation switch: decoupled = frame-level then video-level cross attention (paper);
-    # spatial_only = frame level, mean over frames; temporal_only = video level over the
-    # frame CLS tokens; joint = one level over all frames' tokens at once
-    attention: Literal["decoupled", "spatial_only", "temporal_only", "joint"] = "decoupled"
-    # the frame and video levels use the same blocks (paper's best: sharing, +0.2 R@1)
-    share_parameters: bool = True
-    # who cross-attends to visual tokens: only the N_Q queries (text reaches them through
-    # self-attention; trained where the paper's form stalled in a prototype), or the whole
-    # [queries; text] sequence as in the paper
-    cross_attention_from: Literal["queries", "queries_and_text"] = "queries"
-    # M patch tokens kept per frame by the TS2-Net selector (paper: 4); "all" keeps every one.
-    # The embedded encoder has only 16 patches per frame, all kept; set 4 for ViT-B/32-sized
-    # grids (49 patches)
-    num_selected_patches: Annotated[int, Field(ge=1)] | Literal["all"] = "all"
-    # self-attention blocks over the caption's projected tokens (+ positions) before the
-    # queries read them: stage 2's own trainable text side (0: projected frozen tokens only)
-    text_layers: int = Field(1, ge=0)
-    # self-attention blocks over per-frame summaries (frame CLS + temporal position + frame
-    # difference) before both attention levels: every frame token then knows its context
-    # in time, so a clip and its reversal differ from the first step (0: off)
-    temporal_layers: int = Field(1, ge=0)
-    # init std of the temporal position embeddings; the tokens they are added to are
-    # LayerNormed (per-dimension std ~1), so 0.02 would leave time nearly invisible
-    temporal_pos_std: float = Field(0.5, gt=0)
-    # add a projection of (frame CLS - previous frame CLS) to each frame's summary
-    frame_differences: bool = True
-    # add a linear map of the frame's whole patch grid to its summary: where things are in
-    # each frame, which a CLS embedding barely says, so the temporal blocks can see motion
-    grid_summary: bool = True
-    # K spatial soft-argmax keypoints per frame (a learned saliency map over the patch grid,
-    # its expected (x, y) and peak), added to each frame's summary: a few numbers per frame
-    # that say where the salient things are, so motion is a short trajectory (0: off)
-    keypoints: int = Field(8, ge=0)
-    # add a multiplicative text x video term (cosine of pooled text and pooled temporal
-    # states, learned scale) to the query-mean head's logit
-    match_term: bool = True
-    # add a temporal grounding term: each caption token finds the frames that show what it
-    # names (its best-matching patch token in each frame, softmax over time), and the
-    # caption says when each token should happen (a learned early/late score per token); the
-    # logit rewards agreement, so "A, then B" and its reversal read opposite signs. On the
-    # generated benchmark it took order twins from chance to 67 / 80 (t2v / v2t) and
-    # direction from 81 to 98 (docs/benchmarks.md)
-    grounding_term: bool = True
-    # perturbed top-M during training: noisy draws and noise scale (TS2-Net: sigma 0.05)
-    selection_samples: int = Field(100, ge=1)
-    selection_sigma: float = Field(0.05, gt=0)
+    hidden_size: int = Field(
+        64,
+        ge=8,
+        description="Width of the re-ranker. The defaults are sized for a 2-core CPU and the "
+        "embedded 128-wide encoder: a listwise step of 16 captions (about 500 pairs) takes "
+        "~0.4 s; raise hidden_size and num_heads for ViT-B and a GPU.",
+    )
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_layers: int = Field(1, ge=1, description="L blocks per attention level.")
+    num_queries: int = Field(4, ge=1, description="N_Q learnable query tokens.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout in the attention and feed-forward blocks."
+    )
+    attention: Literal["decoupled", "spatial_only", "temporal_only", "joint"] = Field(
+        "decoupled",
+        description="The ablation switch: decoupled = frame-level then video-level cross "
+        "attention (paper); spatial_only = frame level, mean over frames; temporal_only = "
+        "video level over the frame CLS tokens; joint = one level over all frames' tokens at "
+        "once.",
+    )
+    share_parameters: bool = Field(
+        True,
+        description="The frame and video levels use the same blocks (paper's best: sharing, "
+        "+0.2 R@1).",
+    )
+    cross_attention_from: Literal["queries", "queries_and_text"] = Field(
+        "queries",
+        description="Who cross-attends to visual tokens: only the N_Q queries (text reaches "
+        "them through self-attention; trained where the paper's form stalled in a prototype), "
+        "or the whole [queries; text] sequence as in the paper.",
+    )
+    num_selected_patches: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
+        "all",
+        description='M patch tokens kept per frame by the TS2-Net selector (paper: 4); "all" '
+        "keeps every one. The embedded encoder has only 16 patches per frame, all kept; set 4 "
+        "for ViT-B/32-sized grids (49 patches).",
+    )
+    text_layers: int = Field(
+        1,
+        ge=0,
+        description="Self-attention blocks over the caption's projected tokens (+ positions) "
+        "before the queries read them: stage 2's own trainable text side (0: projected frozen "
+        "tokens only).",
+    )
+    temporal_layers: int = Field(
+        1,
+        ge=0,
+        description="Self-attention blocks over per-frame summaries (frame CLS + temporal "
+        "position + frame difference) before both attention levels: every frame token then "
+        "knows its context in time, so a clip and its reversal differ from the first step "
+        "(0: off).",
+    )
+    temporal_pos_std: float = Field(
+        0.5,
+        gt=0,
+        description="Init std of the temporal position embeddings; the tokens they are added "
+        "to are LayerNormed (per-dimension std ~1), so 0.02 would leave time nearly invisible.",
+    )
+    frame_differences: bool = Field(
+        True,
+        description="Add a projection of (frame CLS - previous frame CLS) to each frame's "
+        "summary.",
+    )
+    grid_summary: bool = Field(
+        True,
+        description="Add a linear map of the frame's whole patch grid to its summary: where "
+        "things are in each frame, which a CLS embedding barely says, so the temporal blocks "
+        "can see motion.",
+    )
+    keypoints: int = Field(
+        8,
+        ge=0,
+        description="K spatial soft-argmax keypoints per frame (a learned saliency map over "
+        "the patch grid, its expected (x, y) and peak), added to each frame's summary: a few "
+        "numbers per frame that say where the salient things are, so motion is a short "
+        "trajectory (0: off).",
+    )
+    match_term: bool = Field(
+        True,
+        description="Add a multiplicative text x video term (cosine of pooled text and pooled "
+        "temporal states, learned scale) to the query-mean head's logit.",
+    )
+    grounding_term: bool = Field(
+        True,
+        description="Add a temporal grounding term: each caption token finds the frames that "
+        "show what it names (its best-matching patch token in each frame, softmax over time), "
+        "and the caption says when each token should happen (a learned early/late score per "
+        'token); the logit rewards agreement, so "A, then B" and its reversal read opposite '
+        "signs. On the generated benchmark it took order twins from chance to 67 / 80 "
+        "(t2v / v2t) and direction from 81 to 98 (docs/benchmarks.md).",
+    )
+    selection_samples: int = Field(
+        100, ge=1, description="Perturbed top-M during training: noisy draws."
+    )
+    selection_sigma: float = Field(
+        0.05,
+        gt=0,
+        description="Perturbed top-M during training: noise scale (TS2-Net: sigma 0.05).",
+    )
 
 
 class TrainConfig(_Section):
     """Re-ranker training on cached tokens."""
 
-    # "listwise": softmax cross-entropy over real stage-1 top-K lists, text->video and
-    # video->text, the caption's own clip played backwards always in its list; "bce": the
-    # paper's binary VTM loss over (positive, hard negative video, hard negative caption)
-    loss: Literal["listwise", "bce"] = "listwise"
-    # K of the training lists (the positive is put in when stage 1 missed it)
-    list_size: int = Field(15, ge=2)
-    # listwise: captions (and as many videos) per step
-    list_batch_size: int = Field(16, ge=1)
-    # listwise: an epoch visits every caption ("all") or one random caption per video
-    # ("one_per_video": as many steps as videos; the other captions come in later epochs)
-    captions_per_epoch: Literal["all", "one_per_video"] = "one_per_video"
-    # cross-fitting: the training lists come from stage-1 models that each never saw the
-    # fold of videos they list (k folds); 0 = from the stage 1 trained on all of them
-    stage1_folds: int = Field(2, ge=0)
-
-    # 6: validation R@1 still rises at 3 (92.8 -> 96.4 at 6 on the generated benchmark)
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)
-    grad_clip: float = Field(1.0, gt=0)
-    hard_negatives: bool = True
-    # extra random negative videos per caption, beside the hard video and the hard caption
-    random_negatives: int = Field(2, ge=0)
-    # one more negative per caption: its own video played backwards (same frames, reversed
-    # order), which only temporal modelling can reject
-    reversed_negatives: bool = True
-    # curriculum: the share of hard (vs random) negatives grows 0 -> 1 over this fraction of
-    # training; 0 = hard from the first step (BLIP), which stalls a model trained from scratch
-    hard_negative_warmup: float = Field(1.0, ge=0, le=1)
-    # softmax temperature over stage-1 similarities when sampling hard negatives
-    hard_negative_temperature: float = Field(0.05, gt=0)
-    # where hard negatives come from: the full stage-1 similarity, or only the stored
-    # stage-1 top-K per query (Lance table stage1_candidates)
-    negative_source: Literal["similarity", "stage1_top_k"] = "similarity"
-    # mixed precision of the training and scoring forward on CUDA (CPU always runs fp32);
-    # fp16 adds a GradScaler
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    # share of train videos (with their captions) held out to validate each epoch on
-    # two-stage R@1; 0 = no validation, no early stopping
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    # epochs without a better validation R@1 before stopping; the best weights are kept
-    early_stopping_patience: int = Field(3, ge=1)
-    seed: int = 0
-    torch_threads: int = Field(2, ge=1)
+    loss: Literal["listwise", "bce"] = Field(
+        "listwise",
+        description='"listwise": softmax cross-entropy over real stage-1 top-K lists, '
+        "text->video and video->text, the caption's own clip played backwards always in its "
+        "list; \"bce\": the paper's binary VTM loss over (positive, hard negative video, hard "
+        "negative caption).",
+    )
+    list_size: int = Field(
+        15,
+        ge=2,
+        description="K of the training lists (the positive is put in when stage 1 missed it).",
+    )
+    list_batch_size: int = Field(
+        16, ge=1, description="listwise: captions (and as many videos) per step."
+    )
+    captions_per_epoch: Literal["all", "one_per_video"] = Field(
+        "one_per_video",
+        description='listwise: an epoch visits every caption ("all") or one random caption per '
+        'video ("one_per_video": as many steps as videos; the other captions come in later '
+        "epochs).",
+    )
+    stage1_folds: int = Field(
+        2,
+        ge=0,
+        description="Cross-fitting: the training lists come from stage-1 models that each "
+        "never saw the fold of videos they list (k folds); 0 = from the stage 1 trained on all "
+        "of them.",
+    )
+    epochs: int = Field(
+        6,
+        ge=1,
+        description="Training epochs (validation R@1 still rises after 3: 92.8 -> 96.4 at 6 on "
+        "the generated benchmark).",
+    )
+    batch_size: int = Field(64, ge=2, description="bce: captions per step.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="Weight decay.")
+    warmup_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of training spent warming up the learning rate."
+    )
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clipping.")
+    hard_negatives: bool = Field(
+        True,
+        description="Sample hard negatives from stage 1 (False: random negatives only).",
+    )
+    random_negatives: int = Field(
+        2,
+        ge=0,
+        description="Extra random negative videos per caption, beside the hard video and the "
+        "hard caption.",
+    )
+    reversed_negatives: bool = Field(
+        True,
+        description="One more negative per caption: its own video played backwards (same "
+        "frames, reversed order), which only temporal modelling can reject.",
+    )
+    hard_negative_warmup: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Curriculum: the share of hard (vs random) negatives grows 0 -> 1 over "
+        "this fraction of training; 0 = hard from the first step (BLIP), which stalls a model "
+        "trained from scratch.",
+    )
+    hard_negative_temperature: float = Field(
+        0.05,
+        gt=0,
+        description="Softmax temperature over stage-1 similarities when sampling hard "
+        "negatives.",
+    )
+    negative_source: Literal["similarity", "stage1_top_k"] = Field(
+        "similarity",
+        description="Where hard negatives come from: the full stage-1 similarity, or only the "
+        "stored stage-1 top-K per query (Lance table stage1_candidates).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "bf16",
+        description="Mixed precision of the training and scoring forward on CUDA (CPU always "
+        "runs fp32); fp16 adds a GradScaler.",
+    )
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of train videos (with their captions) held out to validate each "
+        "epoch on two-stage R@1; 0 = no validation, no early stopping.",
+    )
+    early_stopping_patience: int = Field(
+        3,
+        ge=1,
+        description="Epochs without a better validation R@1 before stopping; the best weights "
+        "are kept.",
+    )
+    seed: int = Field(0, description="Training seed.")
+    torch_threads: int = Field(
+        2, ge=1, description="torch threads of stage-1 and re-ranker training."
+    )
 
 
 class EvalConfig(_Section):
     """Two-stage evaluation."""
 
-    top_k: int = Field(15, ge=1)
-    # stage1 + w * stage2 over the top K; None: w picked per direction on the re-ranker's
-    # validation split (two_stage.FUSION_WEIGHT_GRID), stored with the model
-    fusion_weight: float | None = None
-    # stage-2 score added to the stage-1 cosine: the raw logit (a listwise model's scores
-    # are relative, so squashing them adds nothing) or the VTM probability
-    fusion_score: Literal["prob", "logit"] = "logit"
-    batch_size: int = Field(256, ge=1)
+    top_k: int = Field(15, ge=1, description="K: stage-1 candidates the re-ranker scores.")
+    fusion_weight: float | None = Field(
+        None,
+        description="stage1 + w * stage2 over the top K; None: w picked per direction on the "
+        "re-ranker's validation split (two_stage.FUSION_WEIGHT_GRID), stored with the model.",
+    )
+    fusion_score: Literal["prob", "logit"] = Field(
+        "logit",
+        description="Stage-2 score added to the stage-1 cosine: the raw logit (a listwise "
+        "model's scores are relative, so squashing them adds nothing) or the VTM probability.",
+    )
+    batch_size: int = Field(256, ge=1, description="Text-video pairs per re-ranker forward.")
 
 
 class SearchConfig(_Section):
     """Text queries against an index (`crosstvr search`, the crosstvr-search/batch
     deployment): stage 1 over every indexed video, the re-ranker over its top eval.top_k."""
 
-    k: int = Field(10, ge=1)  # results shown per query
-    # registry alias (champion | candidate, resolved for the index's dataset + encoder) or
-    # the MLflow run id of a finished benchmark run
-    model: str = "champion"
-    rerank: bool = True
-    # exact cosine search below this many videos; past it the stage-1 embeddings get a
-    # LanceDB ANN index, whose recall against exact search is measured when it is built
-    exact_below: int = Field(50_000, ge=1)
+    k: int = Field(10, ge=1, description="Results shown per query.")
+    model: str = Field(
+        "champion",
+        description="Registry alias (champion | candidate, resolved for the index's dataset + "
+        "encoder) or the MLflow run id of a finished benchmark run.",
+    )
+    rerank: bool = Field(
+        True, description="Re-rank stage 1's top eval.top_k (False: stage 1 only)."
+    )
+    exact_below: int = Field(
+        50_000,
+        ge=1,
+        description="Exact cosine search below this many videos; past it the stage-1 "
+        "embeddings get a LanceDB ANN index, whose recall against exact search is measured "
+        "when it is built.",
+    )
 
 
 class OrchestrationConfig(_Section):
@@ -343,37 +597,51 @@ class OrchestrationConfig(_Section):
     tracking-server hiccup). Retried steps redo little: the index skips what it committed,
     training resumes from its last checkpoint."""
 
-    task_retries: int = Field(1, ge=0)
-    index_retries: int = Field(2, ge=0)
-    retry_delay_s: float = Field(5.0, ge=0)
+    task_retries: int = Field(1, ge=0, description="Retries of every task but the index.")
+    index_retries: int = Field(2, ge=0, description="Retries of the index task.")
+    retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
 
 
 class TrackingConfig(_Section):
     """MLflow tracking."""
 
-    # None: $MLFLOW_TRACKING_URI if set, else a SQLite store under <home>/mlflow.
-    tracking_uri: str | None = None
-    experiment: str = "crosstvr"
-    log_model: bool = True
+    tracking_uri: str | None = Field(
+        None,
+        description="None: $MLFLOW_TRACKING_URI if set, else a SQLite store under "
+        "`<home>/mlflow`.",
+    )
+    experiment: str = Field("crosstvr", description="MLflow experiment name.")
+    log_model: bool = Field(
+        True,
+        description="Log (and register) the trained models; search needs a logged re-ranker.",
+    )
 
 
 class CrossTVRConfig(_Section):
     """Everything a run needs to know."""
 
-    home: str = Field(default_factory=default_home)
-    data: DataConfig = DataConfig()
-    encoder: EncoderConfig = EncoderConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    index: IndexConfig = IndexConfig()
-    ray: RayConfig = RayConfig()
-    stage1: Stage1Config = Stage1Config()
-    reranker: RerankerConfig = RerankerConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    search: SearchConfig = SearchConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
+    home: str = Field(
+        default_factory=default_home,
+        description="Where datasets, Lance tables, weights, run files and the default MLflow "
+        "store live.",
+    )
+    data: DataConfig = Field(DataConfig(), description="The corpus.")
+    encoder: EncoderConfig = Field(EncoderConfig(), description="The frozen encoder.")
+    pretrain: PretrainConfig = Field(
+        PretrainConfig(), description="Pretraining of the embedded encoder."
+    )
+    sampling: SamplingConfig = Field(SamplingConfig(), description="Frame sampling.")
+    index: IndexConfig = Field(IndexConfig(), description="The index step.")
+    ray: RayConfig = Field(RayConfig(), description="Ray runtime and stage resources.")
+    stage1: Stage1Config = Field(Stage1Config(), description="Stage-1 candidates.")
+    reranker: RerankerConfig = Field(RerankerConfig(), description="The re-ranker model.")
+    train: TrainConfig = Field(TrainConfig(), description="Re-ranker training.")
+    eval: EvalConfig = Field(EvalConfig(), description="Two-stage evaluation.")
+    search: SearchConfig = Field(SearchConfig(), description="Text search.")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking.")
+    orchestration: OrchestrationConfig = Field(
+        OrchestrationConfig(), description="Task retries."
+    )
 
     @property
     def home_path(self) -> Path:
@@ -460,3 +728,113 @@ def load_config(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid config: {problems}") from exc
+
+
+# --- the field descriptions as Markdown (`crosstvr config --explain`, docs/configuration.md)
+
+EXPLAIN_COMMAND = ".venv/bin/crosstvr config --explain > docs/configuration.md"
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _bounds(metadata: list[Any]) -> str:
+    found = [f"{sign} {getattr(m, attr)}" for m in metadata for attr, sign in _BOUNDS
+             if getattr(m, attr, None) is not None]
+    return f" ({', '.join(found)})" if found else ""
+
+
+def _type_text(tp: Any) -> str:
+    """A field's type as a config file sees it: `int (>= 1) | null`, `"a" | "b"`."""
+    origin = get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " | ".join(f'"{a}"' if isinstance(a, str) else _value_text(a) for a in get_args(tp))
+    if origin in (Union, UnionType):
+        return " | ".join(_type_text(a) for a in get_args(tp))
+    if origin is Annotated:
+        base, *extra = get_args(tp)
+        meta = [m for e in extra for m in getattr(e, "metadata", [e])]
+        return _type_text(base) + _bounds(meta)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_text(a) for a in get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _value_text(value: Any) -> str:
+    """A value as written in a YAML config: null, true, 0.002, text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", r"\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    return _cell(f"`{text}`")
+
+
+def _default_text(field: FieldInfo) -> str:
+    if field.default_factory is not None:  # computed when a config is made: say how
+        doc = (field.default_factory.__doc__ or "computed").strip().splitlines()[0]
+        return _cell(doc.rstrip("."))
+    return _code(_value_text(field.default))
+
+
+def _is_section(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+
+
+def _table(model: type[_Section], prefix: str, values: _Section | None) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        if _is_section(field):
+            continue
+        current = None
+        if values is not None:
+            value = getattr(values, name)
+            if value != field.get_default(call_default_factory=True):
+                current = _code(_value_text(value))
+        rows.append((f"`{prefix}{name}`", _code(_type_text(field.annotation) + _bounds(
+            field.metadata)), _default_text(field), current, _cell(field.description or "")))
+    with_current = any(row[3] is not None for row in rows)
+    head = ["key", "type", "default", *(["current"] if with_current else []), "description"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, type_text, default, current, description in rows:
+        cells = [key, type_text, default, *([current or ""] if with_current else []), description]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _doc(model: type[BaseModel]) -> str:
+    return " ".join((model.__doc__ or "").split())
+
+
+def explain(cfg: CrossTVRConfig | None = None) -> str:
+    """Every config key as Markdown: per section its docstring and a table of key, type,
+    default and description (plus the `current` value where `cfg` differs from the default).
+    docs/configuration.md is this text for `cfg=None`."""
+    lines = [
+        "# Configuration",
+        "",
+        f"Generated from the field descriptions in `crosstvr_core/config.py` by "
+        f"`{EXPLAIN_COMMAND}`; edit the descriptions there, not this file.",
+        "",
+        _doc(CrossTVRConfig) + " A run reads a YAML or TOML file (`--config`), then dotted "
+        "`key=value` overrides (`train.epochs=3`, `data.root=null`); values are YAML scalars, and "
+        "`null` is what the descriptions call None.",
+        "",
+        *_table(CrossTVRConfig, "", cfg),
+    ]
+    for name, field in CrossTVRConfig.model_fields.items():
+        if not _is_section(field):
+            continue
+        section = field.annotation
+        lines += ["", f"## `{name}`: {(field.description or '').rstrip('.')}", "", _doc(section), "",
+                  *_table(section, f"{name}.", None if cfg is None else getattr(cfg, name))]
+    return "\n".join(lines) + "\n"

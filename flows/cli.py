@@ -256,7 +256,13 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(), sort_keys=False))
+    cfg = load_config(args.config, args.overrides)
+    if args.explain:
+        from crosstvr_core.config import explain
+
+        print(explain(cfg), end="")
+        return 0
+    print(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     return 0
 
 
@@ -310,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     _config_args(compare)
     compare.set_defaults(func=cmd_compare)
     config = sub.add_parser("config", help="print the resolved config")
+    config.add_argument("--explain", action="store_true",
+                        help="print every key as Markdown: type, default, description (and the "
+                        "current value where the resolved config differs)")
     _config_args(config)
     config.set_defaults(func=cmd_config)
     # overrides may also follow options (`index DIR --name x train.epochs=3`)

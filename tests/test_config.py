@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from crosstvr_core.config import STILLS_PRETRAINED, ConfigError, CrossTVRConfig, load_config
@@ -80,3 +82,58 @@ def test_task_retries_come_from_the_config():
     assert retrying(index_task, cfg, kind="index").retries == 0
     assert retrying(index_task, cfg).retries == 3  # the kind decides, never the task's name
     assert retrying(train_task, cfg).retry_delay_seconds == 1.5
+
+
+def _fields(model, prefix=""):
+    """(dotted key, FieldInfo) of every field of model and of the sections inside it."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        yield prefix + name, field
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _fields(field.annotation, f"{prefix}{name}.")
+
+
+def test_every_field_has_a_description():
+    fields = dict(_fields(CrossTVRConfig))
+    assert "reranker.hidden_size" in fields and "data" in fields  # walked into the sections
+    missing = [key for key, field in fields.items() if not (field.description or "").strip()]
+    assert not missing, f"config fields without Field(description=...): {missing}"
+
+
+def test_explain_lists_every_key():
+    from crosstvr_core.config import explain
+
+    text = explain()
+    missing = [key for key in CrossTVRConfig().flat() if f"| `{key}` |" not in text]
+    assert not missing, f"explain() leaves out {missing}"
+    assert "| current |" not in text  # no config given: no current column
+
+
+def test_explain_shows_what_differs_from_the_default():
+    from crosstvr_core.config import explain
+
+    text = explain(load_config(None, ["train.epochs=3", "search.model=a|b"]))
+    assert "| `train.epochs` | `int (>= 1)` | `6` | `3` |" in text
+    assert r"`a\|b`" in text  # pipes escaped inside table cells
+    row = next(line for line in text.splitlines() if line.startswith("| `eval.top_k` |"))
+    assert "| current |" not in text.split("## `eval`")[1].split("## ")[0]  # unchanged section
+    assert row.startswith("| `eval.top_k` | `int (>= 1)` | `15` | K:")
+
+
+def test_configuration_doc_is_up_to_date():
+    from crosstvr_core.config import EXPLAIN_COMMAND, explain
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == explain(), (
+        f"docs/configuration.md is stale: regenerate it with `{EXPLAIN_COMMAND}`")
+
+
+def test_cli_config_explain(capsys):
+    from crosstvr_core.config import explain
+    from flows.cli import main
+
+    assert main(["config", "--explain"]) == 0
+    assert capsys.readouterr().out == explain()
+    assert main(["config", "--explain", "train.epochs=2"]) == 0
+    assert "| `train.epochs` | `int (>= 1)` | `6` | `2` |" in capsys.readouterr().out
