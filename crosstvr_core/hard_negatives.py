@@ -145,3 +145,21 @@ def time_reversed_frame_order(frame_mask: torch.Tensor) -> torch.Tensor:
     order = position.clone()
     order.scatter_(1, real_first, source)  # slot i of the real frames takes slot n-1-i's frame
     return order
+
+
+def play_backwards(video: dict[str, torch.Tensor | None],
+                   rows: slice | torch.Tensor = slice(None)) -> dict[str, torch.Tensor | None]:
+    """Video inputs (frame_mask [B, F], video_cls [B, F, D], video_patches [B, F, P, Wv] or
+    None) with the videos `rows` (a slice, or a bool mask [B]; default all) played backwards
+    by `time_reversed_frame_order`; other rows and other keys are returned unchanged."""
+    order = time_reversed_frame_order(video["frame_mask"][rows])  # [N, F]
+    out = dict(video)
+    for name in ("video_cls", "video_patches"):
+        frames = video.get(name)
+        if frames is None:
+            continue
+        part = frames[rows]  # [N, F, ...]
+        out[name] = frames.clone()
+        out[name][rows] = part.gather(
+            1, order.view(*order.shape, *([1] * (part.ndim - 2))).expand_as(part))
+    return out

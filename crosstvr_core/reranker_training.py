@@ -30,11 +30,11 @@ from tqdm.auto import tqdm
 
 from crosstvr_core.config import TrainConfig
 from crosstvr_core.hard_negatives import (
+    play_backwards,
     random_negative_texts,
     random_negative_videos,
     sample_hard_negative_texts,
     sample_hard_negative_videos,
-    time_reversed_frame_order,
 )
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.token_bank import TokenBank
@@ -147,17 +147,6 @@ def _sample_negatives(
     return torch.where(use_hard, hard_video, neg_video), torch.where(use_hard, hard_text, neg_text)
 
 
-def play_backwards(inputs: dict[str, torch.Tensor], start: int) -> dict[str, torch.Tensor]:
-    """Pair inputs with the videos of rows start: reversed in time (frames gathered)."""
-    order = time_reversed_frame_order(inputs["frame_mask"][start:])  # [N, F]
-    out = dict(inputs)
-    for name in ("video_cls", "video_patches"):
-        tail = inputs[name][start:]  # [N, F, ...]
-        index = order.view(*order.shape, *([1] * (tail.ndim - 2))).expand_as(tail)
-        out[name] = torch.cat([inputs[name][:start], tail.gather(1, index)])
-    return out
-
-
 def _check_inputs(bank: TokenBank, scores: NegativeScores) -> None:
     want = (bank.num_captions, bank.num_videos)
     got = (tuple(scores.videos_per_caption.shape), tuple(scores.captions_per_video.shape))
@@ -205,20 +194,6 @@ def validate_two_stage(
     return out
 
 
-def _reverse_rows(video: dict[str, torch.Tensor], flip: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Video inputs with the rows where flip [U] is True played backwards."""
-    if not flip.any():
-        return video
-    order = time_reversed_frame_order(video["frame_mask"][flip])  # [n, F]
-    out = dict(video)
-    for name in ("video_cls", "video_patches"):
-        rows = video[name][flip]
-        index = order.view(*order.shape, *([1] * (rows.ndim - 2))).expand_as(rows)
-        out[name] = video[name].clone()
-        out[name][flip] = rows.gather(1, index)
-    return out
-
-
 def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.Tensor,
                 video_rows: torch.Tensor, backwards: torch.Tensor, device: torch.device,
                 precision: str) -> torch.Tensor:
@@ -227,7 +202,9 @@ def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.T
     caption's text path runs once, with gradients."""
     keys, pair_video = torch.unique(video_rows * 2 + backwards.long(), return_inverse=True)
     captions, pair_text = torch.unique(text_rows, return_inverse=True)
-    video = _reverse_rows(source.video_batch(keys // 2), (keys % 2).bool())
+    video, flip = source.video_batch(keys // 2), (keys % 2).bool()  # flip [U]: backwards
+    if flip.any():
+        video = play_backwards(video, flip)
     video = {name: value.to(device, non_blocking=True) for name, value in video.items()}
     text = {name: value.to(device, non_blocking=True)
             for name, value in source.text_batch(captions).items()}
@@ -340,7 +317,7 @@ def _bce_step(model: CrossTVRReranker, dataset: VTMPairDataset, bank: TokenBank,
 
     inputs = dataset.pairs(pair_text, pair_video)
     if backwards:
-        inputs = play_backwards(inputs, pair_text.shape[0] - batch)
+        inputs = play_backwards(inputs, slice(pair_text.shape[0] - batch, None))
     inputs = {name: value.to(device, non_blocking=True) for name, value in inputs.items()}
     with training_autocast(device, cfg.precision):
         logits = model(**inputs).float()  # [(3 + R) B]

@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from crosstvr_core.config import Stage1Config
-from crosstvr_core.hard_negatives import time_reversed_frame_order
+from crosstvr_core.hard_negatives import play_backwards
 from crosstvr_core.reranker_training import training_autocast, warmup_cosine
 from crosstvr_core.temporal_head import TemporalHead
 from crosstvr_core.token_bank import TokenBank
 
 EpochCallback = Callable[[int, dict, TemporalHead], None]
+# gradient norm clipping of the stage-1 loop: a constant because Stage1Config has no field
+# for it (the re-ranker's loop reads train.grad_clip, whose default is the same 1.0)
 GRAD_CLIP = 1.0
 
 
@@ -53,17 +55,6 @@ def contrastive_loss(
     by_video = by_video.masked_fill(false_negative, float("-inf"))
     target = torch.arange(len(by_video), device=by_video.device)
     return 0.5 * (t2v + F.cross_entropy(by_video, target))
-
-
-def _play_backwards(frame_order: torch.Tensor, video_cls: torch.Tensor,
-                    video_patches: torch.Tensor | None
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Frames [U, F, ...] gathered along F by frame_order [U, F] (time_reversed_frame_order)."""
-    def gather(x: torch.Tensor) -> torch.Tensor:
-        index = frame_order.view(*frame_order.shape, *([1] * (x.ndim - 2))).expand_as(x)
-        return x.gather(1, index)
-
-    return gather(video_cls), None if video_patches is None else gather(video_patches)
 
 
 def train_temporal_head(
@@ -126,10 +117,11 @@ def train_temporal_head(
                 video = head(video_cls[unique], frame_mask[unique], patches)  # [U, D]
                 text = head.encode_text(text_eot[rows], text_tokens[rows], text_mask[rows])
                 if cfg.reversed_negatives:
-                    frame_order = time_reversed_frame_order(frame_mask[unique])  # [U, F]
-                    cls_back, patches_back = _play_backwards(frame_order, video_cls[unique],
-                                                             patches)
-                    reversed_video = head(cls_back, frame_mask[unique], patches_back)
+                    back = play_backwards({"frame_mask": frame_mask[unique],
+                                           "video_cls": video_cls[unique],
+                                           "video_patches": patches})
+                    reversed_video = head(back["video_cls"], frame_mask[unique],
+                                          back["video_patches"])
                     reversed_video = reversed_video.float()  # [U, D]
             loss = contrastive_loss(text.float(), video.float(), inverse, head.scale(),
                                     reversed_video)

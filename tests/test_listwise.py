@@ -9,7 +9,7 @@ from test_reranker import FRAMES, make_model, random_bank
 from test_reranker_training import toy_bank
 
 from crosstvr_core.config import TrainConfig
-from crosstvr_core.hard_negatives import time_reversed_frame_order
+from crosstvr_core.hard_negatives import play_backwards
 from crosstvr_core.metrics import retrieval_metrics
 from crosstvr_core.reranker_training import Validation, train_reranker
 from crosstvr_core.training_lists import (
@@ -123,11 +123,7 @@ def test_time_is_visible_from_the_first_step() -> None:
     model.fit_input_stats(bank)
     rows = torch.arange(bank.num_videos)
     video = bank.video_batch(rows)
-    order = time_reversed_frame_order(video["frame_mask"])
-    backwards = dict(video)
-    for name in ("video_cls", "video_patches"):
-        index = order.view(*order.shape, *([1] * (video[name].ndim - 2))).expand_as(video[name])
-        backwards[name] = video[name].gather(1, index)
+    backwards = play_backwards(video)
     text = bank.text_batch(rows)
     with torch.no_grad():
         forward = model(**text, **video)

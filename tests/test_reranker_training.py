@@ -23,11 +23,11 @@ from test_reranker import (  # tests/ is on sys.path (pytest prepend import mode
 from torch.utils.data import DataLoader
 
 from crosstvr_core.config import CrossTVRConfig, TrainConfig
+from crosstvr_core.hard_negatives import play_backwards
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.reranker_training import (
     NegativeScores,
     Validation,
-    play_backwards,
     score_pairs,
     train_reranker,
 )
@@ -114,7 +114,7 @@ def test_reversed_negatives_add_the_positive_played_backwards() -> None:
     bank = toy_bank()
     inputs = VTMPairDataset(bank).pairs(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]))
     inputs["frame_mask"][2, -1] = False  # a clip one frame short: its padding stays last
-    out = play_backwards(inputs, start=1)
+    out = play_backwards(inputs, slice(1, None))
     for name in ("video_cls", "video_patches"):
         assert torch.equal(out[name][0], inputs[name][0])  # rows before `start` untouched
         assert torch.equal(out[name][1], inputs[name][1].flip(0))
