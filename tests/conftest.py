@@ -18,6 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny tensors gain nothing from threads, and
+    spin-waiting threads slow tests down many times over when other processes hold the
+    cores. Modules of small-tensor tests use it: `pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def session_home() -> Path:
     return _SESSION_HOME

@@ -6,15 +6,15 @@ every test takes well under a second apart from the decoding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
+import bank_fixtures
 import numpy as np
 import pytest
 import torch
+from bank_fixtures import EMBED, FRAMES, TEXT, VISION, length_mask, token_bank
 from video_fixtures import HAVE_FFMPEG, make_clip, make_garbled, ramp_frame_numbers, ramp_source
 
-from crosstvr_core.config import RerankerConfig
 from crosstvr_core.gallery import write_gallery
 from crosstvr_core.gallery_data import (
     GREY,
@@ -30,18 +30,10 @@ from crosstvr_core.gallery_data import (
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.token_bank import TokenBank
 
-pytestmark = pytest.mark.skipif(not HAVE_FFMPEG, reason="needs the ffmpeg and ffprobe binaries")
+pytestmark = [pytest.mark.skipif(not HAVE_FFMPEG, reason="needs the ffmpeg and ffprobe binaries"),
+              pytest.mark.usefixtures("one_thread")]
 
-FRAMES, PATCHES, LENGTH = 4, 9, 5  # a 3 x 3 patch grid
-EMBED, VISION, TEXT = 12, 10, 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+PATCHES, LENGTH = 9, 5  # a 3 x 3 patch grid; the other sizes are bank_fixtures'
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +47,7 @@ def clips(tmp_path_factory) -> list[str]:
 
 
 def make_model(**cfg) -> CrossTVRReranker:
-    torch.manual_seed(0)
-    cfg = RerankerConfig(**{"hidden_size": 16, "num_heads": 2, "num_layers": 1,
-                            "num_queries": 3, "num_selected_patches": 4, **cfg})
-    return CrossTVRReranker(cfg, EMBED, VISION, TEXT, FRAMES, PATCHES).eval()
+    return bank_fixtures.make_model(patches=PATCHES, **{"num_selected_patches": 4, **cfg})
 
 
 def random_tokens(num_videos: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -155,14 +144,11 @@ def fake_bank(num_videos: int, seed: int = 0) -> TokenBank:
     gen = torch.Generator().manual_seed(seed)
     tokens = random_tokens(num_videos, seed)
     lengths = torch.randint(2, LENGTH + 1, (num_videos,), generator=gen)
-    return TokenBank(
-        video_ids=[f"videos/test/v{i}" for i in range(num_videos)],
-        video_cls=tokens["video_cls"].half(), video_patches=tokens["video_patches"].half(),
-        frame_mask=tokens["frame_mask"], caption_ids=[f"c{i}" for i in range(num_videos)],
-        text_eot=torch.randn(num_videos, EMBED, generator=gen).half(),
-        text_tokens=torch.randn(num_videos, LENGTH, TEXT, generator=gen).half(),
-        text_mask=torch.arange(LENGTH)[None, :] < lengths[:, None],
-        caption_video=torch.arange(num_videos))
+    return token_bank(
+        tokens["video_cls"], tokens["video_patches"], tokens["frame_mask"],
+        torch.randn(num_videos, EMBED, generator=gen),
+        torch.randn(num_videos, LENGTH, TEXT, generator=gen), length_mask(lengths, LENGTH),
+        torch.arange(num_videos), video_ids=[f"videos/test/v{i}" for i in range(num_videos)])
 
 
 def test_two_stage_gallery_sections_and_page(clips, tmp_path) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_reranker import FRAMES, make_model, random_bank
-from test_reranker_training import toy_bank
+from bank_fixtures import FRAMES, make_model, random_bank, toy_bank
 
 from crosstvr_core.config import TrainConfig
 from crosstvr_core.hard_negatives import play_backwards
@@ -27,10 +26,7 @@ from crosstvr_core.two_stage import (
     text_to_video_candidates,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cross_fitted_lists_come_from_a_stage1_that_never_saw_them() -> None:

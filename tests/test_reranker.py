@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from bank_fixtures import FRAMES, PATCHES, make_model, random_bank
 
-from crosstvr_core.config import RerankerConfig
 from crosstvr_core.hard_negatives import (
     random_negative_texts,
     random_negative_videos,
@@ -20,54 +18,7 @@ from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.token_selection import PatchTokenSelector, hard_top_k
 
-FRAMES, PATCHES, LENGTH = 4, 6, 6
-EMBED, VISION, TEXT = 12, 10, 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and spin-waiting threads slow these tests
-    down many times over when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_bank(
-    num_videos: int = 6, captions_per_video: int = 2, seed: int = 0, offset: float = 3.0
-) -> TokenBank:
-    """Random fp16 tokens with an offset and scale (so standardisation has work to do),
-    some padded frames and padded caption tokens."""
-    gen = torch.Generator().manual_seed(seed)
-    num_captions = num_videos * captions_per_video
-
-    def tokens(*shape: int) -> torch.Tensor:
-        return (offset + 2.0 * torch.randn(*shape, generator=gen)).half()
-
-    frame_mask = torch.ones(num_videos, FRAMES, dtype=torch.bool)
-    frame_mask[::2, -1] = False  # every other clip is one frame short
-    lengths = torch.randint(2, LENGTH + 1, (num_captions,), generator=gen)
-    return TokenBank(
-        video_ids=[f"v{i}" for i in range(num_videos)],
-        video_cls=tokens(num_videos, FRAMES, EMBED),
-        video_patches=tokens(num_videos, FRAMES, PATCHES, VISION),
-        frame_mask=frame_mask,
-        caption_ids=[f"c{i}" for i in range(num_captions)],
-        text_eot=tokens(num_captions, EMBED),
-        text_tokens=tokens(num_captions, LENGTH, TEXT),
-        text_mask=torch.arange(LENGTH)[None, :] < lengths[:, None],
-        caption_video=torch.arange(num_videos).repeat_interleave(captions_per_video),
-    )
-
-
-def make_model(hidden: int = 16, layers: int = 1, seed: int = 0, **cfg) -> CrossTVRReranker:
-    torch.manual_seed(seed)
-    cfg = RerankerConfig(
-        **{"hidden_size": hidden, "num_heads": 2, "num_layers": layers, "num_queries": 3,
-           "num_selected_patches": 2, **cfg}
-    )
-    return CrossTVRReranker(cfg, EMBED, VISION, TEXT, FRAMES, PATCHES).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ATTENTIONS = ["decoupled", "spatial_only", "temporal_only", "joint"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
+from bank_fixtures import token_bank
 
 from crosstvr_core.config import Stage1Config
 from crosstvr_core.metrics import retrieval_metrics
@@ -23,13 +23,7 @@ from crosstvr_core.token_bank import TokenBank
 FRAMES, EMBED = 4, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads; spinning threads slow shared cores down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_bank(
@@ -41,17 +35,9 @@ def make_bank(
     """A bank with only what stage 1 reads (patch and text tokens are 1-wide dummies)."""
     num_videos, frames = frame_mask.shape
     num_captions = text_eot.shape[0]
-    return TokenBank(
-        video_ids=[f"v{i}" for i in range(num_videos)],
-        video_cls=video_cls.half(),
-        video_patches=torch.zeros(num_videos, frames, 1, 1, dtype=torch.half),
-        frame_mask=frame_mask,
-        caption_ids=[f"c{i}" for i in range(num_captions)],
-        text_eot=text_eot.half(),
-        text_tokens=torch.zeros(num_captions, 1, 1, dtype=torch.half),
-        text_mask=torch.ones(num_captions, 1, dtype=torch.bool),
-        caption_video=caption_video,
-    )
+    return token_bank(video_cls, torch.zeros(num_videos, frames, 1, 1), frame_mask, text_eot,
+                      torch.zeros(num_captions, 1, 1),
+                      torch.ones(num_captions, 1, dtype=torch.bool), caption_video)
 
 
 def random_bank(num_videos: int = 8, captions_per_video: int = 2, seed: int = 0) -> TokenBank:
