@@ -81,11 +81,6 @@ class DataConfig(_Section):
         description='"sentence", or "paragraph" (a video\'s sentences joined into one caption: '
         "the DiDeMo and ActivityNet protocol); None: the format's protocol.",
     )
-    caption_sampling: Literal["all", "one_per_epoch"] = Field(
-        "all",
-        description="Not read by the pipeline: stage 1 trains on every caption, and "
-        "train.captions_per_epoch picks the re-ranker's captions per epoch.",
-    )
     train_split: str = Field(
         "train", description="The split that trains stage 1 and the re-ranker."
     )
@@ -300,6 +295,7 @@ class Stage1Config(_Section):
     batch_size: int = Field(128, ge=2, description="seqTransf: captions per contrastive step.")
     lr: float = Field(5e-3, gt=0, description="seqTransf: peak learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="seqTransf: weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="seqTransf: gradient-norm clipping.")
     warmup_fraction: float = Field(
         0.1,
         ge=0,

@@ -201,11 +201,15 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _where_in(column: str, values: list[str]) -> str:
+    """A Lance filter: `column` is one of `values` (each quoted)."""
+    return f"{column} IN ({', '.join(_sql_string(v) for v in values)})"
+
+
 def _delete_where_in(table, column: str, values: list[str], chunk: int = 500) -> None:
     """Delete rows whose `column` is in `values`, in chunks so the filter stays small."""
     for start in range(0, len(values), chunk):
-        literals = ", ".join(_sql_string(v) for v in values[start:start + chunk])
-        table.delete(f"{column} IN ({literals})")
+        table.delete(_where_in(column, values[start:start + chunk]))
 
 
 class TokenIndex:
@@ -440,6 +444,23 @@ class TokenIndex:
             caption_video=torch.tensor(
                 [row_of[v] for v in captions.column("video_id").to_pylist()], dtype=torch.long),
         )
+
+    def video_tokens_of(self, video_ids: list[str]) -> tuple[list[str], dict[str, torch.Tensor]]:
+        """The stored tokens of these videos, read by id (never the whole table): the ids
+        found, in table order, and their tensors as `decode_video_tokens` gives them."""
+        table = self.video_tokens.to_lance().to_table(
+            columns=["video_id", "frame_mask", "cls", "patches"],
+            filter=_where_in("video_id", list(dict.fromkeys(video_ids))))
+        return table.column("video_id").to_pylist(), decode_video_tokens(table, self.shapes)
+
+    def video_uris(self, video_ids: list[str]) -> dict[str, str]:
+        """video id -> the file it was indexed from, for the ids the table has."""
+        if not video_ids:
+            return {}
+        table = self.videos.to_lance().to_table(
+            columns=["video_id", "uri"], filter=_where_in("video_id", list(dict.fromkeys(video_ids))))
+        return dict(zip(table.column("video_id").to_pylist(), table.column("uri").to_pylist(),
+                        strict=True))
 
     def caption_meta(self, caption_ids: list[str]) -> list[dict]:
         """Dataset-specific fields of captions, in the order asked."""

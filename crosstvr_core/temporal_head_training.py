@@ -27,9 +27,6 @@ from crosstvr_core.temporal_head import TemporalHead
 from crosstvr_core.token_bank import TokenBank
 
 EpochCallback = Callable[[int, dict, TemporalHead], None]
-# gradient norm clipping of the stage-1 loop: a constant because Stage1Config has no field
-# for it (the re-ranker's loop reads train.grad_clip, whose default is the same 1.0)
-GRAD_CLIP = 1.0
 
 
 def contrastive_loss(
@@ -128,7 +125,7 @@ def train_temporal_head(
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), GRAD_CLIP)
+            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
             optimizer.step()
             schedule.step()
             total += loss.detach()

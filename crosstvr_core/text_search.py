@@ -29,7 +29,7 @@ from crosstvr_core.encoder import FrozenEncoder
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.reranker_training import score_pairs
 from crosstvr_core.search import AnnIndex
-from crosstvr_core.storage import VIDEO_TOKENS, VIDEOS, TokenIndex, _sql_string, fixed_list_to_numpy
+from crosstvr_core.storage import VIDEO_TOKENS, VIDEOS, TokenIndex, fixed_list_to_numpy
 from crosstvr_core.temporal_head import TemporalHead
 
 EMBEDDINGS_PREFIX = "stage1_embeddings"
@@ -178,38 +178,15 @@ class _QueryTokens:
 
 def candidate_tokens(index: TokenIndex, video_ids: list[str]) -> dict[str, torch.Tensor]:
     """Tokens of the given videos, in that order (repeats allowed), read by id from Lance."""
-    shapes = index.shapes
-    unique = list(dict.fromkeys(video_ids))
-    table = index.video_tokens.to_lance().to_table(
-        columns=["video_id", "frame_mask", "cls", "patches"],
-        filter=f"video_id IN ({', '.join(_sql_string(v) for v in unique)})")
-    row_of = {v: i for i, v in enumerate(table.column("video_id").to_pylist())}
-    missing = [v for v in unique if v not in row_of]
+    found, tokens = index.video_tokens_of(video_ids)
+    row_of = {v: i for i, v in enumerate(found)}
+    missing = [v for v in dict.fromkeys(video_ids) if v not in row_of]
     if missing:
         raise SearchError(f"the token table at {index.uri} lacks videos {missing[:5]} that "
                           "stage 1 returned: the index changed during the search; rerun it")
     order = torch.tensor([row_of[v] for v in video_ids], dtype=torch.long)
-    f = shapes.num_frames
-    return {
-        "video_cls": torch.from_numpy(fixed_list_to_numpy(
-            table.column("cls"), (f, shapes.embed_dim))).float()[order],
-        "video_patches": torch.from_numpy(fixed_list_to_numpy(
-            table.column("patches"), (f, shapes.num_patches, shapes.vision_width))).float()[order],
-        "frame_mask": torch.from_numpy(fixed_list_to_numpy(
-            table.column("frame_mask"), (f,)).astype(bool))[order],
-    }
-
-
-def video_uris(index: TokenIndex, video_ids: list[str]) -> dict[str, str]:
-    """video id -> the file it was indexed from."""
-    unique = list(dict.fromkeys(video_ids))
-    if not unique:
-        return {}
-    table = index.videos.to_lance().to_table(
-        columns=["video_id", "uri"],
-        filter=f"video_id IN ({', '.join(_sql_string(v) for v in unique)})")
-    return dict(zip(table.column("video_id").to_pylist(), table.column("uri").to_pylist(),
-                    strict=True))
+    return {key: (value.float() if value.is_floating_point() else value)[order]
+            for key, value in tokens.items()}
 
 
 def check_queries(queries: list[str]) -> list[str]:
@@ -300,7 +277,7 @@ class TextSearcher:
             stage2 = self.rerank_scores(encoded, rows, videos).view(len(queries), pool)
             self.seconds["rerank"] += time.perf_counter() - started
         started = time.perf_counter()
-        uris = video_uris(self.index, [v for row in found.ids for v in row])
+        uris = self.index.video_uris([v for row in found.ids for v in row])
         self.seconds["lookup"] += time.perf_counter() - started
         weight = self.models.reranker.fusion_weight_t2v if rerank else 0.0
         results = []

@@ -46,7 +46,7 @@ class SearchParams(RunParams):
         super().__init__(**data)
 
 
-batch_search_task = task(run_batch_search, name="batch-search", retries=1)
+batch_search_task = task(run_batch_search, name="batch-search")
 
 
 @flow(name="crosstvr-search", log_prints=True)

@@ -312,14 +312,6 @@ def display_frame_size(encoder_id: str) -> int:
     return int(match.group(1)) if match else DEFAULT_DISPLAY_FRAME_SIZE
 
 
-def _video_uris(index: TokenIndex, video_ids: list[str]) -> dict[str, str]:
-    """video id -> the file the index read it from (the `videos` table's uri)."""
-    table = index.videos.to_lance().to_table(columns=["video_id", "uri"])
-    wanted = set(video_ids)
-    return {v: u for v, u in zip(table.column("video_id").to_pylist(),
-                                 table.column("uri").to_pylist(), strict=True) if v in wanted}
-
-
 def _patch_grid(index: TokenIndex, shapes: dict, bank: TokenBank
                 ) -> tuple[torch.Tensor | None, int | None]:
     """(patch_index [V, F, P] aligned with the bank's videos, the grid's patch count) for an
@@ -350,7 +342,7 @@ def log_eval_gallery(cfg: CrossTVRConfig, index: TokenIndex, index_ref: IndexRef
     patch_index, grid = _patch_grid(index, index_ref.shapes, bank)
     sections = two_stage_gallery(
         model, bank, sim, result.fused_t2v, result.ranks, metas,
-        _video_uris(index, bank.video_ids), index.caption_texts(),
+        index.video_uris(bank.video_ids), index.caption_texts(),
         top_k=cfg.eval.top_k, fusion_weight=model.fusion_weight_t2v,
         fusion_score=cfg.eval.fusion_score, frame_size=display_frame_size(index_ref.encoder_id),
         patch_index=patch_index, grid_patches=grid)
