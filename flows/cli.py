@@ -209,6 +209,11 @@ def _print_search(result, answered: dict[str, str], rerank: bool) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     """One query against an index: stage 1 over every video, the re-ranker over its top K."""
     import json
+    import os
+
+    # an answer, not logs: no model-download bars, no Lance notices about new tables
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("LANCE_LOG", "error")
 
     from crosstvr_core.encoder import EncoderError
     from crosstvr_core.storage import EncoderMismatchError, IndexNotFoundError, SchemaMismatchError
