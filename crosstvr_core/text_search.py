@@ -19,7 +19,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -265,36 +265,39 @@ class TextSearcher:
         self.seconds["encode"] += time.perf_counter() - started
         started = time.perf_counter()
         found = self.gallery.search(encoded["embedding"], pool)
+        # an ANN index may find fewer than `pool` rows: it pads with "" ids
+        lists = [[(v, float(score)) for v, score in zip(ids, scores.tolist(), strict=True)
+                  if v] for ids, scores in zip(found.ids, found.scores, strict=True)]
         self.seconds["stage1"] += time.perf_counter() - started
-        rerank = rerank and self.models.reranker is not None
+        flat_ids = [v for row in lists for v, _ in row]
+        rerank = rerank and self.models.reranker is not None and bool(flat_ids)
         stage2 = None
         if rerank:
             started = time.perf_counter()
-            videos = candidate_tokens(self.index, [v for row in found.ids for v in row])
+            videos = candidate_tokens(self.index, flat_ids)
             self.seconds["tokens"] += time.perf_counter() - started
             started = time.perf_counter()
-            rows = torch.arange(len(queries)).repeat_interleave(pool)
-            stage2 = self.rerank_scores(encoded, rows, videos).view(len(queries), pool)
+            rows = torch.arange(len(queries)).repeat_interleave(
+                torch.tensor([len(row) for row in lists]))
+            stage2 = self.rerank_scores(encoded, rows, videos).tolist()
             self.seconds["rerank"] += time.perf_counter() - started
         started = time.perf_counter()
-        uris = self.index.video_uris([v for row in found.ids for v in row])
+        uris = self.index.video_uris(flat_ids)
         self.seconds["lookup"] += time.perf_counter() - started
         weight = self.models.reranker.fusion_weight_t2v if rerank else 0.0
-        results = []
-        for q, text in enumerate(queries):
-            s1 = found.scores[q].float()
-            s2 = stage2[q] if stage2 is not None else None
-            fused = s1 + weight * s2 if s2 is not None else s1
-            order = torch.argsort(fused, descending=True, stable=True)[:k].tolist()
-
-            def hit(rank: int, j: int, q=q, s1=s1, s2=s2, fused=fused) -> SearchHit:
-                vid = found.ids[q][j]
-                return SearchHit(rank, vid, uris.get(vid, ""), float(s1[j]),
-                                 None if s2 is None else float(s2[j]), float(fused[j]))
-
+        results, offset = [], 0
+        for text, row in zip(queries, lists, strict=True):
+            s2 = stage2[offset:offset + len(row)] if stage2 is not None else None
+            offset += len(row)
+            hits = [SearchHit(0, vid, uris.get(vid, ""), s1,
+                              None if s2 is None else s2[j],
+                              s1 if s2 is None else s1 + weight * s2[j])
+                    for j, (vid, s1) in enumerate(row)]
+            final = sorted(hits, key=lambda h: -h.fused)[:k]  # stable: ties keep stage 1's order
             results.append(QueryResult(
-                text, [hit(r + 1, j) for r, j in enumerate(range(min(k, pool)))],
-                [hit(r + 1, j) for r, j in enumerate(order)], was_truncated(self.encoder, text)))
+                text, [replace(h, rank=r + 1) for r, h in enumerate(hits[:k])],
+                [replace(h, rank=r + 1) for r, h in enumerate(final)],
+                was_truncated(self.encoder, text)))
         return results
 
 

@@ -167,3 +167,23 @@ def test_queries_files_in_three_formats_and_their_errors(tmp_path):
             (tmp_path / name).write_text(content)
         with pytest.raises(SearchError, match=name.split(".")[0]):
             read_queries(tmp_path / name)
+
+
+def test_rows_an_ann_index_did_not_find_are_left_out(index, tiny_encoder):
+    """An ANN index pads a short answer with "" ids and -inf scores: those are no hits."""
+    from crosstvr_core.search import AnnResult
+
+    searcher = TextSearcher(index, tiny_encoder, _models(index), brute_force_below=1000)
+    search = searcher.gallery.search
+
+    def short(queries, k):
+        found = search(queries, k)
+        ids = [row[:-2] + ["", ""] for row in found.ids]
+        scores = found.scores.clone()
+        scores[:, -2:] = float("-inf")
+        return AnnResult(ids, scores, found.indices)
+
+    searcher.gallery.search = short
+    result = searcher.search(["a red circle"], 5, candidates=6)[0]
+    assert len(result.hits) == 4 and all(h.video_id for h in result.hits)
+    assert all(h.stage2 is not None for h in result.hits)
