@@ -46,9 +46,10 @@ def test_index_a_known_format(tmp_path, capsys, ray_local):
     out = capsys.readouterr().out
     assert f"indexed 0  skipped (unchanged) {n}  failed 0" in out
     assert "pretraining" not in out  # the checkpoint is reused
-    # the tokens are the pretrained checkpoint's (encoder_id carries its hash)
+    # the tokens are the pretrained checkpoint's (encoder_id carries its hash); its captions
+    # cache the text tower's input embeddings (encoder.text_tokens: auto)
     assert {v["encoder_id"] for v in videos} == {
-        f"crosstvr-tiny-vit|sha256:{file_sha256(checkpoints[0])[:16]}|64px"}
+        f"crosstvr-tiny-vit|sha256:{file_sha256(checkpoints[0])[:16]}|64px|text=embedding"}
 
 
 def test_index_a_bare_folder_of_videos(tmp_path, capsys, ray_local):
