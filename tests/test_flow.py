@@ -66,7 +66,9 @@ def test_flow_logs_every_metric_to_a_parent_run(flow_result):
     assert encoder.run_id == pretrain.info.run_id
     # the index encoded with that checkpoint
     sha = encoder.tags["crosstvr.checkpoint_sha256"]
-    assert parent.data.tags["crosstvr.encoder_id"] == f"crosstvr-tiny-vit|sha256:{sha[:16]}|64px"
+    # (its captions cache the text tower's input embeddings: encoder.text_tokens auto)
+    assert parent.data.tags["crosstvr.encoder_id"] == \
+        f"crosstvr-tiny-vit|sha256:{sha[:16]}|64px|text=embedding"
     train = next(c for c in children if c.data.tags["mlflow.runName"] == "train-reranker")
     artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
     assert "figures" in artifacts and "training_history.json" in artifacts
