@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from lancedb.index import HnswSq, IvfPq
 
 TABLE_NAME = "video_embeddings"
+BUILD_RECALL_KEY = "crosstvr.build_recall"
 DEFAULT_BRUTE_FORCE_BELOW = 50_000
 # CPU fp16 matmul in torch is a fast fp16 GEMV for a few query rows (half the bytes of fp32
 # read, so ~2x faster when memory-bound) but falls to a slow path for real GEMMs: from ~16
@@ -356,7 +357,8 @@ class AnnIndex:
         self.num_partitions = num_partitions
         self._row_of = {vid: i for i, vid in enumerate(ids)}
         self._exact: GalleryIndex | None = GalleryIndex(vectors) if vectors is not None else None
-        # recall@k vs exact search measured when this index was built (None when opened)
+        # recall@k vs exact search measured when this index was built (kept in the table's
+        # schema metadata, so a reopened index knows it; None for tables written without it)
         self.build_recall: float | None = None
 
     # --- construction -----------------------------------------------------------------
@@ -404,6 +406,7 @@ class AnnIndex:
         sample = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:recall_queries]
         exact = exact_top_k(unit[sample], unit, k).indices
         index.build_recall = index.recall_at_k(unit[sample], k, exact)
+        table.to_lance().update_schema_metadata({BUILD_RECALL_KEY: repr(index.build_recall)})
         return index
 
     @classmethod
@@ -416,11 +419,16 @@ class AnnIndex:
             data = table.to_lance().to_table(columns=["video_id", "vector"])
             vectors = data.column("vector").combine_chunks().flatten().to_numpy()
             vectors = torch.from_numpy(vectors.reshape(-1, dim).copy())
-            return cls(table, data.column("video_id").to_pylist(), dim, None, vectors=vectors)
+            index = cls(table, data.column("video_id").to_pylist(), dim, None, vectors=vectors)
+            index.build_recall = 1.0  # exact search
+            return index
         ids = table.to_lance().to_table(columns=["video_id"]).column("video_id").to_pylist()
         kind = vector_indices[0].index_type
         index_type: IndexType = "ivf_pq" if kind == "IvfPq" else "ivf_hnsw_sq"
-        return cls(table, ids, dim, index_type, num_partitions=_num_partitions(table, len(ids)))
+        index = cls(table, ids, dim, index_type, num_partitions=_num_partitions(table, len(ids)))
+        recall = (table.schema.metadata or {}).get(BUILD_RECALL_KEY.encode())
+        index.build_recall = None if recall is None else float(recall)
+        return index
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -15,12 +15,18 @@ from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.token_dataset import without_validation
 
 
-def mean_pooled_video_embeddings(bank: TokenBank) -> torch.Tensor:
-    """[V, F, D] frame CLS embeddings -> [V, D] L2-normalised mean over valid frames."""
-    frames = F.normalize(bank.video_cls.float(), dim=-1)  # [V, F, D]
-    mask = bank.frame_mask.float().unsqueeze(-1)  # [V, F, 1]
+def mean_pool_frames(video_cls: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """meanP: frame CLS embeddings [V, F, D] -> [V, D] L2-normalised mean of the unit frame
+    embeddings over valid frames (frame_mask [V, F])."""
+    frames = F.normalize(video_cls.float(), dim=-1)  # [V, F, D]
+    mask = frame_mask.float().unsqueeze(-1)  # [V, F, 1]
     pooled = (frames * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [V, D]
     return F.normalize(pooled, dim=-1)
+
+
+def mean_pooled_video_embeddings(bank: TokenBank) -> torch.Tensor:
+    """The bank's videos, meanP-pooled ([V, D])."""
+    return mean_pool_frames(bank.video_cls, bank.frame_mask)
 
 
 def text_embeddings(bank: TokenBank) -> torch.Tensor:

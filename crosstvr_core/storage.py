@@ -170,18 +170,22 @@ def table_rows(schema: pa.Schema, columns: Mapping[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def decode_video_tokens(table: pa.Table, shapes: TokenShapes) -> dict[str, torch.Tensor]:
-    """`video_tokens` rows (columns cls, patches, frame_mask) as tensors, fp16 as stored:
-    video_cls [N, F, D], video_patches [N, F, P, Wv], frame_mask [N, F] bool."""
+def decode_video_tokens(table: pa.Table | pa.RecordBatch, shapes: TokenShapes
+                        ) -> dict[str, torch.Tensor]:
+    """`video_tokens` rows as tensors, fp16 as stored, for the columns read (cls, patches,
+    frame_mask): video_cls [N, F, D], video_patches [N, F, P, Wv], frame_mask [N, F] bool."""
     s = shapes
-    return {
-        "video_cls": torch.from_numpy(
-            fixed_list_to_numpy(table.column("cls"), (s.num_frames, s.embed_dim))),
-        "video_patches": torch.from_numpy(fixed_list_to_numpy(
-            table.column("patches"), (s.num_frames, s.num_patches, s.vision_width))),
-        "frame_mask": torch.from_numpy(
-            fixed_list_to_numpy(table.column("frame_mask"), (s.num_frames,)).astype(bool)),
-    }
+    out = {}
+    if "cls" in table.column_names:
+        out["video_cls"] = torch.from_numpy(
+            fixed_list_to_numpy(table.column("cls"), (s.num_frames, s.embed_dim)))
+    if "patches" in table.column_names:
+        out["video_patches"] = torch.from_numpy(fixed_list_to_numpy(
+            table.column("patches"), (s.num_frames, s.num_patches, s.vision_width)))
+    if "frame_mask" in table.column_names:
+        out["frame_mask"] = torch.from_numpy(
+            fixed_list_to_numpy(table.column("frame_mask"), (s.num_frames,)).astype(bool))
+    return out
 
 
 def decode_caption_tokens(table: pa.Table, shapes: TokenShapes) -> dict[str, torch.Tensor]:

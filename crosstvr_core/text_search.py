@@ -18,10 +18,8 @@ import hashlib
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +27,8 @@ from crosstvr_core.encoder import FrozenEncoder
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.reranker_training import score_pairs
 from crosstvr_core.search import AnnIndex
-from crosstvr_core.storage import VIDEO_TOKENS, VIDEOS, TokenIndex, fixed_list_to_numpy
+from crosstvr_core.stage1 import mean_pool_frames
+from crosstvr_core.storage import VIDEO_TOKENS, VIDEOS, TokenIndex, decode_video_tokens
 from crosstvr_core.temporal_head import TemporalHead
 
 EMBEDDINGS_PREFIX = "stage1_embeddings"
@@ -94,45 +93,30 @@ def stage1_key(head: TemporalHead | None) -> str:
     return digest.hexdigest()[:12]
 
 
-def _video_token_batches(index: TokenIndex, columns: list[str], batch_rows: int
-                         ) -> Iterator[dict[str, np.ndarray | list[str]]]:
-    """The token table in record batches: bounded memory however large the index."""
-    shapes = index.shapes
-    widths = {"cls": (shapes.num_frames, shapes.embed_dim), "frame_mask": (shapes.num_frames,),
-              "patches": (shapes.num_frames, shapes.num_patches, shapes.vision_width)}
-    scanner = index.video_tokens.to_lance().scanner(columns=["video_id", *columns],
-                                                    batch_size=batch_rows)
-    for batch in scanner.to_batches():
-        if batch.num_rows == 0:
-            continue
-        out: dict[str, np.ndarray | list[str]] = {
-            "video_id": batch.column("video_id").to_pylist()}
-        for name in columns:
-            out[name] = fixed_list_to_numpy(batch.column(name), widths[name])
-        yield out
-
-
 @torch.no_grad()
 def stage1_video_embeddings(index: TokenIndex, head: TemporalHead | None,
                             batch_rows: int = 512) -> tuple[list[str], torch.Tensor]:
-    """(video ids, unit stage-1 embeddings [N, D]) of every indexed video, streamed."""
+    """(video ids, unit stage-1 embeddings [N, D]) of every indexed video, read in record
+    batches: bounded memory however large the index."""
     columns = ["cls", "frame_mask"] + (["patches"] if head is not None and head.vision_width
                                        else [])
     ids: list[str] = []
     chunks: list[torch.Tensor] = []
     if head is not None:
         head.eval()
-    for batch in _video_token_batches(index, columns, batch_rows):
-        cls = torch.from_numpy(batch["cls"]).float()
-        mask = torch.from_numpy(batch["frame_mask"].astype(bool))
-        if head is None:  # meanP: mean of unit frame embeddings over real frames
-            frames = F.normalize(cls, dim=-1) * mask.unsqueeze(-1)
-            pooled = frames.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-            chunks.append(F.normalize(pooled, dim=-1))
+    scanner = index.video_tokens.to_lance().scanner(columns=["video_id", *columns],
+                                                    batch_size=batch_rows)
+    for batch in scanner.to_batches():
+        if batch.num_rows == 0:
+            continue
+        tokens = decode_video_tokens(batch, index.shapes)
+        cls, mask = tokens["video_cls"].float(), tokens["frame_mask"]
+        if head is None:
+            chunks.append(mean_pool_frames(cls, mask))
         else:
-            patches = torch.from_numpy(batch["patches"]).float() if "patches" in batch else None
-            chunks.append(head(cls, mask, patches))
-        ids.extend(batch["video_id"])
+            patches = tokens.get("video_patches")
+            chunks.append(head(cls, mask, None if patches is None else patches.float()))
+        ids.extend(batch.column("video_id").to_pylist())
     if not ids:
         raise SearchError(f"the index at {index.uri} holds no video tokens: nothing to search")
     return ids, torch.cat(chunks)
@@ -210,17 +194,22 @@ def was_truncated(encoder: FrozenEncoder, text: str) -> bool:
     return len(encode(text)) + 2 > context  # + start and end tokens
 
 
+def check_same_encoder(index: TokenIndex, encoder: FrozenEncoder) -> None:
+    """Queries must be encoded by the tower that encoded the index's captions."""
+    if encoder.encoder_id != index.encoder_id:
+        raise SearchError(
+            f"encoder mismatch: the index at {index.uri} holds tokens of "
+            f"'{index.encoder_id}', the configured encoder is '{encoder.encoder_id}'; "
+            "search with the encoder config the index was built with")
+
+
 class TextSearcher:
     """Answers text queries against one index with one pair of models."""
 
     def __init__(self, index: TokenIndex, encoder: FrozenEncoder, models: SearchModels, *,
                  brute_force_below: int, fusion_score: str = "logit",
                  batch_size: int = 256, device: str = "cpu") -> None:
-        if encoder.encoder_id != index.encoder_id:
-            raise SearchError(
-                f"encoder mismatch: the index at {index.uri} holds tokens of "
-                f"'{index.encoder_id}', the configured encoder is '{encoder.encoder_id}'; "
-                "search with the encoder config the index was built with")
+        check_same_encoder(index, encoder)
         self.index, self.encoder, self.models = index, encoder, models
         self.fusion_score, self.batch_size, self.device = fusion_score, batch_size, device
         self.gallery, self.gallery_info = open_stage1_gallery(

@@ -14,7 +14,13 @@ import pyarrow as pa
 
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.storage import TokenIndex
-from crosstvr_core.text_search import QueryResult, SearchError, TextSearcher, index_versions
+from crosstvr_core.text_search import (
+    QueryResult,
+    SearchError,
+    TextSearcher,
+    check_same_encoder,
+    index_versions,
+)
 from tasks.index import load_encoder
 from tasks.registry import load_search_models
 from tasks.tracking import use_experiment
@@ -27,11 +33,7 @@ def open_searcher(cfg: CrossTVRConfig) -> TextSearcher:
     models cfg.search.model names, from the tracking store cfg points at."""
     index = TokenIndex.open_existing(cfg.lance_uri, cfg.index.storage_options or None)
     encoder = load_encoder(cfg)
-    if encoder.encoder_id != index.encoder_id:
-        raise SearchError(
-            f"encoder mismatch: dataset '{cfg.data.name}' was indexed with "
-            f"'{index.encoder_id}', the config's encoder is '{encoder.encoder_id}': pass "
-            "the encoder settings the index was built with")
+    check_same_encoder(index, encoder)  # before any model is fetched
     use_experiment(cfg)
     models = load_search_models(cfg.data.name, index.encoder_id, cfg.search.model)
     return TextSearcher(index, encoder, models, brute_force_below=cfg.search.exact_below,
@@ -43,9 +45,9 @@ def answered_by(searcher: TextSearcher) -> dict[str, str]:
     info = searcher.gallery_info
     out = dict(searcher.models.provenance)
     out.update({f"lance.{name}": str(v) for name, v in index_versions(searcher.index).items()})
-    out["stage1 gallery"] = (f"{info.table} ({info.size} videos, "
-                             + ("exact" if info.exact else f"ANN, recall@15 {info.build_recall:.3f}")
-                             + ")")
+    how = ("exact" if info.exact else "ANN, recall@15 not recorded" if info.build_recall is None
+           else f"ANN, recall@15 {info.build_recall:.3f}")
+    out["stage1 gallery"] = f"{info.table} ({info.size} videos, {how})"
     return out
 
 

@@ -107,6 +107,8 @@ def test_gallery_table_is_exact_small_ann_large_and_follows_the_tokens(index):
     ann, fresh = open_stage1_gallery(index, models, brute_force_below=100)
     assert fresh.built_now and fresh.size == 320 and not fresh.exact
     assert 0.0 <= fresh.build_recall <= 1.0
+    _, reopened = open_stage1_gallery(index, models, brute_force_below=100)
+    assert not reopened.built_now and reopened.build_recall == fresh.build_recall
     tables = [t for t in index.db.list_tables().tables if t.startswith(EMBEDDINGS_PREFIX)]
     assert tables == [fresh.table]  # the stale version is dropped
 
