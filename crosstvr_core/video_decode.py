@@ -1,22 +1,41 @@
-"""Sampled, square RGB frames of one video, decoded in a single ffmpeg pass.
+"""Sampled, square RGB frames of videos, decoded by ffmpeg, one clip or a batch of clips at once.
 
-Decoding dominates indexing cost (tens of thousands of videos), so each video costs one
-ffprobe and one ffmpeg process: a `select` filter keeps only the sampled frame numbers, and
-only those are scaled (shorter side to `size`) and centre-cropped, inside ffmpeg. Frames are
-sampled uniformly (evaluation, indexing) or one at random per segment (training augmentation).
-Damaged files often decode "successfully" (exit 0, fewer frames, concealed artefacts), so
-ffmpeg runs with `-xerror` and the number of frames that came back is checked against what was
-asked. Every failure is a `VideoDecodeError` with a short machine-readable `reason`.
+Decoding dominates indexing cost (tens of thousands of videos). One clip costs one ffprobe and
+one ffmpeg process: a `select` filter keeps only the candidate frame numbers, and only those
+are scaled (shorter side to `size`) and centre-cropped, inside ffmpeg. Frames are sampled
+uniformly (evaluation, indexing) or one at random per segment (training augmentation).
+
+The container's frame count is a hint, not a contract: edit lists, B-frames and muxer rounding
+often make it one or two frames more than what decodes. The single pass therefore asks for the
+samples of every count from the hint down to `HINT_SLACK` frames less, plus those last frames,
+and samples from the frames that really came back. A shortfall of at least
+`min_decoded_fraction` of the hint is a warning (`DecodedVideo.warning`); fewer frames, or a
+file whose bytes end inside a box or chunk, is `truncated`. Damaged files often decode
+"successfully" (exit 0, fewer frames, concealed artefacts), so ffmpeg runs with `-xerror`.
+
+Process start-up is most of the cost of a small clip (Debian's ffmpeg links ~215 libraries:
+~60 ms of CPU per process here), so `decode_videos` probes and decodes many clips with two
+ffmpeg processes in all: one demuxes every input (the frame counts and stream facts ffprobe
+would give) and one decodes each input's samples to its own output. A clip the batch cannot
+vouch for (a damage report, a count that disagrees with its duration, a rotation, a still,
+more frames than `seek_frames_per_sample` x F) goes through the single-clip path, and a batch
+that fails is split until the bad file is alone, so every file still gets its own reason.
+Every failure is a `VideoDecodeError` with a short machine-readable `reason`.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import subprocess
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +59,8 @@ FAILURE_REASONS = frozenset(
         "no_video_stream",  # a media file without video (e.g. audio only)
         "absurd_dimensions",  # frame width/height outside [2, MAX_DIMENSION]
         "no_frames",  # a video stream that holds no frame
+        "still_image",  # one picture (PNG, JPEG, a one-frame GIF/WebP), not a clip
+        "unsupported_format",  # recognised, but this ffmpeg cannot decode it (animated WebP)
         "truncated",  # the file ends early (container boxes cut off, frames missing)
         "corrupt",  # ffmpeg -xerror stopped on damaged data
         "decode_failed",  # ffmpeg failed for another reason (unsupported codec, bad output)
@@ -71,10 +92,14 @@ class VideoProbe:
 
     `width`/`height` are as displayed (swapped for a 90/270 degree rotation). `num_frames`
     is the container's frame count when it agrees with duration x fps
-    (`num_frames_exact`), else round(duration x fps). `rotation` is the clockwise rotation
-    (0/90/180/270) that ffmpeg would apply for display; `stream_index` is the absolute index
-    of the stream in the file. `damage` is the demuxer's first report of a cut or damaged file
-    (`damage_reason` "truncated" or "corrupt"); strict decoding refuses such a file.
+    (`num_frames_exact`), else the packet count, else round(duration x fps): a hint of how
+    many frames decode, which decoding checks. `container_frames` is the frame count the
+    container stores (0: none), `num_packets` how many video packets the demuxer read (0: not
+    counted). `rotation` is the clockwise rotation (0/90/180/270) that
+    ffmpeg would apply for display; `stream_index` is the absolute index of the stream in the
+    file; `format_name` is the demuxer's name (e.g. "mov,mp4,m4a,3gp,3g2,mj2", "png_pipe").
+    `damage` is the demuxer's first report of a cut or damaged file (`damage_reason`
+    "truncated" or "corrupt"); strict decoding refuses such a file.
     """
 
     path: str
@@ -90,6 +115,24 @@ class VideoProbe:
     stream_index: int = 0
     damage: str = ""
     damage_reason: str = ""
+    num_packets: int = 0
+    format_name: str = ""
+    container_frames: int = 0
+
+    @property
+    def is_image(self) -> bool:
+        """Read by an image demuxer (PNG, JPEG, WebP, GIF, APNG...), not a video container."""
+        return self.format_name in _IMAGE_FORMATS or self.format_name.endswith("_pipe")
+
+    @property
+    def is_still(self) -> bool:
+        """One picture: an image file of a single frame (a one-frame clip in a video container
+        is still a clip)."""
+        return self.is_image and self.num_frames <= 1
+
+
+#: Demuxers of picture files; with one frame, such a file is a still image.
+_IMAGE_FORMATS = frozenset({"image2", "image2pipe", "gif", "apng", "webp", "png", "jpeg"})
 
 
 #: What demuxers print (at warning/error level, exit status 0) when a file is cut or damaged.
@@ -213,6 +256,59 @@ def _iso_bmff_cut_short(path: str | Path) -> bool:
         return False
 
 
+def _riff_cut_short(path: str | Path) -> bool:
+    """True when a RIFF file's (AVI, WebP) top-level chunks run past the end of the file.
+
+    An AVI keeps its frame index (`idx1`) at the end, so a cut AVI lost it and its header's
+    frame count is all that is left; the RIFF sizes still say how long the file was.
+    """
+    try:
+        with open(path, "rb") as handle:
+            file_size = handle.seek(0, 2)
+            handle.seek(0)
+            if handle.read(4) != b"RIFF":
+                return False
+            offset = 0
+            while offset + 8 <= file_size:
+                handle.seek(offset)
+                header = handle.read(8)
+                if header[:4] != b"RIFF":  # trailing bytes that are not a RIFF segment
+                    return False
+                size = int.from_bytes(header[4:8], "little")
+                offset += 8 + size + (size & 1)
+            return offset > file_size + 1  # a missing pad byte after an odd chunk is tolerated
+    except OSError:
+        return False
+
+
+def _cut_short(path: str | Path) -> bool:
+    """The file's own structure (MP4/MOV boxes, RIFF chunks) says bytes are missing."""
+    return _iso_bmff_cut_short(path) or _riff_cut_short(path)
+
+
+def _is_animated_webp(path: str | Path) -> bool:
+    """A WebP file with an animation (VP8X animation flag or an ANIM chunk)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return False
+    if len(head) < 21 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return False
+    if head[12:16] == b"VP8X" and head[20] & 0x02:
+        return True
+    return b"ANIM" in head
+
+
+def _unsupported_webp(path: str | Path) -> VideoDecodeError:
+    return _fail(
+        path,
+        "an animated WebP, which this ffmpeg cannot decode (its webp decoder skips the "
+        "ANIM/ANMF chunks); convert it to GIF or MP4 with a WebP-aware tool to index it",
+        "unsupported_format",
+    )
+
+
 def probe_video(path: str | Path) -> VideoProbe:
     """Probe the first video stream (cover art excluded) and validate it is decodable."""
     size_bytes = _check_readable_file(path)
@@ -230,6 +326,8 @@ def probe_video(path: str | Path) -> VideoProbe:
     except json.JSONDecodeError:
         info = None
     if info is None:
+        if _is_animated_webp(path):
+            raise _unsupported_webp(path)
         detail = _stderr_tail(result.stderr, 2)
         if _iso_bmff_cut_short(path):
             problem = f"truncated: the file ends inside a box, not a readable media file ({detail})"
@@ -254,6 +352,8 @@ def probe_video(path: str | Path) -> VideoProbe:
     if rotation in (90, 270):
         width, height = height, width
     if not (2 <= width <= MAX_DIMENSION and 2 <= height <= MAX_DIMENSION):
+        if _is_animated_webp(path):
+            raise _unsupported_webp(path)
         raise _fail(path, f"absurd frame dimensions {width}x{height}", "absurd_dimensions")
 
     fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
@@ -262,12 +362,8 @@ def probe_video(path: str | Path) -> VideoProbe:
     )
     counted = int(_positive_float(stream.get("nb_frames")))
     packets = int(_positive_float(stream.get("nb_read_packets")))
-    if counted and "nb_read_packets" in stream and packets < counted:
-        raise _fail(
-            path,
-            f"truncated: the container indexes {counted} frames but only {packets} are in the file",
-            "truncated",
-        )
+    # fewer packets than the container indexes is checked in decoding, against the tolerance
+    # (an AVI of packed B-frames indexes one more frame than it stores, a cut one half of them)
     estimated = round(duration * fps) if duration and fps else 0
     # nb_frames counts stored samples: an edit list (e.g. a stream-copied cut) can hide many of
     # them, so it is trusted only when it agrees with the displayed duration.
@@ -309,6 +405,9 @@ def probe_video(path: str | Path) -> VideoProbe:
         stream_index=int(stream.get("index") or 0),
         damage=damage[1] if damage else "",
         damage_reason=damage[0] if damage else "",
+        num_packets=packets,
+        format_name=str((info.get("format") or {}).get("format_name") or ""),
+        container_frames=counted,
     )
 
 
@@ -393,47 +492,49 @@ def _square_crop(stream: Any, size: int, rotation: int) -> Any:
     return stream
 
 
-def _run_ffmpeg(
-    path: str | Path,
-    out: Any,
-    size: int,
-    *,
-    strict: bool,
-    timeout_s: float | None,
-) -> np.ndarray:
-    """Run a compiled ffmpeg-python graph that writes rgb24 frames to stdout: [k, size, size, 3]."""
-    global_args = ["-hide_banner", "-nostdin", "-v", "error"] + (["-xerror"] if strict else [])
+def _global_args(strict: bool) -> list[str]:
+    return ["-hide_banner", "-nostdin", "-v", "error"] + (["-xerror"] if strict else [])
+
+
+def _ffmpeg_error(path: str | Path, returncode: int, stderr: bytes | None) -> VideoDecodeError:
+    """Why an ffmpeg run on one file failed, as a VideoDecodeError."""
+    detail = _stderr_tail(stderr)
+    failed = f"ffmpeg failed (exit {returncode})"
+    if _iso_bmff_cut_short(path):
+        return _fail(path, f"truncated: the file ends inside a box; {failed}: {detail}", "truncated")
+    if b"partial file" in (stderr or b""):
+        return _fail(path, f"truncated: {failed} at the end of the file: {detail}", "truncated")
+    damaged = any(
+        marker in (stderr or b"")
+        for marker in (b"corrupt", b"Invalid", b"error while decoding", b"concealing")
+    )
+    return _fail(
+        path, f"{failed}, corrupt or unsupported: {detail}", "corrupt" if damaged else "decode_failed"
+    )
+
+
+def _run_ffmpeg(path: str | Path, out: Any, *, strict: bool, timeout_s: float | None) -> bytes:
+    """Run a compiled ffmpeg-python graph that writes raw frames to stdout; its bytes."""
     compiled = out.compile()
-    cmd = [compiled[0], *global_args, *compiled[1:]]
+    cmd = [compiled[0], *_global_args(strict), *compiled[1:]]
     try:
         result = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         raise _fail(path, f"ffmpeg timed out after {timeout_s:g}s", "timeout") from None
     if result.returncode != 0:
-        detail = _stderr_tail(result.stderr)
-        failed = f"ffmpeg failed (exit {result.returncode})"
-        if _iso_bmff_cut_short(path):
-            raise _fail(path, f"truncated: the file ends inside a box; {failed}: {detail}", "truncated")
-        if b"partial file" in (result.stderr or b""):
-            raise _fail(path, f"truncated: {failed} at the end of the file: {detail}", "truncated")
-        damaged = any(
-            marker in (result.stderr or b"")
-            for marker in (b"corrupt", b"Invalid", b"error while decoding", b"concealing")
-        )
-        raise _fail(
-            path,
-            f"{failed}, corrupt or unsupported: {detail}",
-            "corrupt" if damaged else "decode_failed",
-        )
+        raise _ffmpeg_error(path, result.returncode, result.stderr)
     damage = _damage(result.stderr) if strict else None
     if damage:
         raise _fail(path, f"{damage[0]}: {damage[1]}", damage[0])
+    return result.stdout
+
+
+def _rgb_frames(path: str | Path, data: bytes, size: int) -> np.ndarray:
+    """rgb24 bytes as [k, size, size, 3]."""
     frame_bytes = size * size * 3
-    if len(result.stdout) % frame_bytes:
-        raise _fail(
-            path, f"ffmpeg returned a partial frame ({len(result.stdout)} bytes)", "decode_failed"
-        )
-    return np.frombuffer(result.stdout, dtype=np.uint8).reshape(-1, size, size, 3)
+    if len(data) % frame_bytes:
+        raise _fail(path, f"ffmpeg returned a partial frame ({len(data)} bytes)", "decode_failed")
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, size, size, 3)
 
 
 def _input_args(threads: int | None, **extra: Any) -> dict[str, Any]:
@@ -443,14 +544,22 @@ def _input_args(threads: int | None, **extra: Any) -> dict[str, Any]:
     return args
 
 
-def _raw_output(stream: Any, num_frames: int) -> Any:
+def _raw_output(stream: Any, num_frames: int, target: str = "pipe:") -> Any:
     return stream.output(
-        "pipe:",
+        target,
         format="rawvideo",
         pix_fmt="rgb24",
         fps_mode="passthrough",
         **{"frames:v": num_frames},
     )
+
+
+def _selected(path: str | Path, probe: VideoProbe, indices: list[int], threads: int | None) -> Any:
+    """The file's video stream, keeping the frames numbered `indices` (display order)."""
+    stream = ffmpeg.input(str(Path(path).resolve()), **_input_args(threads))
+    stream = stream[str(probe.stream_index)]
+    # ffmpeg-python escapes the commas itself; frame numbers are in display order.
+    return stream.filter("select", "+".join(f"eq(n,{i})" for i in indices))
 
 
 def _decode_by_select(
@@ -464,12 +573,27 @@ def _decode_by_select(
     threads: int | None,
 ) -> np.ndarray:
     """One pass over the whole file; `select` keeps frames numbered `indices` (display order)."""
+    stream = _square_crop(_selected(path, probe, indices, threads), size, probe.rotation)
+    data = _run_ffmpeg(path, _raw_output(stream, len(indices)), strict=strict, timeout_s=timeout_s)
+    return _rgb_frames(path, data, size)
+
+
+def _count_frames_from(
+    path: str | Path,
+    probe: VideoProbe,
+    start: int,
+    *,
+    strict: bool,
+    timeout_s: float | None,
+    threads: int | None,
+) -> int:
+    """How many frames decode from frame number `start` on (one grey pixel per frame)."""
     stream = ffmpeg.input(str(Path(path).resolve()), **_input_args(threads))
-    stream = stream[str(probe.stream_index)]
-    # ffmpeg-python escapes the commas itself; frame numbers are in display order.
-    stream = stream.filter("select", "+".join(f"eq(n,{i})" for i in indices))
-    out = _raw_output(_square_crop(stream, size, probe.rotation), len(indices))
-    return _run_ffmpeg(path, out, size, strict=strict, timeout_s=timeout_s)
+    stream = stream[str(probe.stream_index)].filter("select", f"gte(n,{start})")
+    out = stream.filter("scale", 1, 1).output(
+        "pipe:", format="rawvideo", pix_fmt="gray", fps_mode="passthrough"
+    )
+    return len(_run_ffmpeg(path, out, strict=strict, timeout_s=timeout_s))
 
 
 def _decode_by_seeking(
@@ -500,16 +624,267 @@ def _decode_by_seeking(
         stream = stream.filter("trim", end_frame=1).filter("setpts", "PTS-STARTPTS")
         parts.append(_square_crop(stream, size, probe.rotation).filter("setsar", 1))
     joined = ffmpeg.concat(*parts, v=1, a=0) if len(parts) > 1 else parts[0]
-    out = _raw_output(joined, len(indices))
-    return _run_ffmpeg(path, out, size, strict=strict, timeout_s=timeout_s)
+    data = _run_ffmpeg(path, _raw_output(joined, len(indices)), strict=strict, timeout_s=timeout_s)
+    return _rgb_frames(path, data, size)
 
 
-# --- public decode ----------------------------------------------------------------------------
+# --- one clip -----------------------------------------------------------------------------------
 
 #: Seek per sampled frame once a clip has more frames per sample than this. 250 is the default
 #: keyframe interval of x264/x265/libvpx, so a seek then decodes at most about one GOP per
 #: sample, never more than the single pass would. Measured in benchmarks/bench_decode.py.
 SEEK_FRAMES_PER_SAMPLE = 250
+
+#: The single pass also asks for the samples of every frame count down to this many frames
+#: below the container's, so the usual off-by-one or two (edit lists, B-frames, muxer
+#: rounding) costs no second pass.
+HINT_SLACK = 3
+
+#: Fewer decoded frames than this fraction of the container's count is a truncated file;
+#: a smaller shortfall is sampled around and reported as a warning.
+DEFAULT_MIN_DECODED_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """What decoding one video gives: F frames, which are real, and what was found.
+
+    `frames` uint8 [F, size, size, 3] RGB; `mask` [F] is False for slots that repeat a frame
+    (clips shorter than F). `decoded_frames` is the number of frames the sample was drawn
+    from (the frames that decode, or the container's count when all of its frames did).
+    `warning` is empty, or says what was off but tolerated (fewer frames than the container
+    lists).
+    """
+
+    frames: np.ndarray
+    mask: np.ndarray
+    probe: VideoProbe
+    decoded_frames: int
+    warning: str = ""
+
+
+class _Sampler:
+    """The F frame numbers for any number of available frames, every one drawn from the same
+    seed state: the sample for the count that turns out to decode equals a direct draw."""
+
+    def __init__(self, num_frames: int, sampling: Sampling, seed: SeedLike) -> None:
+        self.num_frames, self.sampling = num_frames, sampling
+        self._caller = seed if isinstance(seed, np.random.Generator) else None
+        self._start = None
+        if sampling == "segment":
+            self._start = copy.deepcopy(seed) if self._caller else np.random.default_rng(seed)
+        self._after: dict[int, np.random.Generator] = {}
+
+    def indices(self, available: int) -> list[int]:
+        if self._start is None:
+            return uniform_frame_indices(available, self.num_frames)
+        rng = copy.deepcopy(self._start)
+        indices = segment_frame_indices(available, self.num_frames, rng)
+        self._after[available] = rng
+        return indices
+
+    def chose(self, available: int) -> None:
+        """Advance a caller's Generator as one draw over `available` frames would have."""
+        if self._caller is not None and available in self._after:
+            self._caller.bit_generator.state = self._after[available].bit_generator.state
+
+
+def minimum_decoded_frames(hint: int, min_decoded_fraction: float) -> int:
+    """The fewest decoded frames a clip whose container lists `hint` frames may have."""
+    return max(1, math.floor(min_decoded_fraction * hint + 1e-9))
+
+
+def _check_decode_args(num_frames: int, size: int, sampling: str, fraction: float) -> None:
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if sampling not in ("uniform", "segment"):
+        raise ValueError(f"sampling must be 'uniform' or 'segment', got {sampling!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"min_decoded_fraction must be in (0, 1], got {fraction}")
+
+
+def _still(path: str | Path, probe: VideoProbe) -> VideoDecodeError:
+    return _fail(
+        path,
+        f"a still image ({probe.codec} read by {probe.format_name}, one frame), not a video "
+        "(index.allow_stills=true indexes stills as one-frame clips)",
+        "still_image",
+    )
+
+
+def _shortfall(path: str | Path, probe: VideoProbe, decoded: int, fraction: float) -> str:
+    """The warning when fewer frames decode than the container lists or stores (empty when
+    none), or a `truncated` failure: too few of a trusted count, or bytes missing."""
+    hint, stored = probe.num_frames, probe.container_frames
+    if decoded >= max(hint, stored):
+        return ""
+    minimum = minimum_decoded_frames(hint, fraction)
+    if probe.num_frames_exact and decoded < minimum:
+        raise _fail(
+            path,
+            f"truncated: {decoded} of the {hint} frames the container lists decode "
+            f"(fewer than {minimum}, min_decoded_fraction={fraction:g})",
+            "truncated",
+        )
+    if _cut_short(path):
+        raise _fail(
+            path,
+            f"truncated: {decoded} of {max(hint, stored)} frames decode and the file ends "
+            "inside a box or chunk",
+            "truncated",
+        )
+    if probe.num_frames_exact:
+        return (f"{decoded} of the {hint} frames the container lists decode; sampled from "
+                f"those {decoded}")
+    if stored > decoded:
+        # e.g. an edit list that hides frames: the duration, not the stored count, is trusted
+        return (f"{decoded} frames decode, the container stores {stored} (its duration says "
+                f"about {hint}); sampled from those {decoded}")
+    if decoded < minimum:
+        return (f"{decoded} frames decode, about {hint} were estimated from the duration; "
+                f"sampled from those {decoded}")
+    return ""
+
+
+def _check_packets(path: str | Path, probe: VideoProbe, fraction: float) -> None:
+    """A container that indexes more frames than the file holds packets for: truncated when
+    too many are missing or the file's structure ends early (a cut file's demuxer often
+    reports only a corrupt last packet); a few missing packets are decoding's to weigh."""
+    counted, packets = probe.container_frames, probe.num_packets
+    if not 0 < packets < counted:
+        return
+    if packets < minimum_decoded_frames(counted, fraction) or _cut_short(path):
+        raise _fail(
+            path,
+            f"truncated: the container indexes {counted} frames but only {packets} are in the "
+            "file",
+            "truncated",
+        )
+
+
+def _decode_clip(
+    path: str | Path,
+    probe: VideoProbe,
+    num_frames: int,
+    size: int,
+    sampler: _Sampler,
+    *,
+    strict: bool,
+    timeout_s: float | None,
+    threads: int | None,
+    seek_frames_per_sample: int | None,
+    min_decoded_fraction: float,
+) -> tuple[np.ndarray, int, str]:
+    """(frames in sample order, frames decodable, warning) for one probed clip."""
+    hint, fraction = probe.num_frames, min_decoded_fraction
+    minimum = minimum_decoded_frames(hint, fraction) if probe.num_frames_exact else 1
+    kwargs: dict[str, Any] = {"strict": strict, "timeout_s": timeout_s, "threads": threads}
+    long_clip = seek_frames_per_sample and hint > seek_frames_per_sample * num_frames
+    if long_clip and probe.fps > 0:
+        indices = sampler.indices(hint)
+        frames = _decode_by_seeking(path, probe, indices, size, **kwargs)
+        if len(frames) == len(indices):
+            sampler.chose(hint)
+            return frames, hint, _shortfall(path, probe, hint, fraction)
+        # A seek that found nothing (a frame count above what decodes) falls back to the
+        # single pass, which finds how many frames there are.
+
+    # One pass for every count from the hint down to HINT_SLACK below it: their samples and
+    # the last frames. The frames come back in order and stop where decoding stops, so the
+    # first candidate missing, right after one that came back, is the number of frames.
+    lowest = max(1, hint - HINT_SLACK)
+    samples = {count: sampler.indices(count) for count in range(lowest, hint + 1)}
+    candidates = sorted(set(range(lowest - 1, hint)).union(*samples.values()))
+    got = _decode_by_select(path, probe, candidates, size, **kwargs)
+    if len(got) == 0:
+        raise _fail(path, f"no frames decoded (expected {len(candidates)} of {hint})", "no_frames")
+    if len(got) == len(candidates):
+        decoded = hint
+    elif candidates[len(got)] == candidates[len(got) - 1] + 1:
+        decoded = candidates[len(got)]
+    else:  # decoding stopped somewhere between two candidates, further than HINT_SLACK
+        last, at_most = candidates[len(got) - 1], candidates[len(got)]
+        if at_most < minimum:
+            raise _fail(
+                path,
+                f"truncated: at most {at_most} of the {hint} frames the container lists decode "
+                f"(fewer than {minimum}, min_decoded_fraction={fraction:g})",
+                "truncated",
+            )
+        decoded = last + 1 + _count_frames_from(path, probe, last + 1, **kwargs)
+        decoded = min(max(decoded, last + 1), at_most)
+    warning = _shortfall(path, probe, decoded, fraction)
+    if decoded in samples:
+        position = {index: k for k, index in enumerate(candidates)}
+        frames = got[[position[index] for index in samples[decoded]]]
+    else:
+        indices = sampler.indices(decoded)
+        frames = _decode_by_select(path, probe, indices, size, **kwargs)
+        if len(frames) < len(indices):
+            raise _fail(
+                path,
+                f"truncated or corrupt: got {len(frames)} of {len(indices)} frames on a second "
+                f"pass over the {decoded} frames that decoded on the first",
+                "truncated",
+            )
+    sampler.chose(decoded)
+    return frames, decoded, warning
+
+
+def _finish(
+    frames: np.ndarray, num_frames: int, probe: VideoProbe, decoded: int, warning: str
+) -> DecodedVideo:
+    source, mask = _pad_slots(len(frames), num_frames)
+    return DecodedVideo(np.ascontiguousarray(frames[source]), mask, probe, decoded, warning)
+
+
+def decode_video(
+    path: str | Path,
+    num_frames: int,
+    size: int,
+    probe: VideoProbe | None = None,
+    *,
+    sampling: Sampling = "uniform",
+    seed: SeedLike = None,
+    strict: bool = True,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    threads: int | None = None,
+    seek_frames_per_sample: int | None = SEEK_FRAMES_PER_SAMPLE,
+    min_decoded_fraction: float = DEFAULT_MIN_DECODED_FRACTION,
+    allow_stills: bool = False,
+) -> DecodedVideo:
+    """F sampled frames of one video, with what decoding found (`DecodedVideo`).
+
+    `sampling` "uniform" spreads F frames evenly; "segment" takes one random frame from each of
+    F equal segments (training augmentation; `seed` makes it reproducible). Frames are sampled
+    from the frames that decode: a container count up to `1 - min_decoded_fraction` too high
+    is a warning, more is `truncated`. Clips with fewer than F frames are padded by repeating
+    the nearest frame (mask False). A still image fails as `still_image` unless
+    `allow_stills` (then it is a one-frame clip). `strict` runs ffmpeg with -xerror (any
+    decode error fails the video); `threads` is ffmpeg's decoder thread count (None: ffmpeg's
+    default, all cores). Clips longer than `seek_frames_per_sample` x F frames seek to each
+    sample instead of decoding everything (None: never seek).
+    """
+    _check_decode_args(num_frames, size, sampling, min_decoded_fraction)
+    if probe is None:
+        probe = probe_video(path)
+    else:
+        _check_readable_file(path)
+    _check_packets(path, probe, min_decoded_fraction)
+    if strict and probe.damage:
+        raise _fail(path, f"{probe.damage_reason}: {probe.damage}", probe.damage_reason)
+    if probe.is_still and not allow_stills:
+        raise _still(path, probe)
+    frames, decoded, warning = _decode_clip(
+        path, probe, num_frames, size, _Sampler(num_frames, sampling, seed),
+        strict=strict, timeout_s=timeout_s, threads=threads,
+        seek_frames_per_sample=seek_frames_per_sample, min_decoded_fraction=min_decoded_fraction,
+    )  # fmt: skip
+    if decoded <= 1 and probe.is_image and not allow_stills:
+        raise _still(path, probe)
+    return _finish(frames, num_frames, probe, decoded, warning)
 
 
 def decode_frames(
@@ -524,82 +899,19 @@ def decode_frames(
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     threads: int | None = None,
     seek_frames_per_sample: int | None = SEEK_FRAMES_PER_SAMPLE,
+    min_decoded_fraction: float = DEFAULT_MIN_DECODED_FRACTION,
+    allow_stills: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, VideoProbe]:
     """F sampled frames, uint8 [F, size, size, 3] RGB, a validity mask [F], and the probe.
 
-    `sampling` "uniform" spreads F frames evenly; "segment" takes one random frame from each of
-    F equal segments (training augmentation; `seed` makes it reproducible). Clips with fewer
-    than F frames are padded by repeating the nearest frame (mask False). `strict` runs ffmpeg
-    with -xerror (any decode error fails the video); `threads` is ffmpeg's decoder thread count
-    (None: ffmpeg's default, all cores). Clips longer than `seek_frames_per_sample` x F frames
-    seek to each sample instead of decoding everything (None: never seek).
+    `decode_video` without what decoding found; see there for the arguments.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
-    if sampling not in ("uniform", "segment"):
-        raise ValueError(f"sampling must be 'uniform' or 'segment', got {sampling!r}")
-    if probe is None:
-        probe = probe_video(path)
-    else:
-        _check_readable_file(path)
-    if strict and probe.damage:
-        raise _fail(path, f"{probe.damage_reason}: {probe.damage}", probe.damage_reason)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-
-    def choose(num_available: int) -> list[int]:
-        return sample_frame_indices(num_available, num_frames, sampling, rng)
-
-    def decode(indices: list[int]) -> np.ndarray:
-        kwargs = {"strict": strict, "timeout_s": timeout_s, "threads": threads}
-        return _decode_by_select(path, probe, indices, size, **kwargs)
-
-    indices = choose(probe.num_frames)
-    frames = None
-    long_clip = seek_frames_per_sample and probe.num_frames > seek_frames_per_sample * num_frames
-    if long_clip and probe.fps > 0:
-        seeking = _decode_by_seeking(
-            path, probe, indices, size, strict=strict, timeout_s=timeout_s, threads=threads
-        )
-        # A seek that found nothing (e.g. a frame count that was only an estimate) falls back
-        # to the single pass, whose frame-count checks below classify the problem.
-        frames = seeking if len(seeking) == len(indices) else None
-    if frames is None:
-        frames = decode(indices)
-    got = len(frames)
-    if got == 0:
-        raise _fail(
-            path, f"no frames decoded (expected {len(indices)} of {probe.num_frames})", "no_frames"
-        )
-    if got < len(indices):
-        if probe.num_frames_exact:
-            raise _fail(
-                path,
-                f"truncated or corrupt: got {got} of {len(indices)} frames "
-                f"(frame count {probe.num_frames} from the container)",
-                "truncated",
-            )
-        # The frame count was an estimate and too high: the clip really has between
-        # indices[got-1]+1 and indices[got] frames. One missing tail slot is padded like a short
-        # clip; otherwise resample over the frames known to exist.
-        available = indices[got - 1] + 1
-        if got < len(indices) - 1:
-            retry = choose(available)
-            position = {index: k for k, index in enumerate(indices[:got])}
-            if all(index in position for index in retry):
-                frames = frames[[position[index] for index in retry]]
-            else:
-                frames = decode(retry)
-                if len(frames) < len(retry):
-                    raise _fail(
-                        path,
-                        f"truncated or corrupt: got {len(frames)} of {len(retry)} frames "
-                        f"on a second pass (estimated frame count {probe.num_frames})",
-                        "truncated",
-                    )
-    source, mask = _pad_slots(len(frames), num_frames)
-    return np.ascontiguousarray(frames[source]), mask, probe
+    decoded = decode_video(
+        path, num_frames, size, probe, sampling=sampling, seed=seed, strict=strict,
+        timeout_s=timeout_s, threads=threads, seek_frames_per_sample=seek_frames_per_sample,
+        min_decoded_fraction=min_decoded_fraction, allow_stills=allow_stills,
+    )  # fmt: skip
+    return decoded.frames, decoded.mask, decoded.probe
 
 
 def decode_uniform_frames(
@@ -607,24 +919,10 @@ def decode_uniform_frames(
     num_frames: int,
     size: int,
     probe: VideoProbe | None = None,
-    *,
-    strict: bool = True,
-    timeout_s: float | None = DEFAULT_TIMEOUT_S,
-    threads: int | None = None,
-    seek_frames_per_sample: int | None = SEEK_FRAMES_PER_SAMPLE,
+    **kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray, VideoProbe]:
-    """F uniformly sampled frames (indexing, evaluation); see `decode_frames`."""
-    return decode_frames(
-        path,
-        num_frames,
-        size,
-        probe,
-        sampling="uniform",
-        strict=strict,
-        timeout_s=timeout_s,
-        threads=threads,
-        seek_frames_per_sample=seek_frames_per_sample,
-    )
+    """F uniformly sampled frames (indexing, evaluation); see `decode_video`."""
+    return decode_frames(path, num_frames, size, probe, sampling="uniform", **kwargs)
 
 
 def decode_segment_frames(
@@ -633,25 +931,291 @@ def decode_segment_frames(
     size: int,
     seed: SeedLike,
     probe: VideoProbe | None = None,
+    **kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray, VideoProbe]:
+    """One random frame from each of F equal segments (training augmentation); see `decode_video`."""
+    return decode_frames(path, num_frames, size, probe, sampling="segment", seed=seed, **kwargs)
+
+
+# --- many clips, few processes ------------------------------------------------------------------
+
+_LEVEL = re.compile(r"\[(error|fatal|panic)\] ")
+_INPUT_LINE = re.compile(r"^\[info\] Input #(\d+), (.+), from '.*':$")
+_DURATION_LINE = re.compile(r"^\[info\]\s+Duration: (?:N/A|(\d+):(\d{2}):(\d{2}(?:\.\d+)?))")
+_STREAM_LINE = re.compile(r"^\[info\]\s+Stream #(\d+):(\d+)\S*: (\w+): (\S+?)[\s,](.*)$")
+_ROTATION_LINE = re.compile(r"^\[info\]\s+displaymatrix: rotation of (-?[\d.]+) degrees")
+_MAPPING_LINE = re.compile(r"^\[info\]\s+Stream #(\d+):(\d+) -> #0:\d+ \(copy\)")
+_PACKETS_LINE = re.compile(r"^\[verbose\]\s+Input stream #(\d+):(\d+) \(\w+\): (\d+) packets read")
+_DIMENSIONS = re.compile(r"(?:^|, )(\d+)x(\d+)(?=[ ,]|$)")
+_FPS = re.compile(r", (\d+(?:\.\d+)?)(k?) fps")
+_NTSC_RATES = tuple(n * 1000 / 1001 for n in (24, 30, 48, 60, 120, 240))
+
+
+@dataclass
+class _InputFacts:
+    """What ffmpeg's log says about one input: its header and how many packets it read."""
+
+    format_name: str = ""
+    duration: float | None = None
+    streams: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # kind, codec, rest
+    rotated: set[int] = field(default_factory=set)
+    mapped: int | None = None
+    packets: dict[int, int] = field(default_factory=dict)
+
+
+def _parse_demux_log(text: str) -> dict[int, _InputFacts]:
+    """Input headers (ffmpeg's info dump), stream mapping and packet counts (verbose stats).
+
+    Header lines are read only before the first output header, so an output stream's line
+    is never taken for an input's.
+    """
+    facts: dict[int, _InputFacts] = {}
+    current: tuple[int, int] | None = None
+    headers = True
+    for line in text.splitlines():
+        if line.startswith("[info] Output #"):
+            headers, current = False, None
+        elif not headers:
+            if (match := _MAPPING_LINE.match(line)) and int(match[1]) in facts:
+                facts[int(match[1])].mapped = int(match[2])
+            elif (match := _PACKETS_LINE.match(line)) and int(match[1]) in facts:
+                facts[int(match[1])].packets[int(match[2])] = int(match[3])
+        elif match := _INPUT_LINE.match(line):
+            facts[int(match[1])] = _InputFacts(format_name=match[2])
+            current = None
+        elif (match := _DURATION_LINE.match(line)) and facts and match[1] is not None:
+            facts[max(facts)].duration = (
+                int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3]))
+        elif (match := _STREAM_LINE.match(line)) and int(match[1]) in facts:
+            current = (int(match[1]), int(match[2]))
+            facts[current[0]].streams[current[1]] = (match[3], match[4], match[5])
+        elif (match := _ROTATION_LINE.match(line)) and current and float(match[1]) % 360:
+            facts[current[0]].rotated.add(current[1])
+    return facts
+
+
+def _snap_rate(fps: float) -> float:
+    """ffmpeg prints frame rates to two decimals: 29.97 is 30000/1001."""
+    for rate in _NTSC_RATES:
+        if abs(fps - rate) < 0.006:
+            return rate
+    return fps
+
+
+def _probe_from_facts(path: str, facts: _InputFacts | None) -> VideoProbe | None:
+    """A probe the batch can vouch for, or None: then the single-clip path decides.
+
+    Vouched for: one mapped video stream, no rotation, at least 2 packets, sane dimensions,
+    a frame rate, and a packet count that agrees with duration x fps (the duration is printed
+    to 1/100 s). Anything else (stills, estimates, rotations, odd counts) is the single-clip
+    path's, with ffprobe's full view.
+    """
+    if facts is None or facts.mapped is None or facts.duration is None:
+        return None
+    stream = facts.streams.get(facts.mapped)
+    if stream is None or stream[0] != "Video" or facts.mapped in facts.rotated:
+        return None
+    _, codec, rest = stream
+    packets = facts.packets.get(facts.mapped, 0)
+    dims, rate = _DIMENSIONS.search(rest), _FPS.search(rest)
+    if packets < 2 or dims is None or rate is None:
+        return None
+    width, height = int(dims[1]), int(dims[2])
+    fps = float(rate[1]) * (1000 if rate[2] else 1)
+    if not (2 <= width <= MAX_DIMENSION and 2 <= height <= MAX_DIMENSION) or fps <= 0:
+        return None
+    if abs(packets - facts.duration * fps) > 0.5 + 0.005 * fps:
+        return None
+    fps = _snap_rate(fps)
+    return VideoProbe(
+        path=path, duration=packets / fps, fps=fps, width=width, height=height,
+        num_frames=packets, codec=codec, size_bytes=os.path.getsize(path),
+        num_frames_exact=True, rotation=0, stream_index=facts.mapped, num_packets=packets,
+        format_name=facts.format_name, container_frames=packets,
+    )  # fmt: skip
+
+
+def _suspect(stderr: bytes) -> bool:
+    """An ffmpeg log that reports an error or damage somewhere (not attributable to an input)."""
+    text = stderr.decode("utf-8", errors="replace")
+    return bool(_LEVEL.search(text)) or _damage(stderr) is not None
+
+
+def _scratch_dir() -> str | None:
+    """Where a batch's raw frames go: memory when the machine has /dev/shm."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def _run_batch(cmd: list[str], timeout_s: float | None) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _probe_group(
+    paths: list[str], members: list[int], out: list[VideoProbe | None], timeout_s: float | None
+) -> None:
+    """Demux the `members` in one ffmpeg (stream copy to null) and vouch for what it can.
+
+    A run that fails or reports damage is split in two, or, when its fatal line names an
+    input, run again without that input; a lone member is left to the single-clip path.
+    """
+    if len(members) < 2:
+        return
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-v", "level+verbose"]
+    for i in members:
+        cmd += ["-i", paths[i]]
+    for k in range(len(members)):
+        cmd += ["-map", f"{k}:V:0?"]
+    cmd += ["-c", "copy", "-f", "null", "-"]
+    result = _run_batch(cmd, timeout_s * len(members) if timeout_s else None)
+    if result is None or result.returncode != 0 or _suspect(result.stderr):
+        text = result.stderr.decode("utf-8", errors="replace") if result else ""
+        named = [i for i in members if f"] {paths[i]}: " in text] if result else []
+        if result is not None and result.returncode != 0 and named:
+            _probe_group(paths, [i for i in members if i not in named], out, timeout_s)
+        else:
+            half = len(members) // 2
+            _probe_group(paths, members[:half], out, timeout_s)
+            _probe_group(paths, members[half:], out, timeout_s)
+        return
+    facts = _parse_demux_log(result.stderr.decode("utf-8", errors="replace"))
+    for k, i in enumerate(members):
+        out[i] = _probe_from_facts(paths[i], facts.get(k))
+
+
+def _select_group(
+    jobs: list[tuple[str, VideoProbe, list[int]]],
+    members: list[int],
+    out: list[np.ndarray | None],
+    size: int,
     *,
+    strict: bool,
+    timeout_s: float | None,
+    threads: int | None,
+) -> None:
+    """Decode each member's frames (`select` + crop, as `_decode_by_select`) in one ffmpeg,
+    one rawvideo output per input; a run that fails is split until the bad file is alone."""
+    if not members:
+        return
+    with tempfile.TemporaryDirectory(prefix="crosstvr-decode-", dir=_scratch_dir()) as scratch:
+        outputs = []
+        for k, m in enumerate(members):
+            path, probe, indices = jobs[m]
+            stream = _square_crop(_selected(path, probe, indices, threads), size, probe.rotation)
+            outputs.append(_raw_output(stream, len(indices), os.path.join(scratch, f"{k}.raw")))
+        compiled = ffmpeg.merge_outputs(*outputs).compile()
+        cmd = [compiled[0], *_global_args(strict), *compiled[1:]]
+        result = _run_batch(cmd, timeout_s * len(members) if timeout_s else None)
+        failed = result is None or result.returncode != 0
+        if failed or (strict and _damage(result.stderr)):
+            if len(members) > 1:
+                half = len(members) // 2
+                for part in (members[:half], members[half:]):
+                    _select_group(jobs, part, out, size, strict=strict, timeout_s=timeout_s,
+                                  threads=threads)
+            return
+        frame_bytes = size * size * 3
+        for k, m in enumerate(members):
+            target = Path(scratch, f"{k}.raw")
+            data = target.read_bytes() if target.is_file() else b""
+            if len(data) == len(jobs[m][2]) * frame_bytes:
+                out[m] = np.frombuffer(data, dtype=np.uint8).reshape(-1, size, size, 3)
+
+
+def _batchable(path: str) -> bool:
+    """A file the batch may take: a name ffmpeg's log shows plainly, no bytes missing, not a
+    format the single-clip path has its own failure for."""
+    return not any(c in path for c in "\n\r'") and not _cut_short(path) and not (
+        _is_animated_webp(path))
+
+
+def decode_videos(
+    paths: Sequence[str | Path],
+    num_frames: int,
+    size: int,
+    *,
+    sampling: Sampling = "uniform",
+    seeds: Sequence[SeedLike] | None = None,
     strict: bool = True,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     threads: int | None = None,
     seek_frames_per_sample: int | None = SEEK_FRAMES_PER_SAMPLE,
-) -> tuple[np.ndarray, np.ndarray, VideoProbe]:
-    """One random frame from each of F equal segments (training augmentation); see `decode_frames`."""
-    return decode_frames(
-        path,
-        num_frames,
-        size,
-        probe,
-        sampling="segment",
-        seed=seed,
-        strict=strict,
-        timeout_s=timeout_s,
-        threads=threads,
-        seek_frames_per_sample=seek_frames_per_sample,
-    )
+    min_decoded_fraction: float = DEFAULT_MIN_DECODED_FRACTION,
+    allow_stills: bool = False,
+    files_per_process: int = 16,
+) -> list[DecodedVideo | VideoDecodeError]:
+    """`decode_video` for many files, with two ffmpeg processes per `files_per_process` files.
+
+    One process demuxes them all (stream copy to null: packet counts, streams, durations,
+    rotations, demuxer damage), one decodes each vouched-for file's samples to its own output.
+    The frames equal `decode_video`'s: the same filters on the same frame numbers. A file the
+    batch cannot vouch for (see `_probe_from_facts`), and every file of a run that failed
+    until the bad one is alone, goes through `decode_video`, so each failure keeps its own
+    reason and message. Returns one `DecodedVideo` or `VideoDecodeError` per path, in order;
+    `seeds` gives each file's "segment" seed.
+    """
+    _check_decode_args(num_frames, size, sampling, min_decoded_fraction)
+    if files_per_process < 1:
+        raise ValueError(f"files_per_process must be >= 1, got {files_per_process}")
+    names = [str(Path(p).resolve()) for p in paths]
+    seed_list = list(seeds) if seeds is not None else [None] * len(names)
+    if len(seed_list) != len(names):
+        raise ValueError(f"{len(seed_list)} seeds for {len(names)} paths")
+    results: list[DecodedVideo | VideoDecodeError | None] = [None] * len(names)
+    batchable = []
+    for i, path in enumerate(paths):
+        try:
+            _check_readable_file(path)
+        except VideoDecodeError as exc:
+            results[i] = exc
+            continue
+        if files_per_process > 1 and _batchable(names[i]):
+            batchable.append(i)
+    kwargs: dict[str, Any] = {"strict": strict, "timeout_s": timeout_s, "threads": threads}
+    for start in range(0, len(batchable), files_per_process):
+        chunk = batchable[start:start + files_per_process]
+        probes: list[VideoProbe | None] = [None] * len(names)
+        _probe_group(names, chunk, probes, timeout_s)
+        jobs, owners, samplers = [], [], []
+        for i in chunk:
+            probe = probes[i]
+            long_clip = seek_frames_per_sample and probe and (
+                probe.num_frames > seek_frames_per_sample * num_frames)
+            if probe is None or long_clip:
+                continue
+            sampler = _Sampler(num_frames, sampling, seed_list[i])
+            indices = sampler.indices(probe.num_frames)
+            # the last frame too: if it does not decode, the single-clip path finds the count
+            wanted = sorted({*indices, probe.num_frames - 1})
+            jobs.append((names[i], probe, wanted))
+            owners.append((i, indices))
+            samplers.append(sampler)
+        decoded: list[np.ndarray | None] = [None] * len(jobs)
+        _select_group(jobs, list(range(len(jobs))), decoded, size, **kwargs)
+        for (i, indices), sampler, job, frames in zip(owners, samplers, jobs, decoded,
+                                                       strict=True):
+            if frames is None:
+                continue
+            position = {index: k for k, index in enumerate(job[2])}
+            sampler.chose(job[1].num_frames)
+            picked = frames[[position[index] for index in indices]]
+            probe = dataclasses.replace(job[1], path=str(paths[i]))
+            results[i] = _finish(picked, num_frames, probe, probe.num_frames, "")
+    for i, path in enumerate(paths):
+        if results[i] is None:
+            try:
+                results[i] = decode_video(
+                    path, num_frames, size, sampling=sampling, seed=seed_list[i],
+                    seek_frames_per_sample=seek_frames_per_sample,
+                    min_decoded_fraction=min_decoded_fraction, allow_stills=allow_stills,
+                    **kwargs,
+                )  # fmt: skip
+            except VideoDecodeError as exc:
+                results[i] = exc
+    return results  # type: ignore[return-value]
 
 
 def file_content_hash(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

@@ -19,12 +19,18 @@ from video_fixtures import (
     HAVE_FFMPEG,
     available_encoders,
     ffmpeg_cli,
+    make_animation,
+    make_avi_with_dropped_frame,
     make_clip,
+    make_edit_list_cut,
     make_garbled,
     make_matrix_clip,
+    make_raw_h264_mp4,
     make_rotated_clip,
+    make_still,
     make_truncated,
     make_vfr_clip,
+    make_xvid_avi,
     make_y4m,
     ramp_frame_numbers,
     ramp_source,
@@ -32,12 +38,17 @@ from video_fixtures import (
 
 from crosstvr_core.video_decode import (
     FAILURE_REASONS,
+    HINT_SLACK,
+    DecodedVideo,
     VideoDecodeError,
     VideoProbe,
     decode_frames,
     decode_segment_frames,
     decode_uniform_frames,
+    decode_video,
+    decode_videos,
     file_content_hash,
+    minimum_decoded_frames,
     probe_video,
     segment_frame_indices,
     uniform_frame_indices,
@@ -194,21 +205,28 @@ def test_edit_list_cut_is_not_mistaken_for_truncation(clips: dict[str, Path]) ->
 def test_overestimated_frame_count_is_resampled(clips: dict[str, Path]) -> None:
     true = probe_video(clips["ramp"])
     guess = dataclasses.replace(true, num_frames=2 * true.num_frames, num_frames_exact=False)
-    frames, mask, _ = decode_uniform_frames(clips["ramp"], 8, 32, probe=guess)
-    assert mask.all() and np.all(np.diff(frame_means(frames)) > 4)
-    # One frame too many (the common rounding miss): the missing last slot is padded.
+    decoded = decode_video(clips["ramp"], 8, 32, probe=guess)
+    assert decoded.decoded_frames == 20 and decoded.mask.all()
+    assert ramp_frame_numbers(decoded.frames).tolist() == uniform_frame_indices(20, 8)
+    assert "20 frames decode, about 40 were estimated" in decoded.warning
+    # One frame too many (the common rounding miss): sampled from the 20 in the same pass.
     plus_one = dataclasses.replace(guess, num_frames=true.num_frames + 1)
-    frames, mask, _ = decode_uniform_frames(clips["ramp"], 8, 32, probe=plus_one)
-    assert mask.sum() == 7 and np.all(np.diff(frame_means(frames)) >= 0)
+    decoded = decode_video(clips["ramp"], 8, 32, probe=plus_one)
+    assert decoded.mask.all() and decoded.warning == ""  # an estimate 1 off is no news
+    assert ramp_frame_numbers(decoded.frames).tolist() == uniform_frame_indices(20, 8)
     # A short clip whose count is overestimated: the frames that came back are all there is.
     short = probe_video(clips["short"])
     short_guess = dataclasses.replace(short, num_frames=5, num_frames_exact=False)
     frames, mask, _ = decode_uniform_frames(clips["short"], 8, 32, probe=short_guess)
     assert mask.sum() == 3 and np.all(np.diff(frame_means(frames)[mask]) > 4)
-    # The same shortfall on a trusted count is corruption.
-    trusted = dataclasses.replace(guess, num_frames_exact=True)
-    with pytest.raises(VideoDecodeError, match=r"truncated or corrupt: got \d+ of 8 frames"):
+    # The same shortfall on a trusted count is a truncated file: found from the packets the
+    # demuxer read, or, when they were not counted, from the frames that decode.
+    trusted = dataclasses.replace(guess, num_frames_exact=True, container_frames=40)
+    with pytest.raises(VideoDecodeError, match=r"indexes 40 frames but only 20 are in the file"):
         decode_uniform_frames(clips["ramp"], 8, 32, probe=trusted)
+    uncounted = dataclasses.replace(trusted, num_packets=0)
+    with pytest.raises(VideoDecodeError, match=r"truncated: at most \d+ of the 40 frames"):
+        decode_uniform_frames(clips["ramp"], 8, 32, probe=uncounted)
 
 
 def test_decode_rejects_bad_arguments(clips: dict[str, Path]) -> None:
@@ -365,6 +383,151 @@ def test_long_clip_seeking_falls_back_when_the_count_is_too_high(clips: dict[str
     assert mask.all() and np.all(np.diff(numbers) > 0) and numbers[-1] < 20
 
 
+# --- the container's frame count is a hint ---------------------------------------------------
+
+RAMP25 = ramp_source(rate=25, duration=2, step=4)  # 50 frames: frame n has luma 16 + 4 n
+
+
+@pytest.fixture(scope="module")
+def quirks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Playable files whose container lists more frames than decode."""
+    d = tmp_path_factory.mktemp("quirks")
+    src = make_clip(d / "src.mp4", RAMP25, "-c:v", "libx264")
+    return {
+        "src": src,
+        "edit_list": make_edit_list_cut(src, d / "edit_list.mp4", rate=25),  # 50 listed, 49
+        "dropped_avi": make_avi_with_dropped_frame(d / "dropped.avi", RAMP25, drop=47),
+        "raw_h264": make_raw_h264_mp4(d / "raw.mp4", RAMP25),  # 50 stored, 48 decode
+    }
+
+
+def test_minimum_decoded_frames() -> None:
+    assert [minimum_decoded_frames(n, 0.9) for n in (1, 2, 5, 10, 16, 50, 250)] == [
+        1, 1, 4, 9, 14, 45, 225]
+    assert minimum_decoded_frames(50, 1.0) == 50
+    with pytest.raises(ValueError, match="min_decoded_fraction"):
+        decode_video(Path("x.mp4"), 8, 32, min_decoded_fraction=0)
+
+
+def test_edit_list_hiding_a_frame_samples_what_decodes(quirks: dict[str, Path]) -> None:
+    """The container lists 50 frames (its duration agrees within a frame), 49 decode: sampled
+    from those 49 in one pass, with a warning; the old code failed it as truncated."""
+    probe = probe_video(quirks["edit_list"])
+    assert probe.num_frames == probe.container_frames == 50 and probe.num_frames_exact
+    decoded = decode_video(quirks["edit_list"], 8, 32, probe=probe)
+    assert decoded.decoded_frames == 49 and decoded.mask.all()
+    assert decoded.warning == "49 of the 50 frames the container lists decode; sampled from those 49"
+    # the edit list hides source frame 0: decoded frame k is source frame k + 1
+    assert ramp_frame_numbers(decoded.frames, 4).tolist() == [
+        1 + i for i in uniform_frame_indices(49, 8)]
+    segment = decode_video(quirks["edit_list"], 8, 32, probe=probe, sampling="segment", seed=6)
+    assert ramp_frame_numbers(segment.frames, 4).tolist() == [
+        1 + i for i in segment_frame_indices(49, 8, 6)]
+    # the same file, strictly: every listed frame must decode
+    with pytest.raises(VideoDecodeError, match="49 of the 50 frames") as info:
+        decode_video(quirks["edit_list"], 8, 32, probe=probe, min_decoded_fraction=1.0)
+    assert info.value.reason == "truncated"
+
+
+def test_avi_with_a_dropped_frame(quirks: dict[str, Path]) -> None:
+    decoded = decode_video(quirks["dropped_avi"], 8, 32)
+    assert decoded.probe.num_frames == 50 and decoded.decoded_frames == 49
+    assert decoded.mask.all() and "49 of the 50 frames" in decoded.warning
+    source = [n for n in range(50) if n != 47]  # the dropped frame is an empty chunk
+    assert ramp_frame_numbers(decoded.frames, 4).tolist() == [
+        source[i] for i in uniform_frame_indices(49, 8)]
+
+
+def test_b_frames_without_timestamps(quirks: dict[str, Path]) -> None:
+    """A raw H.264 stream muxed to mp4: 50 packets stored, 48 frames decode (the duration
+    says 48, so the stored count is not trusted, but it is reported)."""
+    decoded = decode_video(quirks["raw_h264"], 8, 32)
+    assert decoded.probe.container_frames == 50 and decoded.decoded_frames == 48
+    assert decoded.mask.all() and "the container stores 50" in decoded.warning
+
+
+def test_xvid_packed_b_frames(tmp_path: Path, encoders: set[str]) -> None:
+    if "libxvid" not in encoders:
+        pytest.skip("this ffmpeg has no libxvid encoder")
+    decoded = decode_video(make_xvid_avi(tmp_path / "xvid.avi"), 8, 32)
+    assert decoded.probe.num_frames == 209 and decoded.decoded_frames == 208
+    assert decoded.mask.all() and "208 of the 209" in decoded.warning
+
+
+def test_a_shortfall_beyond_the_slack_counts_the_frames(clips: dict[str, Path]) -> None:
+    """A trusted count 4 above the 20 frames (more than HINT_SLACK): a count pass finds 20,
+    within the tolerance asked for, and the sample is drawn from those 20."""
+    true = probe_video(clips["ramp"])
+    over = dataclasses.replace(true, num_frames=24, container_frames=0, num_packets=0)
+    assert HINT_SLACK < 24 - 20
+    decoded = decode_video(clips["ramp"], 8, 32, probe=over, min_decoded_fraction=0.8)
+    assert decoded.decoded_frames == 20 and "20 of the 24" in decoded.warning
+    assert ramp_frame_numbers(decoded.frames).tolist() == uniform_frame_indices(20, 8)
+    with pytest.raises(VideoDecodeError, match="truncated: 20 of the 24 frames"):
+        decode_video(clips["ramp"], 8, 32, probe=over)  # 0.9 x 24 = 21.6: too few
+
+
+def test_a_seeded_generator_advances_as_one_draw(quirks: dict[str, Path]) -> None:
+    rng, reference = np.random.default_rng(4), np.random.default_rng(4)
+    first = decode_video(quirks["edit_list"], 8, 32, sampling="segment", seed=rng)
+    assert ramp_frame_numbers(first.frames, 4).tolist() == [
+        1 + i for i in segment_frame_indices(49, 8, reference)]
+    assert rng.integers(1 << 30) == reference.integers(1 << 30)
+
+
+def test_long_clip_with_an_overstated_count_seeks_then_counts(tmp_path: Path) -> None:
+    """The seeking path on a clip whose last listed frame does not decode: it falls back to
+    the single pass, which samples the frames that decode, as without seeking."""
+    src = make_clip(tmp_path / "long.mp4", RAMP25, "-c:v", "libx264", "-g", "10")
+    clip = make_edit_list_cut(src, tmp_path / "cut.mp4", rate=25)
+    single = decode_video(clip, 4, 32, seek_frames_per_sample=None)
+    seeking = decode_video(clip, 4, 32, seek_frames_per_sample=2)
+    assert single.decoded_frames == seeking.decoded_frames == 49
+    assert np.array_equal(single.frames, seeking.frames) and seeking.warning == single.warning
+
+
+def test_a_cut_avi_within_the_tolerance_is_still_truncated(tmp_path: Path) -> None:
+    """5% cut off an AVI: 47 of 50 frames would pass the tolerance, but the RIFF chunk sizes
+    say bytes are missing, so it is a truncated file, not an off-by-a-few count."""
+    clip = make_matrix_clip(tmp_path, "avi_mpeg4", RAMP25)
+    cut = make_truncated(clip, tmp_path / "cut.avi", keep=0.95)
+    assert_fails(cut, "frames decode and the file ends inside a box or chunk", "truncated")
+
+
+# --- pictures: animations are clips, stills are not ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["anim.gif", "anim.apng", "apng_named.png"])
+def test_animations_decode_like_clips(tmp_path: Path, name: str) -> None:
+    clip = make_animation(tmp_path / name, RAMP25)
+    decoded = decode_video(clip, 8, 32)
+    assert decoded.decoded_frames == 50 and decoded.mask.all() and decoded.warning == ""
+    numbers = ramp_frame_numbers(decoded.frames, 4)  # a GIF's palette moves grey by a level
+    assert np.abs(numbers - uniform_frame_indices(50, 8)).max() <= 1, numbers
+
+
+def test_animated_webp_says_this_ffmpeg_cannot_decode_it(tmp_path: Path) -> None:
+    clip = make_animation(tmp_path / "anim.webp", RAMP25)
+    assert_fails(clip, "an animated WebP, which this ffmpeg cannot decode", "unsupported_format")
+
+
+@pytest.mark.parametrize(
+    ("name", "codec"),
+    [("png_named.mp4", "png"), ("jpeg_named.mp4", "mjpeg"), ("still.png", None),
+     ("still.gif", None), ("still.webp", None)],
+)
+def test_a_still_image_is_not_a_video(tmp_path: Path, name: str, codec: str | None) -> None:
+    still = make_still(tmp_path / name, RAMP25, codec)
+    assert_fails(still, "a still image", "still_image")
+    decoded = decode_video(still, 8, 32, allow_stills=True)  # or one frame, repeated
+    assert decoded.decoded_frames == 1 and decoded.mask.tolist() == [True] + [False] * 7
+
+
+def test_a_one_frame_clip_in_a_video_container_is_a_clip(clips: dict[str, Path]) -> None:
+    assert decode_video(clips["single"], 8, 32).decoded_frames == 1
+
+
+
 # --- failures ------------------------------------------------------------------------------
 
 
@@ -441,7 +604,7 @@ def test_truncated_faststart_mp4_with_a_stale_probe(
     assert_fails(clip, "truncated: the file ends inside a box; ffmpeg failed", "truncated",
                  probe=probe)
     # Without -xerror only the frame-count check is left.
-    assert_fails(clip, "truncated or corrupt: got", "truncated", probe=probe, strict=False)
+    assert_fails(clip, "truncated: at most", "truncated", probe=probe, strict=False)
 
 
 @pytest.mark.parametrize(
@@ -530,3 +693,116 @@ def test_decode_timing_10s_320x240(tmp_path: Path) -> None:
         f"\n10 s 320x240 clip ({probe.num_frames} frames), 8 frames at 224: "
         + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items())
     )
+
+
+# --- many clips, few processes ------------------------------------------------------------
+
+
+def _same(batch: DecodedVideo | VideoDecodeError, single: DecodedVideo | VideoDecodeError) -> None:
+    """A batch result equals the single-clip result: frames, mask, counts, warning, reason."""
+    if isinstance(single, VideoDecodeError):
+        assert isinstance(batch, VideoDecodeError), (batch, single)
+        assert (batch.reason, batch.problem) == (single.reason, single.problem)
+        return
+    assert isinstance(batch, DecodedVideo), (batch, single)
+    assert np.array_equal(batch.frames, single.frames) and np.array_equal(batch.mask, single.mask)
+    assert (batch.decoded_frames, batch.warning) == (single.decoded_frames, single.warning)
+    for key in ("path", "width", "height", "num_frames", "codec", "size_bytes", "rotation"):
+        assert getattr(batch.probe, key) == getattr(single.probe, key), key
+    assert batch.probe.fps == pytest.approx(single.probe.fps, rel=1e-6)
+    assert batch.probe.duration == pytest.approx(single.probe.duration, abs=1e-3)
+
+
+@pytest.fixture()
+def count_processes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ffmpeg/ffprobe processes started (video_decode's and the fixtures'), by name."""
+    import crosstvr_core.video_decode as module
+
+    started: list[str] = []
+    real_run = module.subprocess.run
+
+    def run(cmd, *args, **kwargs):
+        started.append(Path(cmd[0]).name)
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(module.subprocess, "run", run)
+    return started
+
+
+@pytest.fixture(scope="module")
+def mixed(clips: dict[str, Path], quirks: dict[str, Path],
+          tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Clean clips and every kind of file the batch must hand to the single-clip path."""
+    d = tmp_path_factory.mktemp("mixed")
+    (d / "notes.mp4").write_text("this is not a video\n" * 50)
+    (d / "empty.mp4").touch()
+    return [
+        clips["testsrc"], clips["ramp"], quirks["edit_list"], clips["ramp_mkv"],
+        make_garbled(clips["plain"], d / "garbled.mp4"), clips["split"], d / "notes.mp4",
+        clips["rotated"], make_clip(d / "sound.mp4", "sine=d=1", "-c:a", "aac", pix_fmt=None),
+        clips["short"], d / "empty.mp4", quirks["dropped_avi"], d / "gone.mp4",
+        make_animation(d / "anim.gif", RAMP25), make_still(d / "still.mp4", RAMP25, "png"),
+        make_truncated(clips["faststart"], d / "half.mp4"), clips["cut"], clips["single"],
+        make_animation(d / "anim.webp", RAMP25), quirks["raw_h264"], clips["plain"],
+    ]
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "segment"])
+def test_a_batch_decodes_what_one_clip_at_a_time_does(mixed: list[Path], sampling: str) -> None:
+    seeds = list(range(len(mixed)))
+    batch = decode_videos(mixed, 8, 32, sampling=sampling, seeds=seeds, threads=1,
+                          files_per_process=6)
+    assert len(batch) == len(mixed)
+    for path, seed, result in zip(mixed, seeds, batch, strict=True):
+        try:
+            single = decode_video(path, 8, 32, sampling=sampling, seed=seed, threads=1)
+        except VideoDecodeError as exc:
+            single = exc
+        _same(result, single)
+    reasons = {p.name: r.reason for p, r in zip(mixed, batch, strict=True)
+               if isinstance(r, VideoDecodeError)}
+    assert reasons == {
+        "garbled.mp4": "corrupt", "notes.mp4": "not_a_video", "sound.mp4": "no_video_stream",
+        "empty.mp4": "empty", "gone.mp4": "missing", "still.mp4": "still_image",
+        "half.mp4": "truncated", "anim.webp": "unsupported_format",
+    }
+
+
+def test_clean_clips_cost_two_processes_per_batch(
+    tmp_path: Path, count_processes: list[str]
+) -> None:
+    paths = [make_clip(tmp_path / f"c{i}.mp4", f"testsrc2=size=64x64:rate=8,hue=h={i * 40}",
+                       "-frames:v", "16", "-c:v", "libx264") for i in range(8)]
+    count_processes.clear()
+    batch = decode_videos(paths, 8, 64, threads=1, files_per_process=8)
+    assert count_processes == ["ffmpeg", "ffmpeg"]  # one demux, one decode; no ffprobe
+    assert all(isinstance(r, DecodedVideo) and r.mask.all() for r in batch)
+    count_processes.clear()
+    _same(batch[3], decode_video(paths[3], 8, 64, threads=1))
+    assert count_processes == ["ffprobe", "ffmpeg"]
+
+
+def test_a_bad_file_is_split_out_of_its_batch(
+    clips: dict[str, Path], tmp_path: Path, count_processes: list[str]
+) -> None:
+    """A corrupt file fails the batch's decode (-xerror): the batch is halved until it is
+    alone, so it gets its own reason and the others are decoded in few processes."""
+    paths = [make_clip(tmp_path / f"c{i}.mp4", f"testsrc=size=96x64:rate=10,hue=h={i * 40}",
+                       "-t", "3", "-c:v", "libx264") for i in range(7)]
+    paths.insert(5, make_garbled(clips["plain"], tmp_path / "garbled.mp4"))
+    count_processes.clear()
+    batch = decode_videos(paths, 8, 32, threads=1, files_per_process=8)
+    assert [r.reason for r in batch if isinstance(r, VideoDecodeError)] == ["corrupt"]
+    assert all(isinstance(r, DecodedVideo) for i, r in enumerate(batch) if i != 5)
+    assert len(count_processes) <= 10, count_processes  # against 16 one clip at a time
+    for path, result in zip(paths[:2], batch, strict=False):
+        _same(result, decode_video(path, 8, 32, threads=1))
+
+
+def test_one_file_per_process_is_the_single_clip_path(
+    clips: dict[str, Path], count_processes: list[str]
+) -> None:
+    count_processes.clear()
+    batch = decode_videos([clips["ramp"], clips["testsrc"]], 8, 32, files_per_process=1)
+    assert count_processes == ["ffprobe", "ffmpeg"] * 2
+    _same(batch[0], decode_video(clips["ramp"], 8, 32))

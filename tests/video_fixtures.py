@@ -2,7 +2,8 @@
 
 Other tests import these helpers: `make_clip` renders one clip, `CODEC_MATRIX` names the
 container/codec pairs the decoder must read, and `make_*` build the edge cases (variable frame
-rate, rotation, truncation, garbled bytes, audio only, absurd dimensions).
+rate, rotation, truncation, garbled bytes, audio only, absurd dimensions, container counts above
+what decodes, animated and still pictures).
 """
 
 from __future__ import annotations
@@ -114,3 +115,58 @@ def make_y4m(path: Path, width: int, height: int, frames: int = 2) -> Path:
     header = f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 Cmono\n".encode()
     path.write_bytes(header + (b"FRAME\n" + bytes(width * height)) * frames)
     return path
+
+
+# --- files whose container count is a hint, and pictures -----------------------------------
+
+
+def make_edit_list_cut(src: Path, dst: Path, rate: int) -> Path:
+    """Stream-copy `src` from one frame time in: the mp4's edit list hides the first frame, so
+    the container lists every stored frame (nb_frames N) and N - 1 decode (source 1..N-1)."""
+    ffmpeg_cli("-ss", f"{1 / rate:.6f}", "-i", str(src), "-c", "copy", str(dst))
+    return dst
+
+
+def make_raw_h264_mp4(path: Path, source: str) -> Path:
+    """H.264 with 3 B-frames muxed from a raw elementary stream (no timestamps): the mp4
+    lists every packet, and two fewer frames decode."""
+    raw = path.with_suffix(".h264")
+    make_clip(raw, source, "-c:v", "libx264", "-bf", "3", "-f", "h264")
+    ffmpeg_cli("-r", "25", "-i", str(raw), "-c", "copy", str(path))
+    raw.unlink()
+    return path
+
+
+def make_avi_with_dropped_frame(path: Path, source: str, drop: int) -> Path:
+    """MPEG-4 in AVI with source frame `drop` left out: the muxer writes an empty chunk in its
+    place, so the index lists one frame more than decodes."""
+    keep = f"select='not(eq(n\\,{drop}))'"
+    return make_clip(path, source, "-vf", keep, "-fps_mode", "passthrough", "-c:v", "mpeg4",
+                     "-q:v", "2")
+
+
+def make_xvid_avi(path: Path, frames: int = 209) -> Path:
+    """libxvid with packed B-frames in AVI (needs the libxvid encoder): on this testsrc the
+    index lists 209 frames and 208 decode."""
+    return make_clip(path, "testsrc=size=64x64:rate=25", "-frames:v", str(frames),
+                     "-c:v", "libxvid", "-bf", "1")
+
+
+def make_animation(path: Path, source: str) -> Path:
+    """An animated picture file by extension: .gif, .apng (or .png: an APNG named .png), .webp
+    (libwebp_anim)."""
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        return make_clip(path, source, pix_fmt=None)
+    if suffix in (".apng", ".png"):
+        return make_clip(path, source, "-plays", "0", "-f", "apng", pix_fmt=None)
+    if suffix == ".webp":
+        return make_clip(path, source, "-c:v", "libwebp_anim", "-loop", "0", pix_fmt=None)
+    raise ValueError(f"no animation format for {path.name}")
+
+
+def make_still(path: Path, source: str, codec: str | None = None) -> Path:
+    """One picture (the source's first frame), by `path`'s extension, or encoded with `codec`
+    (png, mjpeg, ...) whatever the name: a still named like a video."""
+    forced = ("-c:v", codec, "-f", "image2", "-update", "1") if codec else ()
+    return make_clip(path, source, "-frames:v", "1", *forced, pix_fmt=None)
