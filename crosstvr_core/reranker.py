@@ -179,9 +179,14 @@ class QueryBlock(nn.Module):
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
     def attend_memory(self, x: torch.Tensor, memory: torch.Tensor,
-                      memory_padding: torch.Tensor | None) -> torch.Tensor:
-        """Every row of x [N, T, H] attends to memory [N, K, H] (padding [N, K]), then FFN."""
+                      memory_padding: torch.Tensor | None,
+                      memory_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Every row of x [N, T, H] attends to memory [N, K, H] (padding [N, K]), then FFN.
+        With memory_index [N], row i attends to memory[memory_index[i]] instead: a memory
+        shared by many rows (one video in many pairs) is projected to keys once."""
         keys, values = self.cross_attn.keys_values(memory)
+        if memory_index is not None:
+            keys, values = keys[memory_index], values[memory_index]
         x = x + self.dropout(self.cross_attn(self.cross_norm(x), keys, values, memory_padding))
         return self.feed_forward(x)
 
@@ -683,20 +688,21 @@ class CrossTVRReranker(nn.Module):
 
     def _match_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
                      text_index: torch.Tensor, visual: torch.Tensor,
-                     frame_mask: torch.Tensor) -> torch.Tensor:
+                     frame_mask: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
         """Scaled cosine [B] of the pooled text states [U, L, H] (caption text_index[i])
-        and the pooled frame tokens visual[:, :, 0] [B, F, H] over real frames."""
+        and the pooled frame tokens visual[:, :, 0] [V, F, H] over real frames (video
+        video_index[i])."""
         weights = text_mask.to(text.dtype).unsqueeze(-1)
         pooled_text = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [U, H]
         frames = self._attendable_frames(frame_mask).to(visual.dtype).unsqueeze(-1)
         pooled_video = (visual[:, :, 0] * frames).sum(1) / frames.sum(1)  # [B, H]
         t = F.normalize(self.match_text(pooled_text), dim=-1)[text_index]
-        v = F.normalize(self.match_video(pooled_video), dim=-1)
+        v = F.normalize(self.match_video(pooled_video), dim=-1)[video_index]
         return self.match_scale.exp() * (t * v).sum(-1)
 
     def _grounding_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
                          text_index: torch.Tensor, visual: torch.Tensor,
-                         frame_mask: torch.Tensor) -> torch.Tensor:
+                         frame_mask: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
         """Temporal grounding [B]: sum over caption tokens of importance x expected time
         (from the text alone, in [-1, 1]) x observed time (where over the clip's real
         frames, in [-1, 1], the token's best-matching frame tokens are, softmax over time).
@@ -704,12 +710,12 @@ class CrossTVRReranker(nn.Module):
         keys = F.normalize(self.ground_text(text), dim=-1)[text_index]  # [B, L, H]
         # the patch tokens (content and place only): the frame CLS has seen the whole clip
         content = visual[:, :, 1:] if visual.shape[2] > 1 else visual
-        tokens = F.normalize(self.ground_video(content), dim=-1)  # [B, F, M, H]
+        tokens = F.normalize(self.ground_video(content), dim=-1)[video_index]  # [B, F, M, H]
         similarity = torch.einsum("blh,bfth->blft", keys, tokens).amax(dim=-1)  # [B, L, F]
-        attendable = self._attendable_frames(frame_mask)  # [B, F]
+        attendable = self._attendable_frames(frame_mask)[video_index]  # [B, F]
         similarity = (similarity * self.ground_sharpness.exp()).masked_fill(
             ~attendable[:, None, :], float("-inf"))
-        real = attendable.to(visual.dtype)
+        real = attendable.to(tokens.dtype)
         count = real.sum(dim=1, keepdim=True)  # [B, 1]
         # each real frame's place in the clip: -1 first, +1 last (0 for a one-frame clip)
         place = ((real.cumsum(dim=1) - 1) / (count - 1).clamp(min=1.0) * 2 - 1) * real
@@ -727,17 +733,24 @@ class CrossTVRReranker(nn.Module):
         visual: torch.Tensor,
         frame_mask: torch.Tensor,
         text_index: torch.Tensor | None = None,
+        video_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """VTM logits [B] of encode_video's tokens visual [B, F, T, H] with text tokens
-        [U, L, Wt] (mask [U, L]); pair i reads caption text_index[i] (default: caption i),
-        so a caption paired with many videos has its text path computed once."""
-        batch, frames, per_frame, hidden = visual.shape
+        """VTM logits [B] of encode_video's tokens visual [V, F, T, H] (frame_mask [V, F])
+        with text tokens [U, L, Wt] (mask [U, L]); pair i reads caption text_index[i] and
+        video video_index[i] (defaults: caption i, video i), so a caption or a video in many
+        pairs has its own path (text states, memory keys) computed once."""
+        num_videos, frames, per_frame, hidden = visual.shape
+        if video_index is None:
+            video_index = torch.arange(num_videos, device=visual.device)
+        batch = video_index.shape[0]
         if text_index is None:
             text_index = torch.arange(text_tokens.shape[0], device=visual.device)
-        if text_index.shape != (batch,) or frame_mask.shape != (batch, frames):
+        if (text_index.shape != (batch,) or video_index.shape != (batch,)
+                or frame_mask.shape != (num_videos, frames)):
             raise ValueError(
-                f"reranker: {batch} videos, text_index {tuple(text_index.shape)} and "
-                f"frame_mask {tuple(frame_mask.shape)} do not pair up"
+                f"reranker: {num_videos} videos, text_index {tuple(text_index.shape)}, "
+                f"video_index {tuple(video_index.shape)} and frame_mask "
+                f"{tuple(frame_mask.shape)} do not pair up"
             )
         # positions past every caption's end are padding for all: drop them before any work
         real = text_mask.bool().any(dim=0).nonzero()
@@ -745,23 +758,27 @@ class CrossTVRReranker(nn.Module):
         text_tokens, text_mask = text_tokens[:, :length], text_mask[:, :length]
         text = self.encode_text(text_tokens, text_mask)  # [U, L, H]
         text_padding = ~text_mask.bool()  # [U, L]
-        attendable = self._attendable_frames(frame_mask.bool())  # [B, F]
+        attendable = self._attendable_frames(frame_mask.bool())[video_index]  # [B, F]
         extra = 0.0
         if self.match_scale is not None:
             extra = self._match_logit(text, text_mask.bool(), text_index, visual,
-                                      frame_mask.bool())
+                                      frame_mask.bool(), video_index)
         if self.ground_text is not None:
             extra = extra + self._grounding_logit(text, text_mask.bool(), text_index, visual,
-                                                  frame_mask.bool())
+                                                  frame_mask.bool(), video_index)
         temporal_pos = self.temporal_pos[:frames]  # [F, H]
         nq = self.num_queries
 
         if self.attention in ("decoupled", "spatial_only"):
             # Frame level: per frame, queries attend to that frame's T tokens.
-            per_frame_memory = visual.reshape(batch * frames, per_frame, hidden)  # [B*F, T, H]
+            # Each distinct video's frames are projected to keys once: [V*F, T, H], and
+            # row (pair i, frame f) reads memory row video_index[i] * F + f.
+            per_frame_memory = visual.reshape(num_videos * frames, per_frame, hidden)
+            memory_rows = (video_index.unsqueeze(1) * frames
+                           + torch.arange(frames, device=visual.device)).reshape(-1)
             frame_out = self._run_level(self.frame_blocks, self.frame_queries, text,
                                         text_padding, text_index, per_frame_memory, None,
-                                        frames)
+                                        frames, memory_rows)
             frame_out = self.frame_norm(frame_out).reshape(batch, frames, nq, hidden)
             # frame_out: [B, F, Q, H]
             if self.attention == "spatial_only":
@@ -773,10 +790,11 @@ class CrossTVRReranker(nn.Module):
             memory = (frame_out + temporal_pos[:, None]).reshape(batch, frames * nq, hidden)
             padding = (~attendable).repeat_interleave(nq, dim=1)  # [B, F*Q]
         elif self.attention == "temporal_only":
-            memory = visual[:, :, 0] + temporal_pos  # frame CLS tokens [B, F, H]
+            memory = visual[video_index, :, 0] + temporal_pos  # frame CLS tokens [B, F, H]
             padding = ~attendable  # [B, F]
         else:  # joint: every frame's tokens at once
-            memory = (visual + temporal_pos[:, None]).reshape(batch, frames * per_frame, hidden)
+            memory = (visual[video_index] + temporal_pos[:, None]).reshape(
+                batch, frames * per_frame, hidden)
             padding = (~attendable).repeat_interleave(per_frame, dim=1)  # [B, F*T]
         video_out = self._run_level(self.video_blocks, self.video_queries, text, text_padding,
                                     text_index, memory, padding, 1)  # [B, Q, H]
@@ -796,6 +814,7 @@ class CrossTVRReranker(nn.Module):
         memory: torch.Tensor,
         memory_padding: torch.Tensor | None,
         repeats: int,
+        memory_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[queries; text] through one level -> query outputs [B*repeats, Q, H].
 
@@ -803,7 +822,8 @@ class CrossTVRReranker(nn.Module):
         of each pair; memory [B*repeats, K, H] (repeats = frames at the frame level, each
         pair's rows repeated per frame, frame-major within a pair). Nothing before the first
         cross-attention depends on the frame: the first self-attention runs once per pair
-        and is copied to every frame after it.
+        and is copied to every frame after it. With memory_index [B*repeats], row i reads
+        memory row memory_index[i] (memory then holds each distinct video once).
         """
         batch, nq = text_index.shape[0], queries.shape[0]
         x = queries.expand(batch, -1, -1)  # [B, Q, H]
@@ -816,7 +836,7 @@ class CrossTVRReranker(nn.Module):
                 if index == 0 and repeats > 1:
                     x = x.repeat_interleave(repeats, dim=0)  # [B*R, Q, H]
                     text_of_row = text_index.repeat_interleave(repeats)  # [B*R]
-                x = block.attend_memory(x, memory, memory_padding)  # [B*R, Q, H]
+                x = block.attend_memory(x, memory, memory_padding, memory_index)  # [B*R, Q, H]
             return x
 
         # paper form: the text rows cross-attend too, so they are per pair (and per frame)
@@ -828,7 +848,7 @@ class CrossTVRReranker(nn.Module):
             if index == 0 and repeats > 1:
                 x = x.repeat_interleave(repeats, dim=0)  # [B*R, Q(+L), H]
                 padding = padding.repeat_interleave(repeats, dim=0)  # [B*R, Q+L]
-            x = block.attend_memory(x, memory, memory_padding)
+            x = block.attend_memory(x, memory, memory_padding, memory_index)
         return x[:, :nq]  # [B*R, Q, H]
 
     @staticmethod

@@ -211,8 +211,8 @@ def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.T
     pair_video, pair_text = pair_video.to(device), pair_text.to(device)
     with training_autocast(device, precision):
         visual = model.encode_video(**video)  # [U, F, T, H]
-        logits = model.match(text["text_tokens"], text["text_mask"], visual[pair_video],
-                             video["frame_mask"][pair_video], text_index=pair_text)
+        logits = model.match(text["text_tokens"], text["text_mask"], visual,
+                             video["frame_mask"], text_index=pair_text, video_index=pair_video)
     return logits.float()
 
 
@@ -558,8 +558,9 @@ def score_pairs(
             with training_autocast(device, precision):
                 visual = model.encode_video(**video)  # [U, F, T, H]
                 pair_video, pair_text = pair_video.to(device), pair_text.to(device)
-                logits = model.match(text["text_tokens"], text["text_mask"], visual[pair_video],
-                                     video["frame_mask"][pair_video], text_index=pair_text)
+                logits = model.match(text["text_tokens"], text["text_mask"], visual,
+                                     video["frame_mask"], text_index=pair_text,
+                                     video_index=pair_video)
             scores[rows] = logits.float().cpu()
     model.train(was_training)
     return scores

@@ -399,3 +399,24 @@ def test_identical_frames_get_identical_attention(attention: str) -> None:
     frame_weights, patch_heat = model.attention_maps(**inputs)
     assert torch.all(frame_weights[:, 0] == 0) and torch.all(patch_heat[:, 0] == 0)
     torch.testing.assert_close(frame_weights.sum(1), torch.ones(2))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_shared_videos_and_captions_score_as_their_own_pairs(variant: dict) -> None:
+    """match over distinct videos and captions with per-pair indices (the training and
+    scoring path, where keys are projected once per video) gives each pair's own logit."""
+    bank = random_bank()
+    model = make_model(layers=2, **variant)
+    model.fit_input_stats(bank)
+    text_rows, video_rows = [0, 0, 3, 5, 3, 1], [2, 4, 2, 2, 0, 4]
+    reference = model(**pair_inputs(bank, text_rows, video_rows))
+    captions, text_index = torch.unique(torch.tensor(text_rows), return_inverse=True)
+    videos, video_index = torch.unique(torch.tensor(video_rows), return_inverse=True)
+    text, video = bank.text_batch(captions), bank.video_batch(videos)
+    visual = model.encode_video(**video)
+    shared = model.match(text["text_tokens"], text["text_mask"], visual, video["frame_mask"],
+                         text_index=text_index, video_index=video_index)
+    torch.testing.assert_close(shared, reference, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not pair up"):
+        model.match(text["text_tokens"], text["text_mask"], visual, video["frame_mask"],
+                    text_index=text_index, video_index=video_index[:-1])
