@@ -33,10 +33,45 @@ from urllib.parse import unquote, urlparse
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".ogv", ".flv", ".wmv",
-    ".3gp", ".ts",
+    ".3gp", ".ts", ".gif", ".webp", ".apng", ".png",
 )
+# Animated pictures decode like clips (a still one fails as `still_image`). A folder scan or a
+# look-up by id takes a .png only when it is an APNG: thumbnails are not videos.
+ANIMATED_ONLY_EXTENSIONS = (".png",)
 # URI schemes that will reach object stores through the same interface; refused for now
 _REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "hf")
+
+
+def is_animated_png(path: str | Path) -> bool:
+    """A PNG file with an animation control chunk (acTL, before the image data): an APNG."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            while header := handle.read(8):
+                if len(header) < 8 or header[4:8] == b"IDAT":
+                    return False
+                if header[4:8] == b"acTL":
+                    return True
+                handle.seek(int.from_bytes(header[:4], "big") + 4, 1)  # data + CRC
+    except OSError:
+        return False
+    return False
+
+
+def takes_video_file(path: str | Path, named: bool = False) -> bool:
+    """Whether the index takes this file by its name: a VIDEO_EXTENSIONS suffix, and for a
+    .png an animated one unless the annotation `named` the file itself."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_EXTENSIONS:
+        return False
+    return named or suffix not in ANIMATED_ONLY_EXTENSIONS or is_animated_png(path)
+
+
+def taken_extensions() -> str:
+    """The extensions the index takes, for messages."""
+    return ", ".join(e + (" (animated)" if e in ANIMATED_ONLY_EXTENSIONS else "")
+                     for e in VIDEO_EXTENSIONS)
 
 
 class DatasetError(ValueError):

@@ -206,6 +206,15 @@ class SamplingConfig(_Section):
         "frames.",
     )
     seed: int = Field(0, description='Seed of the "segment" draws.')
+    min_decoded_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A video fails as `truncated` when fewer frames decode than this fraction of "
+        "the frame count its container lists. A smaller shortfall (edit lists, B-frames, muxer "
+        "rounding) is sampled from the frames that decode and noted in the `videos` row's "
+        "`decode_warning`. 1 = every listed frame must decode.",
+    )
 
 
 class IndexConfig(_Section):
@@ -221,6 +230,11 @@ class IndexConfig(_Section):
         True,
         description="Delete videos (and their tokens and captions) that are no longer in the "
         "corpus.",
+    )
+    allow_stills: bool = Field(
+        False,
+        description="Index a still image (a PNG or JPEG, a one-frame GIF or WebP, also when named "
+        "like a video) as a one-frame clip; false: it fails with reason `still_image`.",
     )
     write_batch_rows: int = Field(
         128,
@@ -266,8 +280,16 @@ class RayConfig(_Section):
     decode_threads: int = Field(
         2,
         ge=1,
-        description="Files each decode task decodes at once (ffmpeg subprocesses; the task only "
-        "waits).",
+        description="Groups of files each decode task decodes at once (ffmpeg subprocesses; the "
+        "task only waits).",
+    )
+    decode_files_per_process: int = Field(
+        16,
+        ge=1,
+        description="Files one ffmpeg process probes, and one decodes, together (one input and "
+        "one output each): process start-up is most of a small clip's cost. A file the batch "
+        "cannot vouch for, or a batch that fails, is decoded on its own, so every file keeps "
+        "its own failure reason; 1 = one ffprobe and one ffmpeg per file.",
     )
     encode_num_cpus: float = Field(1.0, ge=0, description="CPUs per encoder actor.")
     encode_num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor.")

@@ -25,12 +25,15 @@ What a `RetrievalDataset` knows:
 
 Video files are looked up by id under `videos_dir` (default `<root>/videos` when it exists,
 else `<root>`; the folder format's paths are relative to `<root>`) with any extension in
-`VIDEO_EXTENSIONS`, directly or anywhere below. Frame loading is not here: `video_decode` is
-the one decode path for every format.
+`VIDEO_EXTENSIONS`, directly or anywhere below (animated pictures count: GIF, WebP, APNG; a .png
+only when animated, unless the annotation names the file). A file that is there under an
+extension the index does not take is reported as such, with the extensions it takes. Frame
+loading is not here: `video_decode` is the one decode path for every format.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os.path
 from collections import Counter
@@ -46,6 +49,8 @@ from crosstvr_core.annotation_formats import (
     AnnotationFormat,
     Annotations,
     DatasetError,
+    taken_extensions,
+    takes_video_file,
 )
 
 __all__ = [
@@ -94,6 +99,8 @@ class RetrievalDataset:
     videos_dir: str = ""
     missing_videos: list[str] = field(default_factory=list)
     skipped_captions: int = 0
+    # missing video id -> the file that is there under an extension the index does not take
+    untaken_files: dict[str, str] = field(default_factory=dict)
 
     def splits(self) -> list[str]:
         return sorted({v.split for v in self.videos})
@@ -131,7 +138,8 @@ class RetrievalDataset:
             return None
         return _missing_message(self.name, self.missing_videos, len(self.videos)
                                 + len(self.missing_videos), self.videos_dir,
-                                f"skipped with their {self.skipped_captions} caption(s)")
+                                f"skipped with their {self.skipped_captions} caption(s)",
+                                self.untaken_files)
 
     def _known_split_captions(self, split: str) -> list[CaptionItem]:
         captions = self.split_captions(split)
@@ -165,7 +173,7 @@ class VideoFileIndex:
             return direct
         for extension in VIDEO_EXTENSIONS:
             candidate = direct.with_name(direct.name + extension)
-            if candidate.is_file():
+            if candidate.is_file() and takes_video_file(candidate):
                 return candidate
         matches = sorted(set(self._walk().get(direct.name, [])), key=_extension_rank)
         folders = sorted({str(m.parent) for m in matches})
@@ -174,14 +182,26 @@ class VideoFileIndex:
                                f"'{self.videos_dir}': {', '.join(str(m) for m in matches[:4])}")
         return matches[0] if matches else None
 
+    def untaken(self, key: str) -> Path | None:
+        """The file `key` names, or one of its stem in its folder, that the index does not
+        take (another extension, or a .png that is not animated); None when there is none."""
+        direct = self.videos_dir / key
+        if direct.is_file():
+            return direct  # named exactly, and `find` did not take it
+        if direct.parent.is_dir():
+            for candidate in sorted(direct.parent.glob(glob.escape(direct.name) + ".*")):
+                if candidate.is_file() and not takes_video_file(candidate):
+                    return candidate
+        return None
+
     def _walk(self) -> dict[str, list[Path]]:
         if self._below is None:
             self._below = {}
             for folder, _, names in os.walk(self.videos_dir, followlinks=True):
                 for name in names:
-                    stem, extension = os.path.splitext(name)
-                    if extension.lower() in VIDEO_EXTENSIONS:
-                        path = Path(folder) / name
+                    stem = os.path.splitext(name)[0]
+                    path = Path(folder) / name
+                    if takes_video_file(path):
                         self._below.setdefault(name, []).append(path)
                         self._below.setdefault(stem, []).append(path)
         return self._below
@@ -194,10 +214,17 @@ def _extension_rank(path: Path) -> tuple[int, str]:
 
 
 def _missing_message(name: str, missing: list[str], total: int, videos_dir: str,
-                     outcome: str) -> str:
+                     outcome: str, untaken: Mapping[str, str] | None = None) -> str:
     first = ", ".join(missing[:_REPORTED_IDS]) + (", ..." if len(missing) > _REPORTED_IDS else "")
-    return (f"dataset '{name}': {len(missing)} of {total} video(s) not found under "
-            f"'{videos_dir}' ({outcome}): {first}")
+    message = (f"dataset '{name}': {len(missing)} of {total} video(s) not found under "
+               f"'{videos_dir}' ({outcome}): {first}")
+    if untaken:
+        files = [f"'{os.path.relpath(path, videos_dir)}'" for path in list(untaken.values())
+                 [:_REPORTED_IDS]] + (["..."] if len(untaken) > _REPORTED_IDS else [])
+        message += (f"; {len(untaken)} of them {'is a file' if len(untaken) == 1 else 'are files'}"
+                    f" with an extension the index does not take ({', '.join(files)}): it "
+                    f"takes {taken_extensions()}")
+    return message
 
 
 def _choose(option: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -351,18 +378,22 @@ def _assemble(parsed: Annotations, name: str, root: Path, videos_root: Path, for
     index = VideoFileIndex(videos_root)
     videos: list[VideoItem] = []
     missing: list[str] = []
+    untaken: dict[str, str] = {}
     for video in parsed.videos:
         found = _locate(video, index)
         if found is None and missing_policy == "keep":
             found = Path(video.path) if video.path else videos_root / video.file_keys[0]
         if found is None:
             missing.append(video.video_id)
+            other = next(filter(None, (index.untaken(k) for k in video.file_keys)), None)
+            if other is not None:
+                untaken[video.video_id] = str(other)
             continue
         videos.append(VideoItem(video.video_id, str(found), video.split, dict(video.meta)))
     if missing and (missing_policy == "error" or not videos):
         outcome = "missing_videos='error'" if missing_policy == "error" else "none found"
         raise DatasetError(_missing_message(name, missing, len(parsed.videos), str(videos_root),
-                                            outcome))
+                                            outcome, untaken))
     kept = {v.video_id for v in videos}
     captions: list[CaptionItem] = []
     starts: dict[int, float | None] = {}
@@ -382,7 +413,7 @@ def _assemble(parsed: Annotations, name: str, root: Path, videos_root: Path, for
     if caption_mode == "paragraph":
         captions = _paragraphs(captions, starts)
     dataset = RetrievalDataset(name, str(root), videos, captions, format_name, caption_mode,
-                               str(videos_root), missing, skipped)
+                               str(videos_root), missing, skipped, untaken)
     report = dataset.missing_report()
     if report:
         log.warning(report)
@@ -405,14 +436,18 @@ def scan_video_folder(root: str | Path, name: str, split: str = "corpus") -> Ret
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"videos folder '{root}': not a directory")
-    paths = sorted(
+    files = sorted(
         p for p in root.rglob("*")
-        if p.suffix.lower() in VIDEO_EXTENSIONS and not any(
-            part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
+    paths = [p for p in files if takes_video_file(p)]
     if not paths:
+        others = Counter(p.suffix.lower() or "(none)" for p in files)
+        found = (", found " + ", ".join(f"{n} x {e}" for e, n in others.most_common(6))
+                 + (" (not animated)" if set(others) == {".png"} else "")) if others else ""
         raise DatasetError(
-            f"videos folder '{root}': no video files ({', '.join(VIDEO_EXTENSIONS)})"
+            f"videos folder '{root}': no video files (the index takes {taken_extensions()}"
+            f"){found}"
         )
     videos, seen = [], {}
     for path in paths:

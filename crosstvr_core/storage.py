@@ -82,6 +82,7 @@ def videos_schema() -> pa.Schema:
             ("status", pa.string()),  # "ok" | "failed"
             ("error", pa.string()),
             ("error_reason", pa.string()),  # short machine-readable kind, e.g. "truncated"
+            ("decode_warning", pa.string()),  # what decoding tolerated (e.g. frames short); ""
             ("encoder_id", pa.string()),
             ("indexed_at", pa.timestamp("us", tz="UTC")),
         ]
@@ -320,8 +321,9 @@ class TokenIndex:
     def _with_defaults(self, rows: pa.Table, schema: pa.Schema) -> pa.Table:
         """Fill columns a writer may leave out: no error reason, every patch in grid order."""
         n = rows.num_rows
-        if "error_reason" in schema.names and "error_reason" not in rows.column_names:
-            rows = rows.append_column("error_reason", pa.array([""] * n, pa.string()))
+        for text in ("error_reason", "decode_warning"):
+            if text in schema.names and text not in rows.column_names:
+                rows = rows.append_column(text, pa.array([""] * n, pa.string()))
         if "patch_index" in schema.names and "patch_index" not in rows.column_names:
             s = self.shapes
             grid = np.broadcast_to(np.arange(s.num_patches, dtype=np.int16),

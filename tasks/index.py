@@ -26,7 +26,7 @@ from crosstvr_core.datasets import RetrievalDataset
 from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
 from crosstvr_core.encoder_pretraining import resolve_pretrained, resolve_text_tokens
 from crosstvr_core.storage import CAPTIONS, VIDEO_TOKENS, VIDEOS, TokenIndex, TokenShapes
-from crosstvr_core.video_decode import VideoDecodeError, decode_frames, file_content_hash
+from crosstvr_core.video_decode import VideoDecodeError, decode_videos, file_content_hash
 
 log = logging.getLogger(__name__)
 # decode tasks fork ffmpeg in processes that imported lancedb; they never touch Lance after
@@ -96,53 +96,79 @@ def _segment_seed(seed: int, video_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}|{video_id}".encode()).digest()[:8], "little")
 
 
-def _decode_one(path: str, known_hash: str, video_id: str, sampling: tuple[int, int, str, int],
-                ) -> dict:
-    """Hash one file; decode it unless unchanged. Never raises for a bad file."""
-    num_frames, size = sampling[0], sampling[1]
-    row = {"status": "ok", "error": "", "error_reason": "", "content_hash": "", "probe": None,
-           "frames": None, "mask": None}
-    try:
-        row["content_hash"] = file_content_hash(path)
-        if row["content_hash"] == known_hash:
-            row["status"] = "skip"
-        else:
-            method, seed = sampling[2], sampling[3]
-            row["frames"], row["mask"], row["probe"] = decode_frames(
-                path, num_frames, size, sampling=method, threads=1,
-                seed=_segment_seed(seed, video_id) if method == "segment" else None,
-            )
-    except VideoDecodeError as exc:
-        row.update(status="failed", error=str(exc), error_reason=exc.reason)
-    except OSError as exc:  # the hash could not read the file
-        row.update(status="failed", error=f"{path}: {exc}", error_reason="unreadable")
-    return row
+def _groups(items: list[int], parts: int) -> list[list[int]]:
+    """`items` in at most `parts` contiguous, near-equal groups (none empty)."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for k in range(parts):
+        end = start + size + (k < extra)
+        out.append(items[start:end])
+        start = end
+    return [g for g in out if g]
 
 
 def decode_batch(batch: dict[str, np.ndarray], num_frames: int, size: int,
-                 threads: int = 1, method: str = "uniform", seed: int = 0) -> dict:
+                 threads: int = 1, method: str = "uniform", seed: int = 0,
+                 files_per_process: int = 16, min_decoded_fraction: float = 0.9,
+                 allow_stills: bool = False) -> dict:
     """Stateless Ray task: hash, skip if unchanged, else decode F frames per video.
 
-    Decoding is an ffmpeg subprocess per file, so `threads` files run at once: the task's
-    Python thread only waits on pipes. A bad file never raises: its row comes back with
-    status "failed", the error and its reason.
+    The files to decode are split into `threads` groups decoded at once; each group is
+    probed and decoded `files_per_process` files per ffmpeg process (video_decode.
+    decode_videos), so the task's Python threads only wait on pipes. A bad file never raises:
+    its row comes back with status "failed", the error and its reason; a tolerated oddity
+    (fewer frames than the container lists) comes back as `decode_warning`.
     """
     n = len(batch["video_id"])
-    sampling = (num_frames, size, method, seed)
-    args = [(str(batch["path"][i]), str(batch["known_hash"][i]), str(batch["video_id"][i]),
-             sampling) for i in range(n)]
-    if threads > 1 and n > 1:
-        with ThreadPoolExecutor(min(threads, n)) as pool:
-            rows = list(pool.map(lambda a: _decode_one(*a), args))
+    rows = [{"status": "ok", "error": "", "error_reason": "", "decode_warning": "",
+             "content_hash": "", "probe": None, "frames": None, "mask": None}
+            for _ in range(n)]
+    todo = []
+    for i in range(n):
+        path = str(batch["path"][i])
+        try:
+            rows[i]["content_hash"] = file_content_hash(path)
+        except VideoDecodeError as exc:
+            rows[i].update(status="failed", error=str(exc), error_reason=exc.reason)
+            continue
+        except OSError as exc:  # the hash could not read the file
+            rows[i].update(status="failed", error=f"{path}: {exc}", error_reason="unreadable")
+            continue
+        if rows[i]["content_hash"] == str(batch["known_hash"][i]):
+            rows[i]["status"] = "skip"
+        else:
+            todo.append(i)
+
+    def decode(group: list[int]) -> list:
+        return decode_videos(
+            [str(batch["path"][i]) for i in group], num_frames, size, sampling=method,
+            seeds=[_segment_seed(seed, str(batch["video_id"][i])) if method == "segment"
+                   else None for i in group],
+            threads=1, files_per_process=files_per_process,
+            min_decoded_fraction=min_decoded_fraction, allow_stills=allow_stills,
+        )
+
+    groups = _groups(todo, threads)
+    if len(groups) > 1:
+        with ThreadPoolExecutor(len(groups)) as pool:
+            results = list(pool.map(decode, groups))
     else:
-        rows = [_decode_one(*a) for a in args]
+        results = [decode(g) for g in groups]
+    for group, decoded in zip(groups, results, strict=True):
+        for i, result in zip(group, decoded, strict=True):
+            if isinstance(result, VideoDecodeError):
+                rows[i].update(status="failed", error=str(result), error_reason=result.reason)
+            else:
+                rows[i].update(frames=result.frames, mask=result.mask, probe=result.probe,
+                               decode_warning=result.warning)
     out = {k: batch[k] for k in ("video_id", "path", "split")}
     frames = np.zeros((n, num_frames, size, size, 3), np.uint8)
     masks = np.zeros((n, num_frames), bool)
     for i, row in enumerate(rows):
         if row["frames"] is not None:
             frames[i], masks[i] = row["frames"], row["mask"]
-    for key in ("status", "error", "error_reason", "content_hash"):
+    for key in ("status", "error", "error_reason", "decode_warning", "content_hash"):
         out[key] = np.array([row[key] for row in rows], dtype=object)
     for key in ("duration", "fps", "width", "height", "size_bytes"):
         out[key] = np.array([getattr(row["probe"], key, 0) if row["probe"] else 0
@@ -232,7 +258,7 @@ def _write_video_batch(index: TokenIndex, batch: dict, corpus: str) -> dict[str,
         index.upsert(VIDEOS, {
             **{k: batch[k][done] for k in ("video_id", "split", "content_hash", "duration", "fps",
                                            "width", "height", "size_bytes", "error",
-                                           "error_reason")},
+                                           "error_reason", "decode_warning")},
             "corpus": [corpus] * done.size,
             "uri": batch["path"][done],
             "num_frames_sampled": batch["frame_mask"][done].sum(1),
@@ -292,7 +318,10 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
         decode_batch, batch_size=cfg.ray.decode_batch_size, batch_format="numpy",
         fn_kwargs={"num_frames": cfg.sampling.num_frames, "size": size,
                    "threads": cfg.ray.decode_threads, "method": cfg.sampling.method,
-                   "seed": cfg.sampling.seed},
+                   "seed": cfg.sampling.seed,
+                   "files_per_process": cfg.ray.decode_files_per_process,
+                   "min_decoded_fraction": cfg.sampling.min_decoded_fraction,
+                   "allow_stills": cfg.index.allow_stills},
         # resources via a function: Ray Data then never fuses decoding into the encoder
         # actor, so decode tasks run in parallel beside the actor pool instead of inside it
         ray_remote_args_fn=lambda: {"num_cpus": decode_cpus},
