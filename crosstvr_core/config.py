@@ -493,12 +493,18 @@ class TrainConfig(_Section):
         'video ("one_per_video": as many steps as videos; the other captions come in later '
         "epochs).",
     )
+    lists_from: Literal["cross_fitted", "zero_shot", "stage1"] = Field(
+        "cross_fitted",
+        description="Which stage 1 ranks the training lists: 'cross_fitted' (k stage-1 models, "
+        "each listing only the fold of videos it never saw: lists as hard as at test, k more "
+        "stage-1 trainings), 'zero_shot' (the untrained meanP similarity: honest and free, "
+        "but a weaker ranker than the one at test), or 'stage1' (the stage 1 trained on all "
+        "of them, which has memorised its captions: lists too easy).",
+    )
     stage1_folds: int = Field(
         2,
-        ge=0,
-        description="Cross-fitting: the training lists come from stage-1 models that each "
-        "never saw the fold of videos they list (k folds); 0 = from the stage 1 trained on all "
-        "of them.",
+        ge=2,
+        description="lists_from=cross_fitted: the number of folds (stage-1 trainings).",
     )
     epochs: int = Field(
         6,

@@ -57,13 +57,16 @@ def device() -> str:
 
 
 def fit_stage1(cfg: CrossTVRConfig, bank: TokenBank, *, on_epoch_end: EpochCallback | None = None,
-               progress: bool = True) -> TemporalHead | None:
-    """The trained stage-1 head on `bank` (seqTransf), or None for the zero-shot meanP."""
+               progress: bool = True, checkpoint_dir: str | Path | None = None
+               ) -> TemporalHead | None:
+    """The trained stage-1 head on `bank` (seqTransf), or None for the zero-shot meanP.
+    With `checkpoint_dir`, each epoch is checkpointed there and a rerun resumes from it."""
     if cfg.stage1.method != "seqTransf":
         return None
     head = TemporalHead.for_bank(cfg.stage1, bank)
     train_temporal_head(head, bank, cfg.stage1, device=device(), on_epoch_end=on_epoch_end,
-                        progress=progress)
+                        progress=progress, checkpoint_dir=checkpoint_dir,
+                        resume=checkpoint_dir is not None)
     return head.eval()
 
 
@@ -95,12 +98,16 @@ def training_lists(cfg: CrossTVRConfig, bank: TokenBank, stage1_sim: torch.Tenso
                    progress: bool = False) -> TrainingLists:
     """The stage-1 top-K lists the re-ranker trains on, for `bank` (its training part).
 
-    seqTransf with train.stage1_folds >= 2: cross-fitted (each list from a head that never
-    saw that caption's or that video's fold); otherwise the lists of `stage1_sim` [T, V]
-    (a zero-shot stage 1 never saw any caption, so its lists are honest as they are).
+    train.lists_from "cross_fitted" (seqTransf): each list from a head that never saw that
+    caption's or that video's fold; "zero_shot": from the meanP similarity, which never saw
+    any caption; "stage1" (or a zero-shot stage 1): the lists of `stage1_sim` [T, V].
     """
     k = cfg.train.list_size
-    if cfg.stage1.method == "seqTransf" and cfg.train.stage1_folds >= 2:
+    source = cfg.train.lists_from
+    if source == "zero_shot":
+        sim = meanp_similarity(bank, bank)
+        return lists_from_similarity(sim, sim, k)
+    if cfg.stage1.method == "seqTransf" and source == "cross_fitted":
         def train_fold(seen: TokenBank) -> Stage1Scorer:
             return stage1_scorer(fit_stage1(cfg, seen, progress=progress))
 
@@ -260,8 +267,9 @@ def stage1_test_similarity(cfg: CrossTVRConfig, head: TemporalHead | None,
 
 def fit_stage1_for_reranking(cfg: CrossTVRConfig, train: TokenBank, *,
                              on_epoch_end: EpochCallback | None = None,
-                             progress: bool = True) -> TemporalHead | None:
+                             progress: bool = True,
+                             checkpoint_dir: str | Path | None = None) -> TemporalHead | None:
     """The stage 1 whose lists are re-ranked: trained on the train split minus the
     re-ranker's validation videos (stage1_training_bank)."""
     return fit_stage1(cfg, stage1_training_bank(cfg, train), on_epoch_end=on_epoch_end,
-                      progress=progress)
+                      progress=progress, checkpoint_dir=checkpoint_dir)

@@ -18,9 +18,7 @@ stopping, the best weights kept.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +37,14 @@ from crosstvr_core.hard_negatives import (
 from crosstvr_core.reranker import CrossTVRReranker
 from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.token_dataset import TokenSource, VTMPairDataset
-from crosstvr_core.training_checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng_states,
-    rng_states,
-    save_checkpoint,
-)
 from crosstvr_core.training_lists import TrainingLists
+from crosstvr_core.training_loop import (
+    EarlyStopping,
+    Trainer,
+    run_epochs,
+    training_autocast,
+    warmup_cosine,
+)
 from crosstvr_core.two_stage import (
     fused_top1,
     pick_fusion_weight,
@@ -57,27 +55,6 @@ from crosstvr_core.two_stage import (
 )
 
 EpochCallback = Callable[[int, dict, CrossTVRReranker], None]
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def training_autocast(device: torch.device, precision: str = "bf16") -> AbstractContextManager:
-    """Autocast to `precision` (bf16 / fp16) on CUDA; plain fp32 elsewhere or for "fp32"."""
-    dtype = _AUTOCAST_DTYPES.get(precision)
-    enabled = device.type == "cuda" and dtype is not None
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=enabled)
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """LR factor per optimizer step: linear warm-up, then cosine decay to zero."""
-    warmup = int(warmup_fraction * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def hard_negative_fraction(step: int, total_steps: int, warmup: float) -> float:
@@ -351,10 +328,6 @@ def one_caption_per_video(caption_video: torch.Tensor, generator: torch.Generato
     return chosen[torch.randperm(len(chosen), generator=generator)]
 
 
-def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
-
-
 def train_reranker(
     model: CrossTVRReranker,
     bank: TokenBank,
@@ -418,102 +391,57 @@ def train_reranker(
         device.type, enabled=device.type == "cuda" and cfg.precision == "fp16"
     )
 
-    history: list[dict] = []
-    best = {"score": -math.inf, "epoch": 0, "state": None, "stale_epochs": 0, "stopped": False}
-    start_epoch = 1
-    latest = latest_checkpoint(checkpoint_dir) if checkpoint_dir and resume else None
-    if latest is not None:
-        state = load_checkpoint(latest)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_states(state["rng"], generator)
-        history, best = state["history"], state["best"]
-        start_epoch = state["epoch"] + 1
-
-    metric_names = ("loss", "accuracy", "pos_prob", "pos_beats_neg_video", "grad_norm")
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if best["stopped"]:
-            break
-        model.train()
-        start = time.perf_counter()
+    def batches(epoch: int) -> tuple[torch.Tensor, ...]:
         order = (one_caption_per_video(bank.caption_video, generator) if one_per_video
                  else torch.randperm(num_captions, generator=generator))
-        totals = dict.fromkeys(metric_names, 0.0)
-        bar = tqdm(range(steps_per_epoch), desc=f"reranker epoch {epoch}/{cfg.epochs}",
-                   disable=not progress, leave=False)
-        for step in bar:
-            text_rows = order[step * batch_size : (step + 1) * batch_size]  # [B]
-            hard_fraction = hard_negative_fraction(
-                (epoch - 1) * steps_per_epoch + step, total_steps, cfg.hard_negative_warmup
-            )
-            if listwise:
-                # hard mining off (the ablation): lists of random items only
-                hard_fraction = hard_fraction if cfg.hard_negatives else 0.0
-                loss, stats = listwise_step(model, bank, lists, text_rows, hard_fraction,
-                                            generator, device, cfg.precision,
-                                            cfg.reversed_negatives)
-            else:
-                loss, stats = _bce_step(model, dataset, bank, scores, text_rows, cfg,
-                                        generator, hard_fraction, device)
+        return order.split(batch_size)
 
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
+    def hard_fraction_at(step: int) -> float:
+        fraction = hard_negative_fraction(step, total_steps, cfg.hard_negative_warmup)
+        # hard mining off (the ablation): listwise lists of random items only
+        return fraction if cfg.hard_negatives or not listwise else 0.0
 
-            metrics = torch.stack([loss.detach(), *stats, grad_norm.float()]).tolist()
-            for name, value in zip(totals, metrics, strict=True):
-                totals[name] += value
-            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
-        bar.close()
-
-        seconds = time.perf_counter() - start
-        if listwise:  # K + 1 (reversed) videos and K captions per caption
-            pairs_per_caption = (2 * cfg.list_size + int(cfg.reversed_negatives)) * (
-                rows_per_epoch / num_captions)
+    def step(text_rows: torch.Tensor, global_step: int
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hard_fraction = hard_fraction_at(global_step)
+        if listwise:
+            loss, stats = listwise_step(model, bank, lists, text_rows, hard_fraction,
+                                        generator, device, cfg.precision,
+                                        cfg.reversed_negatives)
         else:
-            pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
-        record = {
-            "epoch": epoch,
-            **{name: value / steps_per_epoch for name, value in totals.items()},
-            "lr": schedule.get_last_lr()[0],
-            "hard_fraction": hard_fraction,
-            "seconds": seconds,
-            "pairs_per_second": pairs_per_caption * num_captions / seconds,
-        }
-        if validation is not None:
-            record.update(validate_two_stage(model, validation, device, cfg.precision))
-            model.set_fusion_weights(record["val_t2v_fusion_weight"],
-                                     record["val_v2t_fusion_weight"])
-            if record["val_mean_R1"] > best["score"]:
-                best.update(score=record["val_mean_R1"], epoch=epoch, state=_clone_state(model),
-                            stale_epochs=0)
-            else:
-                best["stale_epochs"] += 1
-                best["stopped"] = best["stale_epochs"] >= cfg.early_stopping_patience
-            record["early_stopped"] = best["stopped"]
-        history.append(record)
-        if checkpoint_dir is not None:
-            state = {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_states(generator),
-                "history": history,
-                "best": best,
-            }
-            record["checkpoint"] = str(save_checkpoint(state, checkpoint_dir, epoch))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record, model)
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])  # the best validated epoch, not the last
+            loss, stats = _bce_step(model, dataset, bank, scores, text_rows, cfg,
+                                    generator, hard_fraction, device)
+        names = ("accuracy", "pos_prob", "pos_beats_neg_video")
+        return loss, dict(zip(names, stats, strict=True))
+
+    if listwise:  # K + 1 (reversed) videos and K captions per caption
+        pairs_per_caption = (2 * cfg.list_size + int(cfg.reversed_negatives)) * (
+            rows_per_epoch / num_captions)
+    else:
+        pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
+
+    def epoch_extras(epoch: int, seconds: float) -> dict:
+        return {"hard_fraction": hard_fraction_at(epoch * steps_per_epoch - 1),
+                "pairs_per_second": pairs_per_caption * num_captions / seconds}
+
+    def keep_fusion_weights(record: dict) -> None:
+        model.set_fusion_weights(record["val_t2v_fusion_weight"],
+                                 record["val_v2t_fusion_weight"])
+
+    trainer = Trainer(
+        batches=batches, step=step, steps_per_epoch=steps_per_epoch,
+        epoch_extras=epoch_extras,
+        validate=(None if validation is None
+                  else lambda: validate_two_stage(model, validation, device, cfg.precision)),
+        score_key="val_mean_R1", after_validation=keep_fusion_weights,
+    )
+    history = run_epochs(
+        model, trainer, optimizer, schedule, generator, epochs=cfg.epochs,
+        grad_clip=cfg.grad_clip, name="reranker", scaler=scaler,
+        early_stopping=EarlyStopping(cfg.early_stopping_patience) if validation else None,
+        checkpoint_dir=checkpoint_dir, resume=resume, on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
     model.to(device).eval()
     return history
 

@@ -13,18 +13,17 @@ video->text a video's other captions are masked as false negatives (never sample
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from crosstvr_core.config import Stage1Config
 from crosstvr_core.hard_negatives import play_backwards
-from crosstvr_core.reranker_training import training_autocast, warmup_cosine
 from crosstvr_core.temporal_head import TemporalHead
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training_loop import Trainer, run_epochs, training_autocast, warmup_cosine
 
 EpochCallback = Callable[[int, dict, TemporalHead], None]
 
@@ -62,13 +61,17 @@ def train_temporal_head(
     device: str | torch.device = "cpu",
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Train `head` on the bank's caption/video pairs; no encoder is involved.
 
     Seeded by cfg.seed (caption order; the global seed too, for dropout): the same head
     init, bank and cfg give the same result on CPU. Returns one record per epoch (epoch
     counts from 1, as passed to `on_epoch_end`, which may switch the head to eval: each
-    epoch switches it back); the head is left in eval mode on `device`.
+    epoch switches it back); the head is left in eval mode on `device`. Each epoch ends
+    with a checkpoint in `checkpoint_dir` when given; with `resume`, training continues
+    after the latest one, giving the weights an uninterrupted run would have.
     """
     device = torch.device(device)
     num_captions = bank.num_captions
@@ -92,60 +95,44 @@ def train_temporal_head(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
     )
 
-    history: list[dict] = []
-    for epoch in range(1, cfg.epochs + 1):
-        head.train()
-        start = time.perf_counter()
-        order = torch.randperm(num_captions, generator=generator).to(device)
-        total = torch.zeros((), device=device)
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"seqTransf epoch {epoch}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for step in bar:
-            rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # [B]
-            videos = caption_video[rows]  # [B]
-            unique, inverse = torch.unique(videos, return_inverse=True)  # [U], [B]
-            reversed_video = None
-            patches = None if video_patches is None else video_patches[unique.cpu()].to(device)
-            with training_autocast(device):
-                video = head(video_cls[unique], frame_mask[unique], patches)  # [U, D]
-                text = head.encode_text(text_eot[rows], text_tokens[rows], text_mask[rows])
-                if cfg.reversed_negatives:
-                    back = play_backwards({"frame_mask": frame_mask[unique],
-                                           "video_cls": video_cls[unique],
-                                           "video_patches": patches})
-                    reversed_video = head(back["video_cls"], frame_mask[unique],
-                                          back["video_patches"])
-                    reversed_video = reversed_video.float()  # [U, D]
-            loss = contrastive_loss(text.float(), video.float(), inverse, head.scale(),
-                                    reversed_video)
+    def batches(epoch: int) -> tuple[torch.Tensor, ...]:
+        return torch.randperm(num_captions, generator=generator).to(device).split(
+            cfg.batch_size)
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            total += loss.detach()
-            if progress:  # one device sync per step only when someone watches
-                bar.set_postfix(loss=f"{total.item() / (step + 1):.4f}")
-        bar.close()
+    def step(rows: torch.Tensor, global_step: int
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        videos = caption_video[rows]  # [B]
+        unique, inverse = torch.unique(videos, return_inverse=True)  # [U], [B]
+        reversed_video = None
+        patches = None if video_patches is None else video_patches[unique.cpu()].to(device)
+        with training_autocast(device):
+            video = head(video_cls[unique], frame_mask[unique], patches)  # [U, D]
+            text = head.encode_text(text_eot[rows], text_tokens[rows], text_mask[rows])
+            if cfg.reversed_negatives:
+                back = play_backwards({"frame_mask": frame_mask[unique],
+                                       "video_cls": video_cls[unique],
+                                       "video_patches": patches})
+                reversed_video = head(back["video_cls"], frame_mask[unique],
+                                      back["video_patches"])
+                reversed_video = reversed_video.float()  # [U, D]
+        loss = contrastive_loss(text.float(), video.float(), inverse, head.scale(),
+                                reversed_video)
+        return loss, {}
 
-        seconds = time.perf_counter() - start
-        record = {
-            "epoch": epoch,
-            "loss": total.item() / steps_per_epoch,
-            "lr": schedule.get_last_lr()[0],
+    def epoch_extras(epoch: int, seconds: float) -> dict:
+        return {
             "logit_scale": head.scale().item(),  # the multiplier exp(logit_scale), <= 100
             "residual_gate": head.residual_gate.detach().abs().mean().item(),  # 0 = meanP
-            "seconds": seconds,
             "captions_per_second": num_captions / seconds,
         }
-        history.append(record)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record, head)
+
+    history = run_epochs(
+        head, Trainer(batches=batches, step=step, steps_per_epoch=steps_per_epoch,
+                      epoch_extras=epoch_extras),
+        optimizer, schedule, generator, epochs=cfg.epochs, grad_clip=cfg.grad_clip,
+        name="seqTransf", checkpoint_dir=checkpoint_dir, resume=resume,
+        on_epoch_end=on_epoch_end, progress=progress,
+    )
     head.eval()
     return history
 

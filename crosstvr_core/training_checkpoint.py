@@ -84,5 +84,5 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # a truncated or foreign file
         raise ValueError(f"checkpoint '{path}': cannot be read: {exc}") from exc
     if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
-        raise ValueError(f"checkpoint '{path}': not a re-ranker training checkpoint")
+        raise ValueError(f"checkpoint '{path}': not a training checkpoint")
     return state

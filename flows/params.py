@@ -95,7 +95,7 @@ PAPER_ABLATION: tuple[AblationVariant, ...] = (
     AblationVariant(name="no_temporal_context", overrides=["reranker.temporal_layers=0"]),
     AblationVariant(name="no_match_term", overrides=["reranker.match_term=false"]),
     AblationVariant(name="no_grounding_term", overrides=["reranker.grounding_term=false"]),
-    AblationVariant(name="lists_not_cross_fitted", overrides=["train.stage1_folds=0"]),
+    AblationVariant(name="lists_not_cross_fitted", overrides=["train.lists_from=stage1"]),
 )
 
 # keys a variant may change: everything downstream of the shared index and stage 1

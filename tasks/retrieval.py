@@ -77,7 +77,9 @@ def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[Tempora
         history.append(record)
         on_epoch_end(epoch, record, head)
 
-    head = pipeline.fit_stage1_for_reranking(cfg, train, on_epoch_end=keep)
+    # a retried step resumes from the last epoch's checkpoint in the run directory
+    head = pipeline.fit_stage1_for_reranking(cfg, train, on_epoch_end=keep,
+                                             checkpoint_dir=run_dir / "stage1_checkpoints")
     mlflow.log_figure(report.training_curve_figure(history, "stage-1 seqTransf training"),
                       "figures/stage1_training_curve.png")
     path = run_dir / "stage1_seqtransf.pt"

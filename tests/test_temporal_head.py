@@ -19,6 +19,7 @@ from crosstvr_core.temporal_head_training import (
     train_temporal_head,
 )
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training_checkpoint import latest_checkpoint
 
 FRAMES, EMBED = 4, 16
 
@@ -266,4 +267,32 @@ def test_training_is_deterministic_and_reports_each_epoch() -> None:
 def test_training_reads_only_the_bank() -> None:
     """No encoder in the signature: the head trains on cached embeddings alone."""
     params = set(inspect.signature(train_temporal_head).parameters)
-    assert params == {"head", "bank", "cfg", "device", "on_epoch_end", "progress"}
+    assert params == {"head", "bank", "cfg", "device", "on_epoch_end", "progress",
+                      "checkpoint_dir", "resume"}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path) -> None:
+    bank, cfg = random_bank(), small_cfg(epochs=3)
+
+    def train(**kwargs) -> tuple[TemporalHead, list[dict]]:
+        head = TemporalHead.from_config(cfg, EMBED, FRAMES)
+        return head, train_temporal_head(head, bank, cfg, progress=False, **kwargs)
+
+    straight, straight_history = train()
+
+    def kill_after_second_epoch(epoch: int, record: dict, head: TemporalHead) -> None:
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(checkpoint_dir=tmp_path, on_epoch_end=kill_after_second_epoch)
+    assert latest_checkpoint(tmp_path).name == "epoch-0002.pt"
+    resumed, history = train(checkpoint_dir=tmp_path, resume=True)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert [r["loss"] for r in history] == [r["loss"] for r in straight_history]
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
