@@ -82,11 +82,17 @@ def videos_schema() -> pa.Schema:
             ("status", pa.string()),  # "ok" | "failed"
             ("error", pa.string()),
             ("error_reason", pa.string()),  # short machine-readable kind, e.g. "truncated"
-            ("decode_warning", pa.string()),  # what decoding tolerated (e.g. frames short); ""
             ("encoder_id", pa.string()),
             ("indexed_at", pa.timestamp("us", tz="UTC")),
+            # added later (last, as Lance appends it to an older table): see ADDED_COLUMNS
+            ("decode_warning", pa.string()),  # what decoding tolerated (e.g. frames short); ""
         ]
     )
+
+
+#: Columns appended to a table after its first release -> the SQL value that fills them in
+#: a table written before: opening such a table adds them, so an index survives an upgrade.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {VIDEOS: {"decode_warning": "''"}}
 
 
 def video_tokens_schema(shapes: TokenShapes, encoder_id: str) -> pa.Schema:
@@ -263,6 +269,12 @@ class TokenIndex:
             # exist_ok: another run may create it between the check and here
             return self.db.create_table(name, schema=schema, exist_ok=True)
         table = self.db.open_table(name)
+        missing = schema.names[len(table.schema.names):]
+        added = ADDED_COLUMNS.get(name, {})
+        if (missing and table.schema.names == schema.names[: len(table.schema.names)]
+                and set(missing) <= added.keys()):
+            # a table written before these columns existed: add them, filled (one commit)
+            table.add_columns({column: added[column] for column in missing})
         if table.schema.names != schema.names:
             raise SchemaMismatchError(
                 f"table '{name}' at {self.uri} has columns {table.schema.names}, this version "

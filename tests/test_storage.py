@@ -152,3 +152,23 @@ def test_upsert_takes_columns_in_the_tables_types(tmp_path):
     assert tokens["video_patches"].shape == (1, 3, 2, 5) and tokens["frame_mask"].all()
     with pytest.raises(ValueError, match=r"columns \['colour'\] are not in"):
         index.upsert("videos", {**columns, "colour": ["red"]}, "video_id")
+
+
+def test_an_index_written_before_a_column_existed_opens_with_it_filled(tmp_path):
+    """An upgrade keeps a stored index: the videos table of a release without
+    `decode_warning` gains it (empty), its rows and the other tables untouched."""
+    import lancedb
+
+    from crosstvr_core.storage import videos_schema
+
+    old = pa.schema([f for f in videos_schema() if f.name != "decode_warning"])
+    db = lancedb.connect(tmp_path / "db")
+    db.create_table("videos", _video_rows(["a", "b"]).append_column(
+        "error_reason", pa.array(["", ""])).select(old.names).cast(old))
+    index = TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    assert index.videos.schema.names == videos_schema().names
+    rows = index.videos.to_arrow().sort_by("video_id")
+    assert rows.column("video_id").to_pylist() == ["a", "b"]
+    assert rows.column("decode_warning").to_pylist() == ["", ""]
+    index.upsert("videos", _video_rows(["c"]), "video_id")  # and takes new rows
+    assert index.videos.count_rows() == 3
