@@ -1,12 +1,12 @@
 """Index throughput and storage: the whole Ray Data pipeline against a bare encoder loop.
 
     .venv/bin/python benchmarks/bench_index.py                     # ViT-B/32, 180 clips x 12
-    .venv/bin/python benchmarks/bench_index.py --encoder crosstvr-tiny-vit --frames 8 \
-        --clip-size 64x64 --videos 600                              # the embedded default
+    .venv/bin/python benchmarks/bench_index.py --default-clips     # the embedded default
 
-Prints, as markdown:
-* frames/s of token extraction through the pipeline (read list -> decode tasks -> encoder
-  actor pool -> Lance upserts; wall time of `index_videos`, Ray already up) and of an
+`--default-clips` is the generated benchmark's shape: the tiny encoder, 600 clips of 64x64,
+16 frames at 8 fps, F = 8, only the all-patches pipeline. Prints, as markdown:
+* clips/s and frames/s of token extraction through the pipeline (read list -> decode tasks ->
+  encoder actor pool -> Lance upserts; wall time of `index_videos`, Ray already up) and of an
   in-process loop of the same open_clip forward, same threads, same batch size, on frames
   already in memory; their ratio (target >= 0.95);
 * bytes per video of the token tables, measured on disk, all patches vs `index.keep_patches`,
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,31 @@ def in_process_frames_per_s(encoder, frames: int, batch: int, threads: int) -> f
     return done / (time.perf_counter() - start)
 
 
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system, waited-for children included) of this process and every
+    process below it: the Ray runtime, its workers and the ffmpeg processes they ran. Not a
+    wall-time figure, so it means the same on a loaded machine (Linux /proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = sum(int(f) for f in fields[11:15]) / tick
+    wanted, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, parent in parents.items() if parent == pid and c not in wanted]
+        wanted.update(children)
+        frontier.extend(children)
+    return sum(times.get(pid, 0.0) for pid in wanted)
+
+
 def table_bytes(uri: str) -> tuple[int, int]:
     """(bytes of the live version's data files, bytes of every file incl. older versions,
     which Lance keeps for lineage checkouts until `optimize(cleanup_older_than=...)`)."""
@@ -99,51 +125,70 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the encoder")
     parser.add_argument("--batch", type=int, default=32, help="encoder frame batch size")
-    parser.add_argument("--keep-patches", type=int, default=4)
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--keep-patches", type=int, default=4,
+                        help="the second pipeline's index.keep_patches (0: no second run)")
+    parser.add_argument("--default-clips", action="store_true",
+                        help="the embedded default: tiny encoder, 600 64x64 clips of 16 frames "
+                        "at 8 fps, F = 8, no keep-patches run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another config override for both pipelines (repeatable)")
+    parser.add_argument("--workdir", default=None, help="reuse a rendered corpus")
     args = parser.parse_args()
+    if args.default_clips:
+        args.encoder, args.videos, args.frames, args.clip_size = "crosstvr-tiny-vit", 600, 8, "64x64"
+        args.seconds, args.fps, args.keep_patches = 2, 8, 0
 
     import ray
 
     from tasks.index import index_videos, load_encoder, token_shapes
 
+    load = os.getloadavg()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="crosstvr-bench-index-"))
     captions = render_corpus(work / "corpus", args.videos, args.clip_size, args.seconds, args.fps)
     dataset = load_folder_dataset(work / "corpus", captions, "bench")
-    common = [f"home={work / 'home'}", f"encoder.name={args.encoder}",
+    home = tempfile.mkdtemp(dir=work, prefix="home-")  # fresh tables: nothing is skipped
+    common = [f"home={home}", f"encoder.name={args.encoder}",
               f"sampling.num_frames={args.frames}", f"encoder.torch_threads={args.threads}",
-              f"encoder.frame_batch_size={args.batch}"]
+              f"encoder.frame_batch_size={args.batch}", *args.set]
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     rows = []
-    for label, extra in (("all patches", []), (f"keep {args.keep_patches}",
-                                                [f"index.keep_patches={args.keep_patches}"])):
+    runs = [("all patches", [])]
+    if args.keep_patches:
+        runs.append((f"keep {args.keep_patches}", [f"index.keep_patches={args.keep_patches}"]))
+    for label, extra in runs:
         cfg = load_config(None, [*common, f"data.name=bench-{len(rows)}", *extra])
         encoder = load_encoder(cfg)
         shapes = token_shapes(cfg, encoder)
         index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes)
-        start = time.perf_counter()
+        cpu, start = tree_cpu_seconds(), time.perf_counter()
         counts = index_videos(cfg, dataset, index, encoder.image_size)
         seconds = time.perf_counter() - start
+        cpu = tree_cpu_seconds() - cpu
         index.compact()
         frames = counts["ok"] * args.frames
         live, total = table_bytes(cfg.lance_uri)
         n = max(1, counts["ok"])
         rows.append((label, counts["ok"], frames, seconds, frames / seconds, live / n,
-                     total / n, shape_bytes(shapes)))
+                     total / n, shape_bytes(shapes), cpu))
     ray.shutdown()
     cfg = load_config(None, common)
     loop = in_process_frames_per_s(load_encoder(cfg), rows[0][2], args.batch, args.threads)
 
     print(f"\n{args.encoder}, {args.videos} clips {args.clip_size} x {args.seconds:g} s at "
-          f"{args.fps} fps, F = {args.frames}, torch threads {args.threads}, batch {args.batch}\n")
-    print("| pipeline | videos | frames | wall s | frames/s | vs in-process loop | "
-          "bytes/video live | on disk incl. old versions | bytes/video (shapes) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, videos, frames, seconds, fps, live, disk, computed in rows:
-        print(f"| {label} | {videos} | {frames} | {seconds:.1f} | {fps:.1f} | {fps / loop:.2f} | "
-              f"{live:,.0f} | {disk:,.0f} | {computed:,} |")
-    print(f"| in-process `encode_frames` loop | - | {rows[0][2]} | - | {loop:.1f} | 1.00 | - | - "
-          "| - |")
+          f"{args.fps} fps, F = {args.frames}, torch threads {args.threads}, batch {args.batch}"
+          + (f", {' '.join(args.set)}" if args.set else "") + "\n")
+    print("| pipeline | videos | frames | wall s | clips/s | CPU ms/clip | frames/s | "
+          "vs in-process loop | bytes/video live | on disk incl. old versions | "
+          "bytes/video (shapes) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, videos, frames, seconds, fps, live, disk, computed, cpu in rows:
+        print(f"| {label} | {videos} | {frames} | {seconds:.1f} | {videos / seconds:.1f} | "
+              f"{1000 * cpu / max(1, videos):.0f} | {fps:.1f} | {fps / loop:.2f} | {live:,.0f} | "
+              f"{disk:,.0f} | {computed:,} |")
+    print(f"| in-process `encode_frames` loop | - | {rows[0][2]} | - | - | - | {loop:.1f} | 1.00 "
+          "| - | - | - |")
+    print(f"\nload average before / after: {load[0]:.1f} / {os.getloadavg()[0]:.1f} "
+          f"(1 min; {os.cpu_count()} cores)")
 
     print("\nbytes per video from token shapes (fp16, F = 12):\n")
     print("| encoder | D | P | Wv | all patches | keep 16 | keep 4 |")
