@@ -173,7 +173,10 @@ class TemporalHead(nn.Module):
             raise ValueError("TemporalHead: this head has a text adapter; pass text_tokens "
                              "and text_mask")
         mask = text_mask.bool()  # [T, L]
-        length = text_tokens.shape[1]
+        # positions past every caption's end are padding for all: drop them before any work
+        real = mask.any(dim=0).nonzero()
+        length = int(real.max()) + 1 if len(real) else text_tokens.shape[1]
+        text_tokens, mask = text_tokens[:, :length], mask[:, :length]
         x = self.text_in(text_tokens.float()) + self.text_position[:length]  # [T, L, D]
         x = self.text_transformer(x, src_key_padding_mask=~mask)  # [T, L, D]
         weights = mask.float().unsqueeze(-1)  # [T, L, 1]
@@ -184,15 +187,28 @@ class TemporalHead(nn.Module):
                 frame_patches: torch.Tensor | None = None) -> torch.Tensor:
         """frame_cls [B, F, D], frame_mask [B, F] (True = real frame), frame_patches
         [B, F, P, Wv] (a head with a patch branch only) -> float32 [B, D]."""
+        return self.pool_frames(self.frame_features(frame_cls, frame_patches), frame_mask)
+
+    def frame_features(self, frame_cls: torch.Tensor,
+                       frame_patches: torch.Tensor | None = None) -> torch.Tensor:
+        """Each frame on its own, before time: [B, F, D]. Reordering frames reorders these
+        rows, so a clip played backwards reuses them (pool_frames over the flipped rows)."""
         frames = frame_cls.shape[1]
         if frames > self.num_frames:
             raise ValueError(f"TemporalHead: {frames} frames, built for {self.num_frames}")
-        mask = frame_mask.bool()
         x = F.normalize(frame_cls.float(), dim=-1)  # [B, F, D], as meanP
         if self.vision_width:
             if frame_patches is None:
                 raise ValueError("TemporalHead: this head has a patch branch; pass frame_patches")
             x = x + self.patch_gate * self.pool_patches(frame_patches)
+        return x
+
+    def pool_frames(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """frame_features [B, F, D] and frame_mask [B, F] -> the clip embedding, float32
+        unit [B, D]: the temporal transformer (gated residual) then the mean over real
+        frames."""
+        frames = x.shape[1]
+        mask = frame_mask.bool()
         # a clip with no real frame would make attention NaN: let it attend to its padding
         # (its pooled embedding is zero whatever the transformer says)
         padding = ~mask & mask.any(dim=1, keepdim=True)  # [B, F], True = ignore

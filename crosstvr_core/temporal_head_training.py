@@ -106,14 +106,13 @@ def train_temporal_head(
         reversed_video = None
         patches = None if video_patches is None else video_patches[unique.cpu()].to(device)
         with training_autocast(device):
-            video = head(video_cls[unique], frame_mask[unique], patches)  # [U, D]
+            features = head.frame_features(video_cls[unique], patches)  # [U, F, D]
+            video = head.pool_frames(features, frame_mask[unique])  # [U, D]
             text = head.encode_text(text_eot[rows], text_tokens[rows], text_mask[rows])
-            if cfg.reversed_negatives:
+            if cfg.reversed_negatives:  # the same frames backwards: only time differs
                 back = play_backwards({"frame_mask": frame_mask[unique],
-                                       "video_cls": video_cls[unique],
-                                       "video_patches": patches})
-                reversed_video = head(back["video_cls"], frame_mask[unique],
-                                      back["video_patches"])
+                                       "video_cls": features, "video_patches": None})
+                reversed_video = head.pool_frames(back["video_cls"], frame_mask[unique])
                 reversed_video = reversed_video.float()  # [U, D]
         loss = contrastive_loss(text.float(), video.float(), inverse, head.scale(),
                                 reversed_video)

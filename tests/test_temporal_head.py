@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from bank_fixtures import token_bank
 
 from crosstvr_core.config import Stage1Config
+from crosstvr_core.hard_negatives import play_backwards
 from crosstvr_core.metrics import retrieval_metrics
 from crosstvr_core.stage1 import mean_pooled_video_embeddings, meanp_similarity
 from crosstvr_core.temporal_head import TemporalHead, dual_softmax
@@ -296,3 +297,28 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path) -> None:
     assert [r["loss"] for r in history] == [r["loss"] for r in straight_history]
     for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_text_adapter_ignores_trailing_padding_and_backwards_clips_reuse_frames() -> None:
+    """Positions that are padding for every caption are dropped before the text transformer,
+    and a clip played backwards pools the same per-frame features in the other order."""
+    torch.manual_seed(0)
+    head = TemporalHead(EMBED, FRAMES, num_layers=1, num_heads=2, text_width=6,
+                        context_length=9, vision_width=5, num_patches=3).eval()
+    with torch.no_grad():
+        for gate in (head.residual_gate, head.text_gate, head.patch_gate):
+            gate.fill_(1.0)
+    eot, tokens = torch.randn(3, EMBED), torch.randn(3, 9, 6)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[0, :4], mask[1, :2], mask[2, :5] = True, True, True
+    trimmed = head.encode_text(eot, tokens[:, :5], mask[:, :5])
+    torch.testing.assert_close(head.encode_text(eot, tokens, mask), trimmed)
+
+    cls, patches = torch.randn(2, FRAMES, EMBED), torch.randn(2, FRAMES, 3, 5)
+    frame_mask = torch.ones(2, FRAMES, dtype=torch.bool)
+    frame_mask[1, -1] = False
+    back = play_backwards({"frame_mask": frame_mask, "video_cls": cls, "video_patches": patches})
+    features = play_backwards({"frame_mask": frame_mask, "video_patches": None,
+                               "video_cls": head.frame_features(cls, patches)})["video_cls"]
+    torch.testing.assert_close(head.pool_frames(features, frame_mask),
+                               head(back["video_cls"], frame_mask, back["video_patches"]))
