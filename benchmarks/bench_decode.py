@@ -7,7 +7,10 @@ probe passed in, as the index does after probing), the time of `ffmpeg -i FILE -
 and the ratio ours / null (goal: <= 1.25). Every time is the median of --repeats runs, as wall
 time and as CPU time (this process + its children), because the machine is shared. ffmpeg
 runs with --threads decoder threads in both (the index uses 1). It also prints the cost of
-spawning ffprobe / ffmpeg alone, which dominates tiny clips. Not a test: run it by hand, e.g.
+spawning ffprobe / ffmpeg alone, which dominates tiny clips, and the cost per clip of the
+index's call on the generated benchmark's clips (64x64, 16 frames, F = 8): one clip at a
+time (ffprobe + ffmpeg) against `decode_videos` batches (two ffmpeg processes per batch).
+Not a test: run it by hand, e.g.
 
     .venv/bin/python benchmarks/bench_decode.py --samples .crosstvr/sample_videos
 """
@@ -30,6 +33,8 @@ sys.path.insert(0, str(REPO))
 from crosstvr_core.video_decode import (  # noqa: E402
     SEEK_FRAMES_PER_SAMPLE,
     decode_uniform_frames,
+    decode_video,
+    decode_videos,
     probe_video,
 )
 
@@ -125,13 +130,33 @@ def main(argv: list[str] | None = None) -> int:
               f"{cell(probe_t)} | {cell(ours224)} | {cell(ours64)} | {cell(null)} | "
               f"{ratio_wall:.2f}{flag} | {ratio_cpu:.2f} |")
 
-    tiny = clips["gen_64x64_16f.mp4"]
-    per_clip = measure(
-        lambda: decode_uniform_frames(tiny, 16, 64, threads=args.threads), args.repeats
-    )
-    print(f"\nper-clip cost of the index's call on the 64x64 16-frame clip (probe + decode, "
-          f"F=16, size 64): {per_clip[0]:.0f} ms wall / {per_clip[1]:.0f} ms CPU")
+    batch_clips = generate_small_clips(workdir, 64)
+    print(f"\nper-clip cost of the index's call on {len(batch_clips)} generated-benchmark-like "
+          "clips (64x64, 16 frames, F = 8, size 64), median of the repeats:\n")
+    print("| how | processes per 64 clips | wall ms / clip | CPU ms / clip |")
+    print("|---|---|---|---|")
+    one_at_a_time = measure(lambda: [decode_video(c, 8, 64, threads=args.threads)
+                                     for c in batch_clips], args.repeats)
+    print(f"| one clip at a time (ffprobe + ffmpeg) | 128 | {one_at_a_time[0] / 64:.1f} | "
+          f"{one_at_a_time[1] / 64:.1f} |")
+    for per_process in (8, 16, 32, 64):
+        cost = measure(lambda n=per_process: decode_videos(
+            batch_clips, 8, 64, threads=args.threads, files_per_process=n), args.repeats)
+        print(f"| `decode_videos`, {per_process} files per process | {2 * 64 // per_process} | "
+              f"{cost[0] / 64:.1f} | {cost[1] / 64:.1f} |")
     return 0
+
+
+def generate_small_clips(directory: Path, count: int) -> list[Path]:
+    """`count` distinct 64x64 clips of 16 frames at 8 fps, as the generated benchmark's."""
+    paths = []
+    for i in range(count):
+        path = directory / f"small_{i:03d}.mp4"
+        source = f"testsrc2=size=64x64:rate=8,hue=h={(i * 37) % 360}"
+        run_quiet(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-frames:v", "16",
+                   "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)])
+        paths.append(path)
+    return paths
 
 
 if __name__ == "__main__":

