@@ -108,8 +108,12 @@ def training_lists(cfg: CrossTVRConfig, bank: TokenBank, stage1_sim: torch.Tenso
         sim = meanp_similarity(bank, bank)
         return lists_from_similarity(sim, sim, k)
     if cfg.stage1.method == "seqTransf" and source == "cross_fitted":
+        epochs = cfg.train.fold_epochs or cfg.stage1.epochs
+        fold_cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(
+            update={"epochs": epochs})})
+
         def train_fold(seen: TokenBank) -> Stage1Scorer:
-            return stage1_scorer(fit_stage1(cfg, seen, progress=progress))
+            return stage1_scorer(fit_stage1(fold_cfg, seen, progress=progress))
 
         by_caption, by_video = cross_fitted_similarity(bank, cfg.train.stage1_folds,
                                                        cfg.train.seed, train_fold)

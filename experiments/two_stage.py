@@ -37,7 +37,7 @@ def load_banks(cfg: CrossTVRConfig) -> tuple[TokenBank, TokenBank, list[dict], d
 def stage1_key(cfg: CrossTVRConfig, encoder_id: str) -> str:
     """What stage 1 and the training lists depend on: reuse them across re-ranker runs."""
     key = {"encoder": encoder_id, "data": cfg.data.model_dump(), "stage1": cfg.stage1.model_dump(),
-           "train": {k: getattr(cfg.train, k) for k in ("seed", "val_fraction", "stage1_folds", "lists_from",
+           "train": {k: getattr(cfg.train, k) for k in ("seed", "val_fraction", "stage1_folds", "lists_from", "fold_epochs",
                                                         "list_size", "loss")},
            "k": cfg.eval.top_k}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
