@@ -263,6 +263,18 @@ class IndexConfig(_Section):
         description="Interval schedule of the re-indexing deployment, in seconds; off until it "
         "or schedule_cron is set.",
     )
+    cleanup_versions: bool = Field(
+        True,
+        description="After each re-index (`crosstvr-index/reindex`), remove old Lance table "
+        "versions that no run or registered model in the tracking store names (they keep "
+        "theirs, as Lance tags); `crosstvr cleanup` does the same by hand.",
+    )
+    cleanup_min_age_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Versions younger than this are never cleaned: a run still writing, or one "
+        "that has read a version but not yet recorded it, keeps what it reads.",
+    )
 
 
 class RayConfig(_Section):
@@ -294,6 +306,13 @@ class RayConfig(_Section):
     encode_num_cpus: float = Field(1.0, ge=0, description="CPUs per encoder actor.")
     encode_num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor.")
     encode_pool_size: int = Field(1, ge=1, description="Encoder actors in the pool.")
+    encode_max_restarts: int = Field(
+        3,
+        ge=-1,
+        description="Restarts of an encoder actor whose process died (e.g. killed for memory), "
+        "each retrying the batch it was encoding, before the index step fails naming it; "
+        "committed videos stay, a rerun does the rest. -1: for ever (Ray Data's default).",
+    )
 
 
 class Stage1Config(_Section):

@@ -400,8 +400,13 @@ class TokenIndex:
         return len(stale)
 
     def compact(self) -> None:
+        """Merge the small files many upserts leave; prune no version. (LanceDB's optimize()
+        would also remove every version older than 7 days, named by a run or not, and fails
+        on tagged ones: old versions go only through `table_retention`, which keeps what runs
+        and registered models name.)"""
         for table in (self.videos, self.video_tokens, self.captions):
-            table.optimize()
+            table.to_lance().optimize.compact_files()
+            table.checkout_latest()
 
     # --- reads ------------------------------------------------------------------------
     def versions(self) -> dict[str, int]:

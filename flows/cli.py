@@ -1,5 +1,6 @@
 """`crosstvr` command line: run the flows (benchmark, encoder pretraining), index a corpus,
-search it, print results, compare runs, show the resolved config."""
+search it, print results, compare runs, register a run's models, clean old table versions,
+show the resolved config."""
 
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from crosstvr_core.datasets import DatasetError
     from tasks.corpus import load_corpus
-    from tasks.index import index_dataset
+    from tasks.index import IndexStepError, index_dataset
     from tasks.runtime import apply_offline_env, ray_runtime
 
     cfg = load_config(args.config, _index_overrides(args))
@@ -177,12 +178,49 @@ def cmd_index(args: argparse.Namespace) -> int:
     ensure_encoder_for_cli(cfg)
     start = time.monotonic()
     with ray_runtime(cfg.ray):
-        result = index_dataset(cfg, dataset)
+        try:
+            result = index_dataset(cfg, dataset)
+        except IndexStepError as exc:
+            print(f"crosstvr index: {exc}", file=sys.stderr)
+            return 1
     ref = result.ref
     print_index_summary(ref.counts, result.failures, ref.versions, ref.uri,
                         time.monotonic() - start)
     return 3 if ref.counts["videos_failed"] and not (
         ref.counts["videos_ok"] or ref.counts["videos_skip"]) else 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from tasks.registry import RegistryError, register_run_models
+    from tasks.tracking import use_experiment
+
+    use_experiment(load_config(args.config, args.overrides))  # the tracking store
+    try:
+        registrations = register_run_models(args.run_id)
+    except RegistryError as exc:
+        print(f"crosstvr register: {exc}", file=sys.stderr)
+        return 1
+    for reg in registrations:
+        print(f"registered {reg.model_name} v{reg.version} as {reg.role} ({reg.pair_alias})")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from tasks.retention import RetentionError, clean_index_versions
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        report = clean_index_versions(cfg, dry_run=args.dry_run)
+    except RetentionError as exc:
+        print(f"crosstvr cleanup: {exc}", file=sys.stderr)
+        return 1
+    for name, table in sorted(report.tables.items()):
+        print(f"  {name:<28} latest v{table.latest}  kept {table.kept}  "
+              f"{'would remove' if report.dry_run else 'removed'} {len(table.removed)}"
+              + (f"  named but gone {table.protected_missing}" if table.protected_missing
+                 else ""))
+    print(report.summary())
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -320,6 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--limit", type=_positive_int, default=20, help="newest N runs")
     _config_args(compare)
     compare.set_defaults(func=cmd_compare)
+    register = sub.add_parser(
+        "register", help="register a finished flow run's models (completes a registration "
+        "the tracking server cut short)")
+    register.add_argument("run_id", help="the MLflow parent run id of a crosstvr flow run")
+    _config_args(register)
+    register.set_defaults(func=cmd_register)
+    cleanup = sub.add_parser(
+        "cleanup", help="remove old Lance table versions of a dataset that no run or "
+        "registered model names (index.cleanup_min_age_s)")
+    cleanup.add_argument("--dry-run", action="store_true", help="only say what would go")
+    _config_args(cleanup)
+    cleanup.set_defaults(func=cmd_cleanup)
     config = sub.add_parser("config", help="print the resolved config")
     config.add_argument("--explain", action="store_true",
                         help="print every key as Markdown: type, default, description (and the "

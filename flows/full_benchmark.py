@@ -20,7 +20,7 @@ from flows.params import RunParams, validate_params
 from tasks.index import index_task, log_index_run
 from tasks.prepare_dataset import prepare_dataset_task
 from tasks.pretrain import ensure_stills_encoder_task
-from tasks.registry import register_run_models
+from tasks.registry import register_task
 from tasks.retrieval import eval_task, stage1_task, train_task
 from tasks.runtime import ray_runtime, retrying
 from tasks.tracking import FLOW_RUN_TAG, log_metrics_to, parent_run, tag_index_lineage
@@ -53,9 +53,11 @@ def crosstvr(config_file: str | None = None, overrides: list[str] | None = None)
         table = results_table(metrics)
         mlflow.log_text(table, "results.txt")
         Path(run_dir, "results.txt").write_text(table + "\n")
-        if cfg.tracking.log_model:
-            for reg in register_run_models(parent_id):
-                get_run_logger().info("registered %s v%s as %s (%s)", reg.model_name,
-                                      reg.version, reg.role, reg.pair_alias)
+    # registered only once the run has ended FINISHED: a run the tracking server lost before
+    # its end is never a champion (a retry completes an interrupted registration)
+    if cfg.tracking.log_model:
+        for reg in retrying(register_task, cfg)(parent_id):
+            get_run_logger().info("registered %s v%s as %s (%s)", reg.model_name,
+                                  reg.version, reg.role, reg.pair_alias)
     get_run_logger().info("results (%s):\n%s", cfg.data.name, table)
     return {"mlflow_run_id": parent_id, "metrics": metrics}

@@ -9,6 +9,7 @@ leaves a video that the next run simply redoes.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import logging
 import warnings
@@ -25,6 +26,7 @@ from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, load_frozen_encode
 from crosstvr_core.encoder_pretraining import resolve_pretrained, resolve_text_tokens
 from crosstvr_core.storage import CAPTIONS, VIDEO_TOKENS, VIDEOS, TokenIndex, TokenShapes
 from tasks.index_decode import decode_batch
+from tasks.runtime import failure_reason
 
 log = logging.getLogger(__name__)
 # decode tasks fork ffmpeg in processes that imported lancedb; they never touch Lance after
@@ -197,6 +199,12 @@ def _actor_stage_args(cfg: CrossTVRConfig) -> dict:
         "num_cpus": cfg.ray.encode_num_cpus,
         "num_gpus": cfg.ray.encode_num_gpus,
         "fn_constructor_kwargs": {"cfg_json": cfg.model_dump_json()},
+        # an actor killed for memory on every batch fails the step with the reason after
+        # this many restarts (and retries of its batch) instead of looping for ever (Ray
+        # Data's default, -1); bounded restarts also leave no restarted actor behind a
+        # failed run to hold its CPUs while a retry waits for them
+        "max_restarts": cfg.ray.encode_max_restarts,
+        "max_task_retries": cfg.ray.encode_max_restarts,
     }
 
 
@@ -289,15 +297,54 @@ def index_dataset(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexResult
     index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes, cfg.index.storage_options)
     read_versions = index.versions()
     failures: dict[str, list[tuple[str, str]]] = {}
-    video_counts = index_videos(cfg, dataset, index, encoder.image_size, failures)
-    caption_counts = index_captions(cfg, dataset, index)
-    index.compact()
+    stopped = None
+    try:
+        video_counts = index_videos(cfg, dataset, index, encoder.image_size, failures)
+        caption_counts = index_captions(cfg, dataset, index)
+        index.compact()
+    except Exception as exc:
+        stopped = index_stopped(exc, cfg, dataset.name)
+        if stopped is None:
+            raise
+    if stopped is not None:
+        # raised outside the except block, without the Ray error's traceback: its frames
+        # hold the Ray Data executor and its actor handles, released here, not kept alive by
+        # an exception a retry loop holds on to
+        gc.collect()
+        raise stopped
     counts = {f"videos_{k}": v for k, v in video_counts.items()}
     counts.update({f"captions_{k}": v for k, v in caption_counts.items()})
     log.info("indexed %s: %s", dataset.name, counts)
     ref = IndexRef(index.uri, encoder.encoder_id, asdict(shapes), index.versions(), counts,
                    read_versions, cfg.index.storage_options)
     return IndexResult(ref, failures)
+
+
+class IndexStepError(RuntimeError):
+    """The index step stopped on a fault of the machine (a full disk, a worker killed for
+    memory); the message names it and what stays committed."""
+
+
+def index_stopped(exc: Exception, cfg: CrossTVRConfig, name: str) -> IndexStepError | None:
+    """A machine fault (tasks.runtime.failure_reason) that stopped the index step, as an
+    IndexStepError that says what happened and what the tables hold now; None for others."""
+    reason = failure_reason(exc)
+    if reason is None:
+        return None
+    if "Ray worker" in reason:
+        reason += (f"; the encoder actor is restarted ray.encode_max_restarts="
+                   f"{cfg.ray.encode_max_restarts} times")
+    try:
+        index = TokenIndex.open_existing(cfg.lance_uri, cfg.index.storage_options)
+        done = index.videos.count_rows("status = 'ok'")
+        state = (f"the tables stay readable at their last commit, versions {index.versions()}, "
+                 f"with {done} videos indexed")
+    except Exception as read_exc:  # noqa: BLE001 - the report must not hide the first error
+        state = f"the tables could not be read back ({read_exc})"
+    return IndexStepError(
+        f"indexing '{name}' into {cfg.lance_uri} stopped: {reason}; {state}. Fix the cause "
+        f"and run it again: committed videos are skipped, the rest are indexed. "
+        f"[{type(exc).__name__}: {str(exc)[:1200]}]")
 
 
 def run_index(cfg: CrossTVRConfig, dataset_ref) -> IndexResult:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from prefect import task
 
 from crosstvr_core.text_search import SearchModels, stage1_key
 from tasks.tracking import DATASET_TAG, ENCODER_TAG
@@ -34,6 +35,7 @@ CHAMPION, CANDIDATE = "champion", "candidate"
 SCORE_METRIC = "twostage/t2v_R1"
 SCORE_TAG = "crosstvr.score.twostage_t2v_R1"
 ROLE_TAG = "crosstvr.registry_role"
+PREVIOUS_SCORE_TAG = "crosstvr.previous_champion_score"  # the pair champion's, when created
 
 
 class RegistryError(ValueError):
@@ -107,6 +109,20 @@ def ensure_registered_model(client: mlflow.MlflowClient, name: str,
             client.create_registered_model(name, description=description)
 
 
+def _versions_of_run(client: mlflow.MlflowClient, name: str, run_id: str) -> dict[str, object]:
+    """model id -> the version of registered model `name` made from run `run_id` (by an
+    earlier, interrupted registration of the same run)."""
+    found = {}
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:  # no such registered model yet
+        return found
+    for version in versions:
+        model_id = getattr(version, "model_id", None) or version.source.removeprefix("models:/")
+        found.setdefault(model_id, version)
+    return found
+
+
 def register_run_models(parent_run_id: str, client: mlflow.MlflowClient | None = None
                         ) -> list[Registration]:
     """Register the re-ranker (and stage-1 head, if one was trained) of a finished flow run.
@@ -114,6 +130,12 @@ def register_run_models(parent_run_id: str, client: mlflow.MlflowClient | None =
     Each becomes champion of its dataset + encoder pair when its two-stage t2v R@1 beats the
     pair's champion of the same registered model (strictly; the first one always does),
     otherwise candidate. Returns what was registered; tags the parent run with the role.
+
+    Only a FINISHED run is registered: a run whose tracking server died before it ended
+    never becomes a champion. Every model version is created before any alias moves, and a
+    second call for the same run reuses the versions the first one made, so a registration
+    cut short (the tracking server died part way) is completed by calling it again, never
+    duplicated.
     """
     client = client or mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
@@ -125,30 +147,65 @@ def register_run_models(parent_run_id: str, client: mlflow.MlflowClient | None =
     if SCORE_METRIC not in parent.data.metrics:
         raise RegistryError(f"run {parent_run_id}: no metric '{SCORE_METRIC}' "
                             "(the two-stage evaluation did not finish)")
+    if parent.info.status != "FINISHED":
+        raise RegistryError(f"run {parent_run_id} is {parent.info.status}, not FINISHED: only "
+                            "a run that ended successfully is registered")
     dataset, encoder_id = tags[DATASET_TAG], tags[ENCODER_TAG]
     score = float(parent.data.metrics[SCORE_METRIC])
     logged = _run_logged_models(client, parent)
     if "reranker" not in logged:
         raise RegistryError(f"run {parent_run_id}: no logged model 'reranker' "
                             "(tracking.log_model=false?)")
-    registrations = []
-    for logged_name, model_id in sorted(logged.items()):
+    try:
+        return _register(client, parent_run_id, dataset, encoder_id, score, logged)
+    except MlflowException as exc:
+        raise RegistryError(
+            f"run {parent_run_id} finished, but registering its models in "
+            f"{mlflow.get_tracking_uri()} stopped part way: {exc.message[:400]}. Aliases move "
+            "only after every version exists, so no alias names a version of an unfinished "
+            f"run; `crosstvr register {parent_run_id}` completes it once the tracking server "
+            "answers (it reuses the versions already made)") from exc
+
+
+def _register(client: mlflow.MlflowClient, parent_run_id: str, dataset: str, encoder_id: str,
+              score: float, logged: dict[str, str]) -> list[Registration]:
+    planned = []
+    for logged_name, model_id in sorted(logged.items()):  # 1. versions, no alias yet
         name = REGISTERED_NAMES[logged_name]
         ensure_registered_model(client, name)
-        previous = champion_score(dataset, encoder_id, name, client)
-        role = CHAMPION if previous is None or score > previous else CANDIDATE
-        version = client.create_model_version(
-            name, f"models:/{model_id}", run_id=parent_run_id, model_id=model_id,
-            tags={DATASET_TAG: dataset, ENCODER_TAG: encoder_id, SCORE_TAG: f"{score:.6f}",
-                  ROLE_TAG: role, "crosstvr.parent_run_id": parent_run_id})
+        current = champion_version(dataset, encoder_id, name, client)
+        version = _versions_of_run(client, name, parent_run_id).get(model_id)
+        if current is not None and version is not None and \
+                str(current.version) == str(version.version):  # crowned by an earlier attempt
+            role, previous = CHAMPION, version.tags.get(PREVIOUS_SCORE_TAG)
+            previous = None if previous in (None, "") else float(previous)
+        else:
+            previous = None if current is None else float(current.tags[SCORE_TAG])
+            role = CHAMPION if previous is None or score > previous else CANDIDATE
+        if version is None:
+            version = client.create_model_version(
+                name, f"models:/{model_id}", run_id=parent_run_id, model_id=model_id,
+                tags={DATASET_TAG: dataset, ENCODER_TAG: encoder_id,
+                      SCORE_TAG: f"{score:.6f}", ROLE_TAG: role,
+                      PREVIOUS_SCORE_TAG: "" if previous is None else f"{previous:.6f}",
+                      "crosstvr.parent_run_id": parent_run_id})
+        elif version.tags.get(ROLE_TAG) != role:
+            client.set_model_version_tag(name, str(version.version), ROLE_TAG, role)
+        planned.append((name, str(version.version), role, previous))
+    registrations = []
+    for name, version, role, previous in planned:  # 2. then the aliases
         alias = pair_alias(role, dataset, encoder_id)
-        client.set_registered_model_alias(name, alias, version.version)
-        client.set_registered_model_alias(name, role, version.version)
-        registrations.append(Registration(name, str(version.version), role, alias, score,
-                                          previous))
+        client.set_registered_model_alias(name, alias, version)
+        client.set_registered_model_alias(name, role, version)
+        registrations.append(Registration(name, version, role, alias, score, previous))
     role = next(r.role for r in registrations if r.model_name == RERANKER_MODEL)
     client.set_tag(parent_run_id, ROLE_TAG, role)
     return registrations
+
+
+# the flows register after their run has ended (FINISHED); retried like any step, and a
+# retry completes what an interrupted attempt started
+register_task = task(register_run_models, name="register-models")
 
 
 def load_registered_reranker(dataset: str | None = None, encoder_id: str | None = None,

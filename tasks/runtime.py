@@ -6,6 +6,7 @@ The offline settings are applied by the project, not by the user's shell: import
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,11 @@ OFFLINE_ENV = {
 
 
 # A temporary Prefect server (flow run without PREFECT_API_URL) can take > 20 s on 2 busy cores.
-PREFECT_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+# The client retries a request 7 times, backing off 2, 4, ... 128 s (about 4 minutes, as
+# MLflow's client does), not 5 (about 1 minute): a Prefect server restarted mid-run on 2
+# busy cores is back before a flow gives up on it (tests/test_faults.py).
+PREFECT_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+               "PREFECT_CLIENT_MAX_RETRIES": "7"}
 
 
 def apply_offline_env() -> None:
@@ -80,3 +85,27 @@ def retrying(prefect_task, cfg, kind: Literal["step", "index"] = "step"):
     o = cfg.orchestration
     return prefect_task.with_options(retries=getattr(o, RETRY_COUNTS[kind]),
                                      retry_delay_seconds=o.retry_delay_s)
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """What a fault of the machine or the cluster looks like to a user, or None when `exc`
+    is not one: a full disk (ENOSPC), a file size limit (EFBIG), a Ray worker that died
+    (killed for memory, or by a signal). Lance and Ray wrap the OS error in their own
+    exceptions, so the chain and the message are both searched."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    text = " ".join(f"{type(e).__name__}: {e}" for e in seen)
+    errnos = {getattr(e, "errno", None) for e in seen}
+    if errno.ENOSPC in errnos or "No space left on device" in text or "os error 28" in text:
+        return "no space left on the device (ENOSPC)"
+    if errno.EFBIG in errnos or "File too large" in text or "os error 27" in text:
+        return "a file grew past the size limit of the writing process (EFBIG)"
+    died = {"RayActorError", "WorkerCrashedError", "OutOfMemoryError"}
+    if any(died & {k.__name__ for k in type(e).__mro__} for e in seen):
+        detail = "killed for memory (OOM) or by a signal"
+        if "OutOfMemoryError" in text or "memory monitor" in text:
+            detail = "killed by Ray's memory monitor (out of memory)"
+        return f"a Ray worker process died: {detail}"
+    return None
