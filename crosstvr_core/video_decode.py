@@ -6,12 +6,13 @@ are scaled (shorter side to `size`) and centre-cropped, inside ffmpeg. Frames ar
 uniformly (evaluation, indexing) or one at random per segment (training augmentation).
 
 The container's frame count is a hint, not a contract: edit lists, B-frames and muxer rounding
-often make it one or two frames more than what decodes. The single pass therefore asks for the
-samples of every count from the hint down to `HINT_SLACK` frames less, plus those last frames,
-and samples from the frames that really came back. A shortfall of at least
-`min_decoded_fraction` of the hint is a warning (`DecodedVideo.warning`); fewer frames, or a
-file whose bytes end inside a box or chunk, is `truncated`. Damaged files often decode
-"successfully" (exit 0, fewer frames, concealed artefacts), so ffmpeg runs with `-xerror`.
+often make it one or two frames more than what decodes. The pass that samples for the hint
+therefore also counts every frame that decodes (a 2x2 crop of each, on a side branch: free),
+and a clip whose count differs is sampled again from the frames that really decode. A
+shortfall within `min_decoded_fraction` of the hint is a warning (`DecodedVideo.warning`);
+fewer frames, or a file whose bytes end inside a box or chunk, is `truncated`. Damaged files
+often decode "successfully" (exit 0, fewer frames, concealed artefacts), so ffmpeg runs with
+`-xerror`.
 
 Process start-up is most of the cost of a small clip (Debian's ffmpeg links ~215 libraries:
 ~60 ms of CPU per process here), so `decode_videos` probes and decodes many clips with two
@@ -578,22 +579,48 @@ def _decode_by_select(
     return _rgb_frames(path, data, size)
 
 
-def _count_frames_from(
+def _counted(stream: Any, target: str) -> Any:
+    """One gray pixel per frame of `stream` (a 2x2 crop: no scaling work): the frame count."""
+    small = stream.filter("crop", 2, 2, 0, 0).filter("scale", 1, 1, flags="neighbor")
+    return small.output(target, format="rawvideo", pix_fmt="gray", fps_mode="passthrough")
+
+
+def _sample_and_count(
     path: str | Path,
     probe: VideoProbe,
-    start: int,
+    indices: list[int],
+    size: int,
+    threads: int | None,
+    frames_target: str,
+    count_target: str,
+) -> list[Any]:
+    """Two outputs of one decode: the frames numbered `indices` (select + crop), and one pixel
+    per decoded frame, so the pass also says how many frames really decode."""
+    stream = ffmpeg.input(str(Path(path).resolve()), **_input_args(threads))
+    branches = stream[str(probe.stream_index)].split()
+    picked = branches[0].filter("select", "+".join(f"eq(n,{i})" for i in indices))
+    picked = _square_crop(picked, size, probe.rotation)
+    return [_raw_output(picked, len(indices), frames_target), _counted(branches[1], count_target)]
+
+
+def _decode_and_count(
+    path: str | Path,
+    probe: VideoProbe,
+    indices: list[int],
+    size: int,
     *,
     strict: bool,
     timeout_s: float | None,
     threads: int | None,
-) -> int:
-    """How many frames decode from frame number `start` on (one grey pixel per frame)."""
-    stream = ffmpeg.input(str(Path(path).resolve()), **_input_args(threads))
-    stream = stream[str(probe.stream_index)].filter("select", f"gte(n,{start})")
-    out = stream.filter("scale", 1, 1).output(
-        "pipe:", format="rawvideo", pix_fmt="gray", fps_mode="passthrough"
-    )
-    return len(_run_ffmpeg(path, out, strict=strict, timeout_s=timeout_s))
+) -> tuple[np.ndarray, int]:
+    """`_decode_by_select`'s frames, and the number of frames the whole file decodes to."""
+    with tempfile.TemporaryDirectory(prefix="crosstvr-count-", dir=_scratch_dir()) as scratch:
+        count_file = os.path.join(scratch, "count.raw")
+        outputs = _sample_and_count(path, probe, indices, size, threads, "pipe:", count_file)
+        data = _run_ffmpeg(path, ffmpeg.merge_outputs(*outputs), strict=strict,
+                           timeout_s=timeout_s)
+        count = os.path.getsize(count_file) if os.path.isfile(count_file) else 0
+    return _rgb_frames(path, data, size), count
 
 
 def _decode_by_seeking(
@@ -634,11 +661,6 @@ def _decode_by_seeking(
 #: keyframe interval of x264/x265/libvpx, so a seek then decodes at most about one GOP per
 #: sample, never more than the single pass would. Measured in benchmarks/bench_decode.py.
 SEEK_FRAMES_PER_SAMPLE = 250
-
-#: The single pass also asks for the samples of every frame count down to this many frames
-#: below the container's, so the usual off-by-one or two (edit lists, B-frames, muxer
-#: rounding) costs no second pass.
-HINT_SLACK = 3
 
 #: Fewer decoded frames than this fraction of the container's count is a truncated file;
 #: a smaller shortfall is sampled around and reported as a warning.
@@ -779,7 +801,6 @@ def _decode_clip(
 ) -> tuple[np.ndarray, int, str]:
     """(frames in sample order, frames decodable, warning) for one probed clip."""
     hint, fraction = probe.num_frames, min_decoded_fraction
-    minimum = minimum_decoded_frames(hint, fraction) if probe.num_frames_exact else 1
     kwargs: dict[str, Any] = {"strict": strict, "timeout_s": timeout_s, "threads": threads}
     long_clip = seek_frames_per_sample and hint > seek_frames_per_sample * num_frames
     if long_clip and probe.fps > 0:
@@ -789,46 +810,30 @@ def _decode_clip(
             sampler.chose(hint)
             return frames, hint, _shortfall(path, probe, hint, fraction)
         # A seek that found nothing (a frame count above what decodes) falls back to the
-        # single pass, which finds how many frames there are.
+        # single pass, which counts the frames there are.
 
-    # One pass for every count from the hint down to HINT_SLACK below it: their samples and
-    # the last frames. The frames come back in order and stop where decoding stops, so the
-    # first candidate missing, right after one that came back, is the number of frames.
-    lowest = max(1, hint - HINT_SLACK)
-    samples = {count: sampler.indices(count) for count in range(lowest, hint + 1)}
-    candidates = sorted(set(range(lowest - 1, hint)).union(*samples.values()))
-    got = _decode_by_select(path, probe, candidates, size, **kwargs)
-    if len(got) == 0:
-        raise _fail(path, f"no frames decoded (expected {len(candidates)} of {hint})", "no_frames")
-    if len(got) == len(candidates):
-        decoded = hint
-    elif candidates[len(got)] == candidates[len(got) - 1] + 1:
-        decoded = candidates[len(got)]
-    else:  # decoding stopped somewhere between two candidates, further than HINT_SLACK
-        last, at_most = candidates[len(got) - 1], candidates[len(got)]
-        if at_most < minimum:
-            raise _fail(
-                path,
-                f"truncated: at most {at_most} of the {hint} frames the container lists decode "
-                f"(fewer than {minimum}, min_decoded_fraction={fraction:g})",
-                "truncated",
-            )
-        decoded = last + 1 + _count_frames_from(path, probe, last + 1, **kwargs)
-        decoded = min(max(decoded, last + 1), at_most)
+    # One pass samples for the hint and counts the frames that decode; only a clip whose count
+    # differs (an off-by-one container, a stale probe) is sampled again, from what decodes.
+    indices = sampler.indices(hint)
+    got, decoded = _decode_and_count(path, probe, indices, size, **kwargs)
+    if decoded == 0 or len(got) == 0:
+        raise _fail(path, f"no frames decoded (expected {len(indices)} of {hint})", "no_frames")
     warning = _shortfall(path, probe, decoded, fraction)
-    if decoded in samples:
-        position = {index: k for k, index in enumerate(candidates)}
-        frames = got[[position[index] for index in samples[decoded]]]
-    else:
-        indices = sampler.indices(decoded)
-        frames = _decode_by_select(path, probe, indices, size, **kwargs)
-        if len(frames) < len(indices):
-            raise _fail(
-                path,
-                f"truncated or corrupt: got {len(frames)} of {len(indices)} frames on a second "
-                f"pass over the {decoded} frames that decoded on the first",
-                "truncated",
-            )
+    frames = got
+    if decoded != hint or len(got) != len(indices):
+        wanted = sampler.indices(decoded)
+        position = {index: k for k, index in enumerate(indices[: len(got)])}
+        if all(index in position for index in wanted):
+            frames = got[[position[index] for index in wanted]]
+        else:
+            frames = _decode_by_select(path, probe, wanted, size, **kwargs)
+            if len(frames) < len(wanted):
+                raise _fail(
+                    path,
+                    f"truncated or corrupt: got {len(frames)} of {len(wanted)} frames on a "
+                    f"second pass over the {decoded} frames that decoded on the first",
+                    "truncated",
+                )
     sampler.chose(decoded)
     return frames, decoded, warning
 
@@ -1096,16 +1101,19 @@ def _select_group(
     timeout_s: float | None,
     threads: int | None,
 ) -> None:
-    """Decode each member's frames (`select` + crop, as `_decode_by_select`) in one ffmpeg,
-    one rawvideo output per input; a run that fails is split until the bad file is alone."""
+    """Decode each member's frames and count its decoded frames (as `_decode_and_count`) in
+    one ffmpeg, two raw outputs per input; a run that fails is split until the bad file is
+    alone. A member gets frames only when every sample came back and exactly the probe's
+    count of frames decoded."""
     if not members:
         return
     with tempfile.TemporaryDirectory(prefix="crosstvr-decode-", dir=_scratch_dir()) as scratch:
         outputs = []
         for k, m in enumerate(members):
             path, probe, indices = jobs[m]
-            stream = _square_crop(_selected(path, probe, indices, threads), size, probe.rotation)
-            outputs.append(_raw_output(stream, len(indices), os.path.join(scratch, f"{k}.raw")))
+            outputs += _sample_and_count(path, probe, indices, size, threads,
+                                         os.path.join(scratch, f"{k}.raw"),
+                                         os.path.join(scratch, f"{k}.count"))
         compiled = ffmpeg.merge_outputs(*outputs).compile()
         cmd = [compiled[0], *_global_args(strict), *compiled[1:]]
         result = _run_batch(cmd, timeout_s * len(members) if timeout_s else None)
@@ -1119,9 +1127,10 @@ def _select_group(
             return
         frame_bytes = size * size * 3
         for k, m in enumerate(members):
-            target = Path(scratch, f"{k}.raw")
+            target, count = Path(scratch, f"{k}.raw"), Path(scratch, f"{k}.count")
             data = target.read_bytes() if target.is_file() else b""
-            if len(data) == len(jobs[m][2]) * frame_bytes:
+            decoded = count.stat().st_size if count.is_file() else -1
+            if len(data) == len(jobs[m][2]) * frame_bytes and decoded == jobs[m][1].num_frames:
                 out[m] = np.frombuffer(data, dtype=np.uint8).reshape(-1, size, size, 3)
 
 
@@ -1150,8 +1159,9 @@ def decode_videos(
     """`decode_video` for many files, with two ffmpeg processes per `files_per_process` files.
 
     One process demuxes them all (stream copy to null: packet counts, streams, durations,
-    rotations, demuxer damage), one decodes each vouched-for file's samples to its own output.
-    The frames equal `decode_video`'s: the same filters on the same frame numbers. A file the
+    rotations, demuxer damage), one decodes each vouched-for file's samples to its own output
+    and counts its frames. The frames equal `decode_video`'s: the same filters on the same
+    frame numbers. A file the
     batch cannot vouch for (see `_probe_from_facts`), and every file of a run that failed
     until the bad one is alone, goes through `decode_video`, so each failure keeps its own
     reason and message. Returns one `DecodedVideo` or `VideoDecodeError` per path, in order;
@@ -1188,22 +1198,17 @@ def decode_videos(
                 continue
             sampler = _Sampler(num_frames, sampling, seed_list[i])
             indices = sampler.indices(probe.num_frames)
-            # the last frame too: if it does not decode, the single-clip path finds the count
-            wanted = sorted({*indices, probe.num_frames - 1})
-            jobs.append((names[i], probe, wanted))
-            owners.append((i, indices))
+            jobs.append((names[i], probe, indices))
+            owners.append(i)
             samplers.append(sampler)
         decoded: list[np.ndarray | None] = [None] * len(jobs)
         _select_group(jobs, list(range(len(jobs))), decoded, size, **kwargs)
-        for (i, indices), sampler, job, frames in zip(owners, samplers, jobs, decoded,
-                                                       strict=True):
+        for i, sampler, job, frames in zip(owners, samplers, jobs, decoded, strict=True):
             if frames is None:
                 continue
-            position = {index: k for k, index in enumerate(job[2])}
             sampler.chose(job[1].num_frames)
-            picked = frames[[position[index] for index in indices]]
             probe = dataclasses.replace(job[1], path=str(paths[i]))
-            results[i] = _finish(picked, num_frames, probe, probe.num_frames, "")
+            results[i] = _finish(frames, num_frames, probe, probe.num_frames, "")
     for i, path in enumerate(paths):
         if results[i] is None:
             try:

@@ -38,7 +38,6 @@ from video_fixtures import (
 
 from crosstvr_core.video_decode import (
     FAILURE_REASONS,
-    HINT_SLACK,
     DecodedVideo,
     VideoDecodeError,
     VideoProbe,
@@ -225,7 +224,7 @@ def test_overestimated_frame_count_is_resampled(clips: dict[str, Path]) -> None:
     with pytest.raises(VideoDecodeError, match=r"indexes 40 frames but only 20 are in the file"):
         decode_uniform_frames(clips["ramp"], 8, 32, probe=trusted)
     uncounted = dataclasses.replace(trusted, num_packets=0)
-    with pytest.raises(VideoDecodeError, match=r"truncated: at most \d+ of the 40 frames"):
+    with pytest.raises(VideoDecodeError, match=r"truncated: 20 of the 40 frames the container"):
         decode_uniform_frames(clips["ramp"], 8, 32, probe=uncounted)
 
 
@@ -454,12 +453,11 @@ def test_xvid_packed_b_frames(tmp_path: Path, encoders: set[str]) -> None:
     assert decoded.mask.all() and "208 of the 209" in decoded.warning
 
 
-def test_a_shortfall_beyond_the_slack_counts_the_frames(clips: dict[str, Path]) -> None:
-    """A trusted count 4 above the 20 frames (more than HINT_SLACK): a count pass finds 20,
-    within the tolerance asked for, and the sample is drawn from those 20."""
+def test_a_larger_shortfall_within_the_tolerance(clips: dict[str, Path]) -> None:
+    """A trusted count 4 above the 20 frames: the pass counts 20, within the tolerance asked
+    for, and the sample is drawn from those 20 (a second pass)."""
     true = probe_video(clips["ramp"])
     over = dataclasses.replace(true, num_frames=24, container_frames=0, num_packets=0)
-    assert HINT_SLACK < 24 - 20
     decoded = decode_video(clips["ramp"], 8, 32, probe=over, min_decoded_fraction=0.8)
     assert decoded.decoded_frames == 20 and "20 of the 24" in decoded.warning
     assert ramp_frame_numbers(decoded.frames).tolist() == uniform_frame_indices(20, 8)
@@ -487,11 +485,16 @@ def test_long_clip_with_an_overstated_count_seeks_then_counts(tmp_path: Path) ->
 
 
 def test_a_cut_avi_within_the_tolerance_is_still_truncated(tmp_path: Path) -> None:
-    """5% cut off an AVI: 47 of 50 frames would pass the tolerance, but the RIFF chunk sizes
-    say bytes are missing, so it is a truncated file, not an off-by-a-few count."""
+    """10% cut off an AVI: 47 of 50 frames would pass the tolerance, but the RIFF chunk sizes
+    say bytes are missing, so it is a truncated file, not an off-by-a-few count. (Cut 5% off,
+    only its index goes: all 50 frames decode, and it indexes.)"""
     clip = make_matrix_clip(tmp_path, "avi_mpeg4", RAMP25)
-    cut = make_truncated(clip, tmp_path / "cut.avi", keep=0.95)
-    assert_fails(cut, "frames decode and the file ends inside a box or chunk", "truncated")
+    cut = make_truncated(clip, tmp_path / "cut.avi", keep=0.9)
+    problem = "the container indexes 50 frames but only 47 are in the file"
+    assert_fails(cut, problem, "truncated")
+    assert_fails(cut, problem, "truncated", strict=False)
+    index_only = make_truncated(clip, tmp_path / "no_index.avi", keep=0.95)
+    assert decode_video(index_only, 8, 32).decoded_frames == 50
 
 
 # --- pictures: animations are clips, stills are not ------------------------------------------
@@ -604,7 +607,8 @@ def test_truncated_faststart_mp4_with_a_stale_probe(
     assert_fails(clip, "truncated: the file ends inside a box; ffmpeg failed", "truncated",
                  probe=probe)
     # Without -xerror only the frame-count check is left.
-    assert_fails(clip, "truncated: at most", "truncated", probe=probe, strict=False)
+    assert_fails(clip, "frames the container lists decode (fewer than 67", "truncated",
+                 probe=probe, strict=False)
 
 
 @pytest.mark.parametrize(
@@ -766,6 +770,17 @@ def test_a_batch_decodes_what_one_clip_at_a_time_does(mixed: list[Path], samplin
         "empty.mp4": "empty", "gone.mp4": "missing", "still.mp4": "still_image",
         "half.mp4": "truncated", "anim.webp": "unsupported_format",
     }
+
+
+def test_an_off_by_one_clip_costs_two_passes_a_clean_one_one(
+    quirks: dict[str, Path], count_processes: list[str]
+) -> None:
+    count_processes.clear()
+    decode_video(quirks["src"], 8, 32)
+    assert count_processes == ["ffprobe", "ffmpeg"]
+    count_processes.clear()
+    decode_video(quirks["edit_list"], 8, 32)
+    assert count_processes == ["ffprobe", "ffmpeg", "ffmpeg"]  # 49 decode: sampled again
 
 
 def test_clean_clips_cost_two_processes_per_batch(
