@@ -164,7 +164,7 @@ DATASET = "faults-stack"
 TABLES = {"videos": "video_id", "video_tokens": "video_id", "captions": "caption_id"}
 
 
-def test_services_die_mid_run_and_come_back(stack, tmp_path):
+def test_services_die_mid_run_and_come_back(stack, ray_local, tmp_path):
     """One benchmark flow run against the two servers, as `make up` runs them.
 
     * The Prefect server is SIGKILLed while the index step commits, and restarted: the flow
@@ -177,12 +177,17 @@ def test_services_die_mid_run_and_come_back(stack, tmp_path):
       left the champion alias on a run that never finished), and the registration was
       completed, not done twice.
 
-    Then the rerun: the re-index flow on the same corpus has nothing to index, writes no
-    duplicate, and cleans the old table versions except those the runs name, so the
-    champion's run still checks out the tables it was trained and evaluated on."""
+    Then the rerun: the index step on the same corpus has nothing to index and writes no
+    duplicate, and the retention step (`crosstvr cleanup`, also the re-index flow's last
+    step) removes the old table versions except those the run names, so the champion's run
+    still checks out the tables it was trained and evaluated on."""
     import lancedb
     import mlflow
 
+    from crosstvr_core.config import load_config
+    from tasks.index import index_dataset
+    from tasks.prepare_dataset import prepare_dataset
+    from tasks.retention import clean_index_versions
     from tasks.tracking import checkout_run_tables
 
     home = tmp_path / "home"
@@ -258,24 +263,21 @@ def test_services_die_mid_run_and_come_back(stack, tmp_path):
             == run_id
         assert unique_ids(db_uri, TABLES) == {t: 16 + 8 for t in TABLES}
 
-        # the rerun: the re-index flow (its retention on), from the same config
-        rerun = subprocess.run(
-            [str(BIN / "python"), "-c", "import json; from flows.reindex import crosstvr_index;"
-             f" print('RESULT', json.dumps(crosstvr_index({str(TINY_CONFIG)!r}, "
-             f"{[*overrides, 'index.cleanup_min_age_s=0']!r})))"],
-            cwd=REPO, env=stack.flow_env(home), capture_output=True, text=True, timeout=400,
-            start_new_session=True)
-        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-        result = json.loads(rerun.stdout.split("RESULT", 1)[1])
-        assert (result["counts"]["videos_skip"], result["counts"]["videos_ok"]) == (24, 0)
+        # the rerun, in this process: the index step, then the retention step
+        cfg = load_config(TINY_CONFIG, [*overrides, "index.cleanup_min_age_s=0",
+                                        f"tracking.tracking_uri={stack.mlflow_url}"])
+        counts = index_dataset(cfg, prepare_dataset(cfg).load()).ref.counts
+        assert (counts["videos_skip"], counts["videos_ok"]) == (24, 0)
         assert unique_ids(db_uri, TABLES) == {t: 16 + 8 for t in TABLES}
-        print(f"retention in the rerun: {result['retention']}")
-        # left: what the two runs name (and the latest); the champion's data still checks out
+        report = clean_index_versions(cfg)
+        print(f"retention after the run: {report.summary()}")
+        assert report.bytes_after < report.bytes_before
+        # left: what the run names (= the latest); the champion's data still checks out
         named = checkout_run_tables(run_id, client)
         db = lancedb.connect(db_uri)
         for table in TABLES:
             left = {v["version"] for v in db.open_table(table).list_versions()}
-            assert left == {named[table].version, result["versions"][table]}, (table, left)
+            assert left == {named[table].version}, (table, left)
         assert named["video_tokens"].count_rows() == 24
     finally:
         mlflow.set_tracking_uri(None)
