@@ -200,11 +200,13 @@ def _actor_stage_args(cfg: CrossTVRConfig) -> dict:
         "num_gpus": cfg.ray.encode_num_gpus,
         "fn_constructor_kwargs": {"cfg_json": cfg.model_dump_json()},
         # an actor killed for memory on every batch fails the step with the reason after
-        # this many restarts (and retries of its batch) instead of looping for ever (Ray
-        # Data's default, -1); bounded restarts also leave no restarted actor behind a
-        # failed run to hold its CPUs while a retry waits for them
+        # this many restarts instead of looping for ever (Ray Data's default, -1); bounded
+        # restarts also leave no restarted actor behind a failed run to hold its CPUs.
+        # Its batch is retried for as long as the actor may come back: a bounded count
+        # of task retries is spent within a second on "connection refused" while an
+        # actor of a dead node is rescheduled elsewhere, failing a run that would finish
         "max_restarts": cfg.ray.encode_max_restarts,
-        "max_task_retries": cfg.ray.encode_max_restarts,
+        "max_task_retries": -1,
     }
 
 
