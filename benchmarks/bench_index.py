@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,29 +77,59 @@ def in_process_frames_per_s(encoder, frames: int, batch: int, threads: int
     return done / (time.perf_counter() - start), (time.process_time() - cpu) / done
 
 
-def tree_cpu_seconds() -> float:
-    """CPU seconds (user + system, waited-for children included) of this process and every
-    process below it: the Ray runtime, its workers and the ffmpeg processes they ran. Not a
-    wall-time figure, so it means the same on a loaded machine (Linux /proc)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = sum(int(f) for f in fields[11:15]) / tick
-    wanted, frontier = {os.getpid()}, [os.getpid()]
-    while frontier:
-        pid = frontier.pop()
-        children = [c for c, parent in parents.items() if parent == pid and c not in wanted]
-        wanted.update(children)
-        frontier.extend(children)
-    return sum(times.get(pid, 0.0) for pid in wanted)
+class TreeCPU:
+    """CPU seconds of this process and every process below it (the Ray runtime, its workers
+    and the ffmpeg processes they ran), sampled from /proc every `interval` s in a thread, so
+    a worker that exits (an encoder actor at the end of a run) keeps its last value. A
+    worker's value includes its reaped children (ffmpeg); the driver and the raylet, which
+    reap processes that are sampled themselves, count only their own time. Unlike wall
+    time, it means the same on a loaded machine (Linux only)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.seen, self.start = interval, {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[int, float]:
+        parents, values = {}, {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm, fields = raw[raw.index("(") + 1:raw.rindex(")")], raw.rsplit(")", 1)[1].split()
+            pid = int(entry.name)
+            parents[pid] = int(fields[1])
+            own = sum(int(f) for f in fields[11:13]) / tick
+            reaped = sum(int(f) for f in fields[13:15]) / tick
+            if comm not in ("ffmpeg", "ffprobe"):  # counted by the worker that waited for it
+                values[pid] = own + (0.0 if pid == os.getpid() or comm == "raylet" else reaped)
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        while frontier:
+            pid = frontier.pop()
+            children = [c for c, parent in parents.items() if parent == pid and c not in tree]
+            tree.update(children)
+            frontier.extend(children)
+        return {pid: value for pid, value in values.items() if pid in tree}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.seen.update(self._sample())
+
+    def __enter__(self) -> TreeCPU:
+        self.start = self._sample()
+        self.seen = dict(self.start)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seen.update(self._sample())
+        self.seconds = sum(v - self.start.get(pid, 0.0) for pid, v in self.seen.items())
 
 
 def table_bytes(uri: str) -> tuple[int, int]:
@@ -135,6 +167,8 @@ def main() -> None:
                         "at 8 fps, F = 8, no keep-patches run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another config override for both pipelines (repeatable)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="pipeline runs, each between two runs of the in-process loop")
     parser.add_argument("--workdir", default=None, help="reuse a rendered corpus")
     parser.add_argument("--corpus", type=Path, default=None,
                         help="index this folder (videos + captions.jsonl, e.g. the generated "
@@ -151,61 +185,75 @@ def main() -> None:
     load = os.getloadavg()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="crosstvr-bench-index-"))
     if args.corpus:
-        dataset = load_folder_dataset(args.corpus, args.corpus / "captions.jsonl", "bench")
+        corpus = args.corpus.resolve()
+        dataset = load_folder_dataset(corpus, corpus / "captions.jsonl", "bench")
         args.videos = len(dataset.videos)
     else:
         captions = render_corpus(work / "corpus", args.videos, args.clip_size, args.seconds,
                                  args.fps)
         dataset = load_folder_dataset(work / "corpus", captions, "bench")
+    work.mkdir(parents=True, exist_ok=True)
     home = tempfile.mkdtemp(dir=work, prefix="home-")  # fresh tables: nothing is skipped
     common = [f"home={home}", f"encoder.name={args.encoder}",
               f"sampling.num_frames={args.frames}", f"encoder.torch_threads={args.threads}",
               f"encoder.frame_batch_size={args.batch}", "encoder.pretrained=null", *args.set]
-    # the loop runs before and after the pipelines: on a shared machine the load drifts
+    # the loop runs before the first pipeline and after each round: on a shared machine the
+    # load drifts, so each pipeline is compared with the loops on either side of it
     loop_frames = max(args.batch, min(640, args.videos * args.frames))
     loop_encoder = load_encoder(load_config(None, common))
-    before = in_process_frames_per_s(loop_encoder, loop_frames, args.batch, args.threads)
+    loops = [in_process_frames_per_s(loop_encoder, loop_frames, args.batch, args.threads)]
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     rows = []
     runs = [("all patches", [])]
     if args.keep_patches:
         runs.append((f"keep {args.keep_patches}", [f"index.keep_patches={args.keep_patches}"]))
-    for label, extra in runs:
-        cfg = load_config(None, [*common, f"data.name=bench-{len(rows)}", *extra])
-        encoder = load_encoder(cfg)
-        shapes = token_shapes(cfg, encoder)
-        index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes)
-        cpu, start = tree_cpu_seconds(), time.perf_counter()
-        counts = index_videos(cfg, dataset, index, encoder.image_size)
-        seconds = time.perf_counter() - start
-        cpu = tree_cpu_seconds() - cpu
-        index.compact()
-        frames = counts["ok"] * args.frames
-        live, total = table_bytes(cfg.lance_uri)
-        n = max(1, counts["ok"])
-        rows.append((label, counts["ok"], frames, seconds, frames / seconds, live / n,
-                     total / n, shape_bytes(shapes), cpu))
+    for round_ in range(args.rounds):
+        for label, extra in runs:
+            cfg = load_config(None, [*common, f"data.name=bench-{len(rows)}", *extra])
+            encoder = load_encoder(cfg)
+            shapes = token_shapes(cfg, encoder)
+            index = TokenIndex(cfg.lance_uri, encoder.encoder_id, shapes)
+            with TreeCPU() as tree:
+                start = time.perf_counter()
+                counts = index_videos(cfg, dataset, index, encoder.image_size)
+                seconds = time.perf_counter() - start
+                time.sleep(1.0)  # the encoder actor's last CPU, before it exits
+            cpu = tree.seconds
+            index.compact()
+            frames = counts["ok"] * args.frames
+            live, total = table_bytes(cfg.lance_uri)
+            n = max(1, counts["ok"])
+            rows.append((round_, label, counts["ok"], frames, seconds, frames / seconds,
+                         live / n, total / n, shape_bytes(shapes), cpu))
+        loops.append(in_process_frames_per_s(loop_encoder, loop_frames, args.batch,
+                                             args.threads))
     ray.shutdown()
-    after = in_process_frames_per_s(loop_encoder, loop_frames, args.batch, args.threads)
-    loop, loop_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
 
     shape = (f"of {args.corpus}" if args.corpus else
-              f"{args.clip_size} x {args.seconds:g} s at {args.fps} fps")
+             f"{args.clip_size} x {args.seconds:g} s at {args.fps} fps")
     print(f"\n{args.encoder}, {args.videos} clips {shape}, F = {args.frames}, torch threads "
           f"{args.threads}, batch {args.batch}"
           + (f", {' '.join(args.set)}" if args.set else "") + "\n")
-    print("| pipeline | videos | frames | wall s | clips/s | CPU ms/clip | frames/s | "
-          "vs loop (wall) | vs loop (CPU) | bytes/video live | on disk incl. old versions | "
-          "bytes/video (shapes) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for label, videos, frames, seconds, fps, live, disk, computed, cpu in rows:
+    print("| round | pipeline | videos | frames | wall s | clips/s | CPU ms/clip | frames/s | "
+          "loop frames/s (before, after) | vs loop (wall) | vs loop (CPU) | bytes/video live | "
+          "on disk incl. old versions | bytes/video (shapes) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios: dict[str, list[float]] = {}
+    for round_, label, videos, frames, seconds, fps, live, disk, computed, cpu in rows:
+        (before, before_cpu), (after, after_cpu) = loops[round_], loops[round_ + 1]
+        loop, loop_cpu = (before + after) / 2, (before_cpu + after_cpu) / 2
+        ratios.setdefault(label, []).append(fps / loop)
         cpu_ratio = loop_cpu * frames / cpu if cpu else 0.0
-        print(f"| {label} | {videos} | {frames} | {seconds:.1f} | {videos / seconds:.1f} | "
-              f"{1000 * cpu / max(1, videos):.0f} | {fps:.1f} | {fps / loop:.2f} | "
-              f"{cpu_ratio:.2f} | {live:,.0f} | {disk:,.0f} | {computed:,} |")
-    print(f"| in-process `encode_frames` loop | - | {loop_frames} x 2 | - | - | "
-          f"{1000 * loop_cpu * args.frames:.0f} | {loop:.1f} | 1.00 | 1.00 | - | - | - |")
-    print(f"\nloop before / after the pipelines: {before[0]:.1f} / {after[0]:.1f} frames/s")
+        print(f"| {round_ + 1} | {label} | {videos} | {frames} | {seconds:.1f} | "
+              f"{videos / seconds:.1f} | {1000 * cpu / max(1, videos):.0f} | {fps:.1f} | "
+              f"{loop:.1f} ({before:.1f}, {after:.1f}) | {fps / loop:.2f} | {cpu_ratio:.2f} | "
+              f"{live:,.0f} | {disk:,.0f} | {computed:,} |")
+    print(f"\nin-process `encode_frames` loop: {loop_frames} frames before the first pipeline "
+          f"and after each round; CPU ms per clip of it: "
+          + ", ".join(f"{1000 * c * args.frames:.0f}" for _, c in loops))
+    for label, values in ratios.items():
+        print(f"median wall ratio, {label}: {statistics.median(values):.2f} over {len(values)} "
+              "round(s)")
     print(f"\nload average before / after: {load[0]:.1f} / {os.getloadavg()[0]:.1f} "
           f"(1 min; {os.cpu_count()} cores)")
 
