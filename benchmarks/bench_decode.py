@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from crosstvr_core.video_decode import (  # noqa: E402
+from crosstvr_core.data.video_decode import (  # noqa: E402
     SEEK_FRAMES_PER_SAMPLE,
     decode_uniform_frames,
     decode_video,

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from crosstvr_core.config import load_config  # noqa: E402
-from crosstvr_core.datasets import load_folder_dataset  # noqa: E402
+from crosstvr_core.data.datasets import load_folder_dataset  # noqa: E402
 from crosstvr_core.storage import TokenIndex, TokenShapes  # noqa: E402
 
 

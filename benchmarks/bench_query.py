@@ -30,11 +30,11 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from crosstvr_core.config import load_config  # noqa: E402
-from crosstvr_core.encoder import EncoderSpec, load_frozen_encoder  # noqa: E402
-from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs  # noqa: E402
+from crosstvr_core.models.encoder import EncoderSpec, load_frozen_encoder  # noqa: E402
+from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs  # noqa: E402
+from crosstvr_core.models.temporal_head import TemporalHead  # noqa: E402
+from crosstvr_core.retrieval.text_search import SearchModels, TextSearcher, stage1_key  # noqa: E402
 from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list  # noqa: E402
-from crosstvr_core.temporal_head import TemporalHead  # noqa: E402
-from crosstvr_core.text_search import SearchModels, TextSearcher, stage1_key  # noqa: E402
 
 WORDS = ("a", "small", "big", "red", "blue", "green", "yellow", "circle", "square",
          "triangle", "moves", "left", "right", "up", "down", "appears", "leaves", "then",

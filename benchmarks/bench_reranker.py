@@ -4,7 +4,7 @@
    The batch is what one training step of train_reranker reads: B captions with their
    videos, one negative video per caption and one negative caption per video (3B pairs,
    2B distinct videos, 2B distinct captions). The "recompute" step runs
-   crosstvr_core.encoder (random-init open_clip weights: the tiny embedded ViT and
+   crosstvr_core.models.encoder (random-init open_clip weights: the tiny embedded ViT and
    ViT-B-32) on the raw frames and texts of those videos and captions (no decoding), then
    the same re-ranker forward + backward + AdamW step. The "cached" step reads the same
    tokens, fp16, from a TokenBank. The paper's scalability claim needs this ratio >> 1 (goal >= 20x).
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from crosstvr_core.config import RerankerConfig
-from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, register_bundled_model_configs
-from crosstvr_core.reranker import CrossTVRReranker
-from crosstvr_core.reranker_training import score_pairs
+from crosstvr_core.models.encoder import EncoderSpec, FrozenEncoder, register_bundled_model_configs
+from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.retrieval.pair_scoring import score_pairs
 from crosstvr_core.token_bank import TokenBank
 
 K = 15
@@ -82,7 +82,7 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float
 
 
 def load_random_encoder(name: str) -> FrozenEncoder:
-    """crosstvr_core.encoder around a seeded random-init open_clip model (no weights file)."""
+    """crosstvr_core.models.encoder around a seeded random-init open_clip model (no weights file)."""
     register_bundled_model_configs()
     torch.manual_seed(0)
     model = open_clip.create_model(name, pretrained=None)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 os.environ.setdefault("LANCE_LOG", "error")
 os.environ.setdefault("LANCEDB_LOG", "error")
 
-from crosstvr_core.search import AnnIndex, GalleryIndex, default_index_config, recall_at_k
+from crosstvr_core.retrieval.search import AnnIndex, GalleryIndex, default_index_config, recall_at_k
 
 DIM = 512
 K = 15

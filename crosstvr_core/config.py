@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 DEFAULT_HOME_ENV = "CROSSTVR_HOME"
 # encoder.pretrained value: the embedded encoder pretrained by this project on generated
-# stills (crosstvr_core.encoder_pretraining), then frozen
+# stills (crosstvr_core.training.encoder_pretraining), then frozen
 STILLS_PRETRAINED = "stills"
 
 
@@ -43,7 +43,7 @@ class DataConfig(_Section):
     ] = Field(
         "generated",
         description='"generated" renders the embedded benchmark; any other value is an '
-        "annotation format of crosstvr_core.datasets (msrvtt, msvd, didemo, activitynet, vatex, "
+        "annotation format of crosstvr_core.data.datasets (msrvtt, msvd, didemo, activitynet, vatex, "
         "lsmdc: the files as the CLIP4Clip family distributes them; folder / manifest: any "
         "user corpus).",
     )
@@ -138,7 +138,7 @@ class EncoderConfig(_Section):
     name: str = Field(
         "crosstvr-tiny-vit",
         description="open_clip model name (e.g. ViT-B-32) or one of the configs shipped in "
-        "crosstvr_core/model_configs (the embedded default is a tiny ViT).",
+        "crosstvr_core/models/model_configs (the embedded default is a tiny ViT).",
     )
     pretrained: str | None = Field(
         STILLS_PRETRAINED,

@@ -22,11 +22,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from crosstvr_core.data.video_decode import VideoDecodeError, decode_uniform_frames
 from crosstvr_core.gallery import GalleryHit, GalleryQuery
-from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.synthetic import _video_key
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.video_decode import VideoDecodeError, decode_uniform_frames
 
 log = logging.getLogger(__name__)
 

@@ -16,28 +16,19 @@ import numpy as np
 import torch
 
 from crosstvr_core import synthetic
+from crosstvr_core.bank_split import BankSplit, split_validation
 from crosstvr_core.config import CrossTVRConfig
-from crosstvr_core.metrics import retrieval_metrics, text_to_video_ranks, video_to_text_ranks
+from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
+from crosstvr_core.models.temporal_head import TemporalHead, dual_softmax
 from crosstvr_core.report import flat_metrics, per_family_recall
-from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
-from crosstvr_core.reranker_training import (
-    EpochCallback,
-    NegativeScores,
-    Validation,
-    score_pairs,
-    train_reranker,
+from crosstvr_core.retrieval.metrics import (
+    retrieval_metrics,
+    text_to_video_ranks,
+    video_to_text_ranks,
 )
-from crosstvr_core.stage1 import meanp_similarity, stage1_training_bank
-from crosstvr_core.temporal_head import TemporalHead, dual_softmax
-from crosstvr_core.temporal_head_training import temporal_similarity, train_temporal_head
-from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_dataset import BankSplit, split_validation
-from crosstvr_core.training_lists import (
-    TrainingLists,
-    cross_fitted_similarity,
-    lists_from_similarity,
-)
-from crosstvr_core.two_stage import (
+from crosstvr_core.retrieval.pair_scoring import score_pairs
+from crosstvr_core.retrieval.stage1 import meanp_similarity, stage1_training_bank
+from crosstvr_core.retrieval.two_stage import (
     STAGE2_ONLY_WEIGHT,
     fuse_top_k,
     relevance,
@@ -45,6 +36,19 @@ from crosstvr_core.two_stage import (
     text_to_video_candidates,
     video_to_text_candidates,
 )
+from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training.lists import (
+    TrainingLists,
+    cross_fitted_similarity,
+    lists_from_similarity,
+)
+from crosstvr_core.training.reranker import (
+    EpochCallback,
+    NegativeScores,
+    Validation,
+    train_reranker,
+)
+from crosstvr_core.training.stage1 import temporal_similarity, train_temporal_head
 
 Stage1Scorer = Callable[[TokenBank, TokenBank], torch.Tensor]
 

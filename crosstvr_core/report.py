@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: figures go to files and MLflow, never a windo
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crosstvr_core.metrics import recall_at_k_curve  # noqa: E402
+from crosstvr_core.retrieval.metrics import recall_at_k_curve  # noqa: E402
 
 METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR")
 STAGES = (("stage1_meanP", "meanP"), ("stage1", "stage 1"), ("stage2only", "stage 2 only"),

@@ -8,8 +8,25 @@ and are cast to float32 per batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+
+class TokenSource(Protocol):
+    """What the re-ranker reads: float32 inputs of caption rows and video rows."""
+
+    caption_video: torch.Tensor  # [T] video row of each caption
+
+    @property
+    def num_videos(self) -> int: ...
+
+    @property
+    def num_captions(self) -> int: ...
+
+    def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass

@@ -16,8 +16,8 @@ from two_stage import load_banks  # experiments/ is the script folder
 
 from crosstvr_core import pipeline
 from crosstvr_core.config import load_config
-from crosstvr_core.reranker_training import pair_logits, train_reranker
-from crosstvr_core.training_lists import lists_from_similarity
+from crosstvr_core.training.lists import lists_from_similarity
+from crosstvr_core.training.reranker import pair_logits, train_reranker
 
 
 def held_out_order_accuracy(model, bank, device: str, precision: str) -> float:

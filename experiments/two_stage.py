@@ -30,13 +30,15 @@ def load_banks(cfg: CrossTVRConfig) -> tuple[TokenBank, TokenBank, list[dict], d
     index = TokenIndex.open_existing(cfg.lance_uri)
     train = index.load_token_bank(cfg.data.train_split)
     test = index.load_token_bank(cfg.data.eval_split)
+    # the encoder and the tables' versions: a re-indexed home invalidates the cache below
+    index_id = f"{index.encoder_id}|{json.dumps(index.versions(), sort_keys=True)}"
     return train, test, index.caption_meta(test.caption_ids), dict(index.shapes.__dict__), \
-        index.encoder_id
+        index_id
 
 
-def stage1_key(cfg: CrossTVRConfig, encoder_id: str) -> str:
+def stage1_key(cfg: CrossTVRConfig, index_id: str) -> str:
     """What stage 1 and the training lists depend on: reuse them across re-ranker runs."""
-    key = {"encoder": encoder_id, "data": cfg.data.model_dump(), "stage1": cfg.stage1.model_dump(),
+    key = {"index": index_id, "data": cfg.data.model_dump(), "stage1": cfg.stage1.model_dump(),
            "train": {k: getattr(cfg.train, k) for k in ("seed", "val_fraction", "stage1_folds", "lists_from", "fold_epochs",
                                                         "list_size", "loss")},
            "k": cfg.eval.top_k}
@@ -108,14 +110,14 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(cfg.train.torch_threads)
-    train, test, metas, shapes, encoder_id = load_banks(cfg)
+    train, test, metas, shapes, index_id = load_banks(cfg)
     cache = None if args.no_cache else (
-        cfg.home_path / "experiment_cache" / f"stage1-{stage1_key(cfg, encoder_id)}.pt")
+        cfg.home_path / "experiment_cache" / f"stage1-{stage1_key(cfg, index_id)}.pt")
     result = run(cfg, train, test, metas, shapes, cache=cache)
     metrics = result["metrics"]
     summary = {key: round(metrics[key], 2) for key in SUMMARY_KEYS if key in metrics}
     factors = {key: round(v, 1) for key, v in metrics.items() if "twin_acc" in key}
-    line = {"tag": args.tag, "set": args.set, "encoder_id": encoder_id, "summary": summary,
+    line = {"tag": args.tag, "set": args.set, "index": index_id, "summary": summary,
             "twins": factors, "seconds": {k: round(v, 1) for k, v in result["seconds"].items()},
             "history": result["history"], "metrics": metrics}
     print(json.dumps({k: line[k] for k in ("tag", "summary", "twins", "seconds")}, indent=1))

@@ -89,7 +89,7 @@ def ensure_encoder_for_cli(cfg) -> None:
     """`crosstvr index` with encoder.pretrained = "stills": pretrain first if this machine
     lacks the checkpoint (its own MLflow run), saying so; otherwise nothing to do."""
     from crosstvr_core.config import STILLS_PRETRAINED
-    from crosstvr_core.encoder_pretraining import stills_checkpoint
+    from crosstvr_core.training.encoder_pretraining import stills_checkpoint
     from tasks.pretrain import ensure_stills_encoder
 
     if cfg.encoder.pretrained != STILLS_PRETRAINED or stills_checkpoint(cfg).is_file():
@@ -161,7 +161,7 @@ def print_index_summary(counts: dict, failures: dict[str, list[tuple[str, str]]]
 def cmd_index(args: argparse.Namespace) -> int:
     import time
 
-    from crosstvr_core.datasets import DatasetError
+    from crosstvr_core.data.datasets import DatasetError
     from tasks.corpus import load_corpus
     from tasks.index import IndexStepError, index_dataset
     from tasks.runtime import apply_offline_env, ray_runtime
@@ -253,9 +253,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("LANCE_LOG", "error")
 
-    from crosstvr_core.encoder import EncoderError
+    from crosstvr_core.models.encoder import EncoderError
+    from crosstvr_core.retrieval.text_search import SearchError
     from crosstvr_core.storage import EncoderMismatchError, IndexNotFoundError, SchemaMismatchError
-    from crosstvr_core.text_search import SearchError
     from tasks.registry import RegistryError
     from tasks.search import answered_by, open_searcher, write_search_gallery
 

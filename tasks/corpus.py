@@ -1,6 +1,6 @@
 """The configured corpus as a `RetrievalDataset`: the one place config meets dataset formats.
 
-`data.kind` picks the format (crosstvr_core.datasets.known_formats(), or "generated" for the
+`data.kind` picks the format (crosstvr_core.data.datasets.known_formats(), or "generated" for the
 embedded benchmark once rendered); the other `data.*` keys are the format's options. The
 flow, the `crosstvr index` CLI and the scheduled re-index all resolve corpora here.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from crosstvr_core.config import DataConfig
-from crosstvr_core.datasets import (
+from crosstvr_core.data.datasets import (
     DatasetError,
     RetrievalDataset,
     load_dataset,

@@ -21,10 +21,10 @@ import torch
 from prefect import task
 
 from crosstvr_core.config import CrossTVRConfig
-from crosstvr_core.datasets import RetrievalDataset
-from crosstvr_core.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
-from crosstvr_core.encoder_pretraining import resolve_pretrained, resolve_text_tokens
+from crosstvr_core.data.datasets import RetrievalDataset
+from crosstvr_core.models.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
 from crosstvr_core.storage import CAPTIONS, VIDEO_TOKENS, VIDEOS, TokenIndex, TokenShapes
+from crosstvr_core.training.encoder_pretraining import resolve_pretrained, resolve_text_tokens
 from tasks.index_decode import decode_batch
 from tasks.runtime import failure_reason
 

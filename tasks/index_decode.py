@@ -1,7 +1,7 @@
 """The index step's decode stage: hash, skip unchanged files, decode the rest (Ray tasks).
 
 Kept apart from `tasks.index` so a Ray worker that runs decode tasks imports only numpy and
-`crosstvr_core.video_decode` (about 0.2 s of CPU), not torch, open_clip, Prefect and LanceDB
+`crosstvr_core.data.video_decode` (about 0.2 s of CPU), not torch, open_clip, Prefect and LanceDB
 (about 10 s per worker process, which on a 2-core machine was most of a 600-clip index run).
 """
 
@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from crosstvr_core.video_decode import VideoDecodeError, decode_videos, file_content_hash
+from crosstvr_core.data.video_decode import VideoDecodeError, decode_videos, file_content_hash
 
 
 def _segment_seed(seed: int, video_id: str) -> int:

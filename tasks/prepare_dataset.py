@@ -19,7 +19,7 @@ from prefect import task
 
 from crosstvr_core import synthetic
 from crosstvr_core.config import CrossTVRConfig, DataConfig
-from crosstvr_core.datasets import RetrievalDataset, load_folder_dataset
+from crosstvr_core.data.datasets import RetrievalDataset, load_folder_dataset
 from tasks.corpus import load_corpus
 
 CAPTIONS_FILE = "captions.jsonl"

@@ -1,7 +1,7 @@
 """The encoder-pretraining step: the stills-pretrained embedded encoder, made once per machine.
 
 `encoder.pretrained = "stills"` (the default) names a checkpoint under <home>/weights whose
-file name hashes everything that determines it (crosstvr_core.encoder_pretraining). This step
+file name hashes everything that determines it (crosstvr_core.training.encoder_pretraining). This step
 reuses that file when it exists. Otherwise it pretrains, in an MLflow run of its own (nested
 `pretrain-encoder` under the flow's run, when there is one): the `pretrain` section as params,
 loss / logit scale / lr per logged step, held-out still retrieval before and after, a loss
@@ -28,8 +28,8 @@ from prefect.exceptions import MissingContextError
 
 from crosstvr_core import report
 from crosstvr_core.config import STILLS_PRETRAINED, CrossTVRConfig
-from crosstvr_core.encoder import file_sha256
-from crosstvr_core.encoder_pretraining import (
+from crosstvr_core.models.encoder import file_sha256
+from crosstvr_core.training.encoder_pretraining import (
     excluded_key,
     excluded_test_scenes,
     pretrain_encoder,
@@ -135,7 +135,7 @@ def _pretrain(cfg: CrossTVRConfig, checkpoint: Path, parent_run_id: str | None,
               logger) -> PretrainedEncoderRef:
     import open_clip
 
-    from crosstvr_core.encoder import register_bundled_model_configs
+    from crosstvr_core.models.encoder import register_bundled_model_configs
 
     excluded = excluded_test_scenes(cfg.data.num_test_groups, cfg.data.seed)
     p = cfg.pretrain

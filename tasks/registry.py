@@ -24,7 +24,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from crosstvr_core.text_search import SearchModels, stage1_key
+from crosstvr_core.retrieval.text_search import SearchModels, stage1_key
 from tasks.tracking import DATASET_TAG, ENCODER_TAG
 
 RERANKER_MODEL = "crosstvr-reranker"

@@ -21,16 +21,16 @@ from prefect import task
 
 from crosstvr_core import pipeline, report
 from crosstvr_core.config import CrossTVRConfig
-from crosstvr_core.external_similarity import load_external_similarity
 from crosstvr_core.gallery import write_gallery
 from crosstvr_core.gallery_data import two_stage_gallery
-from crosstvr_core.hard_negatives import scores_from_candidates
-from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
-from crosstvr_core.reranker_training import NegativeScores
-from crosstvr_core.stage1 import meanp_similarity, top_k_candidates
+from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
+from crosstvr_core.models.temporal_head import TemporalHead
+from crosstvr_core.retrieval.external_similarity import load_external_similarity
+from crosstvr_core.retrieval.stage1 import meanp_similarity, top_k_candidates
 from crosstvr_core.storage import STAGE1_CANDIDATES, TokenIndex, fixed_list_to_numpy
-from crosstvr_core.temporal_head import TemporalHead
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training.negatives import scores_from_candidates
+from crosstvr_core.training.reranker import NegativeScores
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
 

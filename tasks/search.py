@@ -13,14 +13,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from crosstvr_core.config import CrossTVRConfig
-from crosstvr_core.storage import TokenIndex
-from crosstvr_core.text_search import (
+from crosstvr_core.retrieval.text_search import (
     QueryResult,
     SearchError,
     TextSearcher,
     check_same_encoder,
     index_versions,
 )
+from crosstvr_core.storage import TokenIndex
 from tasks.index import load_encoder
 from tasks.registry import load_search_models
 from tasks.tracking import use_experiment
@@ -169,7 +169,7 @@ def write_search_gallery(searcher: TextSearcher,
     query's stage-1 and re-ranked lists as frame strips, with the re-ranker's attention."""
     from crosstvr_core.gallery import GalleryQuery, write_gallery
     from crosstvr_core.gallery_data import gallery_hits
-    from crosstvr_core.text_search import candidate_tokens
+    from crosstvr_core.retrieval.text_search import candidate_tokens
 
     model = searcher.models.reranker
     queries = []
@@ -233,7 +233,7 @@ def search_on_ray(cfg: CrossTVRConfig, queries: list[BatchQuery], k: int, rerank
     one), reassembled in query order."""
     import ray
 
-    from crosstvr_core.text_search import SearchHit
+    from crosstvr_core.retrieval.text_search import SearchHit
 
     items = [{"position": i, "query": q.query} for i, q in enumerate(queries)]
     batch = max(1, min(256, len(items) // max(1, cfg.ray.encode_pool_size)))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from crosstvr_core.config import RerankerConfig
-from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.storage import TokenIndex, TokenShapes
 from crosstvr_core.token_bank import TokenBank
 

@@ -52,7 +52,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_encoder(session_home):
     """The embedded default encoder (random init saved to disk, loaded back)."""
-    from crosstvr_core.encoder import EncoderSpec, load_frozen_encoder
+    from crosstvr_core.models.encoder import EncoderSpec, load_frozen_encoder
 
     return load_frozen_encoder(
         EncoderSpec("crosstvr-tiny-vit"), init_seed=0, weights_dir=session_home / "weights"

@@ -18,7 +18,7 @@ from dataset_fixtures import (
     write_vatex,
 )
 
-from crosstvr_core.datasets import DatasetError, load_dataset
+from crosstvr_core.data.datasets import DatasetError, load_dataset
 
 
 def _names(dataset):

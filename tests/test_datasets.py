@@ -12,14 +12,14 @@ from dataset_fixtures import (
     write_videos,
 )
 
-from crosstvr_core.annotation_formats import ANNOTATION_FORMATS
-from crosstvr_core.datasets import (
+from crosstvr_core.data.annotation_formats import ANNOTATION_FORMATS
+from crosstvr_core.data.datasets import (
     DatasetError,
     known_formats,
     load_dataset,
     load_folder_dataset,
 )
-from crosstvr_core.video_decode import probe_video
+from crosstvr_core.data.video_decode import probe_video
 
 
 def _write_jsonl(path, rows):
@@ -118,7 +118,7 @@ def test_missing_videos_skipped_and_reported(tmp_path, caplog):
     write_msrvtt(tmp_path)
     (tmp_path / "videos" / "video1.webm").unlink()
     (tmp_path / "videos" / "video7725.mp4").unlink()
-    with caplog.at_level(logging.WARNING, logger="crosstvr_core.datasets"):
+    with caplog.at_level(logging.WARNING, logger="crosstvr_core.data.datasets"):
         ds = load_dataset("msrvtt", tmp_path)
     assert ds.missing_videos == ["video7725", "video1"]
     assert ds.skipped_captions == 4

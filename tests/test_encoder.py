@@ -5,7 +5,7 @@ import open_clip
 import pytest
 import torch
 
-from crosstvr_core.encoder import (
+from crosstvr_core.models.encoder import (
     EncoderError,
     EncoderSpec,
     load_frozen_encoder,

@@ -15,27 +15,27 @@ import open_clip
 import pytest
 import torch
 
-from crosstvr_core import pretraining_stills
 from crosstvr_core.config import STILLS_PRETRAINED, PretrainConfig, load_config
-from crosstvr_core.encoder import EncoderError, EncoderSpec, load_frozen_encoder
-from crosstvr_core.encoder_pretraining import (
+from crosstvr_core.models.encoder import EncoderError, EncoderSpec, load_frozen_encoder
+from crosstvr_core.synthetic import stills as stills_module
+from crosstvr_core.synthetic.grammar import SHAPE_WORDS, SIZE_WORDS
+from crosstvr_core.synthetic.render import render_frames
+from crosstvr_core.synthetic.scenes import _LINE, COLOURS, REGIONS, SceneObject, VideoSpec
+from crosstvr_core.synthetic.stills import (
+    generate_stills,
+    still_caption,
+    visible_objects,
+)
+from crosstvr_core.training.encoder_pretraining import (
     checkpoint_path,
     pretrain_encoder,
     resolve_pretrained,
     resolve_text_tokens,
     stills_checkpoint,
 )
-from crosstvr_core.encoder_pretraining import (  # an alias: pytest would collect test_*
+from crosstvr_core.training.encoder_pretraining import (  # an alias: pytest would collect test_*
     excluded_test_scenes as benchmark_test_scenes,
 )
-from crosstvr_core.pretraining_stills import (
-    generate_stills,
-    still_caption,
-    visible_objects,
-)
-from crosstvr_core.synthetic_grammar import SHAPE_WORDS, SIZE_WORDS
-from crosstvr_core.synthetic_render import render_frames
-from crosstvr_core.synthetic_scenes import _LINE, COLOURS, REGIONS, SceneObject, VideoSpec
 from tests.conftest import TINY_CONFIG
 
 MODEL = "crosstvr-tiny-vit"
@@ -135,13 +135,13 @@ def test_generated_stills_are_deterministic_and_timeless():
 def test_excluded_scenes_never_appear(monkeypatch):
     """Record the scenes rendered without exclusion, exclude some, and they are never drawn."""
     rendered: list[tuple] = []
-    real_render = pretraining_stills.render_frames
+    real_render = stills_module.render_frames
 
     def recording(spec, *args):
         rendered.append(spec.content)
         return real_render(spec, *args)
 
-    monkeypatch.setattr(pretraining_stills, "render_frames", recording)
+    monkeypatch.setattr(stills_module, "render_frames", recording)
     list(generate_stills(40, SIZE, seed=1))
     free = list(rendered)
     excluded = frozenset(free[:6])
@@ -280,7 +280,7 @@ def step_home(tmp_path):
 
 
 def test_the_step_pretrains_once_registers_and_then_reuses(step_home):
-    from crosstvr_core.encoder import file_sha256
+    from crosstvr_core.models.encoder import file_sha256
     from tasks.pretrain import (
         CHECKPOINT_TAG,
         ENCODER_MODEL,

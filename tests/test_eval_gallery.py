@@ -19,7 +19,7 @@ import torch
 from video_fixtures import HAVE_FFMPEG, make_clip
 
 from crosstvr_core.config import load_config
-from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
+from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
 from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
 from tasks.index import IndexRef
 from tasks.retrieval import (

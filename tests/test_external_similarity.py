@@ -3,7 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from crosstvr_core.external_similarity import ExternalSimilarityError, load_external_similarity
+from crosstvr_core.retrieval.external_similarity import (
+    ExternalSimilarityError,
+    load_external_similarity,
+)
 
 
 def _write(tmp_path, sim, rows, cols):

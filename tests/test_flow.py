@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from crosstvr_core.metrics import retrieval_metrics
 from crosstvr_core.report import METRIC_KEYS
+from crosstvr_core.retrieval.metrics import retrieval_metrics
 from crosstvr_core.storage import TokenIndex
 from tests.conftest import TINY_CONFIG
 
@@ -146,7 +146,7 @@ def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeyp
     import open_clip
 
     from crosstvr_core.config import load_config
-    from crosstvr_core.encoder import FrozenEncoder
+    from crosstvr_core.models.encoder import FrozenEncoder
     from tasks.index import IndexRef, load_encoder, token_shapes
     from tasks.retrieval import run_stage1, run_train_reranker
     from tasks.tracking import parent_run
@@ -179,7 +179,7 @@ def test_external_stage1_matrix_is_used_as_given(flow_result, tmp_path):
     import json
 
     from crosstvr_core.config import load_config
-    from crosstvr_core.stage1 import meanp_similarity
+    from crosstvr_core.retrieval.stage1 import meanp_similarity
     from tasks.index import IndexRef, load_encoder, token_shapes
     from tasks.retrieval import run_stage1
     from tasks.tracking import parent_run

@@ -27,7 +27,7 @@ from crosstvr_core.gallery_data import (
     pick_twin_failures,
     two_stage_gallery,
 )
-from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.token_bank import TokenBank
 
 pytestmark = [pytest.mark.skipif(not HAVE_FFMPEG, reason="needs the ffmpeg and ffprobe binaries"),
@@ -152,8 +152,8 @@ def fake_bank(num_videos: int, seed: int = 0) -> TokenBank:
 
 
 def test_two_stage_gallery_sections_and_page(clips, tmp_path) -> None:
-    from crosstvr_core.metrics import text_to_video_ranks
-    from crosstvr_core.two_stage import fuse_top_k
+    from crosstvr_core.retrieval.metrics import text_to_video_ranks
+    from crosstvr_core.retrieval.two_stage import fuse_top_k
 
     num = 8
     bank = fake_bank(num)

@@ -8,7 +8,7 @@ import pytest
 from index_fixtures import write_corpus
 
 from crosstvr_core.config import load_config
-from crosstvr_core.datasets import load_folder_dataset
+from crosstvr_core.data.datasets import load_folder_dataset
 from crosstvr_core.storage import fixed_list_to_numpy
 from tasks.index import index_dataset
 

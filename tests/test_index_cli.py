@@ -4,8 +4,8 @@ import lancedb
 import pytest
 from dataset_fixtures import write_msvd, write_videos
 
-from crosstvr_core.datasets import load_dataset
-from crosstvr_core.encoder import file_sha256
+from crosstvr_core.data.datasets import load_dataset
+from crosstvr_core.models.encoder import file_sha256
 from flows.cli import main
 
 

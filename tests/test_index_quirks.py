@@ -27,7 +27,7 @@ from video_fixtures import (
 )
 
 from crosstvr_core.config import load_config
-from crosstvr_core.datasets import DatasetError, load_dataset, scan_video_folder
+from crosstvr_core.data.datasets import DatasetError, load_dataset, scan_video_folder
 from tasks.index import index_dataset
 
 pytestmark = pytest.mark.skipif(not HAVE_FFMPEG, reason="needs the ffmpeg and ffprobe binaries")

@@ -8,16 +8,8 @@ import torch
 from bank_fixtures import FRAMES, make_model, random_bank, toy_bank
 
 from crosstvr_core.config import TrainConfig
-from crosstvr_core.hard_negatives import play_backwards
-from crosstvr_core.metrics import retrieval_metrics
-from crosstvr_core.reranker_training import Validation, train_reranker
-from crosstvr_core.training_lists import (
-    TrainingLists,
-    cross_fitted_similarity,
-    fold_of_videos,
-    lists_from_similarity,
-)
-from crosstvr_core.two_stage import (
+from crosstvr_core.retrieval.metrics import retrieval_metrics
+from crosstvr_core.retrieval.two_stage import (
     fuse_top_k,
     fused_top1,
     pick_fusion_weight,
@@ -25,6 +17,14 @@ from crosstvr_core.two_stage import (
     stage2_only_top1,
     text_to_video_candidates,
 )
+from crosstvr_core.training.lists import (
+    TrainingLists,
+    cross_fitted_similarity,
+    fold_of_videos,
+    lists_from_similarity,
+)
+from crosstvr_core.training.negatives import play_backwards
+from crosstvr_core.training.reranker import Validation, train_reranker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

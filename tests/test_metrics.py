@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from crosstvr_core.metrics import (
+from crosstvr_core.retrieval.metrics import (
     MetricsInputError,
     retrieval_metrics,
     text_to_video_ranks,

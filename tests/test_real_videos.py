@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from video_fixtures import HAVE_FFMPEG, ffmpeg_cli
 
-from crosstvr_core.video_decode import (
+from crosstvr_core.data.video_decode import (
     DecodedVideo,
     decode_segment_frames,
     decode_uniform_frames,
@@ -211,7 +211,7 @@ def test_a_corpus_of_real_clips_and_their_quirks_indexes(
     decode_warning); a cut-short copy, a garbled copy and a still frame fail with their
     reasons; a second run adds nothing."""
     from crosstvr_core.config import load_config
-    from crosstvr_core.datasets import scan_video_folder
+    from crosstvr_core.data.datasets import scan_video_folder
     from tasks.index import index_dataset
 
     root = tmp_path / "corpus"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from crosstvr_core.config import load_config
-from crosstvr_core.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker import CrossTVRReranker
 from tasks.registry import (
     CANDIDATE,
     CHAMPION,

@@ -6,7 +6,10 @@ import pytest
 import torch
 from bank_fixtures import FRAMES, PATCHES, make_model, random_bank
 
-from crosstvr_core.hard_negatives import (
+from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.models.token_selection import PatchTokenSelector, hard_top_k
+from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training.negatives import (
     random_negative_texts,
     random_negative_videos,
     sample_hard_negative_texts,
@@ -14,9 +17,6 @@ from crosstvr_core.hard_negatives import (
     scores_from_candidates,
     time_reversed_frame_order,
 )
-from crosstvr_core.reranker import CrossTVRReranker
-from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_selection import PatchTokenSelector, hard_top_k
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -298,7 +298,7 @@ def cross_attention_modules(model: CrossTVRReranker) -> list:
 
 def test_recorded_weights_are_the_ones_the_kernel_applies() -> None:
     """weights @ values (then the output projection) gives the module's own output."""
-    from crosstvr_core.reranker import Attention
+    from crosstvr_core.models.reranker import Attention
 
     torch.manual_seed(0)
     attention = Attention(hidden=8, heads=2, dropout=0.0).eval()

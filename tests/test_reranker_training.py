@@ -19,24 +19,16 @@ from bank_fixtures import (
 )
 from torch.utils.data import DataLoader
 
+from crosstvr_core.bank_split import split_validation, without_validation
 from crosstvr_core.config import CrossTVRConfig, TrainConfig
-from crosstvr_core.hard_negatives import play_backwards
-from crosstvr_core.reranker import CrossTVRReranker
-from crosstvr_core.reranker_training import (
-    NegativeScores,
-    Validation,
-    score_pairs,
-    train_reranker,
-)
-from crosstvr_core.stage1 import stage1_training_bank
+from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.retrieval.pair_scoring import score_pairs
+from crosstvr_core.retrieval.stage1 import stage1_training_bank
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_dataset import (
-    LanceTokenSource,
-    VTMPairDataset,
-    split_validation,
-    without_validation,
-)
-from crosstvr_core.training_checkpoint import latest_checkpoint, load_checkpoint
+from crosstvr_core.training.checkpoint import latest_checkpoint, load_checkpoint
+from crosstvr_core.training.negatives import play_backwards
+from crosstvr_core.training.reranker import NegativeScores, Validation, train_reranker
+from crosstvr_core.training.token_dataset import LanceTokenSource, VTMPairDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -257,7 +249,7 @@ def test_training_never_calls_the_frozen_encoder(monkeypatch: pytest.MonkeyPatch
     """Every entry point of the encoder raises (and is counted); training still runs."""
     import open_clip
 
-    from crosstvr_core.encoder import FrozenEncoder
+    from crosstvr_core.models.encoder import FrozenEncoder
 
     calls: list[str] = []
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crosstvr_core.search import (
+from crosstvr_core.retrieval.search import (
     AnnIndex,
     GalleryIndex,
     chunk_plan,

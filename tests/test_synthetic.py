@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from crosstvr_core import synthetic as syn
-from crosstvr_core import synthetic_grammar as grammar
-from crosstvr_core import synthetic_render
-from crosstvr_core.synthetic_render import shape_mask
+from crosstvr_core.synthetic import grammar, render
+from crosstvr_core.synthetic.render import shape_mask
 
 POSITION_WORDS = {"top", "middle", "bottom", "left", "right", "centre", "side"}
 FACTOR_WORDS = {
@@ -422,7 +421,7 @@ def test_encode_validates_and_cleans_up(tmp_path, monkeypatch):
         syn.encode_clips([frames], [tmp_path / "a.mp4", tmp_path / "b.mp4"], 4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
     # ffmpeg failing (here: an unknown x264 preset) names the clip and keeps ffmpeg's stderr.
-    monkeypatch.setitem(synthetic_render.X264_OPTIONS, "preset", "no-such-preset")
+    monkeypatch.setitem(render.X264_OPTIONS, "preset", "no-such-preset")
     with pytest.raises(RuntimeError, match="broken.mp4") as info:
         syn.encode_mp4(frames, tmp_path / "broken.mp4", fps=4)
     assert "preset" in str(info.value).lower()

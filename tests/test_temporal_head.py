@@ -10,17 +10,17 @@ import torch.nn.functional as F
 from bank_fixtures import token_bank
 
 from crosstvr_core.config import Stage1Config
-from crosstvr_core.hard_negatives import play_backwards
-from crosstvr_core.metrics import retrieval_metrics
-from crosstvr_core.stage1 import mean_pooled_video_embeddings, meanp_similarity
-from crosstvr_core.temporal_head import TemporalHead, dual_softmax
-from crosstvr_core.temporal_head_training import (
+from crosstvr_core.models.temporal_head import TemporalHead, dual_softmax
+from crosstvr_core.retrieval.metrics import retrieval_metrics
+from crosstvr_core.retrieval.stage1 import mean_pooled_video_embeddings, meanp_similarity
+from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training.checkpoint import latest_checkpoint
+from crosstvr_core.training.negatives import play_backwards
+from crosstvr_core.training.stage1 import (
     contrastive_loss,
     temporal_similarity,
     train_temporal_head,
 )
-from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.training_checkpoint import latest_checkpoint
 
 FRAMES, EMBED = 4, 16
 

@@ -13,12 +13,10 @@ import pytest
 import torch
 
 from crosstvr_core.config import load_config
-from crosstvr_core.reranker import CrossTVRReranker, reranker_shape_kwargs
-from crosstvr_core.stage1 import mean_pooled_video_embeddings
-from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list, fixed_list_to_numpy
-from crosstvr_core.temporal_head import TemporalHead
-from crosstvr_core.temporal_head_training import temporal_video_embeddings
-from crosstvr_core.text_search import (
+from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
+from crosstvr_core.models.temporal_head import TemporalHead
+from crosstvr_core.retrieval.stage1 import mean_pooled_video_embeddings
+from crosstvr_core.retrieval.text_search import (
     EMBEDDINGS_PREFIX,
     SearchError,
     SearchModels,
@@ -27,6 +25,8 @@ from crosstvr_core.text_search import (
     stage1_key,
     stage1_video_embeddings,
 )
+from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list, fixed_list_to_numpy
+from crosstvr_core.training.stage1 import temporal_video_embeddings
 from tasks.search import read_queries
 
 
@@ -173,7 +173,7 @@ def test_queries_files_in_three_formats_and_their_errors(tmp_path):
 
 def test_rows_an_ann_index_did_not_find_are_left_out(index, tiny_encoder):
     """An ANN index pads a short answer with "" ids and -inf scores: those are no hits."""
-    from crosstvr_core.search import AnnResult
+    from crosstvr_core.retrieval.search import AnnResult
 
     searcher = TextSearcher(index, tiny_encoder, _models(index), brute_force_below=1000)
     search = searcher.gallery.search

@@ -1,6 +1,6 @@
 import torch
 
-from crosstvr_core.two_stage import fuse_top_k, rerank_text_to_video, rerank_video_to_text
+from crosstvr_core.retrieval.two_stage import fuse_top_k, rerank_text_to_video, rerank_video_to_text
 
 
 def _order(row: torch.Tensor) -> list[int]:

@@ -36,7 +36,7 @@ from video_fixtures import (
     ramp_source,
 )
 
-from crosstvr_core.video_decode import (
+from crosstvr_core.data.video_decode import (
     FAILURE_REASONS,
     DecodedVideo,
     VideoDecodeError,
@@ -720,7 +720,7 @@ def _same(batch: DecodedVideo | VideoDecodeError, single: DecodedVideo | VideoDe
 @pytest.fixture()
 def count_processes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ffmpeg/ffprobe processes started (video_decode's and the fixtures'), by name."""
-    import crosstvr_core.video_decode as module
+    import crosstvr_core.data.video_decode as module
 
     started: list[str] = []
     real_run = module.subprocess.run

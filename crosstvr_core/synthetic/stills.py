@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crosstvr_core.synthetic_grammar import BACKGROUND_WORDS, SHAPE_WORDS, SIZE_WORDS
-from crosstvr_core.synthetic_render import render_frames
-from crosstvr_core.synthetic_scenes import (
+from crosstvr_core.synthetic.grammar import BACKGROUND_WORDS, SHAPE_WORDS, SIZE_WORDS
+from crosstvr_core.synthetic.render import render_frames
+from crosstvr_core.synthetic.scenes import (
     _LINE,
     BACKGROUNDS,
     DIRECTIONS,

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from crosstvr_core.config import RerankerConfig
+from crosstvr_core.models.token_selection import PatchTokenSelector
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_selection import PatchTokenSelector
 
 # Elements (not rows) per chunk when accumulating input statistics: bounds the float64 copy.
 _STATS_CHUNK_ELEMENTS = 1 << 23

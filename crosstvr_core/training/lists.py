@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from crosstvr_core.bank_split import bank_subset
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_dataset import bank_subset
 
 # a stage 1 trained on a bank, returned as a scorer: (captions of bank A, videos of bank B)
 # -> similarity [T_A, V_B]

@@ -29,13 +29,13 @@ from open_clip_train.scheduler import cosine_lr
 from tqdm.auto import tqdm
 
 from crosstvr_core.config import STILLS_PRETRAINED, CrossTVRConfig, PretrainConfig
-from crosstvr_core.encoder import (
+from crosstvr_core.models.encoder import (
     EncoderError,
     random_init_checkpoint,
     register_bundled_model_configs,
 )
-from crosstvr_core.pretraining_stills import generate_stills
-from crosstvr_core.synthetic_scenes import make_benchmark_specs
+from crosstvr_core.synthetic.scenes import make_benchmark_specs
+from crosstvr_core.synthetic.stills import generate_stills
 
 StepCallback = Callable[[int, dict], None]
 # bumped when the pretraining code changes what a config produces (part of the cache key)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from crosstvr_core.bank_split import without_validation
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_dataset import without_validation
 
 
 def mean_pool_frames(video_cls: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:

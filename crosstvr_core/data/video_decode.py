@@ -897,25 +897,13 @@ def decode_frames(
     num_frames: int,
     size: int,
     probe: VideoProbe | None = None,
-    *,
-    sampling: Sampling = "uniform",
-    seed: SeedLike = None,
-    strict: bool = True,
-    timeout_s: float | None = DEFAULT_TIMEOUT_S,
-    threads: int | None = None,
-    seek_frames_per_sample: int | None = SEEK_FRAMES_PER_SAMPLE,
-    min_decoded_fraction: float = DEFAULT_MIN_DECODED_FRACTION,
-    allow_stills: bool = False,
+    **kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray, VideoProbe]:
     """F sampled frames, uint8 [F, size, size, 3] RGB, a validity mask [F], and the probe.
 
-    `decode_video` without what decoding found; see there for the arguments.
+    `decode_video` without what decoding found; the keyword arguments are `decode_video`'s.
     """
-    decoded = decode_video(
-        path, num_frames, size, probe, sampling=sampling, seed=seed, strict=strict,
-        timeout_s=timeout_s, threads=threads, seek_frames_per_sample=seek_frames_per_sample,
-        min_decoded_fraction=min_decoded_fraction, allow_stills=allow_stills,
-    )  # fmt: skip
+    decoded = decode_video(path, num_frames, size, probe, **kwargs)
     return decoded.frames, decoded.mask, decoded.probe
 
 

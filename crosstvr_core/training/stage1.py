@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from crosstvr_core.config import Stage1Config
-from crosstvr_core.hard_negatives import play_backwards
-from crosstvr_core.temporal_head import TemporalHead
+from crosstvr_core.models.temporal_head import TemporalHead
+from crosstvr_core.precision import autocast
 from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.training_loop import Trainer, run_epochs, training_autocast, warmup_cosine
+from crosstvr_core.training.loop import Trainer, adamw_warmup_cosine, run_epochs
+from crosstvr_core.training.negatives import play_backwards
 
 EpochCallback = Callable[[int, dict, TemporalHead], None]
 
@@ -90,10 +91,8 @@ def train_temporal_head(
     caption_video = bank.caption_video.to(device)  # [T]
 
     steps_per_epoch = math.ceil(num_captions / cfg.batch_size)
-    optimizer = torch.optim.AdamW(head.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
-    )
+    optimizer, schedule = adamw_warmup_cosine(head.optimizer_groups(cfg.weight_decay), cfg.lr,
+                                              cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
 
     def batches(epoch: int) -> tuple[torch.Tensor, ...]:
         return torch.randperm(num_captions, generator=generator).to(device).split(
@@ -105,7 +104,7 @@ def train_temporal_head(
         unique, inverse = torch.unique(videos, return_inverse=True)  # [U], [B]
         reversed_video = None
         patches = None if video_patches is None else video_patches[unique.cpu()].to(device)
-        with training_autocast(device):
+        with autocast(device):
             features = head.frame_features(video_cls[unique], patches)  # [U, F, D]
             video = head.pool_frames(features, frame_mask[unique])  # [U, D]
             text = head.encode_text(text_eot[rows], text_tokens[rows], text_mask[rows])
@@ -151,7 +150,7 @@ def _embed_batched(
     with torch.inference_mode():
         for start in range(0, count, batch_size):
             rows = slice(start, start + batch_size)
-            with training_autocast(device):
+            with autocast(device):
                 out[rows] = embed(rows, device)
     head.train(was_training)
     return out

@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from crosstvr_core.synthetic_scenes import SceneObject, VideoSpec
+from crosstvr_core.synthetic.scenes import SceneObject, VideoSpec
 
 STYLE_LENGTH = 12
 Style = tuple[int, ...]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from crosstvr_core.training_checkpoint import (
+from crosstvr_core.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     restore_rng_states,
@@ -29,16 +28,6 @@ from crosstvr_core.training_checkpoint import (
 )
 
 EpochCallback = Callable[[int, dict, torch.nn.Module], None]
-
-
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def training_autocast(device: torch.device, precision: str = "bf16") -> AbstractContextManager:
-    """Autocast to `precision` (bf16 / fp16) on CUDA; plain fp32 elsewhere or for "fp32"."""
-    dtype = _AUTOCAST_DTYPES.get(precision)
-    enabled = device.type == "cuda" and dtype is not None
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=enabled)
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -52,6 +41,15 @@ def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], f
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def adamw_warmup_cosine(param_groups: list[dict], lr: float, total_steps: int,
+                        warmup_fraction: float
+                        ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer both heads train with: AdamW, its LR stepped by `warmup_cosine`."""
+    optimizer = torch.optim.AdamW(param_groups, lr=lr)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, warmup_fraction))
 
 
 @dataclass

@@ -6,7 +6,7 @@
     load_dataset("manifest", "/data", annotations="manifest.csv")
 
 `name` is a format from `known_formats()` (the registry is
-`crosstvr_core.annotation_formats.ANNOTATION_FORMATS`, with the files each reads, exactly as
+`crosstvr_core.data.annotation_formats.ANNOTATION_FORMATS`, with the files each reads, exactly as
 the CLIP4Clip family distributes them): msrvtt, msvd, didemo, activitynet, vatex, lsmdc, and
 for any user corpus `folder` (a folder of videos + a CSV/JSONL captions file: `video` path or
 id, `caption`, optional `split`) or `manifest` (`uri`: local paths and `file://` now,
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from crosstvr_core.annotation_formats import (
+from crosstvr_core.data.annotation_formats import (
     ANNOTATION_FORMATS,
     VIDEO_EXTENSIONS,
     AnnotatedVideo,

@@ -24,28 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from crosstvr_core.config import TrainConfig
-from crosstvr_core.hard_negatives import (
-    play_backwards,
-    random_negative_texts,
-    random_negative_videos,
-    sample_hard_negative_texts,
-    sample_hard_negative_videos,
-)
-from crosstvr_core.reranker import CrossTVRReranker
-from crosstvr_core.token_bank import TokenBank
-from crosstvr_core.token_dataset import TokenSource, VTMPairDataset
-from crosstvr_core.training_lists import TrainingLists
-from crosstvr_core.training_loop import (
-    EarlyStopping,
-    Trainer,
-    run_epochs,
-    training_autocast,
-    warmup_cosine,
-)
-from crosstvr_core.two_stage import (
+from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.precision import autocast, grad_scaler
+from crosstvr_core.retrieval.pair_scoring import score_pairs
+from crosstvr_core.retrieval.two_stage import (
     fused_top1,
     pick_fusion_weight,
     relevance,
@@ -53,6 +37,22 @@ from crosstvr_core.two_stage import (
     text_to_video_candidates,
     video_to_text_candidates,
 )
+from crosstvr_core.token_bank import TokenBank, TokenSource
+from crosstvr_core.training.lists import TrainingLists
+from crosstvr_core.training.loop import (
+    EarlyStopping,
+    Trainer,
+    adamw_warmup_cosine,
+    run_epochs,
+)
+from crosstvr_core.training.negatives import (
+    play_backwards,
+    random_negative_texts,
+    random_negative_videos,
+    sample_hard_negative_texts,
+    sample_hard_negative_videos,
+)
+from crosstvr_core.training.token_dataset import VTMPairDataset
 
 EpochCallback = Callable[[int, dict, CrossTVRReranker], None]
 
@@ -186,7 +186,7 @@ def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.T
     text = {name: value.to(device, non_blocking=True)
             for name, value in source.text_batch(captions).items()}
     pair_video, pair_text = pair_video.to(device), pair_text.to(device)
-    with training_autocast(device, precision):
+    with autocast(device, precision):
         visual = model.encode_video(**video)  # [U, F, T, H]
         logits = model.match(text["text_tokens"], text["text_mask"], visual,
                              video["frame_mask"], text_index=pair_text, video_index=pair_video)
@@ -296,7 +296,7 @@ def _bce_step(model: CrossTVRReranker, dataset: VTMPairDataset, bank: TokenBank,
     if backwards:
         inputs = play_backwards(inputs, slice(pair_text.shape[0] - batch, None))
     inputs = {name: value.to(device, non_blocking=True) for name, value in inputs.items()}
-    with training_autocast(device, cfg.precision):
+    with autocast(device, cfg.precision):
         logits = model(**inputs).float()  # [(3 + R) B]
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     with torch.no_grad():
@@ -383,13 +383,8 @@ def train_reranker(
     rows_per_epoch = bank.num_videos if one_per_video else num_captions
     steps_per_epoch = math.ceil(rows_per_epoch / batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, cfg.warmup_fraction)
-    )
-    scaler = torch.amp.GradScaler(
-        device.type, enabled=device.type == "cuda" and cfg.precision == "fp16"
-    )
+    optimizer, schedule = adamw_warmup_cosine(model.optimizer_groups(cfg.weight_decay), cfg.lr,
+                                              total_steps, cfg.warmup_fraction)
 
     def batches(epoch: int) -> tuple[torch.Tensor, ...]:
         order = (one_caption_per_video(bank.caption_video, generator) if one_per_video
@@ -437,7 +432,7 @@ def train_reranker(
     )
     history = run_epochs(
         model, trainer, optimizer, schedule, generator, epochs=cfg.epochs,
-        grad_clip=cfg.grad_clip, name="reranker", scaler=scaler,
+        grad_clip=cfg.grad_clip, name="reranker", scaler=grad_scaler(device, cfg.precision),
         early_stopping=EarlyStopping(cfg.early_stopping_patience) if validation else None,
         checkpoint_dir=checkpoint_dir, resume=resume, on_epoch_end=on_epoch_end,
         progress=progress,
@@ -445,50 +440,3 @@ def train_reranker(
     model.to(device).eval()
     return history
 
-
-def score_pairs(
-    model: CrossTVRReranker,
-    bank_text: TokenSource,
-    text_rows: torch.Tensor,
-    bank_video: TokenSource,
-    video_rows: torch.Tensor,
-    batch_size: int,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    precision: str = "bf16",
-) -> torch.Tensor:
-    """VTM logits [N] (float32, CPU) of pairs (bank_text row text_rows[i], bank_video row
-    video_rows[i]); batched, eval mode, no grad. Each distinct video of a batch is encoded
-    (standardised, projected, tokens selected) once, and each distinct caption's text path
-    runs once, however many pairs they are in. The model's train/eval mode is restored."""
-    device = torch.device(device)
-    text_rows, video_rows = text_rows.long().cpu(), video_rows.long().cpu()
-    if text_rows.shape != video_rows.shape or text_rows.ndim != 1:
-        raise ValueError(
-            f"score_pairs: text_rows {tuple(text_rows.shape)} and video_rows "
-            f"{tuple(video_rows.shape)} must be equal 1-D shapes"
-        )
-    was_training = model.training
-    model.to(device).eval()
-    scores = torch.empty(text_rows.shape[0], dtype=torch.float32)
-    starts = range(0, text_rows.shape[0], batch_size)
-    # inference mode only around the forward: moving the model inside it would turn its
-    # parameters into inference tensors that a later training step cannot use
-    with torch.inference_mode():
-        for start in tqdm(starts, desc="re-ranker scoring", disable=not progress, leave=False):
-            rows = slice(start, start + batch_size)
-            videos, pair_video = torch.unique(video_rows[rows], return_inverse=True)  # [U], [n]
-            captions, pair_text = torch.unique(text_rows[rows], return_inverse=True)  # [C], [n]
-            video = {name: value.to(device, non_blocking=True)
-                     for name, value in bank_video.video_batch(videos).items()}
-            text = {name: value.to(device, non_blocking=True)
-                    for name, value in bank_text.text_batch(captions).items()}
-            with training_autocast(device, precision):
-                visual = model.encode_video(**video)  # [U, F, T, H]
-                pair_video, pair_text = pair_video.to(device), pair_text.to(device)
-                logits = model.match(text["text_tokens"], text["text_mask"], visual,
-                                     video["frame_mask"], text_index=pair_text,
-                                     video_index=pair_video)
-            scores[rows] = logits.float().cpu()
-    model.train(was_training)
-    return scores

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from crosstvr_core.stage1 import top_k_candidates
+from crosstvr_core.retrieval.stage1 import top_k_candidates
 
 # (text_rows [N], video_rows [N]) -> stage-2 scores [N]
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crosstvr_core.synthetic_grammar import caption, captions_for, draw_style
-from crosstvr_core.synthetic_render import encode_clips, encode_mp4, render_frames
-from crosstvr_core.synthetic_scenes import (
+from crosstvr_core.synthetic.grammar import caption, captions_for, draw_style
+from crosstvr_core.synthetic.render import encode_clips, encode_mp4, render_frames
+from crosstvr_core.synthetic.scenes import (
     BACKGROUNDS,
     COLOURS,
     CUBE_FACTORS,

@@ -3,7 +3,7 @@
 Each parser reads one benchmark's files exactly as CLIP4Clip-family code receives them and
 returns neutral `Annotations`: which videos belong to which split (with the relative names
 their files may have under a videos directory) and the captions of each. Finding the files,
-missing videos, paragraph mode and the dataset object itself are `crosstvr_core.datasets`'
+missing videos, paragraph mode and the dataset object itself are `crosstvr_core.data.datasets`'
 job, so every format gets them the same way; frame loading is `video_decode`'s, never here.
 
 | format        | files (under the annotation root)                         | splits            |
@@ -559,6 +559,17 @@ def _user_rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
 DEFAULT_SPLIT = "test"  # a user corpus without splits is evaluated (zero-shot)
 
 
+def _caption_and_split(where: str, row: dict, item: str) -> tuple[str, str]:
+    """A user row's caption and split (DEFAULT_SPLIT without the column), neither empty."""
+    text = _cell(row, "caption")
+    if not text:
+        raise DatasetError(f"{where}: empty caption for {item}")
+    split = _cell(row, "split") if "split" in row else DEFAULT_SPLIT
+    if not split:
+        raise DatasetError(f"{where}: empty split for {item}")
+    return text, split
+
+
 def parse_folder(files: dict[str, Path], splits: tuple[str, ...] = ()) -> Annotations:
     """A folder of videos + a captions file. `video` is a path relative to the folder (its
     id is the path without extension) or an id looked up with any video extension."""
@@ -570,12 +581,7 @@ def parse_folder(files: dict[str, Path], splits: tuple[str, ...] = ()) -> Annota
         relative = _cell(row, "video")
         if not relative:
             raise DatasetError(f"{where}: empty video path")
-        text = _cell(row, "caption")
-        if not text:
-            raise DatasetError(f"{where}: empty caption for video '{relative}'")
-        split = _cell(row, "split") if "split" in row else DEFAULT_SPLIT
-        if not split:
-            raise DatasetError(f"{where}: empty split for video '{relative}'")
+        text, split = _caption_and_split(where, row, f"video '{relative}'")
         video_id = _strip_video_extension(relative.replace("\\", "/"))
         known = videos.get(video_id)
         if known and known.split != split:
@@ -631,12 +637,7 @@ def parse_manifest(files: dict[str, Path], splits: tuple[str, ...] = ()) -> Anno
         uri = _cell(row, "uri")
         if not uri:
             raise DatasetError(f"{where}: empty uri")
-        text = _cell(row, "caption")
-        if not text:
-            raise DatasetError(f"{where}: empty caption for '{uri}'")
-        split = _cell(row, "split") if "split" in row else DEFAULT_SPLIT
-        if not split:
-            raise DatasetError(f"{where}: empty split for '{uri}'")
+        text, split = _caption_and_split(where, row, f"'{uri}'")
         local = local_path_of_uri(uri, base, where)
         video_id = _cell(row, "video_id") or _strip_video_extension(local.name)
         known = videos.get(video_id)

@@ -21,7 +21,7 @@ import ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw
 
-from crosstvr_core.synthetic_scenes import (
+from crosstvr_core.synthetic.scenes import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from crosstvr_core.encoder import FrozenEncoder
-from crosstvr_core.reranker import CrossTVRReranker
-from crosstvr_core.reranker_training import score_pairs
-from crosstvr_core.search import AnnIndex
-from crosstvr_core.stage1 import mean_pool_frames
+from crosstvr_core.models.encoder import FrozenEncoder
+from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.models.temporal_head import TemporalHead
+from crosstvr_core.retrieval.pair_scoring import score_pairs
+from crosstvr_core.retrieval.search import AnnIndex
+from crosstvr_core.retrieval.stage1 import mean_pool_frames
 from crosstvr_core.storage import VIDEO_TOKENS, VIDEOS, TokenIndex, decode_video_tokens
-from crosstvr_core.temporal_head import TemporalHead
 
 EMBEDDINGS_PREFIX = "stage1_embeddings"
 

@@ -1,0 +1,60 @@
+"""The re-ranker's logits for (caption, video) pairs: batched inference, each distinct video
+and caption encoded once per batch. Validation, evaluation and search all score through it.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.precision import autocast
+from crosstvr_core.token_bank import TokenSource
+
+
+def score_pairs(
+    model: CrossTVRReranker,
+    bank_text: TokenSource,
+    text_rows: torch.Tensor,
+    bank_video: TokenSource,
+    video_rows: torch.Tensor,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    precision: str = "bf16",
+) -> torch.Tensor:
+    """VTM logits [N] (float32, CPU) of pairs (bank_text row text_rows[i], bank_video row
+    video_rows[i]); batched, eval mode, no grad. Each distinct video of a batch is encoded
+    (standardised, projected, tokens selected) once, and each distinct caption's text path
+    runs once, however many pairs they are in. The model's train/eval mode is restored."""
+    device = torch.device(device)
+    text_rows, video_rows = text_rows.long().cpu(), video_rows.long().cpu()
+    if text_rows.shape != video_rows.shape or text_rows.ndim != 1:
+        raise ValueError(
+            f"score_pairs: text_rows {tuple(text_rows.shape)} and video_rows "
+            f"{tuple(video_rows.shape)} must be equal 1-D shapes"
+        )
+    was_training = model.training
+    model.to(device).eval()
+    scores = torch.empty(text_rows.shape[0], dtype=torch.float32)
+    starts = range(0, text_rows.shape[0], batch_size)
+    # inference mode only around the forward: moving the model inside it would turn its
+    # parameters into inference tensors that a later training step cannot use
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="re-ranker scoring", disable=not progress, leave=False):
+            rows = slice(start, start + batch_size)
+            videos, pair_video = torch.unique(video_rows[rows], return_inverse=True)  # [U], [n]
+            captions, pair_text = torch.unique(text_rows[rows], return_inverse=True)  # [C], [n]
+            video = {name: value.to(device, non_blocking=True)
+                     for name, value in bank_video.video_batch(videos).items()}
+            text = {name: value.to(device, non_blocking=True)
+                    for name, value in bank_text.text_batch(captions).items()}
+            with autocast(device, precision):
+                visual = model.encode_video(**video)  # [U, F, T, H]
+                pair_video, pair_text = pair_video.to(device), pair_text.to(device)
+                logits = model.match(text["text_tokens"], text["text_mask"], visual,
+                                     video["frame_mask"], text_index=pair_text,
+                                     video_index=pair_video)
+            scores[rows] = logits.float().cpu()
+    model.train(was_training)
+    return scores
