@@ -169,14 +169,21 @@ def _pretrain(cfg: CrossTVRConfig, checkpoint: Path, parent_run_id: str | None,
                          CHECKPOINT_TAG: str(checkpoint)})
         _log_summary(summary)
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
-        version = None
+        model_id = None
         if cfg.tracking.log_model:
             register_bundled_model_configs()
             model = open_clip.create_model(cfg.encoder.name, pretrained=str(checkpoint)).eval()
-            info = mlflow.pytorch.log_model(model, name="encoder",
-                                            serialization_format="pickle")
-            version = register_encoder(info.model_id, run_id, sha, cfg_hash,
-                                       summary["pretrained"])
+            model_id = mlflow.pytorch.log_model(model, name="encoder",
+                                                serialization_format="pickle").model_id
+    # registered only once its run has ended FINISHED: a tracking server that dies before
+    # then leaves no champion pointing at a half-logged run
+    version = None
+    if model_id is not None:
+        status = mlflow.MlflowClient().get_run(run_id).info.status
+        if status != "FINISHED":
+            raise RuntimeError(f"pretrain-encoder: run {run_id} ended {status}, not FINISHED; "
+                               "the encoder is not registered")
+        version = register_encoder(model_id, run_id, sha, cfg_hash, summary["pretrained"])
     logger.info("pretrained %s in %.0f s: held-out still retrieval i2t top-1 %s -> %s; "
                 "registered %s", checkpoint.name, summary["seconds"],
                 summary["random_init"].get("i2t_top1"), summary["pretrained"].get("i2t_top1"),

@@ -315,6 +315,8 @@ def test_the_step_pretrains_once_registers_and_then_reuses(step_home):
 
     version = client.get_model_version_by_alias(ENCODER_MODEL, "champion")
     assert str(version.version) == ref.model_version and version.run_id == ref.mlflow_run_id
+    # registered only after its run ended FINISHED
+    assert step.info.status == "FINISHED" and version.creation_timestamp >= step.info.end_time
     assert version.tags[SHA256_TAG] == ref.sha256
     assert path.stem.endswith(version.tags["crosstvr.pretrain.config_hash"])
     assert client.get_model_version_by_alias(
