@@ -514,6 +514,16 @@ def _ffmpeg_error(path: str | Path, returncode: int, stderr: bytes | None) -> Vi
     )
 
 
+@dataclass(frozen=True)
+class _FfmpegRun:
+    """How every ffmpeg process of one decode runs: `strict` adds -xerror (any decode error
+    fails the video), `timeout_s` bounds it, `threads` is the decoder's thread count."""
+
+    strict: bool
+    timeout_s: float | None
+    threads: int | None
+
+
 def _run_ffmpeg(path: str | Path, out: Any, *, strict: bool, timeout_s: float | None) -> bytes:
     """Run a compiled ffmpeg-python graph that writes raw frames to stdout; its bytes."""
     compiled = out.compile()
@@ -568,14 +578,12 @@ def _decode_by_select(
     probe: VideoProbe,
     indices: list[int],
     size: int,
-    *,
-    strict: bool,
-    timeout_s: float | None,
-    threads: int | None,
+    run: _FfmpegRun,
 ) -> np.ndarray:
     """One pass over the whole file; `select` keeps frames numbered `indices` (display order)."""
-    stream = _square_crop(_selected(path, probe, indices, threads), size, probe.rotation)
-    data = _run_ffmpeg(path, _raw_output(stream, len(indices)), strict=strict, timeout_s=timeout_s)
+    stream = _square_crop(_selected(path, probe, indices, run.threads), size, probe.rotation)
+    data = _run_ffmpeg(path, _raw_output(stream, len(indices)), strict=run.strict,
+                       timeout_s=run.timeout_s)
     return _rgb_frames(path, data, size)
 
 
@@ -608,17 +616,15 @@ def _decode_and_count(
     probe: VideoProbe,
     indices: list[int],
     size: int,
-    *,
-    strict: bool,
-    timeout_s: float | None,
-    threads: int | None,
+    run: _FfmpegRun,
 ) -> tuple[np.ndarray, int]:
     """`_decode_by_select`'s frames, and the number of frames the whole file decodes to."""
     with tempfile.TemporaryDirectory(prefix="crosstvr-count-", dir=_scratch_dir()) as scratch:
         count_file = os.path.join(scratch, "count.raw")
-        outputs = _sample_and_count(path, probe, indices, size, threads, "pipe:", count_file)
-        data = _run_ffmpeg(path, ffmpeg.merge_outputs(*outputs), strict=strict,
-                           timeout_s=timeout_s)
+        outputs = _sample_and_count(path, probe, indices, size, run.threads, "pipe:",
+                                    count_file)
+        data = _run_ffmpeg(path, ffmpeg.merge_outputs(*outputs), strict=run.strict,
+                           timeout_s=run.timeout_s)
         count = os.path.getsize(count_file) if os.path.isfile(count_file) else 0
     return _rgb_frames(path, data, size), count
 
@@ -628,10 +634,7 @@ def _decode_by_seeking(
     probe: VideoProbe,
     indices: list[int],
     size: int,
-    *,
-    strict: bool,
-    timeout_s: float | None,
-    threads: int | None,
+    run: _FfmpegRun,
 ) -> np.ndarray:
     """One ffmpeg process, one input per frame: seek to it, decode from its keyframe, take one.
 
@@ -646,12 +649,13 @@ def _decode_by_seeking(
         start = max(0.0, (index - 0.25) * frame_time)
         stream = ffmpeg.input(
             str(Path(path).resolve()),
-            **_input_args(threads, ss=f"{start:.6f}", t=f"{2 * frame_time:.6f}"),
+            **_input_args(run.threads, ss=f"{start:.6f}", t=f"{2 * frame_time:.6f}"),
         )[str(probe.stream_index)]
         stream = stream.filter("trim", end_frame=1).filter("setpts", "PTS-STARTPTS")
         parts.append(_square_crop(stream, size, probe.rotation).filter("setsar", 1))
     joined = ffmpeg.concat(*parts, v=1, a=0) if len(parts) > 1 else parts[0]
-    data = _run_ffmpeg(path, _raw_output(joined, len(indices)), strict=strict, timeout_s=timeout_s)
+    data = _run_ffmpeg(path, _raw_output(joined, len(indices)), strict=run.strict,
+                       timeout_s=run.timeout_s)
     return _rgb_frames(path, data, size)
 
 
@@ -792,20 +796,17 @@ def _decode_clip(
     num_frames: int,
     size: int,
     sampler: _Sampler,
+    run: _FfmpegRun,
     *,
-    strict: bool,
-    timeout_s: float | None,
-    threads: int | None,
     seek_frames_per_sample: int | None,
     min_decoded_fraction: float,
 ) -> tuple[np.ndarray, int, str]:
     """(frames in sample order, frames decodable, warning) for one probed clip."""
     hint, fraction = probe.num_frames, min_decoded_fraction
-    kwargs: dict[str, Any] = {"strict": strict, "timeout_s": timeout_s, "threads": threads}
     long_clip = seek_frames_per_sample and hint > seek_frames_per_sample * num_frames
     if long_clip and probe.fps > 0:
         indices = sampler.indices(hint)
-        frames = _decode_by_seeking(path, probe, indices, size, **kwargs)
+        frames = _decode_by_seeking(path, probe, indices, size, run)
         if len(frames) == len(indices):
             sampler.chose(hint)
             return frames, hint, _shortfall(path, probe, hint, fraction)
@@ -815,7 +816,7 @@ def _decode_clip(
     # One pass samples for the hint and counts the frames that decode; only a clip whose count
     # differs (an off-by-one container, a stale probe) is sampled again, from what decodes.
     indices = sampler.indices(hint)
-    got, decoded = _decode_and_count(path, probe, indices, size, **kwargs)
+    got, decoded = _decode_and_count(path, probe, indices, size, run)
     if decoded == 0 or len(got) == 0:
         raise _fail(path, f"no frames decoded (expected {len(indices)} of {hint})", "no_frames")
     warning = _shortfall(path, probe, decoded, fraction)
@@ -826,7 +827,7 @@ def _decode_clip(
         if all(index in position for index in wanted):
             frames = got[[position[index] for index in wanted]]
         else:
-            frames = _decode_by_select(path, probe, wanted, size, **kwargs)
+            frames = _decode_by_select(path, probe, wanted, size, run)
             if len(frames) < len(wanted):
                 raise _fail(
                     path,
@@ -884,8 +885,8 @@ def decode_video(
         raise _still(path, probe)
     frames, decoded, warning = _decode_clip(
         path, probe, num_frames, size, _Sampler(num_frames, sampling, seed),
-        strict=strict, timeout_s=timeout_s, threads=threads,
-        seek_frames_per_sample=seek_frames_per_sample, min_decoded_fraction=min_decoded_fraction,
+        _FfmpegRun(strict, timeout_s, threads), seek_frames_per_sample=seek_frames_per_sample,
+        min_decoded_fraction=min_decoded_fraction,
     )  # fmt: skip
     if decoded <= 1 and probe.is_image and not allow_stills:
         raise _still(path, probe)
@@ -1084,10 +1085,7 @@ def _select_group(
     members: list[int],
     out: list[np.ndarray | None],
     size: int,
-    *,
-    strict: bool,
-    timeout_s: float | None,
-    threads: int | None,
+    run: _FfmpegRun,
 ) -> None:
     """Decode each member's frames and count its decoded frames (as `_decode_and_count`) in
     one ffmpeg, two raw outputs per input; a run that fails is split until the bad file is
@@ -1099,19 +1097,18 @@ def _select_group(
         outputs = []
         for k, m in enumerate(members):
             path, probe, indices = jobs[m]
-            outputs += _sample_and_count(path, probe, indices, size, threads,
+            outputs += _sample_and_count(path, probe, indices, size, run.threads,
                                          os.path.join(scratch, f"{k}.raw"),
                                          os.path.join(scratch, f"{k}.count"))
         compiled = ffmpeg.merge_outputs(*outputs).compile()
-        cmd = [compiled[0], *_global_args(strict), *compiled[1:]]
-        result = _run_batch(cmd, timeout_s * len(members) if timeout_s else None)
+        cmd = [compiled[0], *_global_args(run.strict), *compiled[1:]]
+        result = _run_batch(cmd, run.timeout_s * len(members) if run.timeout_s else None)
         failed = result is None or result.returncode != 0
-        if failed or (strict and _damage(result.stderr)):
+        if failed or (run.strict and _damage(result.stderr)):
             if len(members) > 1:
                 half = len(members) // 2
                 for part in (members[:half], members[half:]):
-                    _select_group(jobs, part, out, size, strict=strict, timeout_s=timeout_s,
-                                  threads=threads)
+                    _select_group(jobs, part, out, size, run)
             return
         frame_bytes = size * size * 3
         for k, m in enumerate(members):
@@ -1172,7 +1169,6 @@ def decode_videos(
             continue
         if files_per_process > 1 and _batchable(names[i]):
             batchable.append(i)
-    kwargs: dict[str, Any] = {"strict": strict, "timeout_s": timeout_s, "threads": threads}
     for start in range(0, len(batchable), files_per_process):
         chunk = batchable[start:start + files_per_process]
         probes: list[VideoProbe | None] = [None] * len(names)
@@ -1190,7 +1186,8 @@ def decode_videos(
             owners.append(i)
             samplers.append(sampler)
         decoded: list[np.ndarray | None] = [None] * len(jobs)
-        _select_group(jobs, list(range(len(jobs))), decoded, size, **kwargs)
+        _select_group(jobs, list(range(len(jobs))), decoded, size,
+                      _FfmpegRun(strict, timeout_s, threads))
         for i, sampler, job, frames in zip(owners, samplers, jobs, decoded, strict=True):
             if frames is None:
                 continue
@@ -1204,7 +1201,7 @@ def decode_videos(
                     path, num_frames, size, sampling=sampling, seed=seed_list[i],
                     seek_frames_per_sample=seek_frames_per_sample,
                     min_decoded_fraction=min_decoded_fraction, allow_stills=allow_stills,
-                    **kwargs,
+                    strict=strict, timeout_s=timeout_s, threads=threads,
                 )  # fmt: skip
             except VideoDecodeError as exc:
                 results[i] = exc
