@@ -524,17 +524,17 @@ class _FfmpegRun:
     threads: int | None
 
 
-def _run_ffmpeg(path: str | Path, out: Any, *, strict: bool, timeout_s: float | None) -> bytes:
+def _run_ffmpeg(path: str | Path, out: Any, run: _FfmpegRun) -> bytes:
     """Run a compiled ffmpeg-python graph that writes raw frames to stdout; its bytes."""
     compiled = out.compile()
-    cmd = [compiled[0], *_global_args(strict), *compiled[1:]]
+    cmd = [compiled[0], *_global_args(run.strict), *compiled[1:]]
     try:
-        result = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+        result = subprocess.run(cmd, capture_output=True, timeout=run.timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise _fail(path, f"ffmpeg timed out after {timeout_s:g}s", "timeout") from None
+        raise _fail(path, f"ffmpeg timed out after {run.timeout_s:g}s", "timeout") from None
     if result.returncode != 0:
         raise _ffmpeg_error(path, result.returncode, result.stderr)
-    damage = _damage(result.stderr) if strict else None
+    damage = _damage(result.stderr) if run.strict else None
     if damage:
         raise _fail(path, f"{damage[0]}: {damage[1]}", damage[0])
     return result.stdout
@@ -582,8 +582,7 @@ def _decode_by_select(
 ) -> np.ndarray:
     """One pass over the whole file; `select` keeps frames numbered `indices` (display order)."""
     stream = _square_crop(_selected(path, probe, indices, run.threads), size, probe.rotation)
-    data = _run_ffmpeg(path, _raw_output(stream, len(indices)), strict=run.strict,
-                       timeout_s=run.timeout_s)
+    data = _run_ffmpeg(path, _raw_output(stream, len(indices)), run)
     return _rgb_frames(path, data, size)
 
 
@@ -623,8 +622,7 @@ def _decode_and_count(
         count_file = os.path.join(scratch, "count.raw")
         outputs = _sample_and_count(path, probe, indices, size, run.threads, "pipe:",
                                     count_file)
-        data = _run_ffmpeg(path, ffmpeg.merge_outputs(*outputs), strict=run.strict,
-                           timeout_s=run.timeout_s)
+        data = _run_ffmpeg(path, ffmpeg.merge_outputs(*outputs), run)
         count = os.path.getsize(count_file) if os.path.isfile(count_file) else 0
     return _rgb_frames(path, data, size), count
 
@@ -654,8 +652,7 @@ def _decode_by_seeking(
         stream = stream.filter("trim", end_frame=1).filter("setpts", "PTS-STARTPTS")
         parts.append(_square_crop(stream, size, probe.rotation).filter("setsar", 1))
     joined = ffmpeg.concat(*parts, v=1, a=0) if len(parts) > 1 else parts[0]
-    data = _run_ffmpeg(path, _raw_output(joined, len(indices)), strict=run.strict,
-                       timeout_s=run.timeout_s)
+    data = _run_ffmpeg(path, _raw_output(joined, len(indices)), run)
     return _rgb_frames(path, data, size)
 
 
