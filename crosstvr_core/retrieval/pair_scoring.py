@@ -12,6 +12,24 @@ from crosstvr_core.precision import autocast
 from crosstvr_core.token_bank import TokenSource
 
 
+def match_distinct(model: CrossTVRReranker, video: dict[str, torch.Tensor],
+                   text: dict[str, torch.Tensor], pair_video: torch.Tensor,
+                   pair_text: torch.Tensor, device: torch.device, precision: str
+                   ) -> torch.Tensor:
+    """Float32 logits [N] of pairs (text row pair_text[i], video row pair_video[i]) over
+    distinct videos `video` [U, ...] and captions `text` [C, ...]: each video is encoded once
+    and each caption's text path runs once, however many pairs they are in. Gradients flow
+    unless the caller turned them off (training calls this too)."""
+    video = {name: value.to(device, non_blocking=True) for name, value in video.items()}
+    text = {name: value.to(device, non_blocking=True) for name, value in text.items()}
+    pair_video, pair_text = pair_video.to(device), pair_text.to(device)
+    with autocast(device, precision):
+        visual = model.encode_video(**video)  # [U, F, T, H]
+        logits = model.match(text["text_tokens"], text["text_mask"], visual,
+                             video["frame_mask"], text_index=pair_text, video_index=pair_video)
+    return logits.float()
+
+
 def score_pairs(
     model: CrossTVRReranker,
     bank_text: TokenSource,
@@ -45,16 +63,8 @@ def score_pairs(
             rows = slice(start, start + batch_size)
             videos, pair_video = torch.unique(video_rows[rows], return_inverse=True)  # [U], [n]
             captions, pair_text = torch.unique(text_rows[rows], return_inverse=True)  # [C], [n]
-            video = {name: value.to(device, non_blocking=True)
-                     for name, value in bank_video.video_batch(videos).items()}
-            text = {name: value.to(device, non_blocking=True)
-                    for name, value in bank_text.text_batch(captions).items()}
-            with autocast(device, precision):
-                visual = model.encode_video(**video)  # [U, F, T, H]
-                pair_video, pair_text = pair_video.to(device), pair_text.to(device)
-                logits = model.match(text["text_tokens"], text["text_mask"], visual,
-                                     video["frame_mask"], text_index=pair_text,
-                                     video_index=pair_video)
-            scores[rows] = logits.float().cpu()
+            scores[rows] = match_distinct(
+                model, bank_video.video_batch(videos), bank_text.text_batch(captions),
+                pair_video, pair_text, device, precision).cpu()
     model.train(was_training)
     return scores

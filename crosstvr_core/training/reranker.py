@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from crosstvr_core.config import TrainConfig
 from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.precision import autocast, grad_scaler
-from crosstvr_core.retrieval.pair_scoring import score_pairs
+from crosstvr_core.retrieval.pair_scoring import match_distinct, score_pairs
 from crosstvr_core.retrieval.two_stage import (
     fused_top1,
     pick_fusion_weight,
@@ -182,15 +182,8 @@ def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.T
     video, flip = source.video_batch(keys // 2), (keys % 2).bool()  # flip [U]: backwards
     if flip.any():
         video = play_backwards(video, flip)
-    video = {name: value.to(device, non_blocking=True) for name, value in video.items()}
-    text = {name: value.to(device, non_blocking=True)
-            for name, value in source.text_batch(captions).items()}
-    pair_video, pair_text = pair_video.to(device), pair_text.to(device)
-    with autocast(device, precision):
-        visual = model.encode_video(**video)  # [U, F, T, H]
-        logits = model.match(text["text_tokens"], text["text_mask"], visual,
-                             video["frame_mask"], text_index=pair_text, video_index=pair_video)
-    return logits.float()
+    return match_distinct(model, video, source.text_batch(captions), pair_video, pair_text,
+                          device, precision)
 
 
 def _curriculum(lists: torch.Tensor, num_items: int, hard_fraction: float,
