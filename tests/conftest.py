@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,13 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's CROSSTVR_HOME goes with the session (its servers are stopped by then):
+    a suite run must not leave its tables, models and logs behind in the temp folder."""
+    if not os.environ.get("CROSSTVR_KEEP_TEST_HOME"):
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture

@@ -314,6 +314,28 @@ def test_recorded_weights_are_the_ones_the_kernel_applies() -> None:
     torch.testing.assert_close(attention.out(mixed), out)
 
 
+def test_block_attention_is_one_attention_per_frame() -> None:
+    """blocks=F (the frame level: a pair's frames end to end) gives, output and recorded
+    weights, exactly what one separate attention per frame gives."""
+    from crosstvr_core.models.reranker import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(hidden=8, heads=2, dropout=0.0).eval()
+    pairs, frames, rows, tokens = 3, 4, 2, 5
+    x, memory = torch.randn(pairs, frames * rows, 8), torch.randn(pairs, frames * tokens, 8)
+    keys, values = attention.keys_values(memory)
+    attention.keep_weights = []
+    grouped = attention(x, keys, values, None, blocks=frames)
+    per_frame_keys, per_frame_values = attention.keys_values(
+        memory.reshape(pairs * frames, tokens, 8))
+    separate = attention(x.reshape(pairs * frames, rows, 8), per_frame_keys, per_frame_values,
+                         None)
+    grouped_weights, separate_weights = attention.keep_weights
+    torch.testing.assert_close(grouped.reshape(pairs * frames, rows, 8), separate)
+    torch.testing.assert_close(grouped_weights, separate_weights)
+    assert grouped_weights.shape == (pairs * frames, 2, rows, tokens)
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
 @pytest.mark.parametrize("layers", [1, 2])
 def test_attention_maps_shapes_sums_and_padding(layers: int, variant: dict) -> None:

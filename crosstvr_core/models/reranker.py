@@ -84,6 +84,12 @@ def _standardize(
     return x.masked_fill(~valid.unsqueeze(-1), 0.0)
 
 
+def _block_diagonal(rows: int, keys: int, blocks: int, device: torch.device) -> torch.Tensor:
+    """[blocks * rows, blocks * keys] boolean mask: row block b may attend to key block b."""
+    block = torch.arange(blocks, device=device)
+    return (block.repeat_interleave(rows)[:, None] == block.repeat_interleave(keys)[None, :])
+
+
 class Attention(nn.Module):
     """Multi-head attention whose keys/values can be projected once and reused: a caption's
     text keys serve every frame of its video without being projected per frame.
@@ -119,33 +125,54 @@ class Attention(nn.Module):
         n, length, hidden = x.shape  # [N, S, H] -> [N, heads, S, H / heads]
         return x.view(n, length, self.heads, hidden // self.heads).transpose(1, 2)
 
-    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [N, S, H] -> keys, values [N, heads, S, H / heads]."""
-        keys, values = self.key_value(x).chunk(2, dim=-1)
+    def keys_values(self, x: torch.Tensor, index: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, S, H] -> keys, values [N, heads, S, H / heads]; with index [M], rows
+        index[i] of them [M, heads, S, H / heads] (each row of x projected once)."""
+        projected = self.key_value(x)  # [N, S, 2H]
+        if index is not None:  # gathered while contiguous: its backward is a fast index_add
+            projected = projected.index_select(0, index)
+        keys, values = projected.chunk(2, dim=-1)
         return self._split_heads(keys), self._split_heads(values)
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                padding: torch.Tensor | None) -> torch.Tensor:
-        """Rows x [N, T, H] attend to keys/values [N, heads, S, d] (padding [N, S])."""
+                padding: torch.Tensor | None, blocks: int = 1) -> torch.Tensor:
+        """Rows x [N, T, H] attend to keys/values [N, heads, S, d] (padding [N, S]).
+
+        blocks > 1: x and the keys are `blocks` independent segments laid end to end (the
+        frames of one pair): row segment b (T / blocks rows) attends only to key segment b
+        (S / blocks keys). One attention over a pair's frames runs much faster on CPU than
+        one tiny attention per frame, and gives the same result."""
         n, rows, hidden = x.shape
         mask = None if padding is None else ~padding[:, None, None, :]  # [N, 1, 1, S]
+        if blocks > 1:
+            mask = _block_diagonal(rows // blocks, keys.shape[2] // blocks, blocks, x.device)
+            if padding is not None:
+                mask = mask & ~padding[:, None, None, :]
         queries = self._split_heads(self.query(x))  # [N, heads, T, d]
         out = F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
         )  # [N, heads, T, d]
         if self.keep_weights is not None:
-            self.keep_weights.append(self.attention_weights(queries, keys, padding))
+            self.keep_weights.append(self.attention_weights(queries, keys, padding, blocks))
         return self.out(out.transpose(1, 2).reshape(n, rows, hidden))
 
     @staticmethod
     def attention_weights(queries: torch.Tensor, keys: torch.Tensor,
-                          padding: torch.Tensor | None) -> torch.Tensor:
+                          padding: torch.Tensor | None, blocks: int = 1) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) [N, heads, T, S] with padded keys excluded: what the
-        kernel in `forward` applies (its default scale, no dropout), made explicit."""
+        kernel in `forward` applies (its default scale, no dropout), made explicit. With
+        blocks > 1, each segment's own weights: [N * blocks, heads, T / blocks, S / blocks]."""
         scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.shape[-1])
         if padding is not None:
             scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        if blocks > 1:
+            n, heads, rows, length = scores.shape
+            scores = scores.view(n, heads, blocks, rows // blocks, blocks, length // blocks)
+            scores = scores.diagonal(dim1=2, dim2=4)  # [N, heads, T/b, S/b, b]
+            scores = scores.permute(0, 4, 1, 2, 3).reshape(n * blocks, heads, rows // blocks,
+                                                           length // blocks)
         return scores.softmax(dim=-1).detach()
 
 
@@ -180,14 +207,20 @@ class QueryBlock(nn.Module):
 
     def attend_memory(self, x: torch.Tensor, memory: torch.Tensor,
                       memory_padding: torch.Tensor | None,
-                      memory_index: torch.Tensor | None = None) -> torch.Tensor:
+                      memory_index: torch.Tensor | None = None,
+                      frames: int = 1) -> torch.Tensor:
         """Every row of x [N, T, H] attends to memory [N, K, H] (padding [N, K]), then FFN.
         With memory_index [N], row i attends to memory[memory_index[i]] instead: a memory
-        shared by many rows (one video in many pairs) is projected to keys once."""
-        keys, values = self.cross_attn.keys_values(memory)
-        if memory_index is not None:
-            keys, values = keys[memory_index], values[memory_index]
-        x = x + self.dropout(self.cross_attn(self.cross_norm(x), keys, values, memory_padding))
+        shared by many rows (one video in many pairs) is projected to keys once.
+
+        frames > 1 (the frame level): x [B*F, T, H] holds each pair's F frames in a row and
+        memory [V, F*K, H] each video's F frames of K tokens; row (pair i, frame f) attends
+        to frame f of video memory_index[i] [B] only."""
+        keys, values = self.cross_attn.keys_values(memory, memory_index)
+        rows, length, hidden = x.shape
+        h = self.cross_norm(x).reshape(rows // frames, frames * length, hidden)
+        attended = self.cross_attn(h, keys, values, memory_padding, blocks=frames)
+        x = x + self.dropout(attended.reshape(rows, length, hidden))
         return self.feed_forward(x)
 
     def queries_self_attend(self, queries: torch.Tensor, text: torch.Tensor,
@@ -197,14 +230,15 @@ class QueryBlock(nn.Module):
         distinct captions text [U, L, H] over their own tokens only; text_of_row [N] is the
         caption of each query row. Returns both, the text FFN'd if updated."""
         h_queries, h_text = self.self_norm(queries), self.self_norm(text)
-        text_keys, text_values = self.self_attn.keys_values(h_text)  # [U, heads, L, d]
+        row_keys, row_values = self.self_attn.keys_values(h_text, text_of_row)  # [N, ...]
         query_keys, query_values = self.self_attn.keys_values(h_queries)  # [N, heads, Q, d]
-        keys = torch.cat([query_keys, text_keys[text_of_row]], dim=2)  # [N, heads, Q+L, d]
-        values = torch.cat([query_values, text_values[text_of_row]], dim=2)
+        keys = torch.cat([query_keys, row_keys], dim=2)  # [N, heads, Q+L, d]
+        values = torch.cat([query_values, row_values], dim=2)
         padding = torch.cat([text_padding.new_zeros(queries.shape[:2]),
                              text_padding[text_of_row]], dim=1)  # [N, Q+L]
         queries = queries + self.dropout(self.self_attn(h_queries, keys, values, padding))
         if update_text:  # text rows are read by a later block
+            text_keys, text_values = self.self_attn.keys_values(h_text)  # [U, heads, L, d]
             text = text + self.dropout(self.self_attn(h_text, text_keys, text_values,
                                                       text_padding))
             text = self.feed_forward(text)
@@ -771,14 +805,12 @@ class CrossTVRReranker(nn.Module):
 
         if self.attention in ("decoupled", "spatial_only"):
             # Frame level: per frame, queries attend to that frame's T tokens.
-            # Each distinct video's frames are projected to keys once: [V*F, T, H], and
-            # row (pair i, frame f) reads memory row video_index[i] * F + f.
-            per_frame_memory = visual.reshape(num_videos * frames, per_frame, hidden)
-            memory_rows = (video_index.unsqueeze(1) * frames
-                           + torch.arange(frames, device=visual.device)).reshape(-1)
+            # Each distinct video's frames are projected to keys once: [V, F*T, H], and
+            # row (pair i, frame f) reads frame f of video video_index[i].
+            frame_memory = visual.reshape(num_videos, frames * per_frame, hidden)
             frame_out = self._run_level(self.frame_blocks, self.frame_queries, text,
-                                        text_padding, text_index, per_frame_memory, None,
-                                        frames, memory_rows)
+                                        text_padding, text_index, frame_memory, None,
+                                        frames, video_index)
             frame_out = self.frame_norm(frame_out).reshape(batch, frames, nq, hidden)
             # frame_out: [B, F, Q, H]
             if self.attention == "spatial_only":
@@ -819,11 +851,12 @@ class CrossTVRReranker(nn.Module):
         """[queries; text] through one level -> query outputs [B*repeats, Q, H].
 
         queries [Q, H]; text [U, L, H] of the distinct captions, text_index [B] the caption
-        of each pair; memory [B*repeats, K, H] (repeats = frames at the frame level, each
-        pair's rows repeated per frame, frame-major within a pair). Nothing before the first
-        cross-attention depends on the frame: the first self-attention runs once per pair
-        and is copied to every frame after it. With memory_index [B*repeats], row i reads
-        memory row memory_index[i] (memory then holds each distinct video once).
+        of each pair. repeats = 1 (video level): memory [B, K, H], one per pair. repeats = F
+        (frame level): each pair's rows are repeated per frame, frame-major within a pair,
+        and memory [V, F*K, H] holds each distinct video's F frames once, pair i reading
+        video memory_index[i] [B]. Nothing before the first cross-attention depends on the
+        frame: the first self-attention runs once per pair and is copied to every frame
+        after it.
         """
         batch, nq = text_index.shape[0], queries.shape[0]
         x = queries.expand(batch, -1, -1)  # [B, Q, H]
@@ -836,7 +869,8 @@ class CrossTVRReranker(nn.Module):
                 if index == 0 and repeats > 1:
                     x = x.repeat_interleave(repeats, dim=0)  # [B*R, Q, H]
                     text_of_row = text_index.repeat_interleave(repeats)  # [B*R]
-                x = block.attend_memory(x, memory, memory_padding, memory_index)  # [B*R, Q, H]
+                x = block.attend_memory(x, memory, memory_padding, memory_index,
+                                        repeats)  # [B*R, Q, H]
             return x
 
         # paper form: the text rows cross-attend too, so they are per pair (and per frame)
@@ -848,7 +882,7 @@ class CrossTVRReranker(nn.Module):
             if index == 0 and repeats > 1:
                 x = x.repeat_interleave(repeats, dim=0)  # [B*R, Q(+L), H]
                 padding = padding.repeat_interleave(repeats, dim=0)  # [B*R, Q+L]
-            x = block.attend_memory(x, memory, memory_padding, memory_index)
+            x = block.attend_memory(x, memory, memory_padding, memory_index, repeats)
         return x[:, :nq]  # [B*R, Q, H]
 
     @staticmethod
