@@ -27,7 +27,7 @@ def held_out_order_accuracy(model, bank, device: str, precision: str) -> float:
     with torch.no_grad():
         model.eval()
         forward = torch.cat([pair_logits(model, bank, rows[i:i + 256], video[i:i + 256],
-                                         torch.zeros(len(rows[i:i + 256]), dtype=torch.bool),
+                                         torch.zeros(len(rows[i:i + 256]), dtype=torch.long),
                                          torch.device(device), precision)
                              for i in range(0, len(rows), 256)])
         backward = torch.cat([pair_logits(model, bank, rows[i:i + 256], video[i:i + 256],

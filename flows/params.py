@@ -96,6 +96,8 @@ PAPER_ABLATION: tuple[AblationVariant, ...] = (
     AblationVariant(name="no_match_term", overrides=["reranker.match_term=false"]),
     AblationVariant(name="no_grounding_term", overrides=["reranker.grounding_term=false"]),
     AblationVariant(name="lists_not_cross_fitted", overrides=["train.lists_from=stage1"]),
+    AblationVariant(name="no_reversed_negatives", overrides=["train.reversed_negatives=false"]),
+    AblationVariant(name="swapped_negatives", overrides=["train.swapped_negatives=true"]),
 )
 
 # keys a variant may change: everything downstream of the shared index and stage 1

@@ -23,8 +23,19 @@ from crosstvr_core.training.lists import (
     fold_of_videos,
     lists_from_similarity,
 )
-from crosstvr_core.training.negatives import play_backwards
-from crosstvr_core.training.reranker import Validation, train_reranker
+from crosstvr_core.training.negatives import (
+    AS_RECORDED,
+    BACKWARDS,
+    HALVES_SWAPPED,
+    play_backwards,
+    swap_halves,
+)
+from crosstvr_core.training.reranker import (
+    Validation,
+    listwise_step,
+    pair_logits,
+    train_reranker,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,3 +138,44 @@ def test_time_is_visible_from_the_first_step() -> None:
     gap = (forward - reverse).abs() / forward.abs().clamp(min=1e-3)
     assert float(gap.mean()) > 0.01
     assert FRAMES >= 2
+
+
+def test_pair_logits_score_each_arrangement_of_the_frames() -> None:
+    """The same video as recorded, backwards and with its halves swapped, in one call, gives
+    what the model gives each rearranged clip on its own."""
+    bank = random_bank()
+    model = make_model(hidden=32).eval()
+    model.fit_input_stats(bank)
+    text, video = torch.tensor([0, 0, 0, 1]), torch.tensor([2, 2, 2, 2])
+    codes = torch.tensor([AS_RECORDED, BACKWARDS, HALVES_SWAPPED, HALVES_SWAPPED])
+    with torch.no_grad():
+        got = pair_logits(model, bank, text, video, codes, torch.device("cpu"), "fp32")
+        clip = bank.video_batch(video)
+        want = model(**bank.text_batch(text), **swap_halves(play_backwards(clip, codes == 1),
+                                                            codes == 2))
+    torch.testing.assert_close(got, want)
+    assert len({round(float(v), 5) for v in got[:3]}) == 3  # three different clips
+
+
+def test_swapped_negative_is_one_more_column_the_loss_sees() -> None:
+    bank = toy_bank(num_videos=12)
+    sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
+    lists = lists_from_similarity(sim, sim, 4)
+    model = make_model(hidden=32)
+    model.fit_input_stats(bank)
+    rows = torch.arange(4)
+    losses = {}
+    for reversed_, swapped in ((True, False), (True, True), (False, True)):
+        loss, stats = listwise_step(model, bank, lists, rows, 1.0, torch.Generator().manual_seed(0),
+                                    torch.device("cpu"), "fp32", reversed_, swapped)
+        assert torch.isfinite(loss) and 0 <= float(stats[2]) <= 1
+        losses[reversed_, swapped] = float(loss)
+    # one more candidate in the text->video softmax changes the loss
+    assert losses[True, True] != losses[True, False]
+    cfg = TrainConfig(epochs=1, list_batch_size=4, list_size=4, swapped_negatives=True,
+                      reversed_negatives=True)
+    history = train_reranker(make_model(hidden=32), bank, None, cfg, lists=lists,
+                             progress=False)
+    # K + 2 videos and K captions per caption and epoch (one caption per video per epoch)
+    pairs = history[-1]["pairs_per_second"] * history[-1]["seconds"]
+    assert pairs == pytest.approx((2 * 4 + 2) * bank.num_videos)

@@ -10,6 +10,7 @@ from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.models.token_selection import PatchTokenSelector, hard_top_k
 from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.training.negatives import (
+    halves_swapped_frame_order,
     random_negative_texts,
     random_negative_videos,
     sample_hard_negative_texts,
@@ -286,6 +287,20 @@ def test_time_reversed_frame_order_reverses_real_frames_only() -> None:
         real = mask[row]
         assert backwards[row][real].tolist() == frames[row][real].flip(0).tolist()
         assert backwards[row][~real].tolist() == frames[row][~real].tolist()
+
+
+def test_halves_swapped_frame_order_plays_the_second_half_first() -> None:
+    mask = torch.tensor([[1] * 8, [1, 1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1],
+                         [1, 1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    order = halves_swapped_frame_order(mask)
+    assert order.tolist()[:2] == [[4, 5, 6, 7, 0, 1, 2, 3], [3, 4, 5, 0, 1, 2, 6, 7]]
+    frames = torch.arange(40.0).view(5, 8)
+    swapped = frames.gather(1, order)
+    for row in range(5):  # real frames rotated by half their count, padding in place
+        real, count = mask[row], int(mask[row].sum())
+        assert swapped[row][real].tolist() == frames[row][real].roll(-(count // 2)).tolist()
+        assert swapped[row][~real].tolist() == frames[row][~real].tolist()
+    assert order[4].tolist() == list(range(8))  # one real frame: nothing to swap
 
 
 # --------------------------------------------------------------------------- attention maps

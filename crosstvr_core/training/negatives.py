@@ -126,33 +126,54 @@ def scores_from_candidates(
     return scores
 
 
-def time_reversed_frame_order(frame_mask: torch.Tensor) -> torch.Tensor:
-    """Frame index [B, F] that plays each video's real frames backwards, padding in place.
+# How a clip's real frames are arranged in a scored pair (pair_logits): as recorded, or one
+# of the two temporal negatives below.
+AS_RECORDED, BACKWARDS, HALVES_SWAPPED = 0, 1, 2
 
-    A time-reversed clip has exactly the frames of the positive, so only a model that reads
-    frame order can reject it: the cheapest negative for direction (a reversed motion) and
-    order (swapped halves of "A then B"). Videos with fewer than 2 real frames are unchanged.
-    Gather a [B, F, ...] tensor with it along dim 1.
-    """
+
+def _rearranged_real_frames(frame_mask: torch.Tensor, source_slot) -> torch.Tensor:
+    """Frame index [B, F] putting real frame source_slot(i, n) at the i-th real slot (n real
+    frames), padding in place. Gather a [B, F, ...] tensor with it along dim 1."""
     mask = frame_mask.bool()  # [B, F]
     frames = mask.shape[1]
     position = torch.arange(frames, device=mask.device).expand_as(mask)  # [B, F]
     # real frames first, in time order, then the padding (stable sort keeps both orders)
     real_first = torch.sort((~mask).long(), dim=1, stable=True).indices  # [B, F]
     count = mask.sum(dim=1, keepdim=True)  # [B, 1]
-    slot = torch.where(position < count, count - 1 - position, position)  # reversed real slots
+    slot = torch.where(position < count, source_slot(position, count.clamp(min=1)), position)
     source = real_first.gather(1, slot)  # [B, F]: the frame that lands in real slot order
     order = position.clone()
-    order.scatter_(1, real_first, source)  # slot i of the real frames takes slot n-1-i's frame
+    order.scatter_(1, real_first, source)
     return order
 
 
-def play_backwards(video: dict[str, torch.Tensor | None],
-                   rows: slice | torch.Tensor = slice(None)) -> dict[str, torch.Tensor | None]:
+def time_reversed_frame_order(frame_mask: torch.Tensor) -> torch.Tensor:
+    """Frame index [B, F] that plays each video's real frames backwards, padding in place.
+
+    A time-reversed clip has exactly the frames of the positive, so only a model that reads
+    frame order can reject it: the cheapest negative for direction (a reversed motion).
+    Videos with fewer than 2 real frames are unchanged. Gather along dim 1.
+    """
+    return _rearranged_real_frames(frame_mask, lambda i, n: n - 1 - i)
+
+
+def halves_swapped_frame_order(frame_mask: torch.Tensor) -> torch.Tensor:
+    """Frame index [B, F] that plays the second half of each video's real frames first
+    (n real frames rotated by n // 2), padding in place.
+
+    "A, then B" becomes "B, then A" with each part still played forwards: a negative for
+    the order of events that a reversal does not give (reversing also reverses each event,
+    and a model can reject it from the motion alone). Gather along dim 1.
+    """
+    return _rearranged_real_frames(frame_mask, lambda i, n: (i + n // 2) % n)
+
+
+def rearrange_frames(video: dict[str, torch.Tensor | None],
+                     rows: slice | torch.Tensor, frame_order) -> dict[str, torch.Tensor | None]:
     """Video inputs (frame_mask [B, F], video_cls [B, F, D], video_patches [B, F, P, Wv] or
-    None) with the videos `rows` (a slice, or a bool mask [B]; default all) played backwards
-    by `time_reversed_frame_order`; other rows and other keys are returned unchanged."""
-    order = time_reversed_frame_order(video["frame_mask"][rows])  # [N, F]
+    None) with the videos `rows` (a slice, or a bool mask [B]) reordered by
+    frame_order(frame_mask) [N, F]; other rows and other keys are returned unchanged."""
+    order = frame_order(video["frame_mask"][rows])  # [N, F]
     out = dict(video)
     for name in ("video_cls", "video_patches"):
         frames = video.get(name)
@@ -163,3 +184,16 @@ def play_backwards(video: dict[str, torch.Tensor | None],
         out[name][rows] = part.gather(
             1, order.view(*order.shape, *([1] * (part.ndim - 2))).expand_as(part))
     return out
+
+
+def play_backwards(video: dict[str, torch.Tensor | None],
+                   rows: slice | torch.Tensor = slice(None)) -> dict[str, torch.Tensor | None]:
+    """The videos `rows` (default all) played backwards (`time_reversed_frame_order`)."""
+    return rearrange_frames(video, rows, time_reversed_frame_order)
+
+
+def swap_halves(video: dict[str, torch.Tensor | None],
+                rows: slice | torch.Tensor = slice(None)) -> dict[str, torch.Tensor | None]:
+    """The videos `rows` (default all) with their halves exchanged
+    (`halves_swapped_frame_order`)."""
+    return rearrange_frames(video, rows, halves_swapped_frame_order)

@@ -46,11 +46,14 @@ from crosstvr_core.training.loop import (
     run_epochs,
 )
 from crosstvr_core.training.negatives import (
+    BACKWARDS,
+    HALVES_SWAPPED,
     play_backwards,
     random_negative_texts,
     random_negative_videos,
     sample_hard_negative_texts,
     sample_hard_negative_videos,
+    swap_halves,
 )
 from crosstvr_core.training.token_dataset import VTMPairDataset
 
@@ -172,16 +175,21 @@ def validate_two_stage(
 
 
 def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.Tensor,
-                video_rows: torch.Tensor, backwards: torch.Tensor, device: torch.device,
+                video_rows: torch.Tensor, arrangement: torch.Tensor, device: torch.device,
                 precision: str) -> torch.Tensor:
-    """Logits [N] of pairs (caption text_rows[i], video video_rows[i], played backwards where
-    backwards[i]); each distinct (video, direction) is encoded once and each distinct
-    caption's text path runs once, with gradients."""
-    keys, pair_video = torch.unique(video_rows * 2 + backwards.long(), return_inverse=True)
+    """Logits [N] of pairs (caption text_rows[i], video video_rows[i] with its frames
+    arranged by arrangement[i]: AS_RECORDED, BACKWARDS or HALVES_SWAPPED; a bool tensor
+    means backwards where True); each distinct (video, arrangement) is encoded once and each
+    distinct caption's text path runs once, with gradients."""
+    codes = 3
+    keys, pair_video = torch.unique(video_rows * codes + arrangement.long(),
+                                    return_inverse=True)
     captions, pair_text = torch.unique(text_rows, return_inverse=True)
-    video, flip = source.video_batch(keys // 2), (keys % 2).bool()  # flip [U]: backwards
-    if flip.any():
-        video = play_backwards(video, flip)
+    video, arranged = source.video_batch(keys // codes), keys % codes  # arranged [U]
+    if (arranged == BACKWARDS).any():
+        video = play_backwards(video, arranged == BACKWARDS)
+    if (arranged == HALVES_SWAPPED).any():
+        video = swap_halves(video, arranged == HALVES_SWAPPED)
     return match_distinct(model, video, source.text_batch(captions), pair_video, pair_text,
                           device, precision)
 
@@ -212,16 +220,17 @@ def _with_positive_first(candidates: torch.Tensor, positive: torch.Tensor,
 
 def listwise_step(model: CrossTVRReranker, bank: TokenBank, lists: TrainingLists,
                   text_rows: torch.Tensor, hard_fraction: float, generator: torch.Generator,
-                  device: torch.device, precision: str, reversed_negative: bool = True
-                  ) -> tuple[torch.Tensor, list[float]]:
+                  device: torch.device, precision: str, reversed_negative: bool = True,
+                  swapped_negative: bool = False) -> tuple[torch.Tensor, list[float]]:
     """Symmetric listwise loss of one batch of captions text_rows [B].
 
-    text->video: each caption's stage-1 list of K videos, its own first, and (with
-    `reversed_negative`) its own video played backwards as a K+1-th candidate; video->text:
-    each caption's video with its stage-1 list of K captions, that caption first and the
-    video's other captions taken out. Softmax cross-entropy towards column 0, averaged over
-    both directions. Returns (loss, [t2v top-1 in list, positive probability, positive
-    beats its reversal]).
+    text->video: each caption's stage-1 list of K videos, its own first, then (with
+    `reversed_negative`) its own video played backwards and (with `swapped_negative`) its
+    own video with its halves exchanged as extra candidates; video->text: each caption's
+    video with its stage-1 list of K captions, that caption first and the video's other
+    captions taken out. Softmax cross-entropy towards column 0, averaged over both
+    directions. Returns (loss, [t2v top-1 in list, positive probability, positive beats
+    its reversal (its halves swapped without reversal; 0 with neither)]).
     """
     positive = bank.caption_video[text_rows]  # [B]
     batch = len(text_rows)
@@ -234,29 +243,32 @@ def listwise_step(model: CrossTVRReranker, bank: TokenBank, lists: TrainingLists
     captions = _with_positive_first(captions, text_rows,
                                     bank.caption_video[captions] == positive.unsqueeze(1),
                                     bank.num_captions, generator)  # [B, K']
-    k_videos, k_captions = videos.shape[1], captions.shape[1]
-    t2v_text = text_rows.unsqueeze(1).expand(-1, k_videos)
-    backwards = torch.zeros(batch, k_videos, dtype=torch.bool)
-    if reversed_negative:
-        videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)  # [B, K+1]
-        t2v_text = text_rows.unsqueeze(1).expand(-1, k_videos + 1)
-        backwards = torch.cat([backwards, torch.ones(batch, 1, dtype=torch.bool)], dim=1)
+    k_captions = captions.shape[1]
+    arrangement = torch.zeros_like(videos)  # AS_RECORDED
+    temporal = [code for code, wanted in ((BACKWARDS, reversed_negative),
+                                          (HALVES_SWAPPED, swapped_negative)) if wanted]
+    for code in temporal:  # the positive again, its frames rearranged: one more column
+        videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)
+        arrangement = torch.cat([arrangement, torch.full((batch, 1), code)], dim=1)
+    t2v_text = text_rows.unsqueeze(1).expand_as(videos)
     v2t_video = positive.unsqueeze(1).expand(-1, k_captions)
     logits = pair_logits(
         model, bank,
         torch.cat([t2v_text.reshape(-1), captions.reshape(-1)]),
         torch.cat([videos.reshape(-1), v2t_video.reshape(-1)]),
-        torch.cat([backwards.reshape(-1), torch.zeros(captions.numel(), dtype=torch.bool)]),
+        torch.cat([arrangement.reshape(-1), torch.zeros(captions.numel(), dtype=torch.long)]),
         device, precision)
     t2v = logits[: videos.numel()].view(videos.shape)
     v2t = logits[videos.numel():].view(captions.shape)
     target = torch.zeros(batch, dtype=torch.long, device=t2v.device)
     loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
     with torch.no_grad():
+        first_temporal = videos.shape[1] - len(temporal)  # column of the first rearrangement
         stats = [
             (t2v.argmax(dim=1) == 0).float().mean(),
             t2v.softmax(dim=1)[:, 0].mean(),
-            (t2v[:, 0] > t2v[:, -1]).float().mean() if reversed_negative else t2v.new_tensor(0.0),
+            (t2v[:, 0] > t2v[:, first_temporal]).float().mean() if temporal
+            else t2v.new_tensor(0.0),
         ]
     return loss, stats
 
@@ -395,7 +407,7 @@ def train_reranker(
         if listwise:
             loss, stats = listwise_step(model, bank, lists, text_rows, hard_fraction,
                                         generator, device, cfg.precision,
-                                        cfg.reversed_negatives)
+                                        cfg.reversed_negatives, cfg.swapped_negatives)
         else:
             loss, stats = _bce_step(model, dataset, bank, scores, text_rows, cfg,
                                     generator, hard_fraction, device)
@@ -403,7 +415,8 @@ def train_reranker(
         return loss, dict(zip(names, stats, strict=True))
 
     if listwise:  # K + 1 (reversed) videos and K captions per caption
-        pairs_per_caption = (2 * cfg.list_size + int(cfg.reversed_negatives)) * (
+        pairs_per_caption = (2 * cfg.list_size + int(cfg.reversed_negatives)
+                             + int(cfg.swapped_negatives)) * (
             rows_per_epoch / num_captions)
     else:
         pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
