@@ -45,6 +45,16 @@ def session_home() -> Path:
 
 
 @pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (its own SQLite database) for every test that runs a
+    flow in-process; its start-up is paid once per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray runtime for the tests that run Ray Data pipelines."""
     import ray

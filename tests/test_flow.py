@@ -14,14 +14,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def flow_result(prefect_server, ray_local, tmp_path_factory):
     from flows.full_benchmark import crosstvr
 

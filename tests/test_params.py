@@ -67,14 +67,6 @@ def test_ablation_variants_are_validated_one_by_one():
         assert named in str(err.value)
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.integration
 def test_a_bad_override_fails_the_flow_run_at_once(prefect_server, tmp_path):
     from prefect.states import State
