@@ -8,6 +8,8 @@ top K = 15 candidates read by id from Lance. Prints single-query p50 / p95 and a
 queries per second with the share of each stage. Not a test: run it by hand, e.g.
 
     .venv/bin/python benchmarks/bench_query.py --videos 100000
+    .venv/bin/python benchmarks/bench_query.py --videos 1000000 --keep-patches 4 \
+        --queries 50 --batch 1000 --keep /big/disk/bench-1m   # then once more, same --keep
     .venv/bin/python benchmarks/bench_query.py --videos 100000 --encoder ViT-B-32 \\
         --frames 12 --keep-patches 4 --hidden 256
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -60,6 +63,7 @@ def synthetic_index(uri: str, encoder_id: str, shapes: TokenShapes, videos: int,
         _add_videos(index, ids)
         print(f"\r  wrote {start + n:,} / {videos:,} videos", end="", flush=True)
     print()
+    index.compact()  # as the index step leaves it: files merged, ids indexed
     return index
 
 
@@ -68,6 +72,16 @@ def _add_videos(index: TokenIndex, ids: list[str]) -> None:
     columns = {name: [None] * len(ids) for name in schema.names}
     columns.update(video_id=ids, uri=[f"/videos/{i}.mp4" for i in ids], status=["ok"] * len(ids))
     index.videos.add(pa.table(columns, schema=schema))
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def current_rss_gib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def random_query(rng: np.random.Generator) -> str:
@@ -98,7 +112,9 @@ def main() -> None:
     started = time.perf_counter()
     try:
         index = TokenIndex(uri, encoder.encoder_id, shapes)
-        if index.video_tokens.count_rows() != args.videos:
+        if index.video_tokens.count_rows() == args.videos:
+            index.compact()  # a kept index written before the id indexes existed gains them
+        else:
             shutil.rmtree(uri, ignore_errors=True)
             index = synthetic_index(uri, encoder.encoder_id, shapes, args.videos)
         print(f"index of {args.videos:,} videos ({args.encoder}, {shapes.num_frames} frames x "
@@ -113,7 +129,9 @@ def main() -> None:
         info = searcher.gallery_info
         print(f"stage-1 gallery: {info.size:,} videos, "
               + ("exact" if info.exact else f"ANN (recall@15 at build {info.build_recall:.3f})")
-              + f", built in {time.perf_counter() - started:.0f} s")
+              + f", {'built' if info.built_now else 'opened'} in "
+              f"{time.perf_counter() - started:.0f} s; RSS now {current_rss_gib():.2f} GiB, "
+              f"peak so far {peak_rss_gib():.2f} GiB")
 
         rng = np.random.default_rng(1)
         for _ in range(3):  # warm-up
@@ -139,7 +157,9 @@ def main() -> None:
         shares = ", ".join(f"{name} {100 * s / total:.0f}%" for name, s in
                            sorted(searcher.seconds.items(), key=lambda kv: -kv[1]))
         print(f"batch of {len(queries):,} queries (256 per call): {len(queries) / total:.1f} "
-              f"queries/s; {shares}")
+              f"queries/s ({1000 * total / len(queries):.1f} ms per query); {shares}")
+        print(f"peak RSS of this process: {peak_rss_gib():.2f} GiB (run it again with the same "
+              "--keep to see the peak of searching alone, the gallery opened from disk)")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

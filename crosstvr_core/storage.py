@@ -407,6 +407,26 @@ class TokenIndex:
         for table in (self.videos, self.video_tokens, self.captions):
             table.to_lance().optimize.compact_files()
             table.checkout_latest()
+            self._index_ids(table)
+
+    @staticmethod
+    def _index_ids(table) -> None:
+        """A BTREE index on the table's id column (built once, then extended to new rows):
+        reads by id (search's candidates and their files, upserts' key matching) stay a
+        look-up instead of a scan of every id, at a million videos too."""
+        column = table.schema.names[0]  # video_id / caption_id: each table's key comes first
+        dataset = table.to_lance()
+        if dataset.count_rows() == 0:
+            return
+        existing = [index["name"] for index in dataset.list_indices()
+                    if index["fields"] == [column]]
+        if not existing:
+            dataset.create_scalar_index(column, "BTREE", name=f"{column}_btree")
+        elif dataset.stats.index_stats(existing[0])["num_unindexed_rows"]:
+            dataset.optimize.optimize_indices()  # commits a version: only when rows are new
+        else:
+            return
+        table.checkout_latest()
 
     # --- reads ------------------------------------------------------------------------
     def versions(self) -> dict[str, int]:

@@ -172,3 +172,23 @@ def test_an_index_written_before_a_column_existed_opens_with_it_filled(tmp_path)
     assert rows.column("decode_warning").to_pylist() == ["", ""]
     index.upsert("videos", _video_rows(["c"]), "video_id")  # and takes new rows
     assert index.videos.count_rows() == 3
+
+
+def test_compact_indexes_the_id_columns_and_commits_nothing_when_idle(tmp_path) -> None:
+    """Reads by id go through a BTREE index after compaction; a compaction with nothing new
+    leaves every table's version alone (search keys its gallery by the token version)."""
+    rng = np.random.default_rng(0)
+    index = TokenIndex(tmp_path / "db", "enc-a", SHAPES)
+    index.upsert("video_tokens", _token_rows(["a", "b", "c"], rng), key="video_id")
+    index.compact()
+    indexed = [ix["fields"] for ix in index.video_tokens.to_lance().list_indices()]
+    assert ["video_id"] in indexed
+    versions = index.versions()
+    index.compact()
+    assert index.versions() == versions
+    index.upsert("video_tokens", _token_rows(["d"], rng), key="video_id")
+    index.compact()
+    stats = index.video_tokens.to_lance().stats.index_stats("video_id_btree")
+    assert stats["num_unindexed_rows"] == 0 and stats["num_indexed_rows"] == 4
+    found, tokens = index.video_tokens_of(["d", "a"])
+    assert sorted(found) == ["a", "d"] and tokens["video_cls"].shape[0] == 2
