@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from crosstvr_core.disk_tokens import select_rows
 from crosstvr_core.token_bank import TokenBank
 
 
@@ -35,7 +36,7 @@ def bank_subset(bank: TokenBank, video_rows: torch.Tensor) -> tuple[TokenBank, t
     subset = TokenBank(
         video_ids=[bank.video_ids[i] for i in video_rows.tolist()],
         video_cls=bank.video_cls[video_rows],
-        video_patches=bank.video_patches[video_rows],
+        video_patches=select_rows(bank.video_patches, video_rows),
         frame_mask=bank.frame_mask[video_rows],
         caption_ids=[bank.caption_ids[i] for i in caption_rows.tolist()],
         text_eot=bank.text_eot[caption_rows],

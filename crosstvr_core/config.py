@@ -226,6 +226,13 @@ class IndexConfig(_Section):
         description="Keep only the M patch tokens per frame that the CLS token attends to most "
         "in the last block (None: all patches); lets ViT-L / ViT-G corpora fit on disk.",
     )
+    token_memory_gb: float = Field(
+        8.0,
+        gt=0,
+        description="Memory budget for a split's patch tokens: a split up to this size is "
+        "loaded into memory; a larger one keeps its patches in the Lance table and every "
+        "batch (stage 1, training, scoring) reads its rows from there.",
+    )
     remove_missing: bool = Field(
         True,
         description="Delete videos (and their tokens and captions) that are no longer in the "

@@ -457,30 +457,39 @@ class TokenIndex:
         return dict(zip(table.column("caption_id").to_pylist(), table.column("text").to_pylist(),
                         strict=True))
 
-    def load_token_bank(self, split: str) -> TokenBank:
-        """All ok videos of `split` and their captions, as fp16 tensors aligned by row."""
+    def load_token_bank(self, split: str, memory_budget_gb: float | None = None) -> TokenBank:
+        """All ok videos of `split` and their captions, as fp16 tensors aligned by row (sorted
+        by id). Only the split's rows are read. Patch tokens larger than `memory_budget_gb`
+        (None: no limit) stay in the table as `DiskPatches`, read by row per batch."""
+        from crosstvr_core.disk_tokens import DiskPatches  # disk_tokens decodes with this module
+
         s = self.shapes
         videos = self.videos.to_lance().to_table(
             columns=["video_id"], filter=f"split = {_sql_string(split)} AND status = 'ok'"
         )
-        ok_ids = videos.column("video_id").to_pylist()
-        tokens = self.video_tokens.to_lance().to_table(
-            columns=["video_id", "frame_mask", "cls", "patches"]
-        )
-        keep = set(ok_ids)
-        rows = [i for i, v in enumerate(tokens.column("video_id").to_pylist()) if v in keep]
-        tokens = tokens.take(rows).sort_by("video_id")
-        video_ids = tokens.column("video_id").to_pylist()
+        keep = set(videos.column("video_id").to_pylist())
+        token_data = self.video_tokens.to_lance()  # one version for every read below
+        stored = token_data.to_table(columns=["video_id"]).column("video_id").to_pylist()
+        found = sorted((vid, offset) for offset, vid in enumerate(stored) if vid in keep)
+        video_ids = [vid for vid, _ in found]
+        offsets = np.array([offset for _, offset in found], dtype=np.int64)
+        small = decode_video_tokens(token_data.take(offsets.tolist(),
+                                                    columns=["frame_mask", "cls"]), s)
+        patches = DiskPatches(token_data, offsets, s)
+        if memory_budget_gb is None or patches.nbytes <= memory_budget_gb * 2**30:
+            patches = patches.to_memory()
         row_of = {vid: i for i, vid in enumerate(video_ids)}
         captions = self.captions.to_lance().to_table(
             columns=["caption_id", "video_id", "eot", "tokens", "length"],
             filter=f"split = {_sql_string(split)}",
         ).sort_by("caption_id")
         cap_rows = [i for i, v in enumerate(captions.column("video_id").to_pylist()) if v in row_of]
-        captions = captions.take(cap_rows)
+        captions = captions.take(pa.array(cap_rows, pa.int64()))
         return TokenBank(
             video_ids=video_ids,
-            **decode_video_tokens(tokens, s),
+            video_cls=small["video_cls"],
+            video_patches=patches,
+            frame_mask=small["frame_mask"],
             caption_ids=captions.column("caption_id").to_pylist(),
             text_eot=torch.from_numpy(fixed_list_to_numpy(captions.column("eot"), (s.embed_dim,))),
             **decode_caption_tokens(captions, s),

@@ -28,8 +28,8 @@ from crosstvr_core.token_bank import TokenBank
 def load_banks(cfg: CrossTVRConfig) -> tuple[TokenBank, TokenBank, list[dict], dict, str]:
     """Train and eval banks, the eval captions' metadata, token shapes, encoder id."""
     index = TokenIndex.open_existing(cfg.lance_uri)
-    train = index.load_token_bank(cfg.data.train_split)
-    test = index.load_token_bank(cfg.data.eval_split)
+    train = index.load_token_bank(cfg.data.train_split, cfg.index.token_memory_gb)
+    test = index.load_token_bank(cfg.data.eval_split, cfg.index.token_memory_gb)
     # the encoder and the tables' versions: a re-indexed home invalidates the cache below
     index_id = f"{index.encoder_id}|{json.dumps(index.versions(), sort_keys=True)}"
     return train, test, index.caption_meta(test.caption_ids), dict(index.shapes.__dict__), \

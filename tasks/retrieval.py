@@ -119,7 +119,8 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = split_names(cfg)
-    banks = {role: index.load_token_bank(names[role]) for role in (TRAIN_SPLIT, TEST_SPLIT)}
+    banks = {role: index.load_token_bank(names[role], cfg.index.token_memory_gb)
+             for role in (TRAIN_SPLIT, TEST_SPLIT)}
     for role, bank in banks.items():
         if bank.num_videos == 0 or bank.num_captions == 0:
             raise ValueError(f"split '{names[role]}' (data.{role.replace('test', 'eval')}_split):"
@@ -191,7 +192,7 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     torch.set_num_threads(t.torch_threads)
     torch.manual_seed(t.seed)
     index = index_ref.open()
-    full = index.load_token_bank(cfg.data.train_split)
+    full = index.load_token_bank(cfg.data.train_split, cfg.index.token_memory_gb)
     sim = torch.load(stage1_ref.sim_paths[TRAIN_SPLIT])
     negatives = None
     if t.loss == "bce" and t.negative_source == "stage1_top_k":
@@ -265,7 +266,7 @@ def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     per scene kind and per twin factor; figures."""
     torch.set_num_threads(cfg.train.torch_threads)
     index = index_ref.open()
-    bank = index.load_token_bank(cfg.data.eval_split)
+    bank = index.load_token_bank(cfg.data.eval_split, cfg.index.token_memory_gb)
     sim = torch.load(stage1_ref.sim_paths[TEST_SPLIT])
     model = load_reranker(cfg, reranker_ref).to(_device())
     metas = index.caption_meta(bank.caption_ids)

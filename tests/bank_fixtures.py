@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from crosstvr_core.config import RerankerConfig
@@ -99,11 +100,21 @@ def make_model(hidden: int = 16, layers: int = 1, seed: int = 0, patches: int = 
 
 def write_bank_index(path: Path, bank: TokenBank, encoder_id: str = "toy-encoder",
                      split: str = "train") -> TokenIndex:
-    """The bank's video tokens and captions in a Lance index (every patch in grid order)."""
+    """The bank's videos (all ok, in `split`), video tokens and captions in a Lance index
+    (every patch in grid order), as the index step would write them."""
     frames, patches, vision = bank.video_patches.shape[1:]
     length, text = bank.text_tokens.shape[1:]
     shapes = TokenShapes(frames, bank.video_cls.shape[2], patches, vision, length, text)
     index = TokenIndex(path, encoder_id, shapes)
+    n = bank.num_videos
+    index.upsert("videos", pa.table({
+        "video_id": bank.video_ids, "corpus": ["toy"] * n, "split": [split] * n,
+        "uri": bank.video_ids, "content_hash": ["h"] * n, "duration": [1.0] * n,
+        "fps": [8.0] * n, "width": [64] * n, "height": [64] * n, "size_bytes": [10] * n,
+        "num_frames_sampled": [frames] * n, "status": ["ok"] * n, "error": [""] * n,
+        "encoder_id": [encoder_id] * n,
+        "indexed_at": pa.array([None] * n, pa.timestamp("us", tz="UTC")),
+    }), "video_id")
     index.upsert("video_tokens", {
         "video_id": bank.video_ids, "content_hash": ["h"] * bank.num_videos,
         "encoder_id": [encoder_id] * bank.num_videos, "frame_mask": bank.frame_mask.numpy(),

@@ -28,7 +28,7 @@ from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.training.checkpoint import latest_checkpoint, load_checkpoint
 from crosstvr_core.training.negatives import play_backwards
 from crosstvr_core.training.reranker import NegativeScores, Validation, train_reranker
-from crosstvr_core.training.token_dataset import LanceTokenSource, VTMPairDataset
+from crosstvr_core.training.token_dataset import VTMPairDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,35 +214,6 @@ def test_pair_dataset_random_access_and_dataloader() -> None:
     assert batch["text_row"].tolist() == [0, 1, 2, 3]
     with pytest.raises(IndexError, match="caption row 99"):
         dataset[99]
-
-
-def test_lance_token_source_reads_rows_by_index(tmp_path: Path) -> None:
-    bank = random_bank()
-    index = write_bank_index(tmp_path / "db.lancedb", bank)
-    order = [3, 0, 5, 1, 4, 2]  # any row order the caller asks for
-    source = LanceTokenSource(index.video_tokens.to_lance(), index.captions.to_lance(),
-                              index.shapes, [bank.video_ids[i] for i in order], bank.caption_ids)
-    assert (source.num_videos, source.num_captions) == (bank.num_videos, bank.num_captions)
-    rows = torch.tensor([2, 0, 2])
-    got = source.video_batch(rows)
-    want = bank.video_batch(torch.tensor([order[i] for i in rows.tolist()]))
-    for name in want:
-        torch.testing.assert_close(got[name], want[name])
-    caption_rows = torch.tensor([7, 1])
-    for name, value in bank.text_batch(caption_rows).items():
-        torch.testing.assert_close(source.text_batch(caption_rows)[name], value)
-    assert torch.equal(torch.tensor(order)[source.caption_video], bank.caption_video)
-    # the same model scores the same pairs from Lance rows as from the in-memory bank
-    model = make_model()
-    model.fit_input_stats(bank)
-    text_rows, source_video_rows = torch.tensor([0, 4, 9]), torch.tensor([1, 1, 5])
-    bank_video_rows = torch.tensor([order[i] for i in source_video_rows.tolist()])
-    from_bank = score_pairs(model, bank, text_rows, bank, bank_video_rows, batch_size=8)
-    from_lance = score_pairs(model, source, text_rows, source, source_video_rows, batch_size=8)
-    torch.testing.assert_close(from_lance, from_bank)
-    with pytest.raises(ValueError, match="lacks video_id"):
-        LanceTokenSource(index.video_tokens.to_lance(), index.captions.to_lance(), index.shapes,
-                         ["nope"], bank.caption_ids)
 
 
 def test_training_never_calls_the_frozen_encoder(monkeypatch: pytest.MonkeyPatch) -> None:

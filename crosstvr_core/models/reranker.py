@@ -46,6 +46,9 @@ from crosstvr_core.token_bank import TokenBank
 
 # Elements (not rows) per chunk when accumulating input statistics: bounds the float64 copy.
 _STATS_CHUNK_ELEMENTS = 1 << 23
+# standardisation statistics read at most this many videos, spread evenly over the bank: the
+# moments are settled long before that, and a bank whose patches stay on disk is not scanned
+_STATS_MAX_VIDEOS = 4096
 
 class _RunningMoments:
     """Per-dimension mean and std over many [N, W] chunks, in float64."""
@@ -465,7 +468,8 @@ class CrossTVRReranker(nn.Module):
 
     @torch.no_grad()
     def fit_input_stats(self, bank: TokenBank) -> None:
-        """Set the standardisation buffers from a (training) bank, valid positions only."""
+        """Set the standardisation buffers from a (training) bank, valid positions only (the
+        videos: at most _STATS_MAX_VIDEOS of them, evenly spaced)."""
         self._check_widths(
             bank.text_tokens.shape[-1], bank.video_cls.shape[-1], bank.video_patches.shape[-1]
         )
@@ -478,7 +482,9 @@ class CrossTVRReranker(nn.Module):
             text.update(bank.text_tokens[rows][bank.text_mask[rows]])  # [n, Wt]
 
         num_videos, frames, num_patches, width = bank.video_patches.shape
-        for rows in _row_chunks(num_videos, frames * num_patches * width):
+        sample = torch.linspace(0, num_videos - 1, min(num_videos, _STATS_MAX_VIDEOS)).long()
+        for chunk in _row_chunks(len(sample), frames * num_patches * width):
+            rows = sample[chunk]
             valid = bank.frame_mask[rows]  # [c, F]
             cls.update(bank.video_cls[rows][valid])  # [n, D]
             patches.update(bank.video_patches[rows][valid].flatten(0, 1))  # [n*P, Wv]

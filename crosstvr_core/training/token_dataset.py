@@ -1,20 +1,17 @@
 """Random access to the re-ranker's inputs over cached frozen-encoder tokens.
 
-Training never runs the encoder: every pair's tokens are read by row from a token source,
-either a TokenBank (the split loaded from Lance into memory) or `LanceTokenSource` (rows
-read from the Lance tables by index, for corpora whose tokens do not fit in memory).
-`VTMPairDataset` is the torch Dataset over such a source: item i is caption i with its own
-video, and `pairs` fetches any (caption, video) pairs in one batch (the negatives).
+Training never runs the encoder: every pair's tokens are read by row from a token source (a
+TokenBank, whose patch tokens are in memory or, past the memory budget, read from the Lance
+table by row). `VTMPairDataset` is the torch Dataset over such a source: item i is caption i
+with its own video, and `pairs` fetches any (caption, video) pairs in one batch (the
+negatives).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from crosstvr_core.storage import TokenShapes, decode_caption_tokens, decode_video_tokens
 from crosstvr_core.token_bank import TokenSource
 
 
@@ -50,62 +47,3 @@ class VTMPairDataset(Dataset):
                 f"{tuple(video_rows.shape)} must be equal 1-D shapes"
             )
         return {**self.source.text_batch(text_rows), **self.source.video_batch(video_rows)}
-
-
-class LanceTokenSource:
-    """Tokens read from the Lance tables by row index, never all at once.
-
-    video_tokens / captions: the Lance datasets (`table.to_lance()`); video_ids and
-    caption_ids fix the row order (e.g. a TokenBank's, or a split's ids). Only the id
-    columns are scanned at construction; each batch is one `take` per table.
-    """
-
-    def __init__(self, video_tokens, captions, shapes: TokenShapes, video_ids: list[str],
-                 caption_ids: list[str]) -> None:
-        self.shapes = shapes
-        self._video_tokens, self._captions = video_tokens, captions
-        self._video_offsets = self._offsets(video_tokens, "video_id", video_ids, "video_tokens")
-        self._caption_offsets = self._offsets(captions, "caption_id", caption_ids, "captions")
-        caption_videos = captions.take(self._caption_offsets.tolist(), columns=["video_id"])
-        row_of = {video_id: row for row, video_id in enumerate(video_ids)}
-        missing = [v for v in caption_videos.column("video_id").to_pylist() if v not in row_of]
-        if missing:
-            raise ValueError(f"LanceTokenSource: captions of videos not asked for: {missing[:5]}")
-        self.caption_video = torch.tensor(
-            [row_of[v] for v in caption_videos.column("video_id").to_pylist()], dtype=torch.long
-        )
-
-    @staticmethod
-    def _offsets(dataset, column: str, ids: list[str], table: str) -> np.ndarray:
-        stored = dataset.to_table(columns=[column]).column(column).to_pylist()
-        offset_of = {value: offset for offset, value in enumerate(stored)}
-        missing = [i for i in ids if i not in offset_of]
-        if missing:
-            raise ValueError(f"LanceTokenSource: table '{table}' lacks {column} {missing[:5]}")
-        return np.array([offset_of[i] for i in ids], dtype=np.int64)
-
-    @property
-    def num_videos(self) -> int:
-        return len(self._video_offsets)
-
-    @property
-    def num_captions(self) -> int:
-        return len(self._caption_offsets)
-
-    def _take(self, dataset, offsets: np.ndarray, rows: torch.Tensor, columns: list[str]
-              ) -> pa.Table:
-        return dataset.take(offsets[rows.long().cpu().numpy()].tolist(), columns=columns)
-
-    def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        table = self._take(self._video_tokens, self._video_offsets, rows,
-                           ["frame_mask", "cls", "patches"])
-        return _float_tokens(decode_video_tokens(table, self.shapes))
-
-    def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        table = self._take(self._captions, self._caption_offsets, rows, ["tokens", "length"])
-        return _float_tokens(decode_caption_tokens(table, self.shapes))
-
-
-def _float_tokens(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Stored fp16 tokens as the float32 the re-ranker reads; masks stay bool."""
-    return {k: v if v.dtype == torch.bool else v.float() for k, v in batch.items()}
