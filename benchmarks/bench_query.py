@@ -29,7 +29,6 @@ os.environ.setdefault("LANCE_LOG", "error")
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from crosstvr_core.config import load_config  # noqa: E402
@@ -37,41 +36,12 @@ from crosstvr_core.models.encoder import EncoderSpec, load_frozen_encoder  # noq
 from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs  # noqa: E402
 from crosstvr_core.models.temporal_head import TemporalHead  # noqa: E402
 from crosstvr_core.retrieval.text_search import SearchModels, TextSearcher, stage1_key  # noqa: E402
-from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list  # noqa: E402
+from crosstvr_core.storage import TokenIndex, TokenShapes  # noqa: E402
+from crosstvr_core.synthetic.token_tables import write_random_token_index  # noqa: E402
 
 WORDS = ("a", "small", "big", "red", "blue", "green", "yellow", "circle", "square",
          "triangle", "moves", "left", "right", "up", "down", "appears", "leaves", "then",
          "first", "later", "top", "bottom", "centre", "corner", "changes", "colour")
-
-
-def synthetic_index(uri: str, encoder_id: str, shapes: TokenShapes, videos: int,
-                    chunk: int = 2000) -> TokenIndex:
-    """N videos of random tokens (and their `videos` rows), written in chunks."""
-    index = TokenIndex(uri, encoder_id, shapes)
-    rng = np.random.default_rng(0)
-    f, d, p, w = shapes.num_frames, shapes.embed_dim, shapes.num_patches, shapes.vision_width
-    for start in range(0, videos, chunk):
-        n = min(chunk, videos - start)
-        ids = [f"v{start + i:07d}" for i in range(n)]
-        index.video_tokens.add(pa.table({
-            "video_id": ids, "content_hash": ids, "encoder_id": [encoder_id] * n,
-            "frame_mask": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(n * f, bool)), f),
-            "cls": fixed_list(rng.standard_normal((n, f * d), dtype=np.float32)),
-            "patches": fixed_list(rng.standard_normal((n, f * p * w), dtype=np.float32)),
-            "patch_index": fixed_list(np.tile(np.arange(p, dtype=np.int16), (n, f)), np.int16),
-        }, schema=index.video_tokens.schema))
-        _add_videos(index, ids)
-        print(f"\r  wrote {start + n:,} / {videos:,} videos", end="", flush=True)
-    print()
-    index.compact()  # as the index step leaves it: files merged, ids indexed
-    return index
-
-
-def _add_videos(index: TokenIndex, ids: list[str]) -> None:
-    schema = index.videos.schema
-    columns = {name: [None] * len(ids) for name in schema.names}
-    columns.update(video_id=ids, uri=[f"/videos/{i}.mp4" for i in ids], status=["ok"] * len(ids))
-    index.videos.add(pa.table(columns, schema=schema))
 
 
 def peak_rss_gib() -> float:
@@ -116,7 +86,11 @@ def main() -> None:
             index.compact()  # a kept index written before the id indexes existed gains them
         else:
             shutil.rmtree(uri, ignore_errors=True)
-            index = synthetic_index(uri, encoder.encoder_id, shapes, args.videos)
+            index = write_random_token_index(
+                uri, encoder.encoder_id, shapes, args.videos,
+                progress=lambda n: print(f"\r  wrote {n:,} / {args.videos:,} videos", end="",
+                                         flush=True))
+            print()
         print(f"index of {args.videos:,} videos ({args.encoder}, {shapes.num_frames} frames x "
               f"{shapes.num_patches} patches) ready in {time.perf_counter() - started:.0f} s")
         head = TemporalHead.from_config(cfg.stage1, shapes.embed_dim, shapes.num_frames,

@@ -77,15 +77,16 @@ class EarlyStopping:
 class Trainer:
     """What differs between the heads.
 
-    batches(epoch) -> the row batches of one epoch (drawn from the loop's generator, so
-    they resume exactly); step(rows, global_step) -> (loss, named scalar stats);
+    batches(epoch) -> the batches of one epoch, walked in order (row batches, or anything a
+    step reads, drawn from the loop's generator so they resume exactly); step(batch,
+    global_step) -> (loss, named scalar stats);
     epoch_extras(epoch, seconds) -> fields added to the epoch record; validate() -> metrics of
     the epoch (with `score_key`, the early-stopping score); after_validation(record) lets
     the model keep what validation picked (e.g. fusion weights).
     """
 
-    batches: Callable[[int], Sequence[torch.Tensor]]
-    step: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    batches: Callable[[int], Sequence[Any]]
+    step: Callable[[Any, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     steps_per_epoch: int
     epoch_extras: Callable[[int, float], dict[str, Any]] = lambda epoch, seconds: {}
     validate: Callable[[], dict[str, float]] | None = None

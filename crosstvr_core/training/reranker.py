@@ -18,7 +18,7 @@ stopping, the best weights kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,7 @@ from crosstvr_core.training.negatives import (
     sample_hard_negative_videos,
     swap_halves,
 )
+from crosstvr_core.training.read_ahead import ReadAhead
 from crosstvr_core.training.token_dataset import VTMPairDataset
 
 EpochCallback = Callable[[int, dict, CrossTVRReranker], None]
@@ -174,13 +175,24 @@ def validate_two_stage(
     return out
 
 
-def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.Tensor,
-                video_rows: torch.Tensor, arrangement: torch.Tensor, device: torch.device,
-                precision: str) -> torch.Tensor:
-    """Logits [N] of pairs (caption text_rows[i], video video_rows[i] with its frames
+@dataclass(frozen=True)
+class PairInputs:
+    """What scoring a set of pairs reads: the distinct (video, frame arrangement) inputs
+    [U, ...], the distinct captions' inputs [C, ...], and per pair its video and its caption
+    among those (pair_video, pair_text [N])."""
+
+    video: dict[str, torch.Tensor]
+    text: dict[str, torch.Tensor]
+    pair_video: torch.Tensor
+    pair_text: torch.Tensor
+
+
+def read_pairs(source: TokenSource, text_rows: torch.Tensor, video_rows: torch.Tensor,
+               arrangement: torch.Tensor) -> PairInputs:
+    """The inputs of pairs (caption text_rows[i], video video_rows[i] with its frames
     arranged by arrangement[i]: AS_RECORDED, BACKWARDS or HALVES_SWAPPED; a bool tensor
-    means backwards where True); each distinct (video, arrangement) is encoded once and each
-    distinct caption's text path runs once, with gradients."""
+    means backwards where True), each distinct (video, arrangement) and caption read once.
+    Reads tokens only (no model): it can run ahead of the step that uses it."""
     codes = 3
     keys, pair_video = torch.unique(video_rows * codes + arrangement.long(),
                                     return_inverse=True)
@@ -190,8 +202,18 @@ def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.T
         video = play_backwards(video, arranged == BACKWARDS)
     if (arranged == HALVES_SWAPPED).any():
         video = swap_halves(video, arranged == HALVES_SWAPPED)
-    return match_distinct(model, video, source.text_batch(captions), pair_video, pair_text,
-                          device, precision)
+    return PairInputs(video, source.text_batch(captions), pair_video, pair_text)
+
+
+def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.Tensor,
+                video_rows: torch.Tensor, arrangement: torch.Tensor, device: torch.device,
+                precision: str) -> torch.Tensor:
+    """Logits [N] of pairs (caption text_rows[i], video video_rows[i] arranged by
+    arrangement[i], see `read_pairs`); each distinct (video, arrangement) is encoded once and
+    each distinct caption's text path runs once, with gradients."""
+    inputs = read_pairs(source, text_rows, video_rows, arrangement)
+    return match_distinct(model, inputs.video, inputs.text, inputs.pair_video,
+                          inputs.pair_text, device, precision)
 
 
 def _curriculum(lists: torch.Tensor, num_items: int, hard_fraction: float,
@@ -218,20 +240,41 @@ def _with_positive_first(candidates: torch.Tensor, positive: torch.Tensor,
     return torch.cat([positive.unsqueeze(1), others[:, :-1]], dim=1)
 
 
-def listwise_step(model: CrossTVRReranker, bank: TokenBank, lists: TrainingLists,
-                  text_rows: torch.Tensor, hard_fraction: float, generator: torch.Generator,
-                  device: torch.device, precision: str, reversed_negative: bool = True,
-                  swapped_negative: bool = False) -> tuple[torch.Tensor, list[float]]:
-    """Symmetric listwise loss of one batch of captions text_rows [B].
+@dataclass(frozen=True)
+class ListwiseBatch:
+    """The rows of one listwise step, drawn before any token is read: per caption
+    text_rows [B] its videos [B, K (+ rearranged positives)] with their frame arrangements,
+    positive first; per caption's video its captions [B, K'], that caption first."""
 
-    text->video: each caption's stage-1 list of K videos, its own first, then (with
-    `reversed_negative`) its own video played backwards and (with `swapped_negative`) its
-    own video with its halves exchanged as extra candidates; video->text: each caption's
-    video with its stage-1 list of K captions, that caption first and the video's other
-    captions taken out. Softmax cross-entropy towards column 0, averaged over both
-    directions. Returns (loss, [t2v top-1 in list, positive probability, positive beats
-    its reversal (its halves swapped without reversal; 0 with neither)]).
-    """
+    text_rows: torch.Tensor
+    videos: torch.Tensor
+    arrangement: torch.Tensor
+    captions: torch.Tensor
+    num_rearranged: int  # trailing columns of `videos` that are the positive rearranged
+
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(text rows, video rows, arrangements) [N] of every pair: the text->video lists
+        row by row, then the video->text lists."""
+        batch, k_captions = self.captions.shape
+        positive = self.videos[:, 0]
+        return (torch.cat([self.text_rows.unsqueeze(1).expand_as(self.videos).reshape(-1),
+                           self.captions.reshape(-1)]),
+                torch.cat([self.videos.reshape(-1),
+                           positive.unsqueeze(1).expand(-1, k_captions).reshape(-1)]),
+                torch.cat([self.arrangement.reshape(-1),
+                           torch.zeros(batch * k_captions, dtype=torch.long)]))
+
+
+def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tensor,
+                  hard_fraction: float, generator: torch.Generator,
+                  reversed_negative: bool = True, swapped_negative: bool = False
+                  ) -> ListwiseBatch:
+    """Draw one step's lists for captions text_rows [B]: text->video, each caption's
+    stage-1 list of K videos, its own first, then (with `reversed_negative`) its own video
+    played backwards and (with `swapped_negative`) its own video with its halves exchanged;
+    video->text, each caption's video with its stage-1 list of K captions, that caption first
+    and the video's other captions taken out. The curriculum swaps list entries for random
+    items with probability 1 - hard_fraction."""
     positive = bank.caption_video[text_rows]  # [B]
     batch = len(text_rows)
     videos = _curriculum(lists.videos_per_caption[text_rows], bank.num_videos, hard_fraction,
@@ -243,34 +286,47 @@ def listwise_step(model: CrossTVRReranker, bank: TokenBank, lists: TrainingLists
     captions = _with_positive_first(captions, text_rows,
                                     bank.caption_video[captions] == positive.unsqueeze(1),
                                     bank.num_captions, generator)  # [B, K']
-    k_captions = captions.shape[1]
     arrangement = torch.zeros_like(videos)  # AS_RECORDED
-    temporal = [code for code, wanted in ((BACKWARDS, reversed_negative),
-                                          (HALVES_SWAPPED, swapped_negative)) if wanted]
-    for code in temporal:  # the positive again, its frames rearranged: one more column
+    rearranged = [code for code, wanted in ((BACKWARDS, reversed_negative),
+                                            (HALVES_SWAPPED, swapped_negative)) if wanted]
+    for code in rearranged:  # the positive again, its frames rearranged: one more column
         videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)
         arrangement = torch.cat([arrangement, torch.full((batch, 1), code)], dim=1)
-    t2v_text = text_rows.unsqueeze(1).expand_as(videos)
-    v2t_video = positive.unsqueeze(1).expand(-1, k_captions)
-    logits = pair_logits(
-        model, bank,
-        torch.cat([t2v_text.reshape(-1), captions.reshape(-1)]),
-        torch.cat([videos.reshape(-1), v2t_video.reshape(-1)]),
-        torch.cat([arrangement.reshape(-1), torch.zeros(captions.numel(), dtype=torch.long)]),
-        device, precision)
+    return ListwiseBatch(text_rows, videos, arrangement, captions, len(rearranged))
+
+
+def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInputs,
+                  device: torch.device, precision: str) -> tuple[torch.Tensor, list[float]]:
+    """Softmax cross-entropy towards column 0 of both directions' lists, averaged. Returns
+    (loss, [t2v top-1 in list, positive probability, positive beats its first
+    rearrangement (0 without one)])."""
+    logits = match_distinct(model, inputs.video, inputs.text, inputs.pair_video,
+                            inputs.pair_text, device, precision)
+    videos, captions = batch.videos, batch.captions
     t2v = logits[: videos.numel()].view(videos.shape)
     v2t = logits[videos.numel():].view(captions.shape)
-    target = torch.zeros(batch, dtype=torch.long, device=t2v.device)
+    target = torch.zeros(len(videos), dtype=torch.long, device=t2v.device)
     loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
     with torch.no_grad():
-        first_temporal = videos.shape[1] - len(temporal)  # column of the first rearrangement
+        first_rearranged = videos.shape[1] - batch.num_rearranged
         stats = [
             (t2v.argmax(dim=1) == 0).float().mean(),
             t2v.softmax(dim=1)[:, 0].mean(),
-            (t2v[:, 0] > t2v[:, first_temporal]).float().mean() if temporal
+            (t2v[:, 0] > t2v[:, first_rearranged]).float().mean() if batch.num_rearranged
             else t2v.new_tensor(0.0),
         ]
     return loss, stats
+
+
+def listwise_step(model: CrossTVRReranker, bank: TokenSource, lists: TrainingLists,
+                  text_rows: torch.Tensor, hard_fraction: float, generator: torch.Generator,
+                  device: torch.device, precision: str, reversed_negative: bool = True,
+                  swapped_negative: bool = False) -> tuple[torch.Tensor, list[float]]:
+    """Symmetric listwise loss of one batch of captions text_rows [B]: `plan_listwise`, its
+    tokens read, `listwise_loss`."""
+    batch = plan_listwise(bank, lists, text_rows, hard_fraction, generator, reversed_negative,
+                          swapped_negative)
+    return listwise_loss(model, batch, read_pairs(bank, *batch.pairs()), device, precision)
 
 
 def _bce_step(model: CrossTVRReranker, dataset: VTMPairDataset, bank: TokenBank,
@@ -391,26 +447,29 @@ def train_reranker(
     optimizer, schedule = adamw_warmup_cosine(model.optimizer_groups(cfg.weight_decay), cfg.lr,
                                               total_steps, cfg.warmup_fraction)
 
-    def batches(epoch: int) -> tuple[torch.Tensor, ...]:
+    def batches(epoch: int) -> Sequence:
         order = (one_caption_per_video(bank.caption_video, generator) if one_per_video
                  else torch.randperm(num_captions, generator=generator))
-        return order.split(batch_size)
+        rows = order.split(batch_size)
+        if not listwise:
+            return rows
+        first_step = (epoch - 1) * steps_per_epoch
+        plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
+                               generator, cfg.reversed_negatives, cfg.swapped_negatives)
+                 for i, text_rows in enumerate(rows)]
+        return ReadAhead(plans, lambda plan: (plan, read_pairs(bank, *plan.pairs())))
 
     def hard_fraction_at(step: int) -> float:
         fraction = hard_negative_fraction(step, total_steps, cfg.hard_negative_warmup)
         # hard mining off (the ablation): listwise lists of random items only
         return fraction if cfg.hard_negatives or not listwise else 0.0
 
-    def step(text_rows: torch.Tensor, global_step: int
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        hard_fraction = hard_fraction_at(global_step)
-        if listwise:
-            loss, stats = listwise_step(model, bank, lists, text_rows, hard_fraction,
-                                        generator, device, cfg.precision,
-                                        cfg.reversed_negatives, cfg.swapped_negatives)
-        else:
-            loss, stats = _bce_step(model, dataset, bank, scores, text_rows, cfg,
-                                    generator, hard_fraction, device)
+    def step(batch, global_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if listwise:  # (ListwiseBatch, its PairInputs), read ahead
+            loss, stats = listwise_loss(model, *batch, device, cfg.precision)
+        else:  # caption rows
+            loss, stats = _bce_step(model, dataset, bank, scores, batch, cfg, generator,
+                                    hard_fraction_at(global_step), device)
         names = ("accuracy", "pos_prob", "pos_beats_neg_video")
         return loss, dict(zip(names, stats, strict=True))
 
