@@ -101,25 +101,29 @@ def stage1_video_embeddings(index: TokenIndex, head: TemporalHead | None,
     columns = ["cls", "frame_mask"] + (["patches"] if head is not None and head.vision_width
                                        else [])
     ids: list[str] = []
-    chunks: list[torch.Tensor] = []
+    embeddings: torch.Tensor | None = None  # [N, D], filled batch by batch: never two copies
     if head is not None:
         head.eval()
-    scanner = index.video_tokens.to_lance().scanner(columns=["video_id", *columns],
-                                                    batch_size=batch_rows)
-    for batch in scanner.to_batches():
+    data = index.video_tokens.to_lance()
+    total = data.count_rows()
+    for batch in data.scanner(columns=["video_id", *columns], batch_size=batch_rows
+                              ).to_batches():
         if batch.num_rows == 0:
             continue
         tokens = decode_video_tokens(batch, index.shapes)
         cls, mask = tokens["video_cls"].float(), tokens["frame_mask"]
         if head is None:
-            chunks.append(mean_pool_frames(cls, mask))
+            chunk = mean_pool_frames(cls, mask)
         else:
             patches = tokens.get("video_patches")
-            chunks.append(head(cls, mask, None if patches is None else patches.float()))
+            chunk = head(cls, mask, None if patches is None else patches.float())
+        if embeddings is None:
+            embeddings = torch.empty(total, chunk.shape[1])
+        embeddings[len(ids):len(ids) + len(chunk)] = chunk
         ids.extend(batch.column("video_id").to_pylist())
-    if not ids:
+    if embeddings is None:
         raise SearchError(f"the index at {index.uri} holds no video tokens: nothing to search")
-    return ids, torch.cat(chunks)
+    return ids, embeddings[:len(ids)]
 
 
 def open_stage1_gallery(index: TokenIndex, models: SearchModels, *, brute_force_below: int,
