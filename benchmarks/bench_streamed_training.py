@@ -133,11 +133,14 @@ def write(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=7_500,
-                        help="videos in the table (default: about 25 GiB of tokens)")
+                        help="videos in the table (default: 25 GiB of tokens, more than "
+                        "this machine's memory)")
     parser.add_argument("--memory-steps", type=int, default=60,
                         help="steps of the in-memory comparison (its videos: steps x batch)")
-    parser.add_argument("--batch", type=int, default=4, help="train.list_batch_size")
-    parser.add_argument("--k", type=int, default=15, help="train.list_size")
+    parser.add_argument("--batch", type=int, default=2,
+                        help="train.list_batch_size (a step of 2 captions over ViT-B/16 "
+                        "tokens already holds about 2.5 GiB of activations)")
+    parser.add_argument("--k", type=int, default=7, help="train.list_size")
     parser.add_argument("--budget-gb", type=float, default=2.0, help="index.token_memory_gb")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", help="write the table here and keep it (default: temp)")
