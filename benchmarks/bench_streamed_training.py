@@ -123,6 +123,7 @@ def write(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     write_random_token_index(
         args.uri, ENCODER_ID, VIT_B16, args.videos, split=SPLIT, captions_per_video=1,
+        compact=False,  # appends of ~270 MB each: compaction would rewrite 25 GiB
         progress=lambda n: print(f"\r  wrote {n:,} / {args.videos:,} videos", end="",
                                  flush=True))
     size = sum(f.stat().st_size for f in Path(args.uri).rglob("*") if f.is_file())

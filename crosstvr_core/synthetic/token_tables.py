@@ -20,12 +20,14 @@ _CHUNK_BYTES = 256 * 2**20  # random tokens generated per write
 
 def write_random_token_index(uri: str, encoder_id: str, shapes: TokenShapes, videos: int,
                              split: str | None = None, captions_per_video: int = 0,
-                             seed: int = 0,
+                             seed: int = 0, compact: bool = True,
                              progress: Callable[[int], None] | None = None) -> TokenIndex:
     """An index of `videos` ok videos ("v0000000", ...) with random tokens, in `split`, each
     with `captions_per_video` captions of random tokens ("<video>#<i>"); written in chunks of
-    about 256 MB of tokens, then compacted as the index step leaves a table. `progress(n)`
-    after each chunk, n = videos written so far."""
+    about 256 MB of tokens, then compacted as the index step leaves a table (`compact=False`
+    keeps the appends' files: with wide rows they are large already, and compaction would
+    rewrite the whole table once more). `progress(n)` after each chunk, n = videos written
+    so far."""
     index = TokenIndex(uri, encoder_id, shapes)
     rng = np.random.default_rng(seed)
     f, d, p, w = shapes.num_frames, shapes.embed_dim, shapes.num_patches, shapes.vision_width
@@ -45,7 +47,8 @@ def write_random_token_index(uri: str, encoder_id: str, shapes: TokenShapes, vid
             _add_captions(index, ids, split, captions_per_video, rng)
         if progress:
             progress(start + n)
-    index.compact()  # as the index step leaves it: files merged, ids indexed
+    if compact:
+        index.compact()  # as the index step leaves it: files merged, ids indexed
     return index
 
 
