@@ -1,9 +1,9 @@
 """The library's layers: no orchestration in the core, and imports that point one way.
 
-`crosstvr_core` is read bottom-up: the foundation (config, token tables, storage) is used by
-`data/` and `synthetic/` (corpora in), `models/` (the networks), `retrieval/` (ranking with
-them), `training/` (fitting them, which ranks to validate), and on top the pipeline and the
-reports that put everything together. Prefect and Ray live in `tasks/` and `flows/` only.
+`crosstvr_core` is read bottom-up: the foundation (config, token tables, storage, tokens
+read from disk) is used by `data/` and `synthetic/` (corpora in), `models/` (the networks),
+`retrieval/` (ranking with them), `training/` (fitting them, which ranks to validate), and
+on top the pipeline and the reports that put everything together. Prefect and Ray live in `tasks/` and `flows/` only.
 """
 
 import ast
@@ -15,7 +15,8 @@ from pathlib import Path
 import crosstvr_core
 
 CORE = Path(crosstvr_core.__file__).parent
-FOUNDATION = {"config", "token_bank", "storage", "bank_split", "precision", "table_retention"}
+FOUNDATION = {"config", "token_bank", "storage", "disk_tokens", "bank_split", "precision",
+              "table_retention"}
 LEVEL = {
     **dict.fromkeys(FOUNDATION, 0),
     "data": 1,
