@@ -65,7 +65,7 @@ class DiskPatches:
         unique, inverse = np.unique(offsets, return_inverse=True)
         table = self._dataset.take(unique.tolist(), columns=["patches"])
         patches = torch.from_numpy(fixed_list_to_numpy(table.column("patches"), self.shape[1:]))
-        if len(unique) != len(offsets) or not np.array_equal(unique, offsets):
+        if not np.array_equal(unique, offsets):
             patches = patches[torch.from_numpy(inverse.reshape(-1))]
         return patches[0] if scalar else patches
 

@@ -129,6 +129,7 @@ def scores_from_candidates(
 # How a clip's real frames are arranged in a scored pair (pair_logits): as recorded, or one
 # of the two temporal negatives below.
 AS_RECORDED, BACKWARDS, HALVES_SWAPPED = 0, 1, 2
+NUM_ARRANGEMENTS = 3
 
 
 def _rearranged_real_frames(frame_mask: torch.Tensor, source_slot) -> torch.Tensor:

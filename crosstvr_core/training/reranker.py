@@ -48,6 +48,7 @@ from crosstvr_core.training.loop import (
 from crosstvr_core.training.negatives import (
     BACKWARDS,
     HALVES_SWAPPED,
+    NUM_ARRANGEMENTS,
     play_backwards,
     random_negative_texts,
     random_negative_videos,
@@ -193,11 +194,11 @@ def read_pairs(source: TokenSource, text_rows: torch.Tensor, video_rows: torch.T
     arranged by arrangement[i]: AS_RECORDED, BACKWARDS or HALVES_SWAPPED; a bool tensor
     means backwards where True), each distinct (video, arrangement) and caption read once.
     Reads tokens only (no model): it can run ahead of the step that uses it."""
-    codes = 3
-    keys, pair_video = torch.unique(video_rows * codes + arrangement.long(),
+    keys, pair_video = torch.unique(video_rows * NUM_ARRANGEMENTS + arrangement.long(),
                                     return_inverse=True)
     captions, pair_text = torch.unique(text_rows, return_inverse=True)
-    video, arranged = source.video_batch(keys // codes), keys % codes  # arranged [U]
+    video = source.video_batch(keys // NUM_ARRANGEMENTS)
+    arranged = keys % NUM_ARRANGEMENTS  # [U]
     if (arranged == BACKWARDS).any():
         video = play_backwards(video, arranged == BACKWARDS)
     if (arranged == HALVES_SWAPPED).any():
