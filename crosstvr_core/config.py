@@ -476,6 +476,13 @@ class RerankerConfig(_Section):
         description="Add a multiplicative text x video term (cosine of pooled text and pooled "
         "temporal states, learned scale) to the query-mean head's logit.",
     )
+    frozen_similarity_term: bool = Field(
+        True,
+        description="Add the frozen encoder's own text-video cosine (the caption's EOT "
+        "embedding against the mean frame embedding, i.e. meanP) times a learned scale to the "
+        "logit: stage 2 starts from what the frozen encoder already reads (colour, shape) and "
+        "its other terms learn the rest (position, time). Needs `text_eot` with the text tokens.",
+    )
     grounding_term: bool = Field(
         True,
         description="Add a temporal grounding term: each caption token finds the frames that "

@@ -215,7 +215,8 @@ def _stage2_scores(model: CrossTVRReranker, text: dict[str, torch.Tensor],
             text["text_tokens"].to(device).expand(n, -1, -1),
             text["text_mask"].to(device).expand(n, -1),
             *(video_tokens[name].to(device)
-              for name in ("video_cls", "video_patches", "frame_mask"))).float().cpu()
+              for name in ("video_cls", "video_patches", "frame_mask")),
+            text_eot=text["text_eot"].to(device).expand(n, -1)).float().cpu()
     finally:
         model.train(was_training)
     return torch.sigmoid(logits) if fusion_score == "prob" else logits

@@ -88,6 +88,7 @@ class TokenBank:
     def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Float32 text inputs of the re-ranker for caption rows [B]."""
         return {
+            "text_eot": self.text_eot[rows].float(),
             "text_tokens": self.text_tokens[rows].float(),
             "text_mask": self.text_mask[rows],
         }

@@ -46,7 +46,8 @@ def stage1_key(cfg: CrossTVRConfig, index_id: str) -> str:
 
 
 def run(cfg: CrossTVRConfig, train: TokenBank, test: TokenBank, metas: list[dict],
-        shapes: dict, progress: bool = True, cache: Path | None = None) -> dict:
+        shapes: dict, progress: bool = True, cache: Path | None = None,
+        save_model: Path | None = None) -> dict:
     """The flow's stage 1, training lists, re-ranker training and evaluation, in order.
     With `cache`, stage 1 and the lists are read from it when this config made them before."""
     torch.manual_seed(cfg.train.seed)
@@ -87,6 +88,9 @@ def run(cfg: CrossTVRConfig, train: TokenBank, test: TokenBank, metas: list[dict
     model = pipeline.build_reranker(cfg, shapes)
     history = pipeline.train_stage2(cfg, model, train, train_sim, lists, split, progress=progress)
     seconds["reranker"] = time.perf_counter() - started
+    if save_model is not None:  # for experiments/twin_breakdown.py
+        save_model.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model, "test_sim": test_sim}, save_model)
     started = time.perf_counter()
     metrics.update(pipeline.evaluate_two_stage(cfg, model, test, test_sim, metas).metrics)
     seconds["eval"] = time.perf_counter() - started
@@ -107,13 +111,15 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results.jsonl")
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute stage 1 and the training lists even if cached")
+    parser.add_argument("--save-model", type=Path, default=None,
+                        help="save the trained re-ranker and stage 1's test similarity here")
     args = parser.parse_args()
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(cfg.train.torch_threads)
     train, test, metas, shapes, index_id = load_banks(cfg)
     cache = None if args.no_cache else (
         cfg.home_path / "experiment_cache" / f"stage1-{stage1_key(cfg, index_id)}.pt")
-    result = run(cfg, train, test, metas, shapes, cache=cache)
+    result = run(cfg, train, test, metas, shapes, cache=cache, save_model=args.save_model)
     metrics = result["metrics"]
     summary = {key: round(metrics[key], 2) for key in SUMMARY_KEYS if key in metrics}
     factors = {key: round(v, 1) for key, v in metrics.items() if "twin_acc" in key}

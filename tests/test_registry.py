@@ -45,7 +45,8 @@ def pair_batch(batch: int = 3) -> tuple[torch.Tensor, ...]:
     patches = torch.randn(batch, SHAPES["num_frames"], SHAPES["num_patches"],
                           SHAPES["vision_width"], generator=g)
     frame_mask = torch.ones(batch, SHAPES["num_frames"], dtype=torch.bool)
-    return text, text_mask, cls, patches, frame_mask
+    eot = torch.randn(batch, SHAPES["embed_dim"], generator=g)
+    return text, text_mask, cls, patches, frame_mask, eot
 
 
 def fake_flow_run(experiment_id: str, dataset: str, encoder_id: str, t2v_r1: float,

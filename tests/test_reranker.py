@@ -452,8 +452,37 @@ def test_shared_videos_and_captions_score_as_their_own_pairs(variant: dict) -> N
     text, video = bank.text_batch(captions), bank.video_batch(videos)
     visual = model.encode_video(**video)
     shared = model.match(text["text_tokens"], text["text_mask"], visual, video["frame_mask"],
-                         text_index=text_index, video_index=video_index)
+                         text_index=text_index, video_index=video_index,
+                         text_eot=text["text_eot"], video_cls=video["video_cls"])
     torch.testing.assert_close(shared, reference, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="do not pair up"):
         model.match(text["text_tokens"], text["text_mask"], visual, video["frame_mask"],
                     text_index=text_index, video_index=video_index[:-1])
+
+
+def test_frozen_similarity_term_is_scaled_meanp_over_real_frames() -> None:
+    """The term adds exp(scale) x cos(caption embedding, mean of the real frames' embeddings):
+    the frozen encoder's meanP score; padded frames do not count, and without the caption
+    embeddings the re-ranker says what is missing."""
+    bank = random_bank()
+    bank.frame_mask[1, -2:] = False
+    model = make_model(frozen_similarity_term=True)
+    model.fit_input_stats(bank)
+    text_rows, video_rows = [0, 1, 2, 3], [1, 1, 4, 0]
+    inputs = pair_inputs(bank, text_rows, video_rows)
+    with_term = model(**inputs)
+    scale = model.frozen_scale
+    model.frozen_scale = None
+    without_term = model(**inputs)
+    model.frozen_scale = scale
+    expected = []
+    for t, v in zip(text_rows, video_rows, strict=True):
+        frames = bank.video_cls[v][bank.frame_mask[v]].float().mean(0)
+        expected.append(torch.nn.functional.cosine_similarity(bank.text_eot[t].float(), frames,
+                                                              dim=0))
+    torch.testing.assert_close(with_term - without_term, scale.exp() * torch.stack(expected),
+                               rtol=1e-4, atol=1e-4)
+    inputs.pop("text_eot")
+    with pytest.raises(ValueError, match="text_eot"):
+        model(**inputs)
+    assert make_model(frozen_similarity_term=False).frozen_scale is None

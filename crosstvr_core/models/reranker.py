@@ -320,7 +320,7 @@ class CrossTVRReranker(nn.Module):
     """Video-text matching logit from frozen tokens: hierarchical decoupled cross attention."""
 
     _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale",
-                          "ground_sharpness", "ground_scale")
+                          "ground_sharpness", "ground_scale", "frozen_scale")
 
     def __init__(
         self,
@@ -417,6 +417,11 @@ class CrossTVRReranker(nn.Module):
             self.match_text = nn.Linear(hidden, hidden)
             self.match_video = nn.Linear(hidden, hidden)
             self.match_scale = nn.Parameter(torch.tensor(math.log(5.0)))
+
+        self.frozen_scale = None
+        if cfg.frozen_similarity_term:
+            # meanP's cosine spans ~0.1 between a caption's best and worst candidates
+            self.frozen_scale = nn.Parameter(torch.tensor(math.log(20.0)))
 
         self.ground_text = self.ground_video = self.ground_when = None
         if cfg.grounding_term and cfg.attention != "spatial_only":
@@ -515,11 +520,14 @@ class CrossTVRReranker(nn.Module):
         video_cls: torch.Tensor,
         video_patches: torch.Tensor,
         frame_mask: torch.Tensor,
+        text_eot: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """VTM logits [B] of pairs (text_tokens [B, L, Wt], text_mask [B, L], video_cls
-        [B, F, D], video_patches [B, F, P, Wv], frame_mask [B, F]; masks True = real)."""
+        [B, F, D], video_patches [B, F, P, Wv], frame_mask [B, F]; masks True = real;
+        text_eot [B, D], the caption embeddings, for the frozen-similarity term)."""
         visual = self.encode_video(video_cls, video_patches, frame_mask)
-        return self.match(text_tokens, text_mask, visual, frame_mask)
+        return self.match(text_tokens, text_mask, visual, frame_mask, text_eot=text_eot,
+                          video_cls=video_cls)
 
     @torch.no_grad()
     def attention_maps(
@@ -529,6 +537,7 @@ class CrossTVRReranker(nn.Module):
         video_cls: torch.Tensor,
         video_patches: torch.Tensor,
         frame_mask: torch.Tensor,
+        text_eot: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the queries looked, for a person to see: (frame_weights [B, F], patch_heat
         [B, F, P]) of the same pairs `forward` takes, computed in eval mode.
@@ -563,7 +572,9 @@ class CrossTVRReranker(nn.Module):
         try:
             for module in modules.values():
                 module.keep_weights = record
-            self(text_tokens, text_mask, video_cls, video_patches, frame_mask)
+            if text_eot is None:  # the frozen-similarity term adds to the logit, not the maps
+                text_eot = video_cls.new_zeros(batch, video_cls.shape[-1])
+            self(text_tokens, text_mask, video_cls, video_patches, frame_mask, text_eot=text_eot)
             kept = self._kept_patch_indices(video_patches, frame_mask)  # [B, F, M] | None
         finally:
             for module in modules.values():
@@ -740,6 +751,26 @@ class CrossTVRReranker(nn.Module):
         v = F.normalize(self.match_video(pooled_video), dim=-1)[video_index]
         return self.match_scale.exp() * (t * v).sum(-1)
 
+    def _frozen_logit(self, text_eot: torch.Tensor | None, video_cls: torch.Tensor | None,
+                      frame_mask: torch.Tensor, text_index: torch.Tensor,
+                      video_index: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine [B] of caption embedding text_eot[text_index[i]] and the mean frame
+        embedding of video_cls[video_index[i]] over real frames (padding never read, 0 for a
+        clip without any): the frozen encoder's own
+        (meanP) score, in float32 (bf16 would blur differences of a few thousandths)."""
+        if text_eot is None or video_cls is None:
+            raise ValueError("reranker: the frozen-similarity term needs text_eot (caption "
+                             "embeddings) and video_cls; pass them, or build the re-ranker "
+                             "with reranker.frozen_similarity_term=false")
+        if text_eot.shape[-1] != self.embed_dim or video_cls.shape[-1] != self.embed_dim:
+            raise ValueError(f"reranker: text_eot {tuple(text_eot.shape)} and video_cls "
+                             f"{tuple(video_cls.shape)} must have width {self.embed_dim}")
+        frames = frame_mask.float().unsqueeze(-1)  # [V, F, 1]; a clip without frames: 0
+        pooled = (video_cls.float() * frames).sum(1) / frames.sum(1).clamp(min=1.0)  # [V, D]
+        t = F.normalize(text_eot.float(), dim=-1)[text_index]
+        v = F.normalize(pooled, dim=-1)[video_index]
+        return self.frozen_scale.float().exp() * (t * v).sum(-1)
+
     def _grounding_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
                          text_index: torch.Tensor, visual: torch.Tensor,
                          frame_mask: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
@@ -774,11 +805,15 @@ class CrossTVRReranker(nn.Module):
         frame_mask: torch.Tensor,
         text_index: torch.Tensor | None = None,
         video_index: torch.Tensor | None = None,
+        text_eot: torch.Tensor | None = None,
+        video_cls: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """VTM logits [B] of encode_video's tokens visual [V, F, T, H] (frame_mask [V, F])
         with text tokens [U, L, Wt] (mask [U, L]); pair i reads caption text_index[i] and
         video video_index[i] (defaults: caption i, video i), so a caption or a video in many
-        pairs has its own path (text states, memory keys) computed once."""
+        pairs has its own path (text states, memory keys) computed once. The
+        frozen-similarity term reads the captions' embeddings text_eot [U, D] and the
+        videos' frame embeddings video_cls [V, F, D]."""
         num_videos, frames, per_frame, hidden = visual.shape
         if video_index is None:
             video_index = torch.arange(num_videos, device=visual.device)
@@ -803,6 +838,10 @@ class CrossTVRReranker(nn.Module):
         if self.match_scale is not None:
             extra = self._match_logit(text, text_mask.bool(), text_index, visual,
                                       frame_mask.bool(), video_index)
+        # getattr: re-rankers pickled before the term existed have no such attribute
+        if getattr(self, "frozen_scale", None) is not None:
+            extra = extra + self._frozen_logit(text_eot, video_cls, frame_mask.bool(),
+                                               text_index, video_index)
         if self.ground_text is not None:
             extra = extra + self._grounding_logit(text, text_mask.bool(), text_index, visual,
                                                   frame_mask.bool(), video_index)

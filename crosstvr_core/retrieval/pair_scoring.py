@@ -26,7 +26,8 @@ def match_distinct(model: CrossTVRReranker, video: dict[str, torch.Tensor],
     with autocast(device, precision):
         visual = model.encode_video(**video)  # [U, F, T, H]
         logits = model.match(text["text_tokens"], text["text_mask"], visual,
-                             video["frame_mask"], text_index=pair_text, video_index=pair_video)
+                             video["frame_mask"], text_index=pair_text, video_index=pair_video,
+                             text_eot=text.get("text_eot"), video_cls=video["video_cls"])
     return logits.float()
 
 

@@ -153,12 +153,14 @@ def open_stage1_gallery(index: TokenIndex, models: SearchModels, *, brute_force_
 class _QueryTokens:
     """Caption-side TokenSource over encoded queries, video side over candidate tokens."""
 
-    def __init__(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                 video: dict[str, torch.Tensor]) -> None:
-        self.text_tokens, self.text_mask, self.video = text_tokens, text_mask, video
+    def __init__(self, text_eot: torch.Tensor, text_tokens: torch.Tensor,
+                 text_mask: torch.Tensor, video: dict[str, torch.Tensor]) -> None:
+        self.text_eot, self.text_tokens, self.text_mask = text_eot, text_tokens, text_mask
+        self.video = video
 
     def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"text_tokens": self.text_tokens[rows], "text_mask": self.text_mask[rows]}
+        return {"text_eot": self.text_eot[rows], "text_tokens": self.text_tokens[rows],
+                "text_mask": self.text_mask[rows]}
 
     def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {key: value[rows] for key, value in self.video.items()}
@@ -231,13 +233,13 @@ class TextSearcher:
             embedding = F.normalize(eot.float(), dim=-1)
         else:
             embedding = head.eval().encode_text(eot, tokens, mask)
-        return {"embedding": embedding, "tokens": tokens, "mask": mask}
+        return {"embedding": embedding, "eot": eot, "tokens": tokens, "mask": mask}
 
     def rerank_scores(self, encoded: dict[str, torch.Tensor], query_rows: torch.Tensor,
                       videos: dict[str, torch.Tensor]) -> torch.Tensor:
         """Re-ranker scores [N] of pairs (query row i, video row i of `videos`, the
         candidates' tokens as `candidate_tokens` reads them), as fusion reads them."""
-        source = _QueryTokens(encoded["tokens"], encoded["mask"], videos)
+        source = _QueryTokens(encoded["eot"], encoded["tokens"], encoded["mask"], videos)
         logits = score_pairs(self.models.reranker, source, query_rows, source,
                              torch.arange(len(query_rows)), self.batch_size, device=self.device,
                              precision="fp32")
