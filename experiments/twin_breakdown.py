@@ -30,6 +30,11 @@ _THEN = (" then ", "replaced by", "followed by", "comes after")
 _CHANGE = ("turns from", "changes colour", "goes from", "at first", "switches from")
 
 
+def video_key(path_or_id: str) -> str:
+    """'videos/test/x.mp4' and the dataset's id 'videos/test/x' name the same video."""
+    return path_or_id.removesuffix(".mp4")
+
+
 def pattern(caption: str, kind: str) -> str:
     if kind != "events":
         return kind
@@ -65,7 +70,7 @@ def main() -> None:
     test = index.load_token_bank(cfg.data.eval_split, cfg.index.token_memory_gb)
     metas = index.caption_meta(test.caption_ids)
     texts = index.caption_texts()
-    row_of = {Path(v).as_posix(): j for j, v in enumerate(test.video_ids)}
+    row_of = {video_key(v): j for j, v in enumerate(test.video_ids)}
     first_caption = {}
     for i, v in enumerate(test.caption_video.tolist()):
         first_caption.setdefault(v, i)
@@ -78,7 +83,7 @@ def main() -> None:
         for name, value in meta.items():
             if not name.startswith("twin_") or not value:
                 continue
-            twin = next(j for key, j in row_of.items() if key.endswith(Path(value).as_posix()))
+            twin = row_of[video_key(value)]
             factor = name.removeprefix("twin_")
             own_t.append(i), own_v.append(video), twin_t.append(i), twin_v.append(twin)
             keys.append(("t2v", factor, kind))

@@ -104,8 +104,7 @@ def test_listwise_training_learns_to_rank_the_lists() -> None:
     bank = toy_bank(num_videos=24)
     sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
     lists = lists_from_similarity(sim, sim, 6)
-    # the toy bank's caption and frame embeddings are pure noise (no meanP signal to start from)
-    model = make_model(hidden=32, frozen_similarity_term=False)
+    model = make_model(hidden=32)
     cfg = TrainConfig(epochs=8, list_batch_size=8, lr=3e-3, list_size=6, seed=1)
     history = train_reranker(model, bank, None, cfg, lists=lists, progress=False,
                              validation=Validation(bank, sim, top_k=bank.num_videos))
