@@ -438,6 +438,13 @@ class RerankerConfig(_Section):
         "before the queries read them: stage 2's own trainable text side (0: projected frozen "
         "tokens only).",
     )
+    text_recurrent: bool = Field(
+        False,
+        description="Run a bidirectional GRU over the caption's token states after the text "
+        "self-attention (residual): each word's state then carries what precedes and follows "
+        "it in order ('from red to blue', 'A, then B'), which the grounding term needs to say "
+        "when each named thing should be seen.",
+    )
     temporal_layers: int = Field(
         1,
         ge=0,

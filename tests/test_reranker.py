@@ -486,3 +486,33 @@ def test_frozen_similarity_term_is_scaled_meanp_over_real_frames() -> None:
     with pytest.raises(ValueError, match="text_eot"):
         model(**inputs)
     assert make_model(frozen_similarity_term=False).frozen_scale is None
+
+
+def test_recurrent_text_context_ignores_padding_length_and_reads_word_order() -> None:
+    """With reranker.text_recurrent, a caption's logit does not depend on how much padding its
+    batch adds (the GRU runs over the real tokens only), and swapping two of its words
+    changes it (the GRU reads order)."""
+    bank = random_bank()
+    model = make_model(text_recurrent=True)
+    model.fit_input_stats(bank)
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
+    reference = model(**inputs)
+    padded = dict(inputs)
+    extra = 5
+    padded["text_tokens"] = torch.cat(
+        [inputs["text_tokens"], torch.randn(3, extra, inputs["text_tokens"].shape[-1])], dim=1)
+    padded["text_mask"] = torch.cat([inputs["text_mask"], torch.zeros(3, extra, dtype=torch.bool)],
+                                    dim=1)
+    torch.testing.assert_close(model(**padded), reference, rtol=1e-5, atol=1e-5)
+    # without text self-attention (no positions) only the GRU can see word order
+    swapped = dict(inputs)
+    swapped["text_tokens"] = inputs["text_tokens"].clone()
+    swapped["text_tokens"][:, [1, 2]] = inputs["text_tokens"][:, [2, 1]]
+    for recurrent in (False, True):
+        bag = make_model(text_recurrent=recurrent, text_layers=0)
+        bag.fit_input_stats(bank)
+        same = torch.allclose(bag(**swapped), bag(**inputs), atol=1e-5)
+        assert same != recurrent
+    model.train()
+    model(**inputs).sum().backward()
+    assert model.text_recurrent.weight_ih_l0.grad.abs().sum() > 0

@@ -380,6 +380,12 @@ class CrossTVRReranker(nn.Module):
         self.text_cross_attends = cfg.cross_attention_from == "queries_and_text"
         # stage 2's own text side: the caption's tokens in context, with positions
         self.text_encoder = _encoder_stack(hidden, cfg.num_heads, cfg.dropout, cfg.text_layers)
+        # word order as a sequence: each token's state learns what came before and after it
+        self.text_recurrent = None
+        if cfg.text_recurrent:
+            self.text_recurrent = nn.GRU(hidden, hidden // 2, batch_first=True,
+                                         bidirectional=True)
+            self.text_recurrent_norm = nn.LayerNorm(hidden)
         # time from the first step: frame summaries (+ positions, + frame differences)
         # self-attend before any cross attention reads them
         # (not for the spatial_only ablation, which by definition never reads frame order)
@@ -653,7 +659,21 @@ class CrossTVRReranker(nn.Module):
             text = text + sinusoidal_positions(text.shape[1], text.shape[2]).to(text)
             text = _run_stack(self.text_encoder, text, ~self._attendable_frames(text_mask))
             text = text.masked_fill(~text_mask.unsqueeze(-1), 0.0)
+        if getattr(self, "text_recurrent", None) is not None:
+            text = self._recurrent_context(text, text_mask)
         return text
+
+    def _recurrent_context(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """text [U, L, H] + a bidirectional GRU over each caption's real tokens (packed, so a
+        caption's states never depend on how much padding its batch has), layer-normed."""
+        lengths = text_mask.sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(text.float(), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = self.text_recurrent(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                  total_length=text.shape[1])
+        text = self.text_recurrent_norm(text + out.to(text.dtype))
+        return text.masked_fill(~text_mask.unsqueeze(-1), 0.0)
 
     def encode_video(
         self, video_cls: torch.Tensor, video_patches: torch.Tensor, frame_mask: torch.Tensor
