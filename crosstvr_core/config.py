@@ -438,6 +438,14 @@ class RerankerConfig(_Section):
         "before the queries read them: stage 2's own trainable text side (0: projected frozen "
         "tokens only).",
     )
+    grounding_heads: int = Field(
+        1,
+        ge=1,
+        description="Independent grounding heads (hidden_size must divide by it): each has its "
+        "own token-to-frame matching, its own per-token importance and expected time, so "
+        "one head can follow the objects that appear or leave while another follows the "
+        "colours a changing object goes through.",
+    )
     text_recurrent: bool = Field(
         False,
         description="Run a bidirectional GRU over the caption's token states after the text "

@@ -29,6 +29,7 @@ VARIANTS = [{"attention": a} for a in ATTENTIONS] + [
     {"attention": "joint", "cross_attention_from": "queries_and_text"},
     {"share_parameters": False},
     {"num_selected_patches": "all"},
+    {"grounding_heads": 2},
 ]
 
 

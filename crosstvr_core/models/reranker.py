@@ -433,7 +433,13 @@ class CrossTVRReranker(nn.Module):
         if cfg.grounding_term and cfg.attention != "spatial_only":
             self.ground_text = nn.Linear(hidden, hidden)
             self.ground_video = nn.Linear(hidden, hidden)
-            self.ground_when = nn.Linear(hidden, 2)  # per token: expected time, importance
+            heads = getattr(cfg, "grounding_heads", 1)
+            if hidden % heads:
+                raise ValueError(f"reranker: hidden_size {hidden} is not divisible by "
+                                 f"grounding_heads {heads}")
+            self.ground_heads = heads
+            # per token and head: expected time, importance
+            self.ground_when = nn.Linear(hidden, 2 * heads)
             self.ground_sharpness = nn.Parameter(torch.tensor(math.log(10.0)))
             self.ground_scale = nn.Parameter(torch.tensor(2.0))
 
@@ -798,24 +804,30 @@ class CrossTVRReranker(nn.Module):
         (from the text alone, in [-1, 1]) x observed time (where over the clip's real
         frames, in [-1, 1], the token's best-matching frame tokens are, softmax over time).
         Playing a clip backwards flips every observed time, so the term changes sign."""
-        keys = F.normalize(self.ground_text(text), dim=-1)[text_index]  # [B, L, H]
+        heads = getattr(self, "ground_heads", 1)  # re-rankers pickled before heads: one
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., G, H/G], unit norm
+            return F.normalize(x.unflatten(-1, (heads, -1)), dim=-1)
+
+        keys = split(self.ground_text(text))[text_index]  # [B, L, G, h]
         # the patch tokens (content and place only): the frame CLS has seen the whole clip
         content = visual[:, :, 1:] if visual.shape[2] > 1 else visual
-        tokens = F.normalize(self.ground_video(content), dim=-1)[video_index]  # [B, F, M, H]
-        similarity = torch.einsum("blh,bfth->blft", keys, tokens).amax(dim=-1)  # [B, L, F]
+        tokens = split(self.ground_video(content))[video_index]  # [B, F, M, G, h]
+        similarity = torch.einsum("blgh,bftgh->bglft", keys, tokens).amax(dim=-1)  # [B,G,L,F]
         attendable = self._attendable_frames(frame_mask)[video_index]  # [B, F]
         similarity = (similarity * self.ground_sharpness.exp()).masked_fill(
-            ~attendable[:, None, :], float("-inf"))
+            ~attendable[:, None, None, :], float("-inf"))
         real = attendable.to(tokens.dtype)
         count = real.sum(dim=1, keepdim=True)  # [B, 1]
         # each real frame's place in the clip: -1 first, +1 last (0 for a one-frame clip)
         place = ((real.cumsum(dim=1) - 1) / (count - 1).clamp(min=1.0) * 2 - 1) * real
         place = place.masked_fill(count == 1, 0.0)
-        observed = torch.einsum("blf,bf->bl", similarity.softmax(dim=-1), place)  # [B, L]
-        when, importance = self.ground_when(text).unbind(dim=-1)  # [U, L] each
-        importance = importance.masked_fill(~text_mask, float("-inf")).softmax(dim=-1)
-        expected = (torch.tanh(when) * importance)[text_index]  # [B, L]
-        return self.ground_scale * (expected * observed).sum(dim=-1)
+        observed = torch.einsum("bglf,bf->bgl", similarity.softmax(dim=-1), place)  # [B, G, L]
+        when, importance = self.ground_when(text).unflatten(-1, (2, heads)).unbind(dim=-2)
+        importance = importance.masked_fill(~text_mask.unsqueeze(-1), float("-inf")).softmax(
+            dim=1)  # [U, L, G], over each caption's tokens
+        expected = (torch.tanh(when) * importance)[text_index]  # [B, L, G]
+        return self.ground_scale * torch.einsum("blg,bgl->b", expected, observed) / heads
 
     def match(
         self,
