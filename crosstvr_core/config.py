@@ -446,6 +446,12 @@ class RerankerConfig(_Section):
         "one head can follow the objects that appear or leave while another follows the "
         "colours a changing object goes through.",
     )
+    grounding_mention_order: bool = Field(
+        False,
+        description="Let the grounding term's expected time also read where in the caption a "
+        "token stands (a learned weight, from 0, on its relative position): captions tend to "
+        "name things in the order they happen ('A, then B', 'from red to blue').",
+    )
     text_recurrent: bool = Field(
         False,
         description="Run a bidirectional GRU over the caption's token states after the text "

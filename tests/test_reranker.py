@@ -489,6 +489,18 @@ def test_frozen_similarity_term_is_scaled_meanp_over_real_frames() -> None:
     assert make_model(frozen_similarity_term=False).frozen_scale is None
 
 
+def assert_batch_free(model: CrossTVRReranker, bank: TokenBank) -> None:
+    """Captions of different lengths score the same in one batch (padded to the longest) as
+    each alone (no padding)."""
+    rows = list(range(bank.num_captions))
+    assert len(set(bank.text_mask.sum(1).tolist())) > 1
+    videos = bank.caption_video.tolist()
+    together = model(**pair_inputs(bank, rows, videos))
+    alone = torch.cat([model(**pair_inputs(bank, [r], [v])) for r, v in zip(rows, videos,
+                                                                             strict=True)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_recurrent_text_context_ignores_padding_length_and_reads_word_order() -> None:
     """With reranker.text_recurrent, a caption's logit does not depend on how much padding its
     batch adds (the GRU runs over the real tokens only), and swapping two of its words
@@ -498,13 +510,7 @@ def test_recurrent_text_context_ignores_padding_length_and_reads_word_order() ->
     model.fit_input_stats(bank)
     inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
     reference = model(**inputs)
-    padded = dict(inputs)
-    extra = 5
-    padded["text_tokens"] = torch.cat(
-        [inputs["text_tokens"], torch.randn(3, extra, inputs["text_tokens"].shape[-1])], dim=1)
-    padded["text_mask"] = torch.cat([inputs["text_mask"], torch.zeros(3, extra, dtype=torch.bool)],
-                                    dim=1)
-    torch.testing.assert_close(model(**padded), reference, rtol=1e-5, atol=1e-5)
+    assert_batch_free(model, bank)
     # without text self-attention (no positions) only the GRU can see word order
     swapped = dict(inputs)
     swapped["text_tokens"] = inputs["text_tokens"].clone()
@@ -517,3 +523,22 @@ def test_recurrent_text_context_ignores_padding_length_and_reads_word_order() ->
     model.train()
     model(**inputs).sum().backward()
     assert model.text_recurrent.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_mention_order_starts_without_effect_and_ignores_padding_length() -> None:
+    """reranker.grounding_mention_order adds a token's relative place in its caption to the
+    grounding's expected time with a learned weight: at its initial 0 the logits are the
+    plain model's; once learned, a caption's logit still does not depend on its batch's
+    padding (the place is counted over real tokens)."""
+    bank = random_bank()
+    plain = make_model(grounding_heads=2)
+    plain.fit_input_stats(bank)
+    model = make_model(grounding_heads=2, grounding_mention_order=True)
+    model.fit_input_stats(bank)
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
+    torch.testing.assert_close(model(**inputs), plain(**inputs))
+    with torch.no_grad():
+        model.ground_mention.fill_(3.0)
+    moved = model(**inputs)
+    assert not torch.allclose(moved, plain(**inputs))
+    assert_batch_free(model, bank)

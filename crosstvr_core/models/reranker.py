@@ -320,7 +320,7 @@ class CrossTVRReranker(nn.Module):
     """Video-text matching logit from frozen tokens: hierarchical decoupled cross attention."""
 
     _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale",
-                          "ground_sharpness", "ground_scale", "frozen_scale")
+                          "ground_sharpness", "ground_scale", "frozen_scale", "ground_mention")
 
     def __init__(
         self,
@@ -433,7 +433,7 @@ class CrossTVRReranker(nn.Module):
         if cfg.grounding_term and cfg.attention != "spatial_only":
             self.ground_text = nn.Linear(hidden, hidden)
             self.ground_video = nn.Linear(hidden, hidden)
-            heads = getattr(cfg, "grounding_heads", 1)
+            heads = cfg.grounding_heads
             if hidden % heads:
                 raise ValueError(f"reranker: hidden_size {hidden} is not divisible by "
                                  f"grounding_heads {heads}")
@@ -441,6 +441,9 @@ class CrossTVRReranker(nn.Module):
             # per token and head: expected time, importance
             self.ground_when = nn.Linear(hidden, 2 * heads)
             self.ground_sharpness = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.ground_mention = None
+            if cfg.grounding_mention_order:  # a learned weight, from no effect
+                self.ground_mention = nn.Parameter(torch.zeros(heads))
             self.ground_scale = nn.Parameter(torch.tensor(2.0))
 
         def blocks() -> nn.ModuleList:
@@ -824,6 +827,12 @@ class CrossTVRReranker(nn.Module):
         place = place.masked_fill(count == 1, 0.0)
         observed = torch.einsum("bglf,bf->bgl", similarity.softmax(dim=-1), place)  # [B, G, L]
         when, importance = self.ground_when(text).unflatten(-1, (2, heads)).unbind(dim=-2)
+        if getattr(self, "ground_mention", None) is not None:
+            # each token's place among its caption's real tokens: -1 first, +1 last
+            real_tokens = text_mask.to(when.dtype)
+            length = real_tokens.sum(dim=1, keepdim=True)
+            mention = ((real_tokens.cumsum(dim=1) - 1) / (length - 1).clamp(min=1.0)) * 2 - 1
+            when = when + mention.unsqueeze(-1) * self.ground_mention.to(when.dtype)
         importance = importance.masked_fill(~text_mask.unsqueeze(-1), float("-inf")).softmax(
             dim=1)  # [U, L, G], over each caption's tokens
         expected = (torch.tanh(when) * importance)[text_index]  # [B, L, G]
