@@ -509,7 +509,6 @@ def test_recurrent_text_context_ignores_padding_length_and_reads_word_order() ->
     model = make_model(text_recurrent=True)
     model.fit_input_stats(bank)
     inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
-    reference = model(**inputs)
     assert_batch_free(model, bank)
     # without text self-attention (no positions) only the GRU can see word order
     swapped = dict(inputs)
