@@ -279,3 +279,15 @@ def test_stage1_never_trains_on_the_rerankers_validation_videos() -> None:
     assert stage1_training_bank(cfg, bank).video_ids == learned_from.video_ids
     cfg.stage1.train_on_validation_videos = True
     assert stage1_training_bank(cfg, bank) is bank
+
+
+def test_training_runs_under_deterministic_algorithms_and_restores_the_setting() -> None:
+    from crosstvr_core.training.loop import deterministic_algorithms
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(RuntimeError, match="inside"):
+        with deterministic_algorithms():
+            assert torch.are_deterministic_algorithms_enabled()
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+            raise RuntimeError("inside")
+    assert not torch.are_deterministic_algorithms_enabled()
