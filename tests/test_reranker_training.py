@@ -285,9 +285,8 @@ def test_training_runs_under_deterministic_algorithms_and_restores_the_setting()
     from crosstvr_core.training.loop import deterministic_algorithms
 
     assert not torch.are_deterministic_algorithms_enabled()
-    with pytest.raises(RuntimeError, match="inside"):
-        with deterministic_algorithms():
-            assert torch.are_deterministic_algorithms_enabled()
-            assert torch.is_deterministic_algorithms_warn_only_enabled()
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), deterministic_algorithms():
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        raise RuntimeError("inside")
     assert not torch.are_deterministic_algorithms_enabled()
