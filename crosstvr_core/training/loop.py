@@ -95,6 +95,20 @@ class Trainer:
     after_validation: Callable[[dict], None] = lambda record: None
 
 
+@contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms for the block (warn-only: an op without a
+    deterministic kernel warns instead of failing), then the previous setting again."""
+    was, was_warn_only = (torch.are_deterministic_algorithms_enabled(),
+                          torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn_only)
+
+
+@deterministic_algorithms()
 def run_epochs(
     model: torch.nn.Module,
     trainer: Trainer,
@@ -125,43 +139,6 @@ def run_epochs(
     any process (without them, CPU runs of the re-ranker drifted apart after a few steps and
     one config's two-stage R@1 spread over 6 points). On CPU they cost nothing measurable.
     """
-    with deterministic_algorithms():
-        return _run_epochs(model, trainer, optimizer, schedule, generator, epochs=epochs,
-                           grad_clip=grad_clip, name=name, scaler=scaler,
-                           early_stopping=early_stopping, checkpoint_dir=checkpoint_dir,
-                           resume=resume, on_epoch_end=on_epoch_end, progress=progress)
-
-
-@contextmanager
-def deterministic_algorithms():
-    """torch.use_deterministic_algorithms for the block (warn-only: an op without a
-    deterministic kernel warns instead of failing), then the previous setting again."""
-    was, was_warn_only = (torch.are_deterministic_algorithms_enabled(),
-                          torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was, warn_only=was_warn_only)
-
-
-def _run_epochs(
-    model: torch.nn.Module,
-    trainer: Trainer,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    *,
-    epochs: int,
-    grad_clip: float,
-    name: str,
-    scaler: torch.amp.GradScaler | None,
-    early_stopping: EarlyStopping | None,
-    checkpoint_dir: str | Path | None,
-    resume: bool,
-    on_epoch_end: EpochCallback | None,
-    progress: bool,
-) -> list[dict]:
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     history: list[dict] = []
     start_epoch = 1
