@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from twin_breakdown import pattern
 
 from crosstvr_core.config import load_config
@@ -56,8 +55,8 @@ def main() -> None:
             text = texts[caption_id]
             items.append((row, position(text, found.start(1)), position(text, found.start(2))))
     items = items[: args.limit]
-    heads = getattr(model, "ground_heads", 1)
     expected_first, observed_first = [], []
+    one = torch.zeros(1, dtype=torch.long)
     with torch.inference_mode():
         for row, first, second in items:
             rows = torch.tensor([row])
@@ -65,17 +64,12 @@ def main() -> None:
             states = model.encode_text(text["text_tokens"], text["text_mask"])  # [1, L, H]
             visual = model.encode_video(video["video_cls"], video["video_patches"],
                                         video["frame_mask"])
-            keys = F.normalize(model.ground_text(states).unflatten(-1, (heads, -1)), dim=-1)
-            content = visual[:, :, 1:]
-            tokens = F.normalize(model.ground_video(content).unflatten(-1, (heads, -1)), dim=-1)
-            similarity = torch.einsum("blgh,bftgh->bglft", keys, tokens).amax(dim=-1)
-            place = torch.linspace(-1, 1, similarity.shape[-1])
-            observed = ((similarity * model.ground_sharpness.exp()).softmax(-1) * place).sum(-1)[0]
-            when = model.ground_when(states).unflatten(-1, (2, heads))[0, :, 0]  # [L, G]
-            expected_first.append((when[first] < when[second]).float().numpy())
-            observed_first.append((observed[:, first] < observed[:, second]).float().numpy())
+            expected, _, observed = model.grounding_times(
+                states, text["text_mask"].bool(), one, visual, video["frame_mask"].bool(), one)
+            expected_first.append((expected[0, first] < expected[0, second]).float().numpy())
+            observed_first.append((observed[0, :, first] < observed[0, :, second]).float().numpy())
     print(f"{args.split}: {len(items)} colour-change captions")
-    for head in range(heads):
+    for head in range(len(expected_first[0])):
         print(f"head {head}: expected time puts C1 first "
               f"{100 * np.mean([e[head] for e in expected_first]):.1f}%, observed time "
               f"{100 * np.mean([o[head] for o in observed_first]):.1f}%")

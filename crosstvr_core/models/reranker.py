@@ -258,6 +258,14 @@ class QueryBlock(nn.Module):
         return base + self.dropout(self.self_attn(rows, keys, values, padding))
 
 
+def _relative_places(real: torch.Tensor) -> torch.Tensor:
+    """Each real position's place among its row's real positions [N, L]: -1 first, +1 last,
+    0 for a row with one real position and at every padded one (real: 1.0 = real, [N, L])."""
+    count = real.sum(dim=1, keepdim=True)  # [N, 1]
+    place = ((real.cumsum(dim=1) - 1) / (count - 1).clamp(min=1.0) * 2 - 1) * real
+    return place.masked_fill(count == 1, 0.0)
+
+
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
     """[length, width] fixed sine/cosine positions (Vaswani et al.), per-dimension std ~0.7:
     any caption length works, and order is visible from the first step."""
@@ -803,10 +811,24 @@ class CrossTVRReranker(nn.Module):
     def _grounding_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
                          text_index: torch.Tensor, visual: torch.Tensor,
                          frame_mask: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
-        """Temporal grounding [B]: sum over caption tokens of importance x expected time
-        (from the text alone, in [-1, 1]) x observed time (where over the clip's real
-        frames, in [-1, 1], the token's best-matching frame tokens are, softmax over time).
-        Playing a clip backwards flips every observed time, so the term changes sign."""
+        """Temporal grounding [B]: sum over caption tokens (and heads) of importance x
+        expected time x observed time (`grounding_times`), with a learned scale. Playing a
+        clip backwards flips every observed time, so the term changes sign."""
+        expected, importance, observed = self.grounding_times(text, text_mask, text_index,
+                                                              visual, frame_mask, video_index)
+        return self.ground_scale * torch.einsum("blg,bgl->b", expected * importance,
+                                                observed) / expected.shape[-1]
+
+    def grounding_times(self, text: torch.Tensor, text_mask: torch.Tensor,
+                        text_index: torch.Tensor, visual: torch.Tensor,
+                        frame_mask: torch.Tensor, video_index: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the grounding term compares, for pairs (caption text_index[i], video
+        video_index[i]) of encode_text's states [U, L, H] and encode_video's tokens
+        [V, F, T, H]: per token and head the expected time read from the text alone
+        [B, L, G] (tanh, in [-1, 1]), its importance [B, L, G] (softmax over the caption's
+        real tokens), and the observed time [B, G, L] (where over the clip's real frames,
+        in [-1, 1], the token's best-matching patch tokens are, softmax over time)."""
         heads = getattr(self, "ground_heads", 1)  # re-rankers pickled before heads: one
 
         def split(x: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., G, H/G], unit norm
@@ -820,23 +842,16 @@ class CrossTVRReranker(nn.Module):
         attendable = self._attendable_frames(frame_mask)[video_index]  # [B, F]
         similarity = (similarity * self.ground_sharpness.exp()).masked_fill(
             ~attendable[:, None, None, :], float("-inf"))
-        real = attendable.to(tokens.dtype)
-        count = real.sum(dim=1, keepdim=True)  # [B, 1]
-        # each real frame's place in the clip: -1 first, +1 last (0 for a one-frame clip)
-        place = ((real.cumsum(dim=1) - 1) / (count - 1).clamp(min=1.0) * 2 - 1) * real
-        place = place.masked_fill(count == 1, 0.0)
+        place = _relative_places(attendable.to(tokens.dtype))  # [B, F]
         observed = torch.einsum("bglf,bf->bgl", similarity.softmax(dim=-1), place)  # [B, G, L]
         when, importance = self.ground_when(text).unflatten(-1, (2, heads)).unbind(dim=-2)
         if getattr(self, "ground_mention", None) is not None:
             # each token's place among its caption's real tokens: -1 first, +1 last
-            real_tokens = text_mask.to(when.dtype)
-            length = real_tokens.sum(dim=1, keepdim=True)
-            mention = ((real_tokens.cumsum(dim=1) - 1) / (length - 1).clamp(min=1.0)) * 2 - 1
+            mention = _relative_places(text_mask.to(when.dtype))  # [U, L]
             when = when + mention.unsqueeze(-1) * self.ground_mention.to(when.dtype)
         importance = importance.masked_fill(~text_mask.unsqueeze(-1), float("-inf")).softmax(
             dim=1)  # [U, L, G], over each caption's tokens
-        expected = (torch.tanh(when) * importance)[text_index]  # [B, L, G]
-        return self.ground_scale * torch.einsum("blg,bgl->b", expected, observed) / heads
+        return torch.tanh(when)[text_index], importance[text_index], observed
 
     def match(
         self,
