@@ -25,7 +25,7 @@ import torch
 from crosstvr_core.data.video_decode import VideoDecodeError, decode_uniform_frames
 from crosstvr_core.gallery import GalleryHit, GalleryQuery
 from crosstvr_core.models.reranker import CrossTVRReranker
-from crosstvr_core.synthetic import _video_key
+from crosstvr_core.synthetic import video_key
 from crosstvr_core.token_bank import TokenBank
 
 log = logging.getLogger(__name__)
@@ -181,15 +181,15 @@ def pick_twin_failures(fused: torch.Tensor, caption_video: torch.Tensor, video_i
     (caption row, twin column) pairs where the two-stage score `fused` [T, V] ranks the
     one-factor twin above the caption's own video; near misses (truth ranked highest) first.
     Twins that are not among `video_ids` are skipped."""
-    column = {_video_key(v): j for j, v in enumerate(video_ids)}
+    column = {video_key(v): j for j, v in enumerate(video_ids)}
     fused = fused.float().cpu().numpy()
     found: dict[str, list[tuple[int, int, int]]] = {}
     for row, meta in enumerate(metas):
         truth = int(caption_video[row])
         for key, twin in sorted(meta.items()):
-            if not key.startswith("twin_") or not twin or _video_key(str(twin)) not in column:
+            if not key.startswith("twin_") or not twin or video_key(str(twin)) not in column:
                 continue
-            twin_col = column[_video_key(str(twin))]
+            twin_col = column[video_key(str(twin))]
             if fused[row, twin_col] > fused[row, truth]:
                 truth_rank = _rank(fused[row], truth)
                 found.setdefault(key.removeprefix("twin_"), []).append((truth_rank, row, twin_col))

@@ -24,15 +24,11 @@ import torch
 from crosstvr_core.config import load_config
 from crosstvr_core.retrieval.pair_scoring import score_pairs
 from crosstvr_core.storage import TokenIndex
+from crosstvr_core.synthetic import video_key
 
 # caption wording -> events pattern (crosstvr_core.synthetic.grammar's templates)
 _THEN = (" then ", "replaced by", "followed by", "comes after")
 _CHANGE = ("turns from", "changes colour", "goes from", "at first", "switches from")
-
-
-def video_key(path_or_id: str) -> str:
-    """'videos/test/x.mp4' and the dataset's id 'videos/test/x' name the same video."""
-    return path_or_id.removesuffix(".mp4")
 
 
 def pattern(caption: str, kind: str) -> str:

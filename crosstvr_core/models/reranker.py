@@ -793,8 +793,9 @@ class CrossTVRReranker(nn.Module):
                       video_index: torch.Tensor) -> torch.Tensor:
         """Scaled cosine [B] of caption embedding text_eot[text_index[i]] and the mean frame
         embedding of video_cls[video_index[i]] over real frames (padding never read, 0 for a
-        clip without any): the frozen encoder's own
-        (meanP) score, in float32 (bf16 would blur differences of a few thousandths)."""
+        clip without any): the frozen encoder's own score (meanP, except that the frames are
+        averaged before normalising), in float32 (bf16 would blur differences of a few
+        thousandths)."""
         if text_eot is None or video_cls is None:
             raise ValueError("reranker: the frozen-similarity term needs text_eot (caption "
                              "embeddings) and video_cls; pass them, or build the re-ranker "

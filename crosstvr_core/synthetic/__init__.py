@@ -49,7 +49,7 @@ __all__ = [
     "caption_rows", "captions_for", "draw_style", "encode_clips", "encode_mp4",
     "make_benchmark_specs", "near_duplicate_accuracy", "render_frames", "render_video",
     "render_videos", "single_factor_difference", "spec_from_json", "spec_to_json",
-    "twin_corner", "video_relpath", "write_captions_file",
+    "twin_corner", "video_key", "video_relpath", "write_captions_file",
 ]
 
 
@@ -140,7 +140,7 @@ def write_captions_file(rows: list[dict], path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _video_key(path_or_id: str) -> str:
+def video_key(path_or_id: str) -> str:
     """'videos/test/x.mp4' and the dataset's id 'videos/test/x' name the same video."""
     return path_or_id[: -len(".mp4")] if path_or_id.endswith(".mp4") else path_or_id
 
@@ -170,7 +170,7 @@ def near_duplicate_accuracy(
                          f"{len(caption_video)} caption videos for a {similarity.shape} matrix")
     if direction not in ("t2v", "v2t"):
         raise ValueError(f"near_duplicate_accuracy: direction must be t2v or v2t, got {direction!r}")
-    column = {_video_key(v): j for j, v in enumerate(video_ids)}
+    column = {video_key(v): j for j, v in enumerate(video_ids)}
     caption_of: dict[int, int] = {}
     for i, v in enumerate(caption_video):
         caption_of.setdefault(int(v), i)
@@ -182,10 +182,10 @@ def near_duplicate_accuracy(
             twin = meta.get(f"twin_{factor}")
             if not twin:
                 continue
-            if _video_key(twin) not in column:
+            if video_key(twin) not in column:
                 raise ValueError(f"near_duplicate_accuracy: caption {i}'s {factor} twin "
                                  f"{twin!r} is not among the videos")
-            twin_video = column[_video_key(twin)]
+            twin_video = column[video_key(twin)]
             if direction == "t2v":
                 other = similarity[i, twin_video]
             elif twin_video in caption_of:
