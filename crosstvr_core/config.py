@@ -606,6 +606,15 @@ class TrainConfig(_Section):
         "generated benchmark it did not raise order-twin accuracy (t2v 67.6 vs 68.8) and cost "
         "4 points of text-to-video R@1.",
     )
+    order_contrast: float = Field(
+        0.0,
+        ge=0,
+        description="listwise: weight of the order contrast, a loss on four more pairs per "
+        "caption: the caption and its clip as they are, each with its halves exchanged (the "
+        "caption's inner words rotated by half their count, the clip's frames likewise), "
+        "and both. It rewards only the interaction, matching what is named first with what "
+        "is seen first; whatever depends on the caption or the clip alone cancels. 0: off.",
+    )
     hard_negative_warmup: float = Field(
         1.0,
         ge=0,

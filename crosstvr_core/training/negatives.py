@@ -198,3 +198,31 @@ def swap_halves(video: dict[str, torch.Tensor | None],
     """The videos `rows` (default all) with their halves exchanged
     (`halves_swapped_frame_order`)."""
     return rearrange_frames(video, rows, halves_swapped_frame_order)
+
+
+def _inner_tokens(text_mask: torch.Tensor) -> torch.Tensor:
+    """Real tokens [C, L] except each caption's first and last (a tokenizer's start and end
+    markers, which stay where they are)."""
+    mask = text_mask.bool()
+    position = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    first = torch.where(mask, position, mask.shape[1]).amin(dim=1, keepdim=True)
+    last = torch.where(mask, position, -1).amax(dim=1, keepdim=True)
+    return mask & (position > first) & (position < last)
+
+
+def swap_caption_halves(text: dict[str, torch.Tensor],
+                        rows: slice | torch.Tensor = slice(None)) -> dict[str, torch.Tensor]:
+    """Text inputs (text_tokens [C, L, Wt], text_mask [C, L], ...) with the captions `rows`
+    (a slice, or a bool mask [C]) saying their words in another order: the inner tokens
+    (all but the first and the last real one) rotated by half their count, so what was
+    named second is named first. The text side's counterpart of `swap_halves`: a caption
+    and a clip rearranged together tell mention order from time, whatever the words are.
+    text_eot (the frozen caption embedding) is left as it was."""
+    inner = _inner_tokens(text["text_mask"][rows])  # [N, L]
+    order = _rearranged_real_frames(inner, lambda i, n: (i + n // 2) % n)  # [N, L]
+    out = dict(text)
+    tokens = text["text_tokens"]
+    part = tokens[rows]
+    out["text_tokens"] = tokens.clone()
+    out["text_tokens"][rows] = part.gather(1, order.unsqueeze(-1).expand_as(part))
+    return out

@@ -46,6 +46,7 @@ from crosstvr_core.training.loop import (
     run_epochs,
 )
 from crosstvr_core.training.negatives import (
+    AS_RECORDED,
     BACKWARDS,
     HALVES_SWAPPED,
     NUM_ARRANGEMENTS,
@@ -54,6 +55,7 @@ from crosstvr_core.training.negatives import (
     random_negative_videos,
     sample_hard_negative_texts,
     sample_hard_negative_videos,
+    swap_caption_halves,
     swap_halves,
 )
 from crosstvr_core.training.read_ahead import ReadAhead
@@ -189,21 +191,30 @@ class PairInputs:
 
 
 def read_pairs(source: TokenSource, text_rows: torch.Tensor, video_rows: torch.Tensor,
-               arrangement: torch.Tensor) -> PairInputs:
+               arrangement: torch.Tensor, words_swapped: torch.Tensor | None = None
+               ) -> PairInputs:
     """The inputs of pairs (caption text_rows[i], video video_rows[i] with its frames
     arranged by arrangement[i]: AS_RECORDED, BACKWARDS or HALVES_SWAPPED; a bool tensor
     means backwards where True), each distinct (video, arrangement) and caption read once.
-    Reads tokens only (no model): it can run ahead of the step that uses it."""
+    Where words_swapped[i] (bool [N], default none) the caption says its words in another
+    order (`swap_caption_halves`). Reads tokens only (no model): it can run ahead of the step
+    that uses it."""
     keys, pair_video = torch.unique(video_rows * NUM_ARRANGEMENTS + arrangement.long(),
                                     return_inverse=True)
-    captions, pair_text = torch.unique(text_rows, return_inverse=True)
+    if words_swapped is None:
+        words_swapped = torch.zeros_like(text_rows, dtype=torch.bool)
+    captions, pair_text = torch.unique(text_rows * 2 + words_swapped.long(),
+                                       return_inverse=True)
     video = source.video_batch(keys // NUM_ARRANGEMENTS)
     arranged = keys % NUM_ARRANGEMENTS  # [U]
     if (arranged == BACKWARDS).any():
         video = play_backwards(video, arranged == BACKWARDS)
     if (arranged == HALVES_SWAPPED).any():
         video = swap_halves(video, arranged == HALVES_SWAPPED)
-    return PairInputs(video, source.text_batch(captions), pair_video, pair_text)
+    text = source.text_batch(captions // 2)
+    if (captions % 2).any():
+        text = swap_caption_halves(text, captions % 2 == 1)
+    return PairInputs(video, text, pair_video, pair_text)
 
 
 def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.Tensor,
@@ -245,37 +256,68 @@ def _with_positive_first(candidates: torch.Tensor, positive: torch.Tensor,
 class ListwiseBatch:
     """The rows of one listwise step, drawn before any token is read: per caption
     text_rows [B] its videos [B, K (+ rearranged positives)] with their frame arrangements,
-    positive first; per caption's video its captions [B, K'], that caption first."""
+    positive first; per caption's video its captions [B, K'], that caption first. With
+    `order_contrast` > 0, four more pairs per caption (`ORDER_CONTRAST_PAIRS`)."""
 
     text_rows: torch.Tensor
     videos: torch.Tensor
     arrangement: torch.Tensor
     captions: torch.Tensor
     num_rearranged: int  # trailing columns of `videos` that are the positive rearranged
+    order_contrast: float = 0.0  # weight of `order_contrast_loss`; 0: no such pairs
 
-    def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(text rows, video rows, arrangements) [N] of every pair: the text->video lists
-        row by row, then the video->text lists."""
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(text rows, video rows, arrangements, words swapped) [N] of every pair: the
+        text->video lists row by row, then the video->text lists, then the order-contrast
+        pairs caption by caption."""
         batch, k_captions = self.captions.shape
         positive = self.videos[:, 0]
-        return (torch.cat([self.text_rows.unsqueeze(1).expand_as(self.videos).reshape(-1),
-                           self.captions.reshape(-1)]),
-                torch.cat([self.videos.reshape(-1),
-                           positive.unsqueeze(1).expand(-1, k_captions).reshape(-1)]),
-                torch.cat([self.arrangement.reshape(-1),
-                           torch.zeros(batch * k_captions, dtype=torch.long)]))
+        text = [self.text_rows.unsqueeze(1).expand_as(self.videos).reshape(-1),
+                self.captions.reshape(-1)]
+        video = [self.videos.reshape(-1),
+                 positive.unsqueeze(1).expand(-1, k_captions).reshape(-1)]
+        arrangement = [self.arrangement.reshape(-1),
+                       torch.zeros(batch * k_captions, dtype=torch.long)]
+        if self.order_contrast > 0:
+            count = len(ORDER_CONTRAST_PAIRS)
+            text.append(self.text_rows.repeat_interleave(count))
+            video.append(positive.repeat_interleave(count))
+            codes = torch.tensor([frames for _, frames in ORDER_CONTRAST_PAIRS])
+            arrangement.append(codes.repeat(batch))
+        swapped = torch.zeros(sum(len(rows) for rows in text), dtype=torch.bool)
+        if self.order_contrast > 0:
+            words = torch.tensor([swapped_words for swapped_words, _ in ORDER_CONTRAST_PAIRS])
+            swapped[-batch * count:] = words.repeat(batch)
+        return torch.cat(text), torch.cat(video), torch.cat(arrangement), swapped
+
+
+# The order contrast's four pairs of a caption c and its clip v, as (words swapped, frame
+# arrangement): (c, v), (c, v with halves swapped), (c said in another order, v), (both).
+ORDER_CONTRAST_PAIRS = ((False, AS_RECORDED), (False, HALVES_SWAPPED), (True, AS_RECORDED),
+                        (True, HALVES_SWAPPED))
+
+
+def order_contrast_loss(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [B, 4] of `ORDER_CONTRAST_PAIRS` -> (loss, accuracy): softplus of minus the
+    interaction s(c, v) - s(c, v') - s(c', v) + s(c', v'). Anything that depends on the
+    caption alone or on the clip alone cancels, so the loss is lowered only by matching
+    what is named first with what is seen first; for a clip whose halves look alike (nothing
+    happens) both sides are equal and it asks for nothing."""
+    interaction = logits[:, 0] - logits[:, 1] - logits[:, 2] + logits[:, 3]
+    return F.softplus(-interaction).mean(), (interaction > 0).float().mean()
 
 
 def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tensor,
                   hard_fraction: float, generator: torch.Generator,
-                  reversed_negative: bool = True, swapped_negative: bool = False
-                  ) -> ListwiseBatch:
+                  reversed_negative: bool = True, swapped_negative: bool = False,
+                  order_contrast: float = 0.0) -> ListwiseBatch:
     """Draw one step's lists for captions text_rows [B]: text->video, each caption's
     stage-1 list of K videos, its own first, then (with `reversed_negative`) its own video
     played backwards and (with `swapped_negative`) its own video with its halves exchanged;
     video->text, each caption's video with its stage-1 list of K captions, that caption first
     and the video's other captions taken out. The curriculum swaps list entries for random
-    items with probability 1 - hard_fraction."""
+    items with probability 1 - hard_fraction. `order_contrast` > 0 adds the order
+    contrast's pairs at that weight."""
     positive = bank.caption_video[text_rows]  # [B]
     batch = len(text_rows)
     videos = _curriculum(lists.videos_per_caption[text_rows], bank.num_videos, hard_fraction,
@@ -293,21 +335,28 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
     for code in rearranged:  # the positive again, its frames rearranged: one more column
         videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)
         arrangement = torch.cat([arrangement, torch.full((batch, 1), code)], dim=1)
-    return ListwiseBatch(text_rows, videos, arrangement, captions, len(rearranged))
+    return ListwiseBatch(text_rows, videos, arrangement, captions, len(rearranged),
+                         order_contrast)
 
 
 def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInputs,
                   device: torch.device, precision: str) -> tuple[torch.Tensor, list[float]]:
-    """Softmax cross-entropy towards column 0 of both directions' lists, averaged. Returns
-    (loss, [t2v top-1 in list, positive probability, positive beats its first
-    rearrangement (0 without one)])."""
+    """Softmax cross-entropy towards column 0 of both directions' lists, averaged, plus the
+    order contrast at its weight. Returns (loss, [t2v top-1 in list, positive probability,
+    positive beats its first rearrangement (0 without one), order contrast right (0
+    without it)])."""
     logits = match_distinct(model, inputs.video, inputs.text, inputs.pair_video,
                             inputs.pair_text, device, precision)
     videos, captions = batch.videos, batch.captions
     t2v = logits[: videos.numel()].view(videos.shape)
-    v2t = logits[videos.numel():].view(captions.shape)
+    v2t = logits[videos.numel(): videos.numel() + captions.numel()].view(captions.shape)
     target = torch.zeros(len(videos), dtype=torch.long, device=t2v.device)
     loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
+    order_right = t2v.new_tensor(0.0)
+    if batch.order_contrast > 0:
+        contrast = logits[videos.numel() + captions.numel():].view(len(videos), -1)
+        order_loss, order_right = order_contrast_loss(contrast)
+        loss = loss + batch.order_contrast * order_loss
     with torch.no_grad():
         first_rearranged = videos.shape[1] - batch.num_rearranged
         stats = [
@@ -315,6 +364,7 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
             t2v.softmax(dim=1)[:, 0].mean(),
             (t2v[:, 0] > t2v[:, first_rearranged]).float().mean() if batch.num_rearranged
             else t2v.new_tensor(0.0),
+            order_right,
         ]
     return loss, stats
 
@@ -322,11 +372,12 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
 def listwise_step(model: CrossTVRReranker, bank: TokenSource, lists: TrainingLists,
                   text_rows: torch.Tensor, hard_fraction: float, generator: torch.Generator,
                   device: torch.device, precision: str, reversed_negative: bool = True,
-                  swapped_negative: bool = False) -> tuple[torch.Tensor, list[float]]:
+                  swapped_negative: bool = False, order_contrast: float = 0.0
+                  ) -> tuple[torch.Tensor, list[float]]:
     """Symmetric listwise loss of one batch of captions text_rows [B]: `plan_listwise`, its
     tokens read, `listwise_loss`."""
     batch = plan_listwise(bank, lists, text_rows, hard_fraction, generator, reversed_negative,
-                          swapped_negative)
+                          swapped_negative, order_contrast)
     return listwise_loss(model, batch, read_pairs(bank, *batch.pairs()), device, precision)
 
 
@@ -456,7 +507,8 @@ def train_reranker(
             return rows
         first_step = (epoch - 1) * steps_per_epoch
         plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
-                               generator, cfg.reversed_negatives, cfg.swapped_negatives)
+                               generator, cfg.reversed_negatives, cfg.swapped_negatives,
+                               cfg.order_contrast)
                  for i, text_rows in enumerate(rows)]
         return ReadAhead(plans, lambda plan: (plan, read_pairs(bank, *plan.pairs())))
 
@@ -471,12 +523,13 @@ def train_reranker(
         else:  # caption rows
             loss, stats = _bce_step(model, dataset, bank, scores, batch, cfg, generator,
                                     hard_fraction_at(global_step), device)
-        names = ("accuracy", "pos_prob", "pos_beats_neg_video")
-        return loss, dict(zip(names, stats, strict=True))
+        names = ("accuracy", "pos_prob", "pos_beats_neg_video", "order_contrast_right")
+        return loss, dict(zip(names, stats, strict=False))
 
     if listwise:  # K + 1 (reversed) videos and K captions per caption
         pairs_per_caption = (2 * cfg.list_size + int(cfg.reversed_negatives)
-                             + int(cfg.swapped_negatives)) * (
+                             + int(cfg.swapped_negatives)
+                             + len(ORDER_CONTRAST_PAIRS) * (cfg.order_contrast > 0)) * (
             rows_per_epoch / num_captions)
     else:
         pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
