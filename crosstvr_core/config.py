@@ -610,10 +610,16 @@ class TrainConfig(_Section):
         0.0,
         ge=0,
         description="listwise: weight of the order contrast, a loss on four more pairs per "
-        "caption: the caption and its clip as they are, each with its halves exchanged (the "
-        "caption's inner words rotated by half their count, the clip's frames likewise), "
-        "and both. It rewards only the interaction, matching what is named first with what "
-        "is seen first; whatever depends on the caption or the clip alone cancels. 0: off.",
+        "caption: the caption and its clip as they are, each rearranged (order_contrast_with: "
+        "the caption's inner words and the clip's frames), and both. It rewards only the "
+        "interaction, matching what is named first with what is seen first; whatever "
+        "depends on the caption or the clip alone cancels. 0: off.",
+    )
+    order_contrast_with: Literal["halves_swapped", "backwards"] = Field(
+        "halves_swapped",
+        description="The order contrast's rearrangement: 'halves_swapped' (words rotated by "
+        "half their count, frames likewise: what was named or seen second comes first) or "
+        "'backwards' (words and frames reversed: every two words named in the other order).",
     )
     hard_negative_warmup: float = Field(
         1.0,

@@ -28,14 +28,15 @@ from crosstvr_core.training.negatives import (
     BACKWARDS,
     HALVES_SWAPPED,
     play_backwards,
+    say_backwards,
     swap_caption_halves,
     swap_halves,
 )
 from crosstvr_core.training.reranker import (
-    ORDER_CONTRAST_PAIRS,
     Validation,
     listwise_step,
     order_contrast_loss,
+    order_contrast_pairs,
     pair_logits,
     plan_listwise,
     read_pairs,
@@ -186,7 +187,7 @@ def test_swapped_negative_is_one_more_column_the_loss_sees() -> None:
     assert pairs == pytest.approx((2 * 4 + 2) * bank.num_videos)
 
 
-def test_caption_halves_swap_rotates_the_inner_words_only() -> None:
+def test_caption_rearrangements_move_the_inner_words_only() -> None:
     tokens = torch.arange(3 * 8, dtype=torch.float32).view(3, 8, 1)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0], [1] * 8, [1, 1, 1, 0, 0, 0, 0, 0]]).bool()
     text = {"text_tokens": tokens, "text_mask": mask, "text_eot": torch.ones(3, 2)}
@@ -196,6 +197,9 @@ def test_caption_halves_swap_rotates_the_inner_words_only() -> None:
         [0, 3, 4, 1, 2, 5, 6, 7], [8, 12, 13, 14, 9, 10, 11, 15],
         [16, 17, 18, 19, 20, 21, 22, 23]]
     assert out["text_mask"] is mask and out["text_eot"] is text["text_eot"]
+    assert say_backwards(text)["text_tokens"].squeeze(-1).tolist() == [
+        [0, 4, 3, 2, 1, 5, 6, 7], [8, 14, 13, 12, 11, 10, 9, 15],
+        [16, 17, 18, 19, 20, 21, 22, 23]]
     only_second = swap_caption_halves(text, torch.tensor([False, True, False]))
     assert torch.equal(only_second["text_tokens"][[0, 2]], tokens[[0, 2]])
     assert torch.equal(only_second["text_tokens"][1], out["text_tokens"][1])
@@ -206,21 +210,23 @@ def test_order_contrast_rewards_only_the_interaction() -> None:
     gen = torch.Generator().manual_seed(0)
     caption = torch.randn(5, 1, generator=gen) * 3  # per caption arrangement: c, c'
     clip = torch.randn(5, 1, generator=gen) * 3  # per clip arrangement: v, v'
-    swapped_words = torch.tensor([w for w, _ in ORDER_CONTRAST_PAIRS], dtype=torch.float32)
-    swapped_frames = torch.tensor([f == HALVES_SWAPPED for _, f in ORDER_CONTRAST_PAIRS],
-                                  dtype=torch.float32)
-    offsets = caption * swapped_words + clip * swapped_frames  # no interaction at all
+    codes = order_contrast_pairs(BACKWARDS)
+    words, frames = (codes[:, 0] == BACKWARDS).float(), (codes[:, 1] == BACKWARDS).float()
+    offsets = caption * words + clip * frames  # no interaction at all
     loss, right = order_contrast_loss(offsets)
     assert float(loss) == pytest.approx(np.log(2.0), abs=1e-6) and float(right) == 0.0
     # named first, seen first: (c, v) and (c', v') each up by x
     x = 0.7
-    aligned = offsets + x * (1 - (swapped_words - swapped_frames).abs())
+    aligned = offsets + x * (1 - (words - frames).abs())
     loss, right = order_contrast_loss(aligned)
     assert float(loss) == pytest.approx(float(torch.nn.functional.softplus(
         torch.tensor(-2 * x))), abs=1e-6) and float(right) == 1.0
+    with pytest.raises(ValueError, match="neither"):
+        order_contrast_pairs(AS_RECORDED)
 
 
-def test_order_contrast_pairs_are_scored_and_weighted_as_planned() -> None:
+@pytest.mark.parametrize("arranged", [HALVES_SWAPPED, BACKWARDS])
+def test_order_contrast_pairs_are_scored_and_weighted_as_planned(arranged: int) -> None:
     bank = toy_bank(num_videos=12)
     sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
     lists = lists_from_similarity(sim, sim, 4)
@@ -229,33 +235,47 @@ def test_order_contrast_pairs_are_scored_and_weighted_as_planned() -> None:
     rows = torch.tensor([0, 3, 5])
     cpu = torch.device("cpu")
     plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0),
-                         order_contrast=0.5)
-    text_rows, video_rows, arrangement, swapped = plan.pairs()
+                         order_contrast=0.5, contrast_arrangement=arranged)
+    text_rows, video_rows, frames, words = plan.pairs()
     tail = slice(-len(rows) * 4, None)
     positive = bank.caption_video[rows]
     assert text_rows[tail].tolist() == rows.repeat_interleave(4).tolist()
     assert video_rows[tail].tolist() == positive.repeat_interleave(4).tolist()
-    assert arrangement[tail].tolist() == [AS_RECORDED, HALVES_SWAPPED] * 2 * len(rows)
-    assert swapped[tail].tolist() == [False, False, True, True] * len(rows)
-    assert not swapped[: -len(rows) * 4].any()
-    inputs = read_pairs(bank, text_rows[tail], video_rows[tail], arrangement[tail],
-                        swapped[tail])
+    assert frames[tail].tolist() == [AS_RECORDED, arranged] * 2 * len(rows)
+    assert words[tail].tolist() == [AS_RECORDED, AS_RECORDED, arranged, arranged] * len(rows)
+    assert not words[: -len(rows) * 4].any()
+    inputs = read_pairs(bank, text_rows[tail], video_rows[tail], frames[tail], words[tail])
+    assert inputs.text["text_tokens"].shape[0] == 2 * len(rows)  # c and c', once each
+    say, play = {HALVES_SWAPPED: (swap_caption_halves, swap_halves),
+                 BACKWARDS: (say_backwards, play_backwards)}[arranged]
     with torch.no_grad():
-        want_text = swap_caption_halves(bank.text_batch(text_rows[tail]), swapped[tail])
-        want_video = swap_halves(bank.video_batch(video_rows[tail]),
-                                 arrangement[tail] == HALVES_SWAPPED)
+        want_text = say(bank.text_batch(text_rows[tail]), words[tail] == arranged)
+        want_video = play(bank.video_batch(video_rows[tail]), frames[tail] == arranged)
         direct = model(**want_text, **want_video).view(-1, 4)
-        through_inputs = pair_logits(model, bank, text_rows[tail], video_rows[tail],
-                                     arrangement[tail], cpu, "fp32")
-        assert inputs.text["text_tokens"].shape[0] == 2 * len(rows)  # c and c', once each
         # the caption said in another order scores differently from the caption itself
         assert not torch.allclose(direct[:, 0], direct[:, 2])
+        through_inputs = pair_logits(model, bank, text_rows[tail], video_rows[tail],
+                                     frames[tail], cpu, "fp32")
         torch.testing.assert_close(direct[:, [0, 1]], through_inputs.view(-1, 4)[:, [0, 1]])
         base, _ = listwise_step(model, bank, lists, rows, 1.0, torch.Generator().manual_seed(0),
                                 cpu, "fp32")
         total, stats = listwise_step(model, bank, lists, rows, 1.0,
                                      torch.Generator().manual_seed(0), cpu, "fp32",
-                                     order_contrast=0.5)
+                                     order_contrast=0.5, contrast_arrangement=arranged)
     contrast, right = order_contrast_loss(direct)
     torch.testing.assert_close(total, base + 0.5 * contrast)
     assert float(stats[3]) == float(right)
+
+
+def test_training_with_the_order_contrast_scores_its_pairs() -> None:
+    bank = toy_bank(num_videos=12)
+    sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
+    lists = lists_from_similarity(sim, sim, 4)
+    cfg = TrainConfig(epochs=1, list_batch_size=4, list_size=4, order_contrast=1.0,
+                      order_contrast_with="backwards")
+    history = train_reranker(make_model(hidden=32), bank, None, cfg, lists=lists,
+                             progress=False)
+    # K + 1 (backwards) videos, K captions and 4 contrast pairs per caption and epoch
+    pairs = history[-1]["pairs_per_second"] * history[-1]["seconds"]
+    assert pairs == pytest.approx((2 * 4 + 1 + 4) * bank.num_videos)
+    assert 0 <= history[-1]["order_contrast_right"] <= 1

@@ -127,7 +127,8 @@ def scores_from_candidates(
 
 
 # How a clip's real frames are arranged in a scored pair (pair_logits): as recorded, or one
-# of the two temporal negatives below.
+# of the two temporal negatives below. The same codes say how a caption's words are
+# arranged (as written, `say_backwards`, `swap_caption_halves`).
 AS_RECORDED, BACKWARDS, HALVES_SWAPPED = 0, 1, 2
 NUM_ARRANGEMENTS = 3
 
@@ -210,19 +211,33 @@ def _inner_tokens(text_mask: torch.Tensor) -> torch.Tensor:
     return mask & (position > first) & (position < last)
 
 
-def swap_caption_halves(text: dict[str, torch.Tensor],
-                        rows: slice | torch.Tensor = slice(None)) -> dict[str, torch.Tensor]:
+def rearrange_words(text: dict[str, torch.Tensor], rows: slice | torch.Tensor,
+                    word_order) -> dict[str, torch.Tensor]:
     """Text inputs (text_tokens [C, L, Wt], text_mask [C, L], ...) with the captions `rows`
-    (a slice, or a bool mask [C]) saying their words in another order: the inner tokens
-    (all but the first and the last real one) rotated by half their count, so what was
-    named second is named first. The text side's counterpart of `swap_halves`: a caption
-    and a clip rearranged together tell mention order from time, whatever the words are.
-    text_eot (the frozen caption embedding) is left as it was."""
+    (a slice, or a bool mask [C]) saying their inner tokens (all but the first and the last
+    real one: a tokenizer's start and end markers stay) in the order
+    source_slot(i, n) -> i-th inner token (`_rearranged_real_frames`'s rule); other rows,
+    the mask and text_eot (the frozen caption embedding) are returned unchanged."""
     inner = _inner_tokens(text["text_mask"][rows])  # [N, L]
-    order = _rearranged_real_frames(inner, lambda i, n: (i + n // 2) % n)  # [N, L]
+    order = _rearranged_real_frames(inner, word_order)  # [N, L]
     out = dict(text)
     tokens = text["text_tokens"]
     part = tokens[rows]
     out["text_tokens"] = tokens.clone()
     out["text_tokens"][rows] = part.gather(1, order.unsqueeze(-1).expand_as(part))
     return out
+
+
+def say_backwards(text: dict[str, torch.Tensor],
+                  rows: slice | torch.Tensor = slice(None)) -> dict[str, torch.Tensor]:
+    """The captions `rows` with their inner words in reverse order: the text side's
+    counterpart of `play_backwards` (every two words named in the other order)."""
+    return rearrange_words(text, rows, lambda i, n: n - 1 - i)
+
+
+def swap_caption_halves(text: dict[str, torch.Tensor],
+                        rows: slice | torch.Tensor = slice(None)) -> dict[str, torch.Tensor]:
+    """The captions `rows` with their inner words rotated by half their count, so what was
+    named in the second half is named first, each half's words in their order: the text
+    side's counterpart of `swap_halves`."""
+    return rearrange_words(text, rows, lambda i, n: (i + n // 2) % n)

@@ -55,6 +55,7 @@ from crosstvr_core.training.negatives import (
     random_negative_videos,
     sample_hard_negative_texts,
     sample_hard_negative_videos,
+    say_backwards,
     swap_caption_halves,
     swap_halves,
 )
@@ -62,6 +63,8 @@ from crosstvr_core.training.read_ahead import ReadAhead
 from crosstvr_core.training.token_dataset import VTMPairDataset
 
 EpochCallback = Callable[[int, dict, CrossTVRReranker], None]
+# train.order_contrast_with -> the arrangement applied to both words and frames
+CONTRAST_ARRANGEMENTS = {"halves_swapped": HALVES_SWAPPED, "backwards": BACKWARDS}
 
 
 def hard_negative_fraction(step: int, total_steps: int, warmup: float) -> float:
@@ -191,30 +194,36 @@ class PairInputs:
 
 
 def read_pairs(source: TokenSource, text_rows: torch.Tensor, video_rows: torch.Tensor,
-               arrangement: torch.Tensor, words_swapped: torch.Tensor | None = None
+               arrangement: torch.Tensor, text_arrangement: torch.Tensor | None = None
                ) -> PairInputs:
     """The inputs of pairs (caption text_rows[i], video video_rows[i] with its frames
     arranged by arrangement[i]: AS_RECORDED, BACKWARDS or HALVES_SWAPPED; a bool tensor
     means backwards where True), each distinct (video, arrangement) and caption read once.
-    Where words_swapped[i] (bool [N], default none) the caption says its words in another
-    order (`swap_caption_halves`). Reads tokens only (no model): it can run ahead of the step
-    that uses it."""
-    keys, pair_video = torch.unique(video_rows * NUM_ARRANGEMENTS + arrangement.long(),
-                                    return_inverse=True)
-    if words_swapped is None:
-        words_swapped = torch.zeros_like(text_rows, dtype=torch.bool)
-    captions, pair_text = torch.unique(text_rows * 2 + words_swapped.long(),
-                                       return_inverse=True)
-    video = source.video_batch(keys // NUM_ARRANGEMENTS)
-    arranged = keys % NUM_ARRANGEMENTS  # [U]
-    if (arranged == BACKWARDS).any():
-        video = play_backwards(video, arranged == BACKWARDS)
-    if (arranged == HALVES_SWAPPED).any():
-        video = swap_halves(video, arranged == HALVES_SWAPPED)
-    text = source.text_batch(captions // 2)
-    if (captions % 2).any():
-        text = swap_caption_halves(text, captions % 2 == 1)
+    text_arrangement[i] (default: as written) arranges the caption's words with the same
+    codes (`say_backwards`, `swap_caption_halves`). Reads tokens only (no model): it can run
+    ahead of the step that uses it."""
+    video, pair_video = _read_arranged(source.video_batch, video_rows, arrangement,
+                                       (play_backwards, swap_halves))
+    if text_arrangement is None:
+        text_arrangement = torch.zeros_like(text_rows)
+    text, pair_text = _read_arranged(source.text_batch, text_rows, text_arrangement,
+                                     (say_backwards, swap_caption_halves))
     return PairInputs(video, text, pair_video, pair_text)
+
+
+def _read_arranged(read: Callable[[torch.Tensor], dict], rows: torch.Tensor,
+                   arrangement: torch.Tensor, rearrange: tuple[Callable, Callable]
+                   ) -> tuple[dict, torch.Tensor]:
+    """Each distinct (row, arrangement) read once and rearranged by rearrange
+    (backwards, halves swapped): (inputs [U, ...], each pair's index among them [N])."""
+    keys, index = torch.unique(rows * NUM_ARRANGEMENTS + arrangement.long(),
+                               return_inverse=True)
+    inputs = read(keys // NUM_ARRANGEMENTS)
+    arranged = keys % NUM_ARRANGEMENTS  # [U]
+    for code, function in zip((BACKWARDS, HALVES_SWAPPED), rearrange, strict=True):
+        if (arranged == code).any():
+            inputs = function(inputs, arranged == code)
+    return inputs, index
 
 
 def pair_logits(model: CrossTVRReranker, source: TokenSource, text_rows: torch.Tensor,
@@ -257,7 +266,7 @@ class ListwiseBatch:
     """The rows of one listwise step, drawn before any token is read: per caption
     text_rows [B] its videos [B, K (+ rearranged positives)] with their frame arrangements,
     positive first; per caption's video its captions [B, K'], that caption first. With
-    `order_contrast` > 0, four more pairs per caption (`ORDER_CONTRAST_PAIRS`)."""
+    `order_contrast` > 0, four more pairs per caption (`order_contrast_pairs`)."""
 
     text_rows: torch.Tensor
     videos: torch.Tensor
@@ -265,44 +274,48 @@ class ListwiseBatch:
     captions: torch.Tensor
     num_rearranged: int  # trailing columns of `videos` that are the positive rearranged
     order_contrast: float = 0.0  # weight of `order_contrast_loss`; 0: no such pairs
+    contrast_arrangement: int = HALVES_SWAPPED
 
     def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(text rows, video rows, arrangements, words swapped) [N] of every pair: the
-        text->video lists row by row, then the video->text lists, then the order-contrast
-        pairs caption by caption."""
+        """(text rows, video rows, frame arrangements, word arrangements) [N] of every pair:
+        the text->video lists row by row, then the video->text lists, then the
+        order-contrast pairs caption by caption."""
         batch, k_captions = self.captions.shape
         positive = self.videos[:, 0]
+        list_pairs = self.videos.numel() + self.captions.numel()
         text = [self.text_rows.unsqueeze(1).expand_as(self.videos).reshape(-1),
                 self.captions.reshape(-1)]
         video = [self.videos.reshape(-1),
                  positive.unsqueeze(1).expand(-1, k_captions).reshape(-1)]
-        arrangement = [self.arrangement.reshape(-1),
-                       torch.zeros(batch * k_captions, dtype=torch.long)]
+        frames = [self.arrangement.reshape(-1), torch.zeros(batch * k_captions, dtype=torch.long)]
+        words = [torch.zeros(list_pairs, dtype=torch.long)]
         if self.order_contrast > 0:
-            count = len(ORDER_CONTRAST_PAIRS)
-            text.append(self.text_rows.repeat_interleave(count))
-            video.append(positive.repeat_interleave(count))
-            codes = torch.tensor([frames for _, frames in ORDER_CONTRAST_PAIRS])
-            arrangement.append(codes.repeat(batch))
-        swapped = torch.zeros(sum(len(rows) for rows in text), dtype=torch.bool)
-        if self.order_contrast > 0:
-            words = torch.tensor([swapped_words for swapped_words, _ in ORDER_CONTRAST_PAIRS])
-            swapped[-batch * count:] = words.repeat(batch)
-        return torch.cat(text), torch.cat(video), torch.cat(arrangement), swapped
+            codes = order_contrast_pairs(self.contrast_arrangement)  # [4, 2]
+            text.append(self.text_rows.repeat_interleave(len(codes)))
+            video.append(positive.repeat_interleave(len(codes)))
+            words.append(codes[:, 0].repeat(batch))
+            frames.append(codes[:, 1].repeat(batch))
+        return torch.cat(text), torch.cat(video), torch.cat(frames), torch.cat(words)
 
 
-# The order contrast's four pairs of a caption c and its clip v, as (words swapped, frame
-# arrangement): (c, v), (c, v with halves swapped), (c said in another order, v), (both).
-ORDER_CONTRAST_PAIRS = ((False, AS_RECORDED), (False, HALVES_SWAPPED), (True, AS_RECORDED),
-                        (True, HALVES_SWAPPED))
+def order_contrast_pairs(arrangement: int) -> torch.Tensor:
+    """The order contrast's four pairs of a caption c and its clip v as (word arrangement,
+    frame arrangement) [4, 2]: (c, v), (c, v'), (c', v), (c', v'), where ' is `arrangement`
+    (BACKWARDS or HALVES_SWAPPED) applied to the words or to the frames."""
+    if arrangement not in (BACKWARDS, HALVES_SWAPPED):
+        raise ValueError(f"order contrast: arrangement {arrangement} is neither BACKWARDS nor "
+                         "HALVES_SWAPPED")
+    plain = AS_RECORDED
+    return torch.tensor([[plain, plain], [plain, arrangement], [arrangement, plain],
+                         [arrangement, arrangement]])
 
 
 def order_contrast_loss(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [B, 4] of `ORDER_CONTRAST_PAIRS` -> (loss, accuracy): softplus of minus the
+    """Logits [B, 4] of `order_contrast_pairs` -> (loss, accuracy): softplus of minus the
     interaction s(c, v) - s(c, v') - s(c', v) + s(c', v'). Anything that depends on the
     caption alone or on the clip alone cancels, so the loss is lowered only by matching
-    what is named first with what is seen first; for a clip whose halves look alike (nothing
-    happens) both sides are equal and it asks for nothing."""
+    what is named first with what is seen first; for a clip whose rearrangement looks the
+    same (nothing happens) both sides are equal and it asks for nothing."""
     interaction = logits[:, 0] - logits[:, 1] - logits[:, 2] + logits[:, 3]
     return F.softplus(-interaction).mean(), (interaction > 0).float().mean()
 
@@ -310,14 +323,15 @@ def order_contrast_loss(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tensor,
                   hard_fraction: float, generator: torch.Generator,
                   reversed_negative: bool = True, swapped_negative: bool = False,
-                  order_contrast: float = 0.0) -> ListwiseBatch:
+                  order_contrast: float = 0.0, contrast_arrangement: int = HALVES_SWAPPED
+                  ) -> ListwiseBatch:
     """Draw one step's lists for captions text_rows [B]: text->video, each caption's
     stage-1 list of K videos, its own first, then (with `reversed_negative`) its own video
     played backwards and (with `swapped_negative`) its own video with its halves exchanged;
     video->text, each caption's video with its stage-1 list of K captions, that caption first
     and the video's other captions taken out. The curriculum swaps list entries for random
     items with probability 1 - hard_fraction. `order_contrast` > 0 adds the order
-    contrast's pairs at that weight."""
+    contrast's pairs (`order_contrast_pairs` of contrast_arrangement) at that weight."""
     positive = bank.caption_video[text_rows]  # [B]
     batch = len(text_rows)
     videos = _curriculum(lists.videos_per_caption[text_rows], bank.num_videos, hard_fraction,
@@ -336,7 +350,7 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
         videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)
         arrangement = torch.cat([arrangement, torch.full((batch, 1), code)], dim=1)
     return ListwiseBatch(text_rows, videos, arrangement, captions, len(rearranged),
-                         order_contrast)
+                         order_contrast, contrast_arrangement)
 
 
 def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInputs,
@@ -372,12 +386,12 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
 def listwise_step(model: CrossTVRReranker, bank: TokenSource, lists: TrainingLists,
                   text_rows: torch.Tensor, hard_fraction: float, generator: torch.Generator,
                   device: torch.device, precision: str, reversed_negative: bool = True,
-                  swapped_negative: bool = False, order_contrast: float = 0.0
-                  ) -> tuple[torch.Tensor, list[float]]:
+                  swapped_negative: bool = False, order_contrast: float = 0.0,
+                  contrast_arrangement: int = HALVES_SWAPPED) -> tuple[torch.Tensor, list[float]]:
     """Symmetric listwise loss of one batch of captions text_rows [B]: `plan_listwise`, its
     tokens read, `listwise_loss`."""
     batch = plan_listwise(bank, lists, text_rows, hard_fraction, generator, reversed_negative,
-                          swapped_negative, order_contrast)
+                          swapped_negative, order_contrast, contrast_arrangement)
     return listwise_loss(model, batch, read_pairs(bank, *batch.pairs()), device, precision)
 
 
@@ -508,7 +522,7 @@ def train_reranker(
         first_step = (epoch - 1) * steps_per_epoch
         plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
                                generator, cfg.reversed_negatives, cfg.swapped_negatives,
-                               cfg.order_contrast)
+                               cfg.order_contrast, CONTRAST_ARRANGEMENTS[cfg.order_contrast_with])
                  for i, text_rows in enumerate(rows)]
         return ReadAhead(plans, lambda plan: (plan, read_pairs(bank, *plan.pairs())))
 
@@ -529,7 +543,7 @@ def train_reranker(
     if listwise:  # K + 1 (reversed) videos and K captions per caption
         pairs_per_caption = (2 * cfg.list_size + int(cfg.reversed_negatives)
                              + int(cfg.swapped_negatives)
-                             + len(ORDER_CONTRAST_PAIRS) * (cfg.order_contrast > 0)) * (
+                             + 4 * (cfg.order_contrast > 0)) * (
             rows_per_epoch / num_captions)
     else:
         pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
