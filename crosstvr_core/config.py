@@ -613,7 +613,9 @@ class TrainConfig(_Section):
         "caption: the caption and its clip as they are, each rearranged (order_contrast_with: "
         "the caption's inner words and the clip's frames), and both. It rewards only the "
         "interaction, matching what is named first with what is seen first; whatever "
-        "depends on the caption or the clip alone cancels. 0: off.",
+        "depends on the caption or the clip alone cancels. 0: off. Off by default: on the "
+        "generated benchmark at weight 1 it changed order-twin accuracy by +2 and -10 points "
+        "(t2v) on two seeds, level with the default on average; weight 3 was worse.",
     )
     order_contrast_with: Literal["halves_swapped", "backwards"] = Field(
         "halves_swapped",
