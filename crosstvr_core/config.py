@@ -452,6 +452,13 @@ class RerankerConfig(_Section):
         "token stands (a learned weight, from 0, on its relative position): captions tend to "
         "name things in the order they happen ('A, then B', 'from red to blue').",
     )
+    grounding_cursor: bool = Field(
+        False,
+        description="Let the grounding term's expected time also follow a time cursor: each "
+        "token moves it by a learned amount (from 0) for the tokens after it, so words such "
+        "as 'then', 'to' or 'after' can shift everything named later ('A, then B', 'from red "
+        "to blue').",
+    )
     text_recurrent: bool = Field(
         False,
         description="Run a bidirectional GRU over the caption's token states after the text "

@@ -541,3 +541,39 @@ def test_mention_order_starts_without_effect_and_ignores_padding_length() -> Non
     moved = model(**inputs)
     assert not torch.allclose(moved, plain(**inputs))
     assert_batch_free(model, bank)
+
+
+def test_time_cursor_starts_without_effect_and_moves_later_tokens() -> None:
+    """reranker.grounding_cursor: each real token moves the expected time of the tokens
+    after it by a learned amount. At its initial 0 the logits are the plain model's; with
+    every token moving it by 1 and nothing else read, the expected time of a caption's l-th
+    real token is tanh(l); padding moves nothing, so a caption scores the same in any batch."""
+    bank = random_bank()
+    plain = make_model(grounding_heads=2)
+    plain.fit_input_stats(bank)
+    model = make_model(grounding_heads=2, grounding_cursor=True)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["ground_cursor.bias", "ground_cursor.weight"] and not unexpected
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
+    torch.testing.assert_close(model(**inputs), plain(**inputs))
+    with torch.no_grad():
+        model.ground_when.weight.zero_()
+        model.ground_when.bias.zero_()
+        model.ground_cursor.bias.fill_(1.0)
+        text = model.encode_text(inputs["text_tokens"], inputs["text_mask"])
+        visual = model.encode_video(inputs["video_cls"], inputs["video_patches"],
+                                    inputs["frame_mask"])
+        rows = torch.arange(3)
+        expected, _, _ = model.grounding_times(text, inputs["text_mask"].bool(), rows, visual,
+                                               inputs["frame_mask"].bool(), rows)
+    mask = inputs["text_mask"].bool()
+    for caption in range(3):
+        real = mask[caption].nonzero().squeeze(1)
+        want = torch.tanh(torch.arange(len(real), dtype=torch.float32))
+        torch.testing.assert_close(expected[caption, real, 0], want)
+        torch.testing.assert_close(expected[caption, real, 1], want)
+    assert not torch.allclose(model(**inputs), plain(**inputs))
+    assert_batch_free(model, bank)
+    model.train()
+    model(**inputs).sum().backward()
+    assert model.ground_cursor.weight.grad.abs().sum() > 0

@@ -452,6 +452,11 @@ class CrossTVRReranker(nn.Module):
             self.ground_mention = None
             if cfg.grounding_mention_order:  # a learned weight, from no effect
                 self.ground_mention = nn.Parameter(torch.zeros(heads))
+            self.ground_cursor = None
+            if cfg.grounding_cursor:  # each token's move of the time cursor, from no effect
+                self.ground_cursor = nn.Linear(hidden, heads)
+                nn.init.zeros_(self.ground_cursor.weight)
+                nn.init.zeros_(self.ground_cursor.bias)
             self.ground_scale = nn.Parameter(torch.tensor(2.0))
 
         def blocks() -> nn.ModuleList:
@@ -850,6 +855,10 @@ class CrossTVRReranker(nn.Module):
             # each token's place among its caption's real tokens: -1 first, +1 last
             mention = _relative_places(text_mask.to(when.dtype))  # [U, L]
             when = when + mention.unsqueeze(-1) * self.ground_mention.to(when.dtype)
+        if getattr(self, "ground_cursor", None) is not None:
+            # the cursor: what the caption's earlier real tokens moved it by (exclusive sum)
+            moves = self.ground_cursor(text).masked_fill(~text_mask.unsqueeze(-1), 0.0)
+            when = when + moves.cumsum(dim=1) - moves  # [U, L, G]
         importance = importance.masked_fill(~text_mask.unsqueeze(-1), float("-inf")).softmax(
             dim=1)  # [U, L, G], over each caption's tokens
         return torch.tanh(when)[text_index], importance[text_index], observed
