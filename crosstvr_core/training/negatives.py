@@ -178,13 +178,18 @@ def rearrange_frames(video: dict[str, torch.Tensor | None],
     order = frame_order(video["frame_mask"][rows])  # [N, F]
     out = dict(video)
     for name in ("video_cls", "video_patches"):
-        frames = video.get(name)
-        if frames is None:
-            continue
-        part = frames[rows]  # [N, F, ...]
-        out[name] = frames.clone()
-        out[name][rows] = part.gather(
-            1, order.view(*order.shape, *([1] * (part.ndim - 2))).expand_as(part))
+        if video.get(name) is not None:
+            out[name] = _reordered_rows(video[name], rows, order)
+    return out
+
+
+def _reordered_rows(values: torch.Tensor, rows: slice | torch.Tensor,
+                    order: torch.Tensor) -> torch.Tensor:
+    """A copy of values [B, L, ...] whose rows `rows` are gathered along dim 1 by order
+    [N, L]; the other rows unchanged."""
+    part = values[rows]  # [N, L, ...]
+    out = values.clone()
+    out[rows] = part.gather(1, order.view(*order.shape, *([1] * (part.ndim - 2))).expand_as(part))
     return out
 
 
@@ -220,12 +225,7 @@ def rearrange_words(text: dict[str, torch.Tensor], rows: slice | torch.Tensor,
     the mask and text_eot (the frozen caption embedding) are returned unchanged."""
     inner = _inner_tokens(text["text_mask"][rows])  # [N, L]
     order = _rearranged_real_frames(inner, word_order)  # [N, L]
-    out = dict(text)
-    tokens = text["text_tokens"]
-    part = tokens[rows]
-    out["text_tokens"] = tokens.clone()
-    out["text_tokens"][rows] = part.gather(1, order.unsqueeze(-1).expand_as(part))
-    return out
+    return {**text, "text_tokens": _reordered_rows(text["text_tokens"], rows, order)}
 
 
 def say_backwards(text: dict[str, torch.Tensor],
