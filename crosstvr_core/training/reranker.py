@@ -507,6 +507,7 @@ def train_reranker(
     model.to(device)
 
     one_per_video = listwise and cfg.captions_per_epoch == "one_per_video"
+    contrast_arrangement = CONTRAST_ARRANGEMENTS[cfg.order_contrast_with]
     rows_per_epoch = bank.num_videos if one_per_video else num_captions
     steps_per_epoch = math.ceil(rows_per_epoch / batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -522,7 +523,7 @@ def train_reranker(
         first_step = (epoch - 1) * steps_per_epoch
         plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
                                generator, cfg.reversed_negatives, cfg.swapped_negatives,
-                               cfg.order_contrast, CONTRAST_ARRANGEMENTS[cfg.order_contrast_with])
+                               cfg.order_contrast, contrast_arrangement)
                  for i, text_rows in enumerate(rows)]
         return ReadAhead(plans, lambda plan: (plan, read_pairs(bank, *plan.pairs())))
 
@@ -532,18 +533,20 @@ def train_reranker(
         return fraction if cfg.hard_negatives or not listwise else 0.0
 
     def step(batch, global_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        names = ("accuracy", "pos_prob", "pos_beats_neg_video")
         if listwise:  # (ListwiseBatch, its PairInputs), read ahead
             loss, stats = listwise_loss(model, *batch, device, cfg.precision)
+            names += ("order_contrast_right",)
         else:  # caption rows
             loss, stats = _bce_step(model, dataset, bank, scores, batch, cfg, generator,
                                     hard_fraction_at(global_step), device)
-        names = ("accuracy", "pos_prob", "pos_beats_neg_video", "order_contrast_right")
-        return loss, dict(zip(names, stats, strict=False))
+        return loss, dict(zip(names, stats, strict=True))
 
     if listwise:  # K + 1 (reversed) videos and K captions per caption
         pairs_per_caption = (2 * cfg.list_size + int(cfg.reversed_negatives)
                              + int(cfg.swapped_negatives)
-                             + 4 * (cfg.order_contrast > 0)) * (
+                             + len(order_contrast_pairs(contrast_arrangement))
+                             * (cfg.order_contrast > 0)) * (
             rows_per_epoch / num_captions)
     else:
         pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
