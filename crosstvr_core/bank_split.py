@@ -1,8 +1,9 @@
-"""Held-out validation videos cut from a token bank, the same cut for every model.
+"""The re-ranker's validation videos: a split of their own, or cut from the train bank.
 
-Stage 1, the cross-fitted training lists and the re-ranker all hold out the same seeded
-videos (`train.val_fraction`, `train.seed`), so validation measures retrieval of videos none
-of them trained on.
+A dataset's own validation split (`data.val_split`) is used whole and the train bank stays
+whole. Otherwise stage 1, the cross-fitted training lists and the re-ranker all hold out the
+same seeded videos (`train.val_fraction`, `train.seed`), so validation measures retrieval of
+videos none of them trained on.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ class BankSplit:
     train: TokenBank
     val: TokenBank
     train_videos: torch.Tensor  # [V_train] rows of the original bank
-    val_videos: torch.Tensor  # [V_val]
+    val_videos: torch.Tensor | None  # [V_val]; None: a split of its own (separate_validation)
     train_captions: torch.Tensor  # [T_train]
-    val_captions: torch.Tensor  # [T_val]
+    val_captions: torch.Tensor | None  # [T_val]
+
+    @property
+    def held_out(self) -> bool:
+        """True when the validation videos were cut from the train bank."""
+        return self.val_videos is not None
 
 
 def bank_subset(bank: TokenBank, video_rows: torch.Tensor) -> tuple[TokenBank, torch.Tensor]:
@@ -63,6 +69,12 @@ def split_validation(bank: TokenBank, fraction: float, seed: int) -> BankSplit:
     train, train_captions = bank_subset(bank, train_videos)
     val, val_captions = bank_subset(bank, val_videos)
     return BankSplit(train, val, train_videos, val_videos, train_captions, val_captions)
+
+
+def separate_validation(train: TokenBank, val: TokenBank) -> BankSplit:
+    """Validation on a split of its own: every train video stays in training."""
+    return BankSplit(train, val, torch.arange(train.num_videos), None,
+                     torch.arange(train.num_captions), None)
 
 
 def without_validation(bank: TokenBank, fraction: float, seed: int) -> TokenBank:

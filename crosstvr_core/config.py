@@ -89,6 +89,14 @@ class DataConfig(_Section):
         description='The split that is evaluated (e.g. "val" for VATEX, whose public test '
         "captions are withheld).",
     )
+    val_split: str | None = Field(
+        "val",
+        description="The split that validates the re-ranker each epoch (early stopping, the "
+        "fusion weights): a split that looks like the evaluated one, never trained on. When "
+        "the index has no captioned videos in it (MSR-VTT has no val split), or it is the "
+        "train or eval split, a seeded train.val_fraction of the train videos is held out "
+        "instead; null: always hold out.",
+    )
     name: str = Field(
         "generated-fine-grained",
         description="The dataset's name: it names its LanceDB database (`<name>.lancedb`), its "
@@ -102,6 +110,13 @@ class DataConfig(_Section):
         ge=1,
         description="generated: test groups; a test group is a cube of 8 videos (3 one-factor "
         "swaps), so 64 groups = 512 test videos (docs/benchmark-data.md).",
+    )
+    num_val_groups: int = Field(
+        25,
+        ge=0,
+        description="generated: validation groups (split val), cubes like the test's and "
+        "sharing no scene with it or with training, so selection on validation sees the "
+        "one-factor near-duplicates the test ranks; 25 groups = 200 videos; 0: no val split.",
     )
     captions_per_train_video: int = Field(
         3, ge=1, description="generated: captions written for each training video."

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from crosstvr_core import synthetic
-from crosstvr_core.bank_split import BankSplit, split_validation
+from crosstvr_core.bank_split import BankSplit, separate_validation, split_validation
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
 from crosstvr_core.models.temporal_head import TemporalHead, dual_softmax
@@ -81,11 +81,34 @@ def stage1_scorer(head: TemporalHead | None) -> Stage1Scorer:
     return lambda text, video: temporal_similarity(head, text, video, device=device())
 
 
-def reranker_split(cfg: CrossTVRConfig, train: TokenBank) -> BankSplit | None:
-    """The re-ranker's training part and its validation videos (None: no validation)."""
+def validation_bank(cfg: CrossTVRConfig, load: Callable[[str], TokenBank]) -> TokenBank | None:
+    """The split `data.val_split` as loaded by `load(split name)`, when it can validate: not
+    the train or eval split, at least 2 videos and a caption. None: hold out
+    train.val_fraction of the train videos instead (reranker_split)."""
+    name = cfg.data.val_split
+    if not name or name in (cfg.data.train_split, cfg.data.eval_split):
+        return None
+    bank = load(name)
+    return bank if bank.num_videos >= 2 and bank.num_captions > 0 else None
+
+
+def reranker_split(cfg: CrossTVRConfig, train: TokenBank, val: TokenBank | None = None
+                   ) -> BankSplit | None:
+    """The re-ranker's training part and its validation videos: the split `val` when given
+    (validation_bank), else a held-out train.val_fraction of `train` (None: no validation)."""
+    if val is not None:
+        return separate_validation(train, val)
     if cfg.train.val_fraction <= 0:
         return None
     return split_validation(train, cfg.train.val_fraction, cfg.train.seed)
+
+
+def describe_validation(split: BankSplit | None) -> str:
+    """What validates, in words, for run parameters and logs."""
+    if split is None:
+        return "none"
+    where = "held out of the train split" if split.held_out else "a split of its own"
+    return f"{split.val.num_videos} videos, {split.val.num_captions} captions, {where}"
 
 
 def list_recall(lists: TrainingLists, bank: TokenBank) -> dict[str, float]:
@@ -137,14 +160,16 @@ def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> CrossTVRReranker:
 
 def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
                  stage1_train_sim: torch.Tensor, lists: TrainingLists | None,
-                 split: BankSplit | None, *, negatives: NegativeScores | None = None,
+                 split: BankSplit | None, *, val_stage1_sim: torch.Tensor | None = None,
+                 negatives: NegativeScores | None = None,
                  on_epoch_end: EpochCallback | None = None,
                  checkpoint_dir: str | Path | None = None, progress: bool = True
                  ) -> list[dict]:
     """Train the re-ranker on the split's training part (all of `train` without a split),
-    validating on its held-out videos with the stage-1 similarity [T, V] of `train`.
-    `lists` are the training part's (training_lists); `negatives` (bce only) default to
-    the stage-1 similarity."""
+    validating on its validation videos: with the stage-1 similarity [T, V] of `train` when
+    they were held out of it, with `val_stage1_sim` [T_val, V_val] when they are a split of
+    their own. `lists` are the training part's (training_lists); `negatives` (bce only)
+    default to the stage-1 similarity."""
     t, e = cfg.train, cfg.eval
     bank, validation = train, None
     negatives = negatives or NegativeScores.from_similarity(stage1_train_sim)
@@ -153,7 +178,13 @@ def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
         negatives = NegativeScores(
             negatives.videos_per_caption[split.train_captions][:, split.train_videos],
             negatives.captions_per_video[split.train_videos][:, split.train_captions])
-        val_sim = stage1_train_sim[split.val_captions][:, split.val_videos]
+        if split.held_out:
+            val_sim = stage1_train_sim[split.val_captions][:, split.val_videos]
+        elif val_stage1_sim is None:
+            raise ValueError("train_stage2: validation on a split of its own needs "
+                             "val_stage1_sim, its stage-1 similarity")
+        else:
+            val_sim = val_stage1_sim
         validation = Validation(split.val, val_sim, e.top_k, e.fusion_weight, e.fusion_score,
                                 e.batch_size)
     model.fit_input_stats(bank)
@@ -274,10 +305,13 @@ def stage1_test_similarity(cfg: CrossTVRConfig, head: TemporalHead | None,
 
 
 def fit_stage1_for_reranking(cfg: CrossTVRConfig, train: TokenBank, *,
+                             separate_val: bool = False,
                              on_epoch_end: EpochCallback | None = None,
                              progress: bool = True,
                              checkpoint_dir: str | Path | None = None) -> TemporalHead | None:
     """The stage 1 whose lists are re-ranked: trained on the train split minus the
-    re-ranker's validation videos (stage1_training_bank)."""
-    return fit_stage1(cfg, stage1_training_bank(cfg, train), on_epoch_end=on_epoch_end,
+    re-ranker's held-out validation videos (all of it when `separate_val`: the validation
+    videos are a split of their own; stage1_training_bank)."""
+    return fit_stage1(cfg, stage1_training_bank(cfg, train, separate_val),
+                      on_epoch_end=on_epoch_end,
                       progress=progress, checkpoint_dir=checkpoint_dir)

@@ -43,8 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(None, ["train.list_size=2", "train.hard_negative_warmup=0", *args.set])
     torch.set_num_threads(cfg.train.torch_threads)
-    train, _, _, shapes, _ = load_banks(cfg)
-    split = pipeline.reranker_split(cfg, train)
+    banks = load_banks(cfg)
+    train, shapes = banks.train, banks.shapes
+    split = pipeline.reranker_split(cfg, train, banks.val)
     random = torch.rand(split.train.num_captions, split.train.num_videos,
                         generator=torch.Generator().manual_seed(0))
     lists = lists_from_similarity(random, random, cfg.train.list_size)

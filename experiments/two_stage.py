@@ -16,6 +16,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -25,15 +26,26 @@ from crosstvr_core.storage import TokenIndex
 from crosstvr_core.token_bank import TokenBank
 
 
-def load_banks(cfg: CrossTVRConfig) -> tuple[TokenBank, TokenBank, list[dict], dict, str]:
-    """Train and eval banks, the eval captions' metadata, token shapes, encoder id."""
+class Banks(NamedTuple):
+    """What a run reads from the index."""
+
+    train: TokenBank
+    val: TokenBank | None  # the validation split; None: validation is held out of train
+    test: TokenBank
+    metas: list[dict]  # the eval captions' metadata
+    shapes: dict
+    index_id: str  # the encoder and the tables' versions: a re-indexed home invalidates caches
+
+
+def load_banks(cfg: CrossTVRConfig) -> Banks:
     index = TokenIndex.open_existing(cfg.lance_uri)
     train = index.load_token_bank(cfg.data.train_split, cfg.index.token_memory_gb)
     test = index.load_token_bank(cfg.data.eval_split, cfg.index.token_memory_gb)
-    # the encoder and the tables' versions: a re-indexed home invalidates the cache below
+    val = pipeline.validation_bank(
+        cfg, lambda name: index.load_token_bank(name, cfg.index.token_memory_gb))
     index_id = f"{index.encoder_id}|{json.dumps(index.versions(), sort_keys=True)}"
-    return train, test, index.caption_meta(test.caption_ids), dict(index.shapes.__dict__), \
-        index_id
+    return Banks(train, val, test, index.caption_meta(test.caption_ids),
+                 dict(index.shapes.__dict__), index_id)
 
 
 def stage1_key(cfg: CrossTVRConfig, index_id: str) -> str:
@@ -45,28 +57,33 @@ def stage1_key(cfg: CrossTVRConfig, index_id: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def run(cfg: CrossTVRConfig, train: TokenBank, test: TokenBank, metas: list[dict],
-        shapes: dict, progress: bool = True, cache: Path | None = None,
+def run(cfg: CrossTVRConfig, banks: Banks, progress: bool = True, cache: Path | None = None,
         save_model: Path | None = None) -> dict:
     """The flow's stage 1, training lists, re-ranker training and evaluation, in order.
     With `cache`, stage 1 and the lists are read from it when this config made them before."""
+    train, val, test, metas = banks.train, banks.val, banks.test, banks.metas
     torch.manual_seed(cfg.train.seed)
     seconds: dict[str, float] = {}
-    split = pipeline.reranker_split(cfg, train)
+    split = pipeline.reranker_split(cfg, train, val)
     part = split.train if split else train
     if cache is not None and cache.is_file():
         saved = torch.load(cache, weights_only=False)
-        metrics, train_sim, test_sim, lists = (saved[k] for k in ("metrics", "train_sim",
-                                                                  "test_sim", "lists"))
+        metrics, train_sim, val_sim, test_sim, lists = (
+            saved[k] for k in ("metrics", "train_sim", "val_sim", "test_sim", "lists"))
     else:
         started = time.perf_counter()
         k = cfg.eval.top_k
         metrics = pipeline.stage1_metrics(pipeline.stage1_test_similarity(cfg, None, test), test,
                                           k, "stage1_meanP", metas)
-        head = pipeline.fit_stage1_for_reranking(cfg, train, progress=progress)
+        head = pipeline.fit_stage1_for_reranking(cfg, train, separate_val=val is not None,
+                                                 progress=progress)
         train_sim = pipeline.stage1_scorer(head)(train, train)
         test_sim = pipeline.stage1_test_similarity(cfg, head, test)
         metrics.update(pipeline.stage1_metrics(test_sim, test, k, "stage1", metas))
+        val_sim = None
+        if val is not None:
+            val_sim = pipeline.stage1_test_similarity(cfg, head, val)
+            metrics.update(pipeline.stage1_metrics(val_sim, val, k, "stage1_val"))
         seconds["stage1"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -80,13 +97,14 @@ def run(cfg: CrossTVRConfig, train: TokenBank, test: TokenBank, metas: list[dict
         seconds["lists"] = time.perf_counter() - started
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"metrics": metrics, "train_sim": train_sim, "test_sim": test_sim,
-                        "lists": lists}, cache)
+            torch.save({"metrics": metrics, "train_sim": train_sim, "val_sim": val_sim,
+                        "test_sim": test_sim, "lists": lists}, cache)
     metrics = dict(metrics)
 
     started = time.perf_counter()
-    model = pipeline.build_reranker(cfg, shapes)
-    history = pipeline.train_stage2(cfg, model, train, train_sim, lists, split, progress=progress)
+    model = pipeline.build_reranker(cfg, banks.shapes)
+    history = pipeline.train_stage2(cfg, model, train, train_sim, lists, split,
+                                    val_stage1_sim=val_sim, progress=progress)
     seconds["reranker"] = time.perf_counter() - started
     if save_model is not None:  # for experiments/twin_breakdown.py
         save_model.parent.mkdir(parents=True, exist_ok=True)
@@ -116,14 +134,14 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(cfg.train.torch_threads)
-    train, test, metas, shapes, index_id = load_banks(cfg)
+    banks = load_banks(cfg)
     cache = None if args.no_cache else (
-        cfg.home_path / "experiment_cache" / f"stage1-{stage1_key(cfg, index_id)}.pt")
-    result = run(cfg, train, test, metas, shapes, cache=cache, save_model=args.save_model)
+        cfg.home_path / "experiment_cache" / f"stage1-{stage1_key(cfg, banks.index_id)}.pt")
+    result = run(cfg, banks, cache=cache, save_model=args.save_model)
     metrics = result["metrics"]
     summary = {key: round(metrics[key], 2) for key in SUMMARY_KEYS if key in metrics}
     factors = {key: round(v, 1) for key, v in metrics.items() if "twin_acc" in key}
-    line = {"tag": args.tag, "set": args.set, "index": index_id, "summary": summary,
+    line = {"tag": args.tag, "set": args.set, "index": banks.index_id, "summary": summary,
             "twins": factors, "seconds": {k: round(v, 1) for k, v in result["seconds"].items()},
             "history": result["history"], "metrics": metrics}
     print(json.dumps({k: line[k] for k in ("tag", "summary", "twins", "seconds")}, indent=1))

@@ -49,6 +49,8 @@ def generation_params(cfg: CrossTVRConfig) -> dict:
         "captions_per_train_video": d.captions_per_train_video, "frame_size": d.frame_size,
         "rendered_frames": d.rendered_frames, "fps": d.fps, "seed": d.seed,
         "train_scenes": d.train_scenes, "generator": synthetic.GENERATOR_VERSION,
+        # only when there are some, so a benchmark without them keeps its rendered folder
+        **({"num_val_groups": d.num_val_groups} if d.num_val_groups else {}),
     }
 
 
@@ -74,7 +76,7 @@ def render_generated_benchmark(cfg: CrossTVRConfig) -> DatasetRef:
         return DatasetRef(d.name, str(root), str(captions))
     root.mkdir(parents=True, exist_ok=True)
     specs = synthetic.make_benchmark_specs(d.num_train_videos, d.num_test_groups, d.seed,
-                                           d.train_scenes)
+                                           d.train_scenes, d.num_val_groups)
     items = [{"spec": synthetic.spec_to_json(s)} for s in specs]
     batch = d.render_batch_size
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch)))

@@ -34,8 +34,9 @@ from crosstvr_core.training.reranker import NegativeScores
 from tasks.index import IndexRef
 from tasks.tracking import log_metrics_to, step_run
 
-# roles, not split names: data.train_split / data.eval_split say which splits play them
-TRAIN_SPLIT, TEST_SPLIT = "train", "test"
+# roles, not split names: data.train_split / data.eval_split / data.val_split say which
+# splits play them (validation only when pipeline.validation_bank finds that split usable)
+TRAIN_SPLIT, TEST_SPLIT, VAL_SPLIT = "train", "test", "val"
 GALLERY_ARTIFACTS = "gallery"  # artifact folder of the evaluation gallery (index.html)
 DEFAULT_DISPLAY_FRAME_SIZE = 96  # gallery frames when the encoder id names no input size
 
@@ -43,7 +44,14 @@ log = logging.getLogger(__name__)
 
 
 def split_names(cfg: CrossTVRConfig) -> dict[str, str]:
-    return {TRAIN_SPLIT: cfg.data.train_split, TEST_SPLIT: cfg.data.eval_split}
+    return {TRAIN_SPLIT: cfg.data.train_split, TEST_SPLIT: cfg.data.eval_split,
+            VAL_SPLIT: cfg.data.val_split or ""}
+
+
+def load_validation_bank(cfg: CrossTVRConfig, index: TokenIndex) -> TokenBank | None:
+    """The validation split's bank, or None when validation is held out of the train split."""
+    return pipeline.validation_bank(
+        cfg, lambda name: index.load_token_bank(name, cfg.index.token_memory_gb))
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,8 @@ def _device() -> str:
     return pipeline.device()
 
 
-def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[TemporalHead, str]:
+def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path, separate_val: bool
+                     ) -> tuple[TemporalHead, str]:
     """Train the CLIP4Clip seqTransf head on cached frame embeddings; returns it + its id."""
 
     def on_epoch_end(epoch: int, record: dict, _head) -> None:
@@ -78,7 +87,8 @@ def _train_seqtransf(cfg: CrossTVRConfig, train, run_dir: Path) -> tuple[Tempora
         on_epoch_end(epoch, record, head)
 
     # a retried step resumes from the last epoch's checkpoint in the run directory
-    head = pipeline.fit_stage1_for_reranking(cfg, train, on_epoch_end=keep,
+    head = pipeline.fit_stage1_for_reranking(cfg, train, separate_val=separate_val,
+                                             on_epoch_end=keep,
                                              checkpoint_dir=run_dir / "stage1_checkpoints")
     mlflow.log_figure(report.training_curve_figure(history, "stage-1 seqTransf training"),
                       "figures/stage1_training_curve.png")
@@ -107,7 +117,8 @@ def _export_candidates(index, model_id: str, split: str, bank, sim: torch.Tensor
 
 def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_run_id: str
                ) -> Stage1Ref:
-    """Stage-1 similarities for train (hard negatives) and test (evaluation).
+    """Stage-1 similarities for train (hard negatives), test (evaluation) and the
+    validation split when there is one (the re-ranker's early stopping and fusion weights).
 
     meanP is always computed as the zero-shot baseline; seqTransf trains a temporal head on
     the cached train tokens; external reads another retriever's test matrix (train negatives
@@ -126,17 +137,26 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
             raise ValueError(f"split '{names[role]}' (data.{role.replace('test', 'eval')}_split):"
                              f" no indexed videos or captions in {index.uri}")
     train, test = banks[TRAIN_SPLIT], banks[TEST_SPLIT]
+    val = load_validation_bank(cfg, index)
+    if val is not None:
+        banks[VAL_SPLIT] = val
     metas = index.caption_meta(test.caption_ids)
     with step_run(cfg, parent_run_id, "stage1", reads=index_ref):
         mlflow.log_params({"stage1.num_test_captions": test.num_captions,
-                           "stage1.num_test_videos": test.num_videos})
+                           "stage1.num_test_videos": test.num_videos,
+                           "stage1.validation_split": names[VAL_SPLIT] if val else "held out"})
         sims = {split: meanp_similarity(bank) for split, bank in banks.items()}
         metrics = pipeline.stage1_metrics(sims[TEST_SPLIT], test, k, "stage1_meanP", metas)
         model_id = f"meanP|{index_ref.encoder_id}"
+        head = None
         if s1.method == "seqTransf":
-            head, model_id = _train_seqtransf(cfg, train, out)
+            head, model_id = _train_seqtransf(cfg, train, out, separate_val=val is not None)
             sims = {TRAIN_SPLIT: pipeline.stage1_scorer(head)(train, train),
                     TEST_SPLIT: pipeline.stage1_test_similarity(cfg, head, test)}
+        if val is not None:  # scored as the test split is, so validation lists look like it
+            sims[VAL_SPLIT] = pipeline.stage1_test_similarity(cfg, head, val)
+            metrics.update(pipeline.stage1_metrics(sims[VAL_SPLIT], val, k, "stage1_val",
+                                                   index.caption_meta(val.caption_ids)))
         elif s1.method == "external":
             if not (s1.external_similarity and s1.external_caption_ids and s1.external_video_ids):
                 raise ValueError("stage1.method=external needs stage1.external_similarity, "
@@ -183,7 +203,8 @@ def _stored_top_k_scores(index, model_id: str, bank, train_split: str) -> Negati
 def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Stage1Ref,
                        run_dir: str, parent_run_id: str) -> RerankerRef:
     """Train on cached tokens only, with hard negatives from stage 1 (its train similarity,
-    or its stored top-K lists), validating on held-out train videos each epoch.
+    or its stored top-K lists), validating each epoch on the validation split or on held-out
+    train videos.
 
     Every epoch's checkpoint is logged to MLflow under `checkpoints/`; a retry of this step
     in the same run directory resumes from the last one.
@@ -198,14 +219,16 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     if t.loss == "bce" and t.negative_source == "stage1_top_k":
         negatives = _stored_top_k_scores(index, stage1_ref.model_id, full,
                                          cfg.data.train_split)
-    # the validation videos are those stage 1 left out of its training
-    # (stage1_training_bank), so their lists look like the test split's
-    split = pipeline.reranker_split(cfg, full)
-    bank = split.train if split else full
-    if negatives is not None and split is not None:
-        negatives = NegativeScores(
-            negatives.videos_per_caption[split.train_captions][:, split.train_videos],
-            negatives.captions_per_video[split.train_videos][:, split.train_captions])
+    # the validation videos are a split of their own, or those stage 1 left out of its
+    # training (stage1_training_bank): either way their lists look like the test split's
+    val_sim = None
+    if VAL_SPLIT in stage1_ref.sim_paths:
+        val = load_validation_bank(cfg, index)
+        val_sim = torch.load(stage1_ref.sim_paths[VAL_SPLIT])
+        split = pipeline.reranker_split(cfg, full, val)
+    else:
+        split = pipeline.reranker_split(cfg, full)
+    bank = split.train if split else full  # train_stage2 cuts the negatives to it
     model, kwargs = build_reranker(cfg, index_ref)
     checkpoint = Path(run_dir) / "reranker.pt"
 
@@ -213,6 +236,7 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
         mlflow.log_params({"train.num_captions": bank.num_captions,
                            "train.num_videos": bank.num_videos,
                            "train.num_val_videos": split.val.num_videos if split else 0,
+                           "train.validation": pipeline.describe_validation(split),
                            "reranker.num_parameters": sum(p.numel() for p in model.parameters())})
         lists = None
         if t.loss == "listwise":
@@ -232,7 +256,8 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
 
         started = time.perf_counter()
         history = pipeline.train_stage2(
-            cfg, model, full, sim, lists, split, negatives=negatives, on_epoch_end=on_epoch_end,
+            cfg, model, full, sim, lists, split, val_stage1_sim=val_sim, negatives=negatives,
+            on_epoch_end=on_epoch_end,
             checkpoint_dir=Path(run_dir) / "reranker_checkpoints")
         mlflow.log_metric("train/seconds", time.perf_counter() - started)
         best = max(history, key=lambda r: r.get("val_mean_R1", 0.0)) if split else history[-1]

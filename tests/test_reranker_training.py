@@ -281,6 +281,55 @@ def test_stage1_never_trains_on_the_rerankers_validation_videos() -> None:
     assert stage1_training_bank(cfg, bank) is bank
 
 
+def test_a_validation_split_of_its_own_replaces_the_held_out_videos() -> None:
+    """data.val_split: used whole when it can validate (not train or eval, 2+ videos, a
+    caption); then training keeps every train video, stage 1 learns from all of them, and
+    validation reads that split's own stage-1 similarity."""
+    from crosstvr_core import pipeline
+
+    train, val = toy_bank(num_videos=16), random_bank(num_videos=4, seed=1)
+    cfg = CrossTVRConfig.model_validate({
+        "data": {"val_split": "val"},
+        "train": {"val_fraction": 0.25, "seed": 3, "loss": "bce", "epochs": 1,
+                  "batch_size": 16, "random_negatives": 0, "hard_negative_warmup": 0},
+        "eval": {"top_k": 3}})
+    asked: list[str] = []
+
+    def load(name: str) -> TokenBank:
+        asked.append(name)
+        return val
+
+    assert pipeline.validation_bank(cfg, load) is val and asked == ["val"]
+    for data in ({"val_split": None}, {"val_split": "train"}, {"val_split": "test"}):
+        other = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
+        assert pipeline.validation_bank(other, load) is None
+    assert asked == ["val"]  # the train and eval splits are never loaded as validation
+    assert pipeline.validation_bank(cfg, lambda _: random_bank(num_videos=1)) is None
+
+    split = pipeline.reranker_split(cfg, train, val)
+    assert split.train is train and split.val is val and not split.held_out
+    assert "a split of its own" in pipeline.describe_validation(split)
+    assert stage1_training_bank(cfg, train, separate_val=True) is train
+    held = pipeline.reranker_split(cfg, train)
+    assert held.held_out and held.train.num_videos == 12
+
+    sim = torch.randn(train.num_captions, train.num_videos)
+    with pytest.raises(ValueError, match="val_stage1_sim"):
+        pipeline.train_stage2(cfg, make_model(hidden=32), train, sim, None, split,
+                              progress=False)
+    # a stage-1 similarity that puts each validation caption's own video first: with the
+    # fusion weight searched from 0, validation R@1 can be no worse than that stage 1's 100
+    val_sim = torch.eye(val.num_videos)[val.caption_video] * 10
+    history = pipeline.train_stage2(cfg, make_model(hidden=32), train, sim, None, split,
+                                    val_stage1_sim=val_sim, progress=False)
+    assert history[-1]["val_stage1_t2v_R1"] == 100.0
+    # held out: full-size stage-1 negatives are cut to the training part once, inside
+    history = pipeline.train_stage2(cfg, make_model(hidden=32), train, sim, None, held,
+                                    negatives=NegativeScores.from_similarity(sim),
+                                    progress=False)
+    assert len(history) == 1 and "val_mean_R1" in history[0]
+
+
 def test_training_runs_under_deterministic_algorithms_and_restores_the_setting() -> None:
     from crosstvr_core.training.loop import deterministic_algorithms
 

@@ -149,6 +149,39 @@ def test_test_scenes_distinct_and_train_disjoint_on_request():
     assert not {s.content for s in specs if s.split == "train"} & set(test)
 
 
+def test_validation_cubes_look_like_the_test_and_share_no_scene():
+    """num_val_groups adds cubes of split val: the test set stays exactly as it was, no
+    validation scene is a test or (disjoint) training scene, and their captions name twins
+    as the test's do, with a style per group."""
+    plain = syn.make_benchmark_specs(300, 20, seed=3, train_scenes="disjoint")
+    specs = syn.make_benchmark_specs(300, 20, seed=3, train_scenes="disjoint",
+                                     num_val_groups=6)
+    by_split = {split: [s for s in specs if s.split == split] for split in syn.SPLITS}
+    assert by_split["test"] == [s for s in plain if s.split == "test"]
+    assert len(by_split["val"]) == 6 * 8 and len(by_split["train"]) == 300
+    assert [s.video_id for s in by_split["val"][:2]] == ["val-g0000-000", "val-g0000-001"]
+    val = {s.content for s in by_split["val"]}
+    assert len(val) == 6 * 8
+    assert not val & {s.content for s in by_split["test"]}
+    assert not val & {s.content for s in by_split["train"]}
+    assert not {s.seed for s in by_split["train"]} & {s.seed for s in by_split["val"]}
+    for group in {s.group for s in by_split["val"]}:
+        members = {s.corner: s for s in by_split["val"] if s.group == group}
+        for corner, spec in members.items():
+            for i, factor in enumerate(syn.CUBE_FACTORS[spec.kind]):
+                twin = members[syn.twin_corner(corner, i)]
+                assert syn.single_factor_difference(spec, twin) == factor
+    rows = syn.caption_rows(specs, captions_per_train_video=1, seed=0)
+    val_rows = [r for r in rows if r["split"] == "val"]
+    assert len(val_rows) == 48
+    assert all(r[f"twin_{f}"].startswith("videos/val/") for r in val_rows
+               for f in syn.CUBE_FACTORS[r["variant"]])
+    assert [r for r in rows if r["split"] == "test"] == [
+        r for r in syn.caption_rows(plain, 1, seed=0) if r["split"] == "test"]
+    with pytest.raises(ValueError, match="num_val_groups must be >= 0"):
+        syn.make_benchmark_specs(1, 1, num_val_groups=-1)
+
+
 def test_shared_train_scenes_recur_but_never_as_the_same_video(specs):
     test = [s for s in specs if s.split == "test"]
     train = [s for s in specs if s.split == "train"]

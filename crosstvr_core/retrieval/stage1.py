@@ -46,15 +46,17 @@ def top_k_candidates(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return torch.topk(sim, k, dim=1)
 
 
-def stage1_training_bank(cfg: CrossTVRConfig, train: TokenBank) -> TokenBank:
-    """The train videos a trained stage 1 learns from: all but the re-ranker's validation
-    videos, unless `stage1.train_on_validation_videos`.
+def stage1_training_bank(cfg: CrossTVRConfig, train: TokenBank, separate_val: bool = False
+                         ) -> TokenBank:
+    """The train videos a trained stage 1 learns from: all but the re-ranker's held-out
+    validation videos, unless `stage1.train_on_validation_videos` or the validation videos
+    are a split of their own (`separate_val`), outside `train` already.
 
     The re-ranker validates on two-stage R@1 over those videos. A stage 1 trained on them
     has memorised their captions (validation R@1 89% against 31.8% on test, measured on
     the generated benchmark), so early stopping would compare re-rankers on candidate lists
     that look nothing like the test set's.
     """
-    if cfg.stage1.train_on_validation_videos:
+    if cfg.stage1.train_on_validation_videos or separate_val:
         return train
     return without_validation(train, cfg.train.val_fraction, cfg.train.seed)

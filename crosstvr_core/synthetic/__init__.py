@@ -23,6 +23,7 @@ from crosstvr_core.synthetic.scenes import (
     BACKGROUNDS,
     COLOURS,
     CUBE_FACTORS,
+    CUBE_SPLITS,
     DIRECTIONS,
     FACTORS,
     KINDS,
@@ -43,7 +44,7 @@ from crosstvr_core.synthetic.scenes import (
 GENERATOR_VERSION = "cubes-1"
 
 __all__ = [
-    "BACKGROUNDS", "COLOURS", "CUBE_FACTORS", "DIRECTIONS", "FACTORS", "GENERATOR_VERSION",
+    "BACKGROUNDS", "COLOURS", "CUBE_FACTORS", "CUBE_SPLITS", "DIRECTIONS", "FACTORS", "GENERATOR_VERSION",
     "KINDS", "REGIONS",
     "REVERSE", "SHAPES", "SIZES", "SPLITS", "SceneObject", "VideoSpec", "caption",
     "caption_rows", "captions_for", "draw_style", "encode_clips", "encode_mp4",
@@ -90,23 +91,24 @@ def twin_corner(corner: str, factor_index: int) -> str:
 
 
 def caption_rows(specs: list[VideoSpec], captions_per_train_video: int, seed: int) -> list[dict]:
-    """Captions table rows; test videos get one caption each.
+    """Captions table rows; validation and test videos get one caption each.
 
     Columns: video, caption, split, group, variant (the scene kind: "motion" or "events", the
-    family report.per_family_recall groups by), corner, and for test videos `twin_<factor>`:
-    the relative path of the near-duplicate that differs in that factor only.
+    family report.per_family_recall groups by), corner, and for cube videos (validation,
+    test) `twin_<factor>`: the relative path of the near-duplicate that differs in that
+    factor only.
     """
-    by_corner = {(s.group, s.corner): s for s in specs if s.split == "test"}
+    by_corner = {(s.split, s.group, s.corner): s for s in specs if s.split in CUBE_SPLITS}
     rows = []
     for spec in specs:
         count = captions_per_train_video if spec.split == "train" else 1
         twins = {}
-        if spec.split == "test":
+        if spec.split in CUBE_SPLITS:
             for i, factor in enumerate(CUBE_FACTORS[spec.kind]):
-                twin = by_corner.get((spec.group, twin_corner(spec.corner, i)))
+                twin = by_corner.get((spec.split, spec.group, twin_corner(spec.corner, i)))
                 if twin is None:
-                    raise ValueError(f"caption_rows: test video {spec.video_id!r} has no "
-                                     f"{factor} near-duplicate among the specs")
+                    raise ValueError(f"caption_rows: {spec.split} video {spec.video_id!r} has "
+                                     f"no {factor} near-duplicate among the specs")
                 twins[f"twin_{factor}"] = video_relpath(twin)
         for text in captions_for(spec, count, seed):
             rows.append({"video": video_relpath(spec), "caption": text, "split": spec.split,

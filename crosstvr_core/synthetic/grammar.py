@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from crosstvr_core.synthetic.scenes import SceneObject, VideoSpec
+from crosstvr_core.synthetic.scenes import CUBE_SPLITS, SceneObject, VideoSpec
 
 STYLE_LENGTH = 12
 Style = tuple[int, ...]
@@ -163,12 +163,12 @@ def draw_style(rng: np.random.Generator) -> Style:
 def captions_for(spec: VideoSpec, count: int, seed: int) -> list[str]:
     """`count` distinct captions of `spec`, deterministic from `seed`.
 
-    Test videos draw their styles from their group's key, so the k-th caption of every cube
-    member uses the same style; training videos draw from their own id.
+    Cube videos (validation, test) draw their styles from their group's key, so the k-th
+    caption of every cube member uses the same style; training videos draw from their own id.
     """
     if count < 1:
         raise ValueError(f"{spec.video_id}: caption count must be >= 1, got {count}")
-    key = f"test:{spec.group}" if spec.split == "test" else spec.video_id
+    key = f"{spec.split}:{spec.group}" if spec.split in CUBE_SPLITS else spec.video_id
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     captions: list[str] = []
     for _ in range(50 * count):

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+CUBE_SPLITS = ("val", "test")  # splits drawn cube by cube, with one-factor near-duplicates
 KINDS = ("motion", "events")
 # The three binary swaps of a test cube, per kind; a member's corner is one bit per factor.
 CUBE_FACTORS: dict[str, tuple[str, str, str]] = {
@@ -145,8 +146,8 @@ class SceneObject:
 class VideoSpec:
     """One benchmark video; `objects`, `background` and `seed` fully determine its frames.
 
-    `group` and `corner` place a test video in its cube (`corner` is one bit per factor of
-    CUBE_FACTORS[kind], e.g. "101"); both are "" for training videos.
+    `group` and `corner` place a validation or test video in its cube (`corner` is one bit
+    per factor of CUBE_FACTORS[kind], e.g. "101"); both are "" for training videos.
     """
 
     video_id: str
@@ -340,50 +341,64 @@ def random_scene(rng: np.random.Generator, kind: str) -> tuple[SceneObject, ...]
     return _cube_members(kind, rng)["000"]
 
 
-def make_benchmark_specs(
-    num_train_videos: int, num_test_groups: int, seed: int = 0, train_scenes: str = "shared"
-) -> list[VideoSpec]:
-    """Train specs, then test specs cube by cube (8 per group, corners in binary order).
-
-    Test groups alternate motion/events; no two test videos show the same scene (`content`).
-    The test set depends on `seed` and `num_test_groups` only. Training videos are fresh
-    random scenes, except that with train_scenes="shared" up to half of them re-show test
-    scenes (each test scene at most once, with another seed, so other noise, tint, jitter
-    and captions: a scene layout recurs, a test video never does). "disjoint" keeps every
-    test scene out of training (compositional generalisation).
-    """
-    if train_scenes not in ("shared", "disjoint"):
-        raise ValueError(f"train_scenes must be 'shared' or 'disjoint', got {train_scenes!r}")
-    if num_train_videos < 0:
-        raise ValueError(f"num_train_videos must be >= 0, got {num_train_videos}")
-    if num_test_groups < 0:
-        raise ValueError(f"num_test_groups must be >= 0, got {num_test_groups}")
-    test_rng = np.random.default_rng([seed, 1])
-    train_rng = np.random.default_rng([seed, 2])
-
-    used: set[tuple] = set()
-    test: list[VideoSpec] = []
-    for gi in range(num_test_groups):
+def _draw_cubes(split: str, num_groups: int, rng: np.random.Generator, used: set[tuple]
+                ) -> list[VideoSpec]:
+    """`num_groups` cubes of `split` (kinds alternate), none sharing a scene with `used`,
+    which grows by theirs."""
+    specs: list[VideoSpec] = []
+    for gi in range(num_groups):
         kind = KINDS[gi % 2]
         for _ in range(1000):
-            members = _cube_members(kind, test_rng)
+            members = _cube_members(kind, rng)
             contents = {(kind, frozenset(objs)) for objs in members.values()}
             if len(contents) == 8 and not contents & used:
                 break
         else:
-            raise ValueError(f"num_test_groups={num_test_groups}: could not draw a distinct "
-                             f"cube g{gi:04d}; the scene space is exhausted")
+            raise ValueError(f"{split} groups: could not draw a distinct cube g{gi:04d} of "
+                             f"{num_groups}; the scene space is exhausted")
         used |= contents
         group = f"g{gi:04d}"
-        background = _pick(test_rng, BACKGROUNDS)
-        group_seed = int(test_rng.integers(2**31 - 1))
-        test.extend(
-            VideoSpec(f"test-{group}-{corner}", "test", kind, group, corner, objs, background,
+        background = _pick(rng, BACKGROUNDS)
+        group_seed = int(rng.integers(2**31 - 1))
+        specs.extend(
+            VideoSpec(f"{split}-{group}-{corner}", split, kind, group, corner, objs, background,
                       group_seed)
             for corner, objs in members.items()
         )
+    return specs
 
-    test_seeds = {s.seed for s in test}
+
+def make_benchmark_specs(
+    num_train_videos: int, num_test_groups: int, seed: int = 0, train_scenes: str = "shared",
+    num_val_groups: int = 0,
+) -> list[VideoSpec]:
+    """Train specs, then validation and test specs cube by cube (8 per group, corners in
+    binary order).
+
+    Groups alternate motion/events; no two cube videos show the same scene (`content`). The
+    test set depends on `seed` and `num_test_groups` only; the validation cubes, drawn after
+    it from their own stream, share no scene with it, so they measure what the test measures
+    without being the test. Training videos are fresh random scenes, except that with
+    train_scenes="shared" up to half of them re-show test scenes (each test scene at most
+    once, with another seed, so other noise, tint, jitter and captions: a scene layout
+    recurs, a test video never does). "disjoint" keeps every test and validation scene out of
+    training (compositional generalisation).
+    """
+    if train_scenes not in ("shared", "disjoint"):
+        raise ValueError(f"train_scenes must be 'shared' or 'disjoint', got {train_scenes!r}")
+    for name, value in (("num_train_videos", num_train_videos),
+                        ("num_test_groups", num_test_groups), ("num_val_groups", num_val_groups)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    test_rng = np.random.default_rng([seed, 1])
+    train_rng = np.random.default_rng([seed, 2])
+    val_rng = np.random.default_rng([seed, 3])
+
+    used: set[tuple] = set()
+    test = _draw_cubes("test", num_test_groups, test_rng, used)
+    val = _draw_cubes("val", num_val_groups, val_rng, used)
+
+    test_seeds = {s.seed for s in (*test, *val)}
     recurring: list[VideoSpec] = []
     if train_scenes == "shared" and test:
         picks = train_rng.choice(len(test), size=min(num_train_videos // 2, len(test)),
@@ -407,4 +422,4 @@ def make_benchmark_specs(
             background = _pick(train_rng, BACKGROUNDS)
         train.append(VideoSpec(f"train-{i:05d}", "train", kind, "", "", objects, background,
                                video_seed))
-    return train + test
+    return train + val + test
