@@ -640,6 +640,15 @@ class TrainConfig(_Section):
         "generated benchmark at weight 1 it changed order-twin accuracy (t2v) by +2, -10 and "
         "-3 points on three seeds, level with the default or below; weight 3 was worse.",
     )
+    grounding_consistency: float = Field(
+        0.0,
+        ge=0,
+        description="listwise: weight of a loss on each caption's own pair that pulls every "
+        "caption token's expected time (read from the text by the grounding term) towards "
+        "where the term observes that token in the clip (held fixed), so the caption side "
+        "learns when what it names happens even after the ranking loss is satisfied. Needs "
+        "reranker.grounding_term; 0: off.",
+    )
     order_contrast_with: Literal["halves_swapped", "backwards"] = Field(
         "halves_swapped",
         description="The order contrast's rearrangement: 'halves_swapped' (words rotated by "

@@ -34,6 +34,8 @@ from crosstvr_core.training.negatives import (
 )
 from crosstvr_core.training.reranker import (
     Validation,
+    grounding_consistency_loss,
+    listwise_loss,
     listwise_step,
     order_contrast_loss,
     order_contrast_pairs,
@@ -279,3 +281,48 @@ def test_training_with_the_order_contrast_scores_its_pairs() -> None:
     pairs = history[-1]["pairs_per_second"] * history[-1]["seconds"]
     assert pairs == pytest.approx((2 * 4 + 1 + 4) * bank.num_videos)
     assert 0 <= history[-1]["order_contrast_right"] <= 1
+
+
+def test_grounding_consistency_is_the_gap_over_real_tokens_towards_a_fixed_target() -> None:
+    expected = torch.zeros(2, 3, 2, requires_grad=True)  # [B, L, G]
+    observed = torch.full((2, 2, 3), 0.5, requires_grad=True)  # [B, G, L]
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    loss = grounding_consistency_loss(expected, observed, mask)
+    assert float(loss) == pytest.approx(0.25)  # (0 - 0.5)^2 on each real token and head
+    loss.backward()
+    assert observed.grad is None  # the clip side is the teacher, never pulled towards text
+    assert expected.grad[0, 2].abs().sum() == 0 and expected.grad[1, 1:].abs().sum() == 0
+    longer = torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], dim=1)  # untrimmed mask
+    assert float(grounding_consistency_loss(expected, observed, longer)) == pytest.approx(0.25)
+
+
+def test_grounding_consistency_reads_each_captions_own_pair_at_its_weight() -> None:
+    """The step's loss is the listwise loss plus the weight times the consistency of each
+    caption with its own video, computed here straight from the model's grounding times."""
+    bank = toy_bank(num_videos=12)
+    sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
+    lists = lists_from_similarity(sim, sim, 4)
+    model = make_model(hidden=32)
+    model.fit_input_stats(bank)
+    rows = torch.tensor([0, 3, 5])
+    cpu = torch.device("cpu")
+    plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0))
+    inputs = read_pairs(bank, *plan.pairs())
+    with torch.no_grad():
+        base, _ = listwise_loss(model, plan, inputs, cpu, "fp32")
+        total, stats = listwise_loss(model, plan, inputs, cpu, "fp32", grounding_consistency=0.7)
+        text = bank.text_batch(rows)
+        video = bank.video_batch(bank.caption_video[rows])
+        own = torch.arange(len(rows))
+        expected, _, observed = model.grounding_times(
+            model.encode_text(text["text_tokens"], text["text_mask"]),
+            text["text_mask"].bool(), own, model.encode_video(**video), video["frame_mask"],
+            own)
+    direct = grounding_consistency_loss(expected, observed, text["text_mask"].bool())
+    assert float(direct) > 0
+    torch.testing.assert_close(total, base + 0.7 * direct)
+    torch.testing.assert_close(stats[4], direct)
+    without = make_model(hidden=32, grounding_term=False)
+    without.fit_input_stats(bank)
+    with pytest.raises(ValueError, match="grounding_term"):
+        listwise_loss(without, plan, inputs, cpu, "fp32", grounding_consistency=0.7)

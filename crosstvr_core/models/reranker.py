@@ -814,14 +814,11 @@ class CrossTVRReranker(nn.Module):
         v = F.normalize(pooled, dim=-1)[video_index]
         return self.frozen_scale.float().exp() * (t * v).sum(-1)
 
-    def _grounding_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
-                         text_index: torch.Tensor, visual: torch.Tensor,
-                         frame_mask: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
+    def _grounding_logit(self, expected: torch.Tensor, importance: torch.Tensor,
+                         observed: torch.Tensor) -> torch.Tensor:
         """Temporal grounding [B]: sum over caption tokens (and heads) of importance x
         expected time x observed time (`grounding_times`), with a learned scale. Playing a
         clip backwards flips every observed time, so the term changes sign."""
-        expected, importance, observed = self.grounding_times(text, text_mask, text_index,
-                                                              visual, frame_mask, video_index)
         return self.ground_scale * torch.einsum("blg,bgl->b", expected * importance,
                                                 observed) / expected.shape[-1]
 
@@ -873,13 +870,24 @@ class CrossTVRReranker(nn.Module):
         video_index: torch.Tensor | None = None,
         text_eot: torch.Tensor | None = None,
         video_cls: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_grounding: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """VTM logits [B] of encode_video's tokens visual [V, F, T, H] (frame_mask [V, F])
         with text tokens [U, L, Wt] (mask [U, L]); pair i reads caption text_index[i] and
         video video_index[i] (defaults: caption i, video i), so a caption or a video in many
         pairs has its own path (text states, memory keys) computed once. The
         frozen-similarity term reads the captions' embeddings text_eot [U, D] and the
-        videos' frame embeddings video_cls [V, F, D]."""
+        videos' frame embeddings video_cls [V, F, D]. With `return_grounding`: (logits, the
+        grounding term's `grounding_times` of every pair, or None without the term)."""
+        logits, grounding = self._match(text_tokens, text_mask, visual, frame_mask, text_index,
+                                        video_index, text_eot, video_cls)
+        return (logits, grounding) if return_grounding else logits
+
+    def _match(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, visual: torch.Tensor,
+               frame_mask: torch.Tensor, text_index: torch.Tensor | None,
+               video_index: torch.Tensor | None, text_eot: torch.Tensor | None,
+               video_cls: torch.Tensor | None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         num_videos, frames, per_frame, hidden = visual.shape
         if video_index is None:
             video_index = torch.arange(num_videos, device=visual.device)
@@ -908,9 +916,11 @@ class CrossTVRReranker(nn.Module):
         if getattr(self, "frozen_scale", None) is not None:
             extra = extra + self._frozen_logit(text_eot, video_cls, frame_mask.bool(),
                                                text_index, video_index)
+        grounding = None
         if self.ground_text is not None:
-            extra = extra + self._grounding_logit(text, text_mask.bool(), text_index, visual,
-                                                  frame_mask.bool(), video_index)
+            grounding = self.grounding_times(text, text_mask.bool(), text_index, visual,
+                                             frame_mask.bool(), video_index)
+            extra = extra + self._grounding_logit(*grounding)
         temporal_pos = self.temporal_pos[:frames]  # [F, H]
         nq = self.num_queries
 
@@ -928,7 +938,7 @@ class CrossTVRReranker(nn.Module):
                 weights = attendable.to(frame_out.dtype)  # [B, F]
                 weights = weights / weights.sum(dim=1, keepdim=True)
                 pooled = torch.einsum("bf,bfqh->bqh", weights, frame_out)  # [B, Q, H]
-                return self._vtm_head(pooled) + extra
+                return self._vtm_head(pooled) + extra, grounding
             # Video level: fresh queries attend to every real frame's query outputs.
             memory = (frame_out + temporal_pos[:, None]).reshape(batch, frames * nq, hidden)
             padding = (~attendable).repeat_interleave(nq, dim=1)  # [B, F*Q]
@@ -941,7 +951,7 @@ class CrossTVRReranker(nn.Module):
             padding = (~attendable).repeat_interleave(per_frame, dim=1)  # [B, F*T]
         video_out = self._run_level(self.video_blocks, self.video_queries, text, text_padding,
                                     text_index, memory, padding, 1)  # [B, Q, H]
-        return self._vtm_head(video_out) + extra
+        return self._vtm_head(video_out) + extra, grounding
 
     def _vtm_head(self, query_out: torch.Tensor) -> torch.Tensor:
         """Query outputs [B, Q, H] -> logits [B] from their mean."""

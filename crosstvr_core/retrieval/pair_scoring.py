@@ -14,20 +14,25 @@ from crosstvr_core.token_bank import TokenSource
 
 def match_distinct(model: CrossTVRReranker, video: dict[str, torch.Tensor],
                    text: dict[str, torch.Tensor], pair_video: torch.Tensor,
-                   pair_text: torch.Tensor, device: torch.device, precision: str
-                   ) -> torch.Tensor:
+                   pair_text: torch.Tensor, device: torch.device, precision: str,
+                   return_grounding: bool = False
+                   ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """Float32 logits [N] of pairs (text row pair_text[i], video row pair_video[i]) over
     distinct videos `video` [U, ...] and captions `text` [C, ...]: each video is encoded once
     and each caption's text path runs once, however many pairs they are in. Gradients flow
-    unless the caller turned them off (training calls this too)."""
+    unless the caller turned them off (training calls this too). `return_grounding`: also
+    the grounding term's times of every pair (model.match)."""
     video = {name: value.to(device, non_blocking=True) for name, value in video.items()}
     text = {name: value.to(device, non_blocking=True) for name, value in text.items()}
     pair_video, pair_text = pair_video.to(device), pair_text.to(device)
     with autocast(device, precision):
         visual = model.encode_video(**video)  # [U, F, T, H]
-        logits = model.match(text["text_tokens"], text["text_mask"], visual,
-                             video["frame_mask"], text_index=pair_text, video_index=pair_video,
-                             text_eot=text.get("text_eot"), video_cls=video["video_cls"])
+        logits, grounding = model.match(
+            text["text_tokens"], text["text_mask"], visual, video["frame_mask"],
+            text_index=pair_text, video_index=pair_video, text_eot=text.get("text_eot"),
+            video_cls=video["video_cls"], return_grounding=True)
+    if return_grounding:
+        return logits.float(), grounding
     return logits.float()
 
 

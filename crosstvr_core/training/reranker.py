@@ -353,24 +353,50 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
                          order_contrast, contrast_arrangement)
 
 
+def grounding_consistency_loss(expected: torch.Tensor, observed: torch.Tensor,
+                               text_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared gap between each real caption token's expected time, read from the text
+    alone [B, L, G], and its observed time in the pair's own clip [B, G, L], held fixed
+    (text_mask [B, L]). The caption side is told, token by token, when what it names
+    happens; the ranking loss alone stops teaching it once the clip side has separated a
+    clip from its reversal."""
+    target = observed.detach().transpose(1, 2).to(expected.dtype)  # [B, L, G]
+    mask = text_mask[:, : expected.shape[1]].unsqueeze(-1).to(expected.dtype)  # [B, L, 1]
+    gap = (expected - target).square() * mask
+    return gap.sum() / (mask.sum() * expected.shape[-1]).clamp(min=1.0)
+
+
 def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInputs,
-                  device: torch.device, precision: str) -> tuple[torch.Tensor, list[float]]:
+                  device: torch.device, precision: str, grounding_consistency: float = 0.0
+                  ) -> tuple[torch.Tensor, list[float]]:
     """Softmax cross-entropy towards column 0 of both directions' lists, averaged, plus the
-    order contrast at its weight. Returns (loss, [t2v top-1 in list, positive probability,
-    positive beats its first rearrangement (0 without one), order contrast right (0
-    without it)])."""
-    logits = match_distinct(model, inputs.video, inputs.text, inputs.pair_video,
-                            inputs.pair_text, device, precision)
+    order contrast and the grounding consistency (on each caption's positive pair) at their
+    weights. Returns (loss, [t2v top-1 in list, positive probability, positive beats its
+    first rearrangement (0 without one), order contrast right (0 without it), grounding
+    consistency (0 without it)])."""
+    logits, grounding = match_distinct(model, inputs.video, inputs.text, inputs.pair_video,
+                                       inputs.pair_text, device, precision,
+                                       return_grounding=True)
     videos, captions = batch.videos, batch.captions
     t2v = logits[: videos.numel()].view(videos.shape)
     v2t = logits[videos.numel(): videos.numel() + captions.numel()].view(captions.shape)
     target = torch.zeros(len(videos), dtype=torch.long, device=t2v.device)
     loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
-    order_right = t2v.new_tensor(0.0)
+    order_right = consistency = t2v.new_tensor(0.0)
     if batch.order_contrast > 0:
         contrast = logits[videos.numel() + captions.numel():].view(len(videos), -1)
         order_loss, order_right = order_contrast_loss(contrast)
         loss = loss + batch.order_contrast * order_loss
+    if grounding_consistency > 0:
+        if grounding is None:
+            raise ValueError("train.grounding_consistency needs reranker.grounding_term")
+        expected, _, observed = grounding
+        positives = torch.arange(len(videos), device=logits.device) * videos.shape[1]
+        text_mask = inputs.text["text_mask"].to(logits.device)[
+            inputs.pair_text.to(logits.device)[positives]].bool()
+        consistency = grounding_consistency_loss(expected[positives].float(),
+                                                 observed[positives].float(), text_mask)
+        loss = loss + grounding_consistency * consistency
     with torch.no_grad():
         first_rearranged = videos.shape[1] - batch.num_rearranged
         stats = [
@@ -379,6 +405,7 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
             (t2v[:, 0] > t2v[:, first_rearranged]).float().mean() if batch.num_rearranged
             else t2v.new_tensor(0.0),
             order_right,
+            consistency.detach(),
         ]
     return loss, stats
 
@@ -535,8 +562,9 @@ def train_reranker(
     def step(batch, global_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         names = ("accuracy", "pos_prob", "pos_beats_neg_video")
         if listwise:  # (ListwiseBatch, its PairInputs), read ahead
-            loss, stats = listwise_loss(model, *batch, device, cfg.precision)
-            names += ("order_contrast_right",)
+            loss, stats = listwise_loss(model, *batch, device, cfg.precision,
+                                        cfg.grounding_consistency)
+            names += ("order_contrast_right", "grounding_consistency")
         else:  # caption rows
             loss, stats = _bce_step(model, dataset, bank, scores, batch, cfg, generator,
                                     hard_fraction_at(global_step), device)
