@@ -140,6 +140,12 @@ def main() -> None:
     result = run(cfg, banks, cache=cache, save_model=args.save_model)
     metrics = result["metrics"]
     summary = {key: round(metrics[key], 2) for key in SUMMARY_KEYS if key in metrics}
+    validated = [r for r in result["history"] if "val_mean_R1" in r]
+    if validated:  # what selection saw: compare configs on this, and look at the test last
+        best = max(validated, key=lambda r: r["val_mean_R1"])
+        summary.update({f"val/{k}": round(best[f"val_{k}"], 2)
+                        for k in ("t2v_R1", "v2t_R1", "mean_R1")})
+        summary["val/best_epoch"] = best["epoch"]
     factors = {key: round(v, 1) for key, v in metrics.items() if "twin_acc" in key}
     line = {"tag": args.tag, "set": args.set, "index": banks.index_id, "summary": summary,
             "twins": factors, "seconds": {k: round(v, 1) for k, v in result["seconds"].items()},
