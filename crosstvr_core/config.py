@@ -520,6 +520,13 @@ class RerankerConfig(_Section):
         description="Add a multiplicative text x video term (cosine of pooled text and pooled "
         "temporal states, learned scale) to the query-mean head's logit.",
     )
+    caption_summary: bool = Field(
+        False,
+        description="Add the caption's frozen sentence embedding (the text tower's EOT output, "
+        "what stage 1 ranks with) to every caption token through a zero-initialised "
+        "projection, so stage 2's text side starts from the words and can learn to use what "
+        "the tower's summary already knows (colour, shape).",
+    )
     frozen_similarity_term: bool = Field(
         False,
         description="Add the frozen encoder's own text-video cosine (the caption's EOT "

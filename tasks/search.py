@@ -184,7 +184,7 @@ def write_search_gallery(searcher: TextSearcher,
                       for h in found]
             return gallery_hits(model, encoded["tokens"][0], encoded["mask"][0], videos,
                                 candidate_tokens(searcher.index, ids),
-                                searcher.encoder.image_size)
+                                searcher.encoder.image_size, query_eot=encoded["eot"][0])
 
         reranked = any(h.stage2 is not None for h in result.hits)
         queries.append(GalleryQuery(query_id, result.query, hits(result.stage1_hits),

@@ -577,3 +577,30 @@ def test_time_cursor_starts_without_effect_and_moves_later_tokens() -> None:
     model.train()
     model(**inputs).sum().backward()
     assert model.ground_cursor.weight.grad.abs().sum() > 0
+
+
+def test_caption_summary_starts_without_effect_and_reads_the_frozen_embedding() -> None:
+    """reranker.caption_summary: at its zero init the plain model's logits; then the caption's
+    frozen embedding reaches every real token (the logit moves with text_eot alone), padding
+    stays zero, and it learns. Without text_eot it says what is missing."""
+    bank = random_bank()
+    plain = make_model()
+    plain.fit_input_stats(bank)
+    model = make_model(caption_summary=True)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["caption_summary.bias", "caption_summary.weight"]
+    assert not unexpected
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
+    torch.testing.assert_close(model(**inputs), plain(**inputs))
+    with torch.no_grad():
+        model.caption_summary.weight.normal_()
+        other = {**inputs, "text_eot": inputs["text_eot"].flip(0)}
+        assert not torch.allclose(model(**inputs), model(**other))
+        text = model.encode_text(inputs["text_tokens"], inputs["text_mask"], inputs["text_eot"])
+    assert text[~inputs["text_mask"].bool()].abs().sum() == 0
+    assert_batch_free(model, bank)
+    model.train()
+    model(**inputs).sum().backward()
+    assert model.caption_summary.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="caption_summary needs text_eot"):
+        model.encode_text(inputs["text_tokens"], inputs["text_mask"])

@@ -432,6 +432,12 @@ class CrossTVRReranker(nn.Module):
             self.match_video = nn.Linear(hidden, hidden)
             self.match_scale = nn.Parameter(torch.tensor(math.log(5.0)))
 
+        self.caption_summary = None
+        if cfg.caption_summary:  # the caption's frozen embedding into every token, from zero
+            self.caption_summary = nn.Linear(embed_dim, hidden)
+            nn.init.zeros_(self.caption_summary.weight)
+            nn.init.zeros_(self.caption_summary.bias)
+
         self.frozen_scale = None
         if cfg.frozen_similarity_term:
             # meanP's cosine spans ~0.1 between a caption's best and worst candidates
@@ -600,7 +606,8 @@ class CrossTVRReranker(nn.Module):
         try:
             for module in modules.values():
                 module.keep_weights = record
-            if text_eot is None:  # the frozen-similarity term adds to the logit, not the maps
+            if text_eot is None and getattr(self, "caption_summary", None) is None:
+                # the frozen-similarity term adds to the logit, not the maps
                 text_eot = video_cls.new_zeros(batch, video_cls.shape[-1])
             self(text_tokens, text_mask, video_cls, video_patches, frame_mask, text_eot=text_eot)
             kept = self._kept_patch_indices(video_patches, frame_mask)  # [B, F, M] | None
@@ -669,14 +676,24 @@ class CrossTVRReranker(nn.Module):
             return None
         return chosen.argmax(dim=-1).view(batch, frames, -1)
 
-    def encode_text(self, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """Standardised, projected text tokens [U, L, H] (padding zeroed)."""
+    def encode_text(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                    text_eot: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised, projected text tokens [U, L, H] (padding zeroed). With the caption
+        summary, every token also gets the caption's frozen embedding text_eot [U, D]."""
         self._check_widths(text_tokens.shape[-1], self.embed_dim, self.vision_width)
         if text_mask.shape != text_tokens.shape[:2]:
             raise ValueError(f"reranker: text_mask {tuple(text_mask.shape)} does not match "
                              f"text_tokens {tuple(text_tokens.shape)}")
         text_mask = text_mask.bool()
         text = self.text_proj(_standardize(text_tokens, self.text_mean, self.text_std, text_mask))
+        summary = getattr(self, "caption_summary", None)  # re-rankers pickled before it: none
+        if summary is not None:
+            if text_eot is None or text_eot.shape != (text.shape[0], self.embed_dim):
+                raise ValueError("reranker: reranker.caption_summary needs text_eot [U, "
+                                 f"{self.embed_dim}] (the captions' frozen embeddings), got "
+                                 f"{None if text_eot is None else tuple(text_eot.shape)}")
+            eot = F.normalize(text_eot.float(), dim=-1).to(text.dtype)
+            text = (text + summary(eot).unsqueeze(1)).masked_fill(~text_mask.unsqueeze(-1), 0.0)
         if len(self.text_encoder):
             text = text + sinusoidal_positions(text.shape[1], text.shape[2]).to(text)
             text = _run_stack(self.text_encoder, text, ~self._attendable_frames(text_mask))
@@ -905,7 +922,7 @@ class CrossTVRReranker(nn.Module):
         real = text_mask.bool().any(dim=0).nonzero()
         length = int(real.max()) + 1 if len(real) else 1
         text_tokens, text_mask = text_tokens[:, :length], text_mask[:, :length]
-        text = self.encode_text(text_tokens, text_mask)  # [U, L, H]
+        text = self.encode_text(text_tokens, text_mask, text_eot)  # [U, L, H]
         text_padding = ~text_mask.bool()  # [U, L]
         attendable = self._attendable_frames(frame_mask.bool())[video_index]  # [B, F]
         extra = 0.0
