@@ -140,6 +140,11 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
     val = load_validation_bank(cfg, index)
     if val is not None:
         banks[VAL_SPLIT] = val
+    elif cfg.data.val_split:
+        log.info("stage 1: split %r cannot validate (absent from %s, under 2 captioned videos,"
+                 " or the train or eval split): the re-ranker validates on %.0f%% of the "
+                 "train videos held out", cfg.data.val_split, index.uri,
+                 100 * cfg.train.val_fraction)
     metas = index.caption_meta(test.caption_ids)
     with step_run(cfg, parent_run_id, "stage1", reads=index_ref):
         mlflow.log_params({"stage1.num_test_captions": test.num_captions,
