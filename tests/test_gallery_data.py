@@ -107,6 +107,26 @@ def test_gallery_hits_carry_scores_frames_and_attention(clips, tmp_path) -> None
     assert plain[0].frame_weights is None and plain[0].patch_heat is None
 
 
+def test_gallery_attention_reads_the_query_embedding_the_caption_summary_needs(clips) -> None:
+    """With reranker.caption_summary the maps are those of the scored pair: the query's
+    frozen embedding goes in, and without it the model says so instead of guessing."""
+    model = make_model(caption_summary=True)
+    with torch.no_grad():
+        model.caption_summary.weight.normal_()
+    tokens = random_tokens(2)
+    videos = [("v0", clips[0], 0.9, 1.5, 2.4, True), ("v1", clips[1], 0.8, 1.0, 1.8, False)]
+    query = torch.randn(LENGTH, TEXT)
+    mask = torch.tensor([True, True, True, False, False])
+    eot = torch.randn(EMBED)
+    hits = gallery_hits(model, query, mask, videos, tokens, 32, query_eot=eot)
+    weights, _ = model.attention_maps(
+        query.expand(2, -1, -1), mask.expand(2, -1), tokens["video_cls"],
+        tokens["video_patches"], tokens["frame_mask"], eot.expand(2, -1))
+    np.testing.assert_allclose(hits[0].frame_weights, weights[0].numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="caption_summary needs text_eot"):
+        gallery_hits(model, query, mask, videos, tokens, 32)
+
+
 def test_heat_of_kept_patches_goes_to_their_grid_places() -> None:
     heat = np.array([[0.5, 0.25], [0.1, 0.2]])
     placed = heat_on_grid(heat, np.array([[0, 8], [4, 3]]), 9)
