@@ -264,7 +264,8 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
             cfg, model, full, sim, lists, split, val_stage1_sim=val_sim, negatives=negatives,
             on_epoch_end=on_epoch_end,
             checkpoint_dir=Path(run_dir) / "reranker_checkpoints")
-        mlflow.log_metric("train/seconds", time.perf_counter() - started)
+        # not train/seconds: the epochs log their own seconds under that key, step by step
+        mlflow.log_metric("train/total_seconds", time.perf_counter() - started)
         best = max(history, key=lambda r: r.get("val_mean_R1", 0.0)) if split else history[-1]
         mlflow.log_metrics({"train/fusion_weight_t2v": model.fusion_weight_t2v,
                             "train/fusion_weight_v2t": model.fusion_weight_v2t})
