@@ -358,8 +358,8 @@ def grounding_consistency_loss(expected: torch.Tensor, observed: torch.Tensor,
     """Mean squared gap between each real caption token's expected time, read from the text
     alone [B, L, G], and its observed time in the pair's own clip [B, G, L], held fixed
     (text_mask [B, L]). The caption side is told, token by token, when what it names
-    happens; the ranking loss alone stops teaching it once the clip side has separated a
-    clip from its reversal."""
+    happens, a signal the ranking loss gives only through the logit and only while a clip
+    and its reversal are not yet apart."""
     target = observed.detach().transpose(1, 2).to(expected.dtype)  # [B, L, G]
     mask = text_mask[:, : expected.shape[1]].unsqueeze(-1).to(expected.dtype)  # [B, L, 1]
     gap = (expected - target).square() * mask
