@@ -195,6 +195,8 @@ def test_services_die_mid_run_and_come_back(stack, ray_local, tmp_path):
     log = tmp_path / "flow.log"
     overrides = [f"home={home}", "encoder.pretrained=null", f"data.name={DATASET}",
                  "data.num_train_videos=16", "data.num_test_groups=1",
+                 # no val cubes: this run also takes the held-out validation path
+                 "data.num_val_groups=0",
                  "data.captions_per_train_video=1", "stage1.method=meanP",
                  "train.lists_from=zero_shot", "train.epochs=1",
                  "ray.decode_batch_size=2", "index.write_batch_rows=2",

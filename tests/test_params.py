@@ -168,7 +168,7 @@ def test_every_step_run_records_and_can_check_out_the_data_it_read(ablation):
     assert lineage == run_lineage(parent_id)
     tables = checkout_run_tables(stage1.info.run_id)
     expected_rows = {name: t.count_rows() for name, t in tables.items()}
-    assert expected_rows["video_tokens"] == 48 + 16  # tiny: 48 train + 16 test videos
+    assert expected_rows["video_tokens"] == 48 + 8 + 16  # tiny: 48 train, 8 val, 16 test
 
     # later writes make new versions; the checkout still shows what the run read
     import lancedb
