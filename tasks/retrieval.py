@@ -226,13 +226,11 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
                                          cfg.data.train_split)
     # the validation videos are a split of their own, or those stage 1 left out of its
     # training (stage1_training_bank): either way their lists look like the test split's
-    val_sim = None
+    val, val_sim = None, None
     if VAL_SPLIT in stage1_ref.sim_paths:
         val = load_validation_bank(cfg, index)
         val_sim = torch.load(stage1_ref.sim_paths[VAL_SPLIT])
-        split = pipeline.reranker_split(cfg, full, val)
-    else:
-        split = pipeline.reranker_split(cfg, full)
+    split = pipeline.reranker_split(cfg, full, val)
     bank = split.train if split else full  # train_stage2 cuts the negatives to it
     model, kwargs = build_reranker(cfg, index_ref)
     checkpoint = Path(run_dir) / "reranker.pt"

@@ -8,6 +8,7 @@ import torch
 from bank_fixtures import FRAMES, make_model, random_bank, toy_bank
 
 from crosstvr_core.config import TrainConfig
+from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.retrieval.metrics import retrieval_metrics
 from crosstvr_core.retrieval.two_stage import (
     fuse_top_k,
@@ -17,6 +18,7 @@ from crosstvr_core.retrieval.two_stage import (
     stage2_only_top1,
     text_to_video_candidates,
 )
+from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.training.lists import (
     TrainingLists,
     cross_fitted_similarity,
@@ -165,12 +167,19 @@ def test_pair_logits_score_each_arrangement_of_the_frames() -> None:
     assert len({round(float(v), 5) for v in got[:3]}) == 3  # three different clips
 
 
-def test_swapped_negative_is_one_more_column_the_loss_sees() -> None:
+def lists_and_model() -> tuple[TokenBank, TrainingLists, CrossTVRReranker]:
+    """A 12-video toy bank, stage-1 lists of 4 from a fixed random similarity, and a small
+    re-ranker fitted to the bank's input statistics: what one listwise step reads."""
     bank = toy_bank(num_videos=12)
     sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
     lists = lists_from_similarity(sim, sim, 4)
     model = make_model(hidden=32)
     model.fit_input_stats(bank)
+    return bank, lists, model
+
+
+def test_swapped_negative_is_one_more_column_the_loss_sees() -> None:
+    bank, lists, model = lists_and_model()
     rows = torch.arange(4)
     losses = {}
     for reversed_, swapped in ((True, False), (True, True), (False, True)):
@@ -229,11 +238,7 @@ def test_order_contrast_rewards_only_the_interaction() -> None:
 
 @pytest.mark.parametrize("arranged", [HALVES_SWAPPED, BACKWARDS])
 def test_order_contrast_pairs_are_scored_and_weighted_as_planned(arranged: int) -> None:
-    bank = toy_bank(num_videos=12)
-    sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
-    lists = lists_from_similarity(sim, sim, 4)
-    model = make_model(hidden=32)
-    model.fit_input_stats(bank)
+    bank, lists, model = lists_and_model()
     rows = torch.tensor([0, 3, 5])
     cpu = torch.device("cpu")
     plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0),
@@ -299,11 +304,7 @@ def test_grounding_consistency_is_the_gap_over_real_tokens_towards_a_fixed_targe
 def test_grounding_consistency_reads_each_captions_own_pair_at_its_weight() -> None:
     """The step's loss is the listwise loss plus the weight times the consistency of each
     caption with its own video, computed here straight from the model's grounding times."""
-    bank = toy_bank(num_videos=12)
-    sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
-    lists = lists_from_similarity(sim, sim, 4)
-    model = make_model(hidden=32)
-    model.fit_input_stats(bank)
+    bank, lists, model = lists_and_model()
     rows = torch.tensor([0, 3, 5])
     cpu = torch.device("cpu")
     plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0))
