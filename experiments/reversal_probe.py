@@ -81,18 +81,17 @@ def main() -> None:
         return score_pairs(model, bank, text_rows, video_bank, video_rows, 256,
                            precision=cfg.train.precision).numpy()
 
-    def twin_margin(first_bank, first, second_bank, second):
+    def twin_scores(video_bank):  # NaN where a caption has no twin
         out = np.full(len(c), np.nan)
-        mask = has_twin.numpy()
-        if mask.any():
-            out[mask] = (score(c[has_twin], first_bank, first[has_twin])
-                         - score(c[has_twin], second_bank, second[has_twin]))
+        if has_twin.any():
+            out[has_twin.numpy()] = score(c[has_twin], video_bank, w[has_twin])
         return out
 
+    own, twin_rendered = score(c, bank, v), twin_scores(bank)
     checks = {
-        "twin": twin_margin(bank, v, bank, w),
-        "reversal": score(c, bank, v) - score(c, reversed_bank, v),
-        "reversed twin": twin_margin(reversed_bank, w, bank, w),
+        "twin": own - twin_rendered,
+        "reversal": own - score(c, reversed_bank, v),
+        "reversed twin": twin_scores(reversed_bank) - twin_rendered,
         "other caption": score(o, bank, v) - score(o, reversed_bank, v),
     }
     groups: dict[tuple, list[int]] = defaultdict(list)
