@@ -28,6 +28,7 @@ from crosstvr_core.synthetic.stills import (
 )
 from crosstvr_core.training.encoder_pretraining import (
     checkpoint_path,
+    encode_text_trimmed,
     pretrain_encoder,
     resolve_pretrained,
     resolve_text_tokens,
@@ -255,6 +256,30 @@ def test_the_index_loads_the_checkpoint_as_open_clip_does(three_steps):
         torch.testing.assert_close(cls, reference.encode_image(pixels), atol=1e-5, rtol=1e-4)
         tokens = open_clip.get_tokenizer(MODEL)(texts)
         torch.testing.assert_close(eot, reference.encode_text(tokens), atol=1e-5, rtol=1e-4)
+
+
+def test_trimmed_text_forward_matches_open_clip_features_and_gradients():
+    """Pretraining runs the text tower only up to the batch's longest caption: the features
+    and every parameter's gradient must be open_clip's encode_text over the full context."""
+    torch.manual_seed(0)
+    model = open_clip.create_model(MODEL)
+    texts = ["a red cube", "a large blue sphere in the top left and a small green cone moving"]
+    tokens = open_clip.get_tokenizer(MODEL)(texts)
+    assert int((tokens != 0).sum(1).max()) < tokens.shape[1] // 2  # there is padding to trim
+    grads = []
+    for encode in (lambda t: model.encode_text(t, normalize=True),
+                   lambda t: encode_text_trimmed(model, t, normalize=True)):
+        model.zero_grad()
+        features = encode(tokens)
+        (features * torch.linspace(-1, 1, features.shape[1])).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        grads[-1]["features"] = features.detach()
+    full, trimmed = grads
+    assert full.keys() == trimmed.keys() and "token_embedding.weight" in full
+    for name in full:
+        torch.testing.assert_close(trimmed[name], full[name], atol=1e-6, rtol=1e-4, msg=name)
+    model.attn_mask = None  # without the causal mask padding is attended to: no trimming
+    torch.testing.assert_close(encode_text_trimmed(model, tokens), model.encode_text(tokens))
 
 
 def test_the_contrastive_loss_falls(tmp_path):
