@@ -420,7 +420,9 @@ class RerankerConfig(_Section):
     num_layers: int = Field(1, ge=1, description="L blocks per attention level.")
     num_queries: int = Field(4, ge=1, description="N_Q learnable query tokens.")
     dropout: float = Field(
-        0.0, ge=0, lt=1, description="Dropout in the attention and feed-forward blocks."
+        0.0, ge=0, lt=1, description="Dropout in the attention and feed-forward blocks. "
+        "On the generated benchmark 0.1 left order-twin accuracy where it was and cost 4 to 5 "
+        "points of the re-ranker's own top-1."
     )
     attention: Literal["decoupled", "spatial_only", "temporal_only", "joint"] = Field(
         "decoupled",
