@@ -49,6 +49,7 @@ def bank_subset(bank: TokenBank, video_rows: torch.Tensor) -> tuple[TokenBank, t
         text_tokens=bank.text_tokens[caption_rows],
         text_mask=bank.text_mask[caption_rows],
         caption_video=new_row[bank.caption_video[caption_rows]],
+        text_words=None if bank.text_words is None else bank.text_words[caption_rows],
     )
     return subset, caption_rows
 

@@ -18,8 +18,10 @@ import torch
 from crosstvr_core import synthetic
 from crosstvr_core.bank_split import BankSplit, separate_validation, split_validation
 from crosstvr_core.config import CrossTVRConfig
+from crosstvr_core.models.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
 from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
 from crosstvr_core.models.temporal_head import TemporalHead, dual_softmax
+from crosstvr_core.models.word_embeddings import attach_word_embeddings
 from crosstvr_core.report import flat_metrics, per_family_recall
 from crosstvr_core.retrieval.metrics import (
     retrieval_metrics,
@@ -36,7 +38,9 @@ from crosstvr_core.retrieval.two_stage import (
     text_to_video_candidates,
     video_to_text_candidates,
 )
+from crosstvr_core.storage import TokenIndex
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training.encoder_pretraining import resolve_pretrained, resolve_text_tokens
 from crosstvr_core.training.lists import (
     TrainingLists,
     cross_fitted_similarity,
@@ -149,6 +153,31 @@ def training_lists(cfg: CrossTVRConfig, bank: TokenBank, stage1_sim: torch.Tenso
 
 
 # --------------------------------------------------------------------------- stage 2
+
+
+def encoder_spec(cfg: CrossTVRConfig) -> EncoderSpec:
+    return EncoderSpec(cfg.encoder.name, resolve_pretrained(cfg), cfg.encoder.precision,
+                       resolve_text_tokens(cfg))
+
+
+def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:
+    """The configured frozen encoder (the one the index was built with)."""
+    return load_frozen_encoder(
+        encoder_spec(cfg), init_seed=cfg.encoder.init_seed,
+        weights_dir=cfg.home_path / "weights", device=device,
+    )
+
+
+def reranker_banks(cfg: CrossTVRConfig, index: TokenIndex,
+                   *banks: TokenBank | None) -> list[TokenBank | None]:
+    """The banks as the configured re-ranker reads them: with each caption token's own
+    frozen embedding when reranker.word_timing_term is on (the frozen text tower encodes
+    each distinct token once), unchanged otherwise."""
+    if not cfg.reranker.word_timing_term:
+        return list(banks)
+    encoder, texts = load_encoder(cfg), index.caption_texts()
+    return [None if bank is None else attach_word_embeddings(bank, encoder, texts)
+            for bank in banks]
 
 
 def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> CrossTVRReranker:

@@ -38,7 +38,9 @@ class TokenBank:
       video_patches [V, F, P, Wv] (unprojected patch tokens), frame_mask [V, F] (True = real
       frame, False = padding of a short clip), caption_ids [T], text_eot [T, D] (projected
       EOT embedding), text_tokens [T, L, Wt] (unprojected token features),
-      text_mask [T, L] (True = real token), caption_video [T] (row of the caption's video).
+      text_mask [T, L] (True = real token), caption_video [T] (row of the caption's video);
+      optional text_words [T, L, D] (each token's own frozen embedding, for the re-ranker's
+      word-timing term; `attach_word_embeddings`).
     """
 
     video_ids: list[str]
@@ -50,6 +52,7 @@ class TokenBank:
     text_tokens: torch.Tensor
     text_mask: torch.Tensor
     caption_video: torch.Tensor
+    text_words: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         v, f = self.frame_mask.shape
@@ -62,6 +65,8 @@ class TokenBank:
             "text_tokens": self.text_tokens.shape[0] == t,
             "text_mask": self.text_mask.shape == self.text_tokens.shape[:2],
             "caption_video": self.caption_video.shape == (t,),
+            "text_words": self.text_words is None
+            or self.text_words.shape[:2] == self.text_tokens.shape[:2],
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -91,4 +96,5 @@ class TokenBank:
             "text_eot": self.text_eot[rows].float(),
             "text_tokens": self.text_tokens[rows].float(),
             "text_mask": self.text_mask[rows],
+            **({} if self.text_words is None else {"text_words": self.text_words[rows].float()}),
         }

@@ -44,6 +44,7 @@ def load_banks(cfg: CrossTVRConfig) -> Banks:
     val = pipeline.validation_bank(
         cfg, lambda name: index.load_token_bank(name, cfg.index.token_memory_gb))
     index_id = f"{index.encoder_id}|{json.dumps(index.versions(), sort_keys=True)}"
+    train, val, test = pipeline.reranker_banks(cfg, index, train, val, test)
     return Banks(train, val, test, index.caption_meta(test.caption_ids),
                  dict(index.shapes.__dict__), index_id)
 

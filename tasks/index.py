@@ -22,9 +22,9 @@ from prefect import task
 
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.data.datasets import RetrievalDataset
-from crosstvr_core.models.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
+from crosstvr_core.models.encoder import FrozenEncoder
+from crosstvr_core.pipeline import load_encoder
 from crosstvr_core.storage import CAPTIONS, VIDEO_TOKENS, VIDEOS, TokenIndex, TokenShapes
-from crosstvr_core.training.encoder_pretraining import resolve_pretrained, resolve_text_tokens
 from tasks.index_decode import decode_batch
 from tasks.runtime import failure_reason
 
@@ -59,18 +59,6 @@ class IndexResult:
 
     ref: IndexRef
     failures: dict[str, list[tuple[str, str]]]  # reason -> [(video_id, error)]
-
-
-def encoder_spec(cfg: CrossTVRConfig) -> EncoderSpec:
-    return EncoderSpec(cfg.encoder.name, resolve_pretrained(cfg), cfg.encoder.precision,
-                       resolve_text_tokens(cfg))
-
-
-def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:
-    return load_frozen_encoder(
-        encoder_spec(cfg), init_seed=cfg.encoder.init_seed,
-        weights_dir=cfg.home_path / "weights", device=device,
-    )
 
 
 def token_shapes(cfg: CrossTVRConfig, encoder: FrozenEncoder) -> TokenShapes:

@@ -230,6 +230,7 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     if VAL_SPLIT in stage1_ref.sim_paths:
         val = load_validation_bank(cfg, index)
         val_sim = torch.load(stage1_ref.sim_paths[VAL_SPLIT])
+    full, val = pipeline.reranker_banks(cfg, index, full, val)
     split = pipeline.reranker_split(cfg, full, val)
     bank = split.train if split else full  # train_stage2 cuts the negatives to it
     model, kwargs = build_reranker(cfg, index_ref)
@@ -296,6 +297,7 @@ def run_two_stage_eval(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     torch.set_num_threads(cfg.train.torch_threads)
     index = index_ref.open()
     bank = index.load_token_bank(cfg.data.eval_split, cfg.index.token_memory_gb)
+    (bank,) = pipeline.reranker_banks(cfg, index, bank)
     sim = torch.load(stage1_ref.sim_paths[TEST_SPLIT])
     model = load_reranker(cfg, reranker_ref).to(_device())
     metas = index.caption_meta(bank.caption_ids)

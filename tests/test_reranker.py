@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 from bank_fixtures import FRAMES, PATCHES, make_model, random_bank
 
 from crosstvr_core.models.reranker import CrossTVRReranker
@@ -11,6 +14,7 @@ from crosstvr_core.models.token_selection import PatchTokenSelector, hard_top_k
 from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.training.negatives import (
     halves_swapped_frame_order,
+    play_backwards,
     random_negative_texts,
     random_negative_videos,
     sample_hard_negative_texts,
@@ -604,3 +608,54 @@ def test_caption_summary_starts_without_effect_and_reads_the_frozen_embedding() 
     assert model.caption_summary.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="caption_summary needs text_eot"):
         model.encode_text(inputs["text_tokens"], inputs["text_mask"])
+
+
+def with_words(bank: TokenBank, seed: int = 1) -> TokenBank:
+    """`bank` with random per-token frozen embeddings (zeros at padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    words = torch.randn(*bank.text_tokens.shape[:2], bank.text_eot.shape[1], generator=gen)
+    return dataclasses.replace(bank, text_words=(words * bank.text_mask[..., None]).half())
+
+
+def test_word_timing_reads_frozen_time_and_flips_when_played_backwards() -> None:
+    """reranker.word_timing_term: a token's observed time is where the frames' frozen
+    embeddings look most like its own frozen embedding (nothing learned but a sharpness):
+    a word shown only in the last frame is observed late, and in the first frame once the
+    clip is played backwards, so the term changes sign."""
+    bank = with_words(random_bank())
+    model = make_model(word_timing_term=True)
+    model.fit_input_stats(bank)
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
+    word = F.normalize(inputs["text_words"][0, 1], dim=0)
+    cls = inputs["video_cls"].clone()
+    cls[0] = -word  # every frame unlike the word ...
+    cls[0, 2] = word  # ... but frame 2, the last real frame of clip 0
+    inputs["video_cls"] = cls
+    rows = torch.arange(3)
+    with torch.no_grad():
+        text = model.encode_text(inputs["text_tokens"], inputs["text_mask"])
+        expected, importance, observed = model.word_times(
+            text, inputs["text_mask"].bool(), rows, inputs["text_words"], cls,
+            inputs["frame_mask"].bool(), rows)
+        backwards = play_backwards(inputs)
+        _, _, observed_back = model.word_times(
+            text, inputs["text_mask"].bool(), rows, inputs["text_words"],
+            backwards["video_cls"], inputs["frame_mask"].bool(), rows)
+    assert observed[0, 1] > 0.99 and observed_back[0, 1] < -0.99
+    torch.testing.assert_close(observed_back, -observed, atol=1e-5, rtol=0)
+    torch.testing.assert_close(importance.sum(dim=1), torch.ones(3))
+    term = model._word_timing_logit(expected, importance, observed)
+    term_back = model._word_timing_logit(expected, importance, observed_back)
+    torch.testing.assert_close(term_back, -term)
+    model.train()
+    model(**inputs).sum().backward()
+    assert model.word_when.weight.grad.abs().sum() > 0
+    assert model.word_sharpness.grad is not None
+
+
+def test_word_timing_without_word_embeddings_is_refused() -> None:
+    bank = random_bank()
+    model = make_model(word_timing_term=True)
+    model.fit_input_stats(bank)
+    with pytest.raises(ValueError, match="text_words"):
+        model(**pair_inputs(bank, [0], [0]))

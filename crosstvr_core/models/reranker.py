@@ -328,7 +328,8 @@ class CrossTVRReranker(nn.Module):
     """Video-text matching logit from frozen tokens: hierarchical decoupled cross attention."""
 
     _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale",
-                          "ground_sharpness", "ground_scale", "frozen_scale", "ground_mention")
+                          "ground_sharpness", "ground_scale", "frozen_scale", "ground_mention",
+                          "word_sharpness", "word_scale")
 
     def __init__(
         self,
@@ -465,6 +466,14 @@ class CrossTVRReranker(nn.Module):
                 nn.init.zeros_(self.ground_cursor.bias)
             self.ground_scale = nn.Parameter(torch.tensor(2.0))
 
+        self.word_when = None
+        if cfg.word_timing_term and cfg.attention != "spatial_only":
+            # per token: expected time, importance (the observed time is frozen)
+            self.word_when = nn.Linear(hidden, 2)
+            # frozen word-frame cosines differ by a few hundredths over a clip
+            self.word_sharpness = nn.Parameter(torch.tensor(math.log(50.0)))
+            self.word_scale = nn.Parameter(torch.tensor(2.0))
+
         def blocks() -> nn.ModuleList:
             return nn.ModuleList(
                 QueryBlock(hidden, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
@@ -555,13 +564,15 @@ class CrossTVRReranker(nn.Module):
         video_patches: torch.Tensor,
         frame_mask: torch.Tensor,
         text_eot: torch.Tensor | None = None,
+        text_words: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """VTM logits [B] of pairs (text_tokens [B, L, Wt], text_mask [B, L], video_cls
         [B, F, D], video_patches [B, F, P, Wv], frame_mask [B, F]; masks True = real;
-        text_eot [B, D], the caption embeddings, for the frozen-similarity term)."""
+        text_eot [B, D], the caption embeddings, for the frozen-similarity term; text_words
+        [B, L, D], each token's own frozen embedding, for the word-timing term)."""
         visual = self.encode_video(video_cls, video_patches, frame_mask)
         return self.match(text_tokens, text_mask, visual, frame_mask, text_eot=text_eot,
-                          video_cls=video_cls)
+                          video_cls=video_cls, text_words=text_words)
 
     @torch.no_grad()
     def attention_maps(
@@ -839,6 +850,39 @@ class CrossTVRReranker(nn.Module):
         return self.ground_scale * torch.einsum("blg,bgl->b", expected * importance,
                                                 observed) / expected.shape[-1]
 
+    def _word_timing_logit(self, expected: torch.Tensor, importance: torch.Tensor,
+                           observed: torch.Tensor) -> torch.Tensor:
+        """Word timing [B]: sum over caption tokens of importance x expected x observed time
+        (`word_times`), with a learned scale; a clip played backwards changes its sign."""
+        return self.word_scale * (expected * importance * observed).sum(dim=1)
+
+    def word_times(self, text: torch.Tensor, text_mask: torch.Tensor, text_index: torch.Tensor,
+                   text_words: torch.Tensor | None, video_cls: torch.Tensor | None,
+                   frame_mask: torch.Tensor, video_index: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the word-timing term compares, per pair (caption text_index[i], video
+        video_index[i]): the expected time [B, L] read from the caption's states text
+        [U, L, H] (tanh, in [-1, 1]), the importance [B, L] (softmax over its real tokens),
+        and the observed time [B, L]: where over the clip's real frames (-1 first, +1 last)
+        the token's own frozen embedding text_words [U, L, D] is most like the frozen frame
+        embedding video_cls [V, F, D] (softmax over time). The observed side has nothing to
+        learn but its sharpness, so it is the same on unseen scenes as on training ones."""
+        if text_words is None or video_cls is None:
+            raise ValueError("reranker: reranker.word_timing_term needs text_words (each "
+                             "caption token's frozen embedding: attach_word_embeddings) and "
+                             "video_cls")
+        with torch.autocast(device_type=text.device.type, enabled=False):
+            words = F.normalize(text_words.float(), dim=-1)[text_index]  # [B, L, D]
+            frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
+            similarity = torch.einsum("bld,bfd->blf", words, frames) * self.word_sharpness.exp()
+            attendable = self._attendable_frames(frame_mask)[video_index]  # [B, F]
+            similarity = similarity.masked_fill(~attendable[:, None, :], float("-inf"))
+            place = _relative_places(attendable.float())  # [B, F]
+            observed = torch.einsum("blf,bf->bl", similarity.softmax(dim=-1), place)
+        when, importance = self.word_when(text).float().unbind(dim=-1)  # [U, L]
+        importance = importance.masked_fill(~text_mask, float("-inf")).softmax(dim=1)
+        return torch.tanh(when)[text_index], importance[text_index], observed
+
     def grounding_times(self, text: torch.Tensor, text_mask: torch.Tensor,
                         text_index: torch.Tensor, visual: torch.Tensor,
                         frame_mask: torch.Tensor, video_index: torch.Tensor
@@ -888,22 +932,25 @@ class CrossTVRReranker(nn.Module):
         text_eot: torch.Tensor | None = None,
         video_cls: torch.Tensor | None = None,
         return_grounding: bool = False,
+        text_words: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """VTM logits [B] of encode_video's tokens visual [V, F, T, H] (frame_mask [V, F])
         with text tokens [U, L, Wt] (mask [U, L]); pair i reads caption text_index[i] and
         video video_index[i] (defaults: caption i, video i), so a caption or a video in many
         pairs has its own path (text states, memory keys) computed once. The
         frozen-similarity term reads the captions' embeddings text_eot [U, D] and the
-        videos' frame embeddings video_cls [V, F, D]. With `return_grounding`: (logits, the
-        grounding term's `grounding_times` of every pair, or None without the term)."""
+        videos' frame embeddings video_cls [V, F, D]; the word-timing term reads those and
+        each caption token's own frozen embedding text_words [U, L, D]. With
+        `return_grounding`: (logits, the grounding term's `grounding_times` of every pair, or
+        None without the term)."""
         logits, grounding = self._match(text_tokens, text_mask, visual, frame_mask, text_index,
-                                        video_index, text_eot, video_cls)
+                                        video_index, text_eot, video_cls, text_words)
         return (logits, grounding) if return_grounding else logits
 
     def _match(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, visual: torch.Tensor,
                frame_mask: torch.Tensor, text_index: torch.Tensor | None,
                video_index: torch.Tensor | None, text_eot: torch.Tensor | None,
-               video_cls: torch.Tensor | None
+               video_cls: torch.Tensor | None, text_words: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         num_videos, frames, per_frame, hidden = visual.shape
         if video_index is None:
@@ -922,6 +969,8 @@ class CrossTVRReranker(nn.Module):
         real = text_mask.bool().any(dim=0).nonzero()
         length = int(real.max()) + 1 if len(real) else 1
         text_tokens, text_mask = text_tokens[:, :length], text_mask[:, :length]
+        if text_words is not None:
+            text_words = text_words[:, :length]
         text = self.encode_text(text_tokens, text_mask, text_eot)  # [U, L, H]
         text_padding = ~text_mask.bool()  # [U, L]
         attendable = self._attendable_frames(frame_mask.bool())[video_index]  # [B, F]
@@ -938,6 +987,10 @@ class CrossTVRReranker(nn.Module):
             grounding = self.grounding_times(text, text_mask.bool(), text_index, visual,
                                              frame_mask.bool(), video_index)
             extra = extra + self._grounding_logit(*grounding)
+        if getattr(self, "word_when", None) is not None:
+            extra = extra + self._word_timing_logit(*self.word_times(
+                text, text_mask.bool(), text_index, text_words, video_cls, frame_mask.bool(),
+                video_index))
         temporal_pos = self.temporal_pos[:frames]  # [F, H]
         nq = self.num_queries
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from crosstvr_core.models.encoder import FrozenEncoder
 from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.models.temporal_head import TemporalHead
+from crosstvr_core.models.word_embeddings import caption_word_embeddings
 from crosstvr_core.retrieval.pair_scoring import score_pairs
 from crosstvr_core.retrieval.search import AnnIndex
 from crosstvr_core.retrieval.stage1 import mean_pool_frames
@@ -154,13 +155,15 @@ class _QueryTokens:
     """Caption-side TokenSource over encoded queries, video side over candidate tokens."""
 
     def __init__(self, text_eot: torch.Tensor, text_tokens: torch.Tensor,
-                 text_mask: torch.Tensor, video: dict[str, torch.Tensor]) -> None:
+                 text_mask: torch.Tensor, video: dict[str, torch.Tensor],
+                 text_words: torch.Tensor | None = None) -> None:
         self.text_eot, self.text_tokens, self.text_mask = text_eot, text_tokens, text_mask
-        self.video = video
+        self.text_words, self.video = text_words, video
 
     def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        words = {} if self.text_words is None else {"text_words": self.text_words[rows]}
         return {"text_eot": self.text_eot[rows], "text_tokens": self.text_tokens[rows],
-                "text_mask": self.text_mask[rows]}
+                "text_mask": self.text_mask[rows], **words}
 
     def video_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {key: value[rows] for key, value in self.video.items()}
@@ -233,13 +236,18 @@ class TextSearcher:
             embedding = F.normalize(eot.float(), dim=-1)
         else:
             embedding = head.eval().encode_text(eot, tokens, mask)
-        return {"embedding": embedding, "eot": eot, "tokens": tokens, "mask": mask}
+        encoded = {"embedding": embedding, "eot": eot, "tokens": tokens, "mask": mask}
+        if getattr(self.models.reranker, "word_when", None) is not None:
+            encoded["words"] = caption_word_embeddings(self.encoder, queries,
+                                                       tokens.shape[1]).float()
+        return encoded
 
     def rerank_scores(self, encoded: dict[str, torch.Tensor], query_rows: torch.Tensor,
                       videos: dict[str, torch.Tensor]) -> torch.Tensor:
         """Re-ranker scores [N] of pairs (query row i, video row i of `videos`, the
         candidates' tokens as `candidate_tokens` reads them), as fusion reads them."""
-        source = _QueryTokens(encoded["eot"], encoded["tokens"], encoded["mask"], videos)
+        source = _QueryTokens(encoded["eot"], encoded["tokens"], encoded["mask"], videos,
+                              encoded.get("words"))
         logits = score_pairs(self.models.reranker, source, query_rows, source,
                              torch.arange(len(query_rows)), self.batch_size, device=self.device,
                              precision="fp32")
