@@ -175,8 +175,8 @@ def reranker_banks(cfg: CrossTVRConfig, index: TokenIndex,
     each distinct token once), unchanged otherwise."""
     if not cfg.reranker.word_timing_term:
         return list(banks)
-    encoder, texts = load_encoder(cfg), index.caption_texts()
-    return [None if bank is None else attach_word_embeddings(bank, encoder, texts)
+    encoder, texts, known = load_encoder(cfg), index.caption_texts(), {}
+    return [None if bank is None else attach_word_embeddings(bank, encoder, texts, known)
             for bank in banks]
 
 

@@ -1,6 +1,6 @@
 """The cached frozen-encoder tokens of one split, as tensors.
 
-Training and evaluation of stage 1 and stage 2 read only this (never the encoder): it is
+Training and evaluation of stage 1 and stage 2 read only this (never the image tower): it is
 filled from the Lance tables once, then indexed by row. Tokens stay fp16 here, as stored,
 and are cast to float32 per batch.
 """

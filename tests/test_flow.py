@@ -134,9 +134,8 @@ def test_pretrain_flow_reuses_the_benchmarks_encoder(flow_result, capsys):
 
 
 def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeypatch):
-    """Train both heads again from the Lance cache with every encoder entry point disabled."""
-    import open_clip
-
+    """Train both heads again from the Lance cache with every encoder entry point disabled
+    but one: the word-timing term's text tower on single tokens, each distinct one once."""
     from crosstvr_core.config import load_config
     from crosstvr_core.models.encoder import FrozenEncoder
     from tasks.index import IndexRef, load_encoder, token_shapes
@@ -155,14 +154,31 @@ def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeyp
         calls.append(args)
         raise AssertionError("the frozen encoder was called during training")
 
-    for name in ("encode_frames", "encode_captions", "_image_tokens"):
-        monkeypatch.setattr(FrozenEncoder, name, forbidden)
-    monkeypatch.setattr(open_clip, "create_model", forbidden)
+    words: list[str] = []
+    encode_captions = FrozenEncoder.encode_captions
+
+    def single_words_only(self, texts):
+        words.extend(texts)
+        assert all(t and " " not in t for t in texts), texts  # tokens decoded one by one
+        return encode_captions(self, texts)
+
+    image_tokens = FrozenEncoder._image_tokens
+
+    def shape_probe_only(self, images):  # loading the encoder probes one blank image
+        assert images.shape[0] == 1 and not images.any(), "a frame was encoded in training"
+        return image_tokens(self, images)
+
+    monkeypatch.setattr(FrozenEncoder, "encode_frames", forbidden)
+    monkeypatch.setattr(FrozenEncoder, "_image_tokens", shape_probe_only)
+    monkeypatch.setattr(FrozenEncoder, "encode_captions", single_words_only)
     with parent_run(cfg, "no-encoder-check", {}) as parent_id:
         run_dir = str(home / "runs" / "no-encoder")
         stage1 = run_stage1(cfg, ref, run_dir, parent_id)
         reranker = run_train_reranker(cfg, ref, stage1, run_dir, parent_id)
     assert calls == []
+    # each distinct caption token once (two tokens may decode alike), plus the load probe
+    distinct = encoder.tokenize(list(index.caption_texts().values())).unique()
+    assert cfg.reranker.word_timing_term and 0 < len(words) <= len(distinct) + 1
     assert stage1.metrics["stage1/t2v_R1"] >= 0 and reranker.checkpoint.endswith("reranker.pt")
 
 

@@ -50,26 +50,30 @@ def single_token_embeddings(encoder: FrozenEncoder, token_ids: list[int]) -> tor
     return out
 
 
-def caption_word_embeddings(encoder: FrozenEncoder, texts: list[str],
-                            length: int) -> torch.Tensor:
+def caption_word_embeddings(encoder: FrozenEncoder, texts: list[str], length: int,
+                            known: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Per caption and token position (the first `length`), that token's frozen embedding
-    [C, length, D] fp16; each distinct token is encoded once."""
+    [C, length, D] fp16; each distinct token is encoded once (and not at all when it is in
+    `known`, token id -> embedding, which this call extends)."""
     ids = encoder.tokenize(list(texts))[:, :length].long()  # [C, L]
     if ids.shape[1] < length:
         ids = F.pad(ids, (0, length - ids.shape[1]))
     vocabulary, where = torch.unique(ids, return_inverse=True)
-    table = single_token_embeddings(encoder, vocabulary.tolist())  # [U, D]
+    known = {} if known is None else known
+    new = [t for t in vocabulary.tolist() if t not in known]
+    known.update(zip(new, single_token_embeddings(encoder, new), strict=True))
+    table = torch.stack([known[t] for t in vocabulary.tolist()])  # [U, D]
     return table[where].half()
 
 
-def attach_word_embeddings(bank: TokenBank, encoder: FrozenEncoder,
-                           texts: dict[str, str]) -> TokenBank:
+def attach_word_embeddings(bank: TokenBank, encoder: FrozenEncoder, texts: dict[str, str],
+                           known: dict[int, torch.Tensor] | None = None) -> TokenBank:
     """`bank` with text_words: its captions' (caption_id -> text in `texts`) token
-    embeddings, aligned with its cached token features."""
+    embeddings, aligned with its cached token features (`known`: caption_word_embeddings)."""
     missing = [c for c in bank.caption_ids if c not in texts]
     if missing:
         raise ValueError(f"word embeddings: {len(missing)} captions have no text, e.g. "
                          f"{missing[:3]}")
     words = caption_word_embeddings(encoder, [texts[c] for c in bank.caption_ids],
-                                    bank.text_tokens.shape[1])
+                                    bank.text_tokens.shape[1], known)
     return dataclasses.replace(bank, text_words=words)
