@@ -108,12 +108,14 @@ def gallery_hits(model: CrossTVRReranker | None, query_tokens: torch.Tensor,
                  video_tokens: dict[str, torch.Tensor], frame_size: int, *,
                  frame_cache: FrameCache | None = None,
                  grid_patches: int | None = None,
-                 query_eot: torch.Tensor | None = None) -> list[GalleryHit]:
+                 query_eot: torch.Tensor | None = None,
+                 query_words: torch.Tensor | None = None) -> list[GalleryHit]:
     """One GalleryHit per video, in order: frames decoded at `frame_size` (each uri once; a
     shared `frame_cache` spans calls), and, with a model, where it looked for this query.
 
     query_tokens [L, Wt], query_mask [L]: the caption's tokens (query_eot [D]: its frozen
-    embedding, which a re-ranker with the caption summary reads); video_tokens: "video_cls"
+    embedding, which a re-ranker with the caption summary reads; query_words [L, D]: its
+    tokens' own frozen embeddings, for the word-timing term); video_tokens: "video_cls"
     [N, F, D], "video_patches" [N, F, P, Wv], "frame_mask" [N, F] aligned with `videos`, and
     optionally "patch_index" [N, F, P] with `grid_patches` (see heat_on_grid).
     """
@@ -136,7 +138,8 @@ def gallery_hits(model: CrossTVRReranker | None, query_tokens: torch.Tensor,
             video_tokens["video_cls"].float().to(device),
             video_tokens["video_patches"].float().to(device),
             frame_mask.to(device),
-            None if query_eot is None else query_eot.float().to(device).expand(n, -1))
+            None if query_eot is None else query_eot.float().to(device).expand(n, -1),
+            None if query_words is None else query_words.float().to(device).expand(n, -1, -1))
         weights, heat = weights.cpu().numpy(), heat.cpu().numpy()
     patch_index = video_tokens.get("patch_index")
 
@@ -306,7 +309,8 @@ def _two_stage_gallery(model: CrossTVRReranker, bank: TokenBank, stage1_sim: tor
             hits = dict(zip(columns, gallery_hits(
                 model, text["text_tokens"][0], text["text_mask"][0], videos, video_tokens,
                 frame_size, frame_cache=cache, grid_patches=grid_patches,
-                query_eot=text["text_eot"][0]), strict=True))
+                query_eot=text["text_eot"][0], query_words=text.get("text_words", [None])[0]),
+                strict=True))
             built[row] = ([hits[c] for c in shown_columns(sim[row])],
                           [hits[c] for c in shown_columns(fused_t2v[row])])
         caption_id = bank.caption_ids[row]

@@ -184,7 +184,8 @@ def write_search_gallery(searcher: TextSearcher,
                       for h in found]
             return gallery_hits(model, encoded["tokens"][0], encoded["mask"][0], videos,
                                 candidate_tokens(searcher.index, ids),
-                                searcher.encoder.image_size, query_eot=encoded["eot"][0])
+                                searcher.encoder.image_size, query_eot=encoded["eot"][0],
+                                query_words=encoded.get("words", [None])[0])
 
         reranked = any(h.stage2 is not None for h in result.hits)
         queries.append(GalleryQuery(query_id, result.query, hits(result.stage1_hits),

@@ -27,6 +27,9 @@ def token_bank(video_cls: torch.Tensor, video_patches: torch.Tensor, frame_mask:
                caption_video: torch.Tensor, video_ids: list[str] | None = None) -> TokenBank:
     """A bank of these tensors: tokens stored fp16, ids v<i> (or `video_ids`) and c<i>."""
     num_videos, num_captions = frame_mask.shape[0], text_mask.shape[0]
+    # each token's own frozen embedding (the word-timing term): random, zero at padding
+    words = torch.randn(*text_mask.shape, video_cls.shape[-1],
+                        generator=torch.Generator().manual_seed(num_captions))
     return TokenBank(
         video_ids=video_ids or [f"v{i}" for i in range(num_videos)],
         video_cls=video_cls.half(),
@@ -37,6 +40,7 @@ def token_bank(video_cls: torch.Tensor, video_patches: torch.Tensor, frame_mask:
         text_tokens=text_tokens.half(),
         text_mask=text_mask,
         caption_video=caption_video,
+        text_words=(words * text_mask[..., None]).half(),
     )
 
 

@@ -62,7 +62,7 @@ def test_a_bank_on_disk_trains_and_scores_like_the_bank_in_memory(stored) -> Non
                       generator=torch.Generator().manual_seed(1))
     weights = {}
     for name, bank in (("memory", memory), ("disk", disk)):
-        model = make_model()
+        model = make_model(word_timing_term=False)  # a stored index has no word embeddings
         history = train_reranker(model, bank, None, cfg, lists=lists_from_similarity(sim, sim, 3),
                                  progress=False)
         assert np.isfinite(history[-1]["loss"])

@@ -89,7 +89,9 @@ def write_index(root, uris: list[str], rng: np.random.Generator) -> TokenIndex:
 def eval_inputs(tmp_path, shared):
     uris, home = shared
     rng = np.random.default_rng(0)
-    cfg = load_config(TINY_CONFIG, [f"home={home}", "eval.top_k=4"])
+    # a hand-made index without its encoder: no word embeddings to give the re-ranker
+    cfg = load_config(TINY_CONFIG, [f"home={home}", "eval.top_k=4",
+                                    "reranker.word_timing_term=false"])
     index = write_index(tmp_path, uris, rng)
     index_ref = IndexRef(index.uri, ENCODER_ID, asdict(SHAPES), index.versions(), {})
     torch.manual_seed(0)

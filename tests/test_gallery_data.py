@@ -47,7 +47,10 @@ def clips(tmp_path_factory) -> list[str]:
 
 
 def make_model(**cfg) -> CrossTVRReranker:
-    return bank_fixtures.make_model(patches=PATCHES, **{"num_selected_patches": 4, **cfg})
+    """(The word-timing term's inputs are covered where a real encoder gives them: the search
+    gallery in test_flow.)"""
+    return bank_fixtures.make_model(patches=PATCHES, **{"num_selected_patches": 4,
+                                                        "word_timing_term": False, **cfg})
 
 
 def random_tokens(num_videos: int, seed: int = 0) -> dict[str, torch.Tensor]:

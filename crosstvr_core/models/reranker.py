@@ -583,6 +583,7 @@ class CrossTVRReranker(nn.Module):
         video_patches: torch.Tensor,
         frame_mask: torch.Tensor,
         text_eot: torch.Tensor | None = None,
+        text_words: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the queries looked, for a person to see: (frame_weights [B, F], patch_heat
         [B, F, P]) of the same pairs `forward` takes, computed in eval mode.
@@ -620,7 +621,8 @@ class CrossTVRReranker(nn.Module):
             if text_eot is None and getattr(self, "caption_summary", None) is None:
                 # the frozen-similarity term adds to the logit, not the maps
                 text_eot = video_cls.new_zeros(batch, video_cls.shape[-1])
-            self(text_tokens, text_mask, video_cls, video_patches, frame_mask, text_eot=text_eot)
+            self(text_tokens, text_mask, video_cls, video_patches, frame_mask, text_eot=text_eot,
+                 text_words=text_words)
             kept = self._kept_patch_indices(video_patches, frame_mask)  # [B, F, M] | None
         finally:
             for module in modules.values():
