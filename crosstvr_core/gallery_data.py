@@ -222,7 +222,9 @@ def _stage2_scores(model: CrossTVRReranker, text: dict[str, torch.Tensor],
             text["text_mask"].to(device).expand(n, -1),
             *(video_tokens[name].to(device)
               for name in ("video_cls", "video_patches", "frame_mask")),
-            text_eot=text["text_eot"].to(device).expand(n, -1)).float().cpu()
+            text_eot=text["text_eot"].to(device).expand(n, -1),
+            text_words=(text["text_words"].to(device).expand(n, -1, -1)
+                        if "text_words" in text else None)).float().cpu()
     finally:
         model.train(was_training)
     return torch.sigmoid(logits) if fusion_score == "prob" else logits

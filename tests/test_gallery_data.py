@@ -180,7 +180,7 @@ def test_two_stage_gallery_sections_and_page(clips, tmp_path) -> None:
 
     num = 8
     bank = fake_bank(num)
-    model = make_model()
+    model = make_model(word_timing_term=True)  # the bank carries word embeddings
     model.set_fusion_weights(0.5, 0.5)
     gen = torch.Generator().manual_seed(3)
     sim = torch.rand(num, num, generator=gen)
