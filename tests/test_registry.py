@@ -46,7 +46,8 @@ def pair_batch(batch: int = 3) -> tuple[torch.Tensor, ...]:
                           SHAPES["vision_width"], generator=g)
     frame_mask = torch.ones(batch, SHAPES["num_frames"], dtype=torch.bool)
     eot = torch.randn(batch, SHAPES["embed_dim"], generator=g)
-    return text, text_mask, cls, patches, frame_mask, eot
+    words = torch.randn(batch, 7, SHAPES["embed_dim"], generator=g)  # for the word timing
+    return text, text_mask, cls, patches, frame_mask, eot, words
 
 
 def fake_flow_run(experiment_id: str, dataset: str, encoder_id: str, t2v_r1: float,
