@@ -557,6 +557,15 @@ class RerankerConfig(_Section):
         "tower to encode each distinct caption token once. On the generated benchmark it "
         "took order twins from 66 / 72 to 74 / 79 (t2v / v2t), docs/benchmarks.md.",
     )
+    word_presence_term: bool = Field(
+        False,
+        description="Add a word-presence term: how strongly the clip shows each caption "
+        "token, read as the soft maximum over frames of the token's own frozen embedding "
+        "against each frame's frozen embedding, less that token's mean over the training "
+        "frames (so a word that matches everything does not lift its captions), weighted by "
+        "a learned importance per token. Like word timing its observed side is frozen; it "
+        "reads whether a named colour or shape is there at all, which timing cannot.",
+    )
     selection_samples: int = Field(
         100, ge=1, description="Perturbed top-M during training: noisy draws."
     )

@@ -171,9 +171,9 @@ def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:
 def reranker_banks(cfg: CrossTVRConfig, index: TokenIndex,
                    *banks: TokenBank | None) -> list[TokenBank | None]:
     """The banks as the configured re-ranker reads them: with each caption token's own
-    frozen embedding when reranker.word_timing_term is on (the frozen text tower encodes
-    each distinct token once), unchanged otherwise."""
-    if not cfg.reranker.word_timing_term:
+    frozen embedding when reranker.word_timing_term or word_presence_term is on (the frozen
+    text tower encodes each distinct token once), unchanged otherwise."""
+    if not (cfg.reranker.word_timing_term or cfg.reranker.word_presence_term):
         return list(banks)
     encoder, texts, known = load_encoder(cfg), index.caption_texts(), {}
     return [None if bank is None else attach_word_embeddings(bank, encoder, texts, known)

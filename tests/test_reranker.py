@@ -654,3 +654,48 @@ def test_word_timing_without_word_embeddings_is_refused() -> None:
     model.fit_input_stats(bank)
     with pytest.raises(ValueError, match="text_words"):
         model(**pair_inputs(bank, [0], [0]))
+
+
+def test_word_presence_reads_whether_the_clip_shows_a_word_not_when() -> None:
+    """reranker.word_presence_term: a token scores by how strongly any frame's frozen
+    embedding looks like its own frozen embedding, less its cosine with the mean training
+    frame. A clip that shows the word in one frame scores above one that never does; the
+    order of the frames does not matter; gradients reach only importance, sharpness, scale."""
+    bank = random_bank()
+    model = make_model(word_timing_term=False, word_presence_term=True)
+    model.fit_input_stats(bank)
+    unit = F.normalize(bank.video_cls[bank.frame_mask].float(), dim=-1).mean(dim=0)
+    torch.testing.assert_close(model.unit_cls_mean, unit, atol=1e-5, rtol=0)
+    inputs = pair_inputs(bank, [0, 0], [0, 1])
+    word = F.normalize(inputs["text_words"][0, 1].float(), dim=0)
+    with torch.no_grad():  # the caption reads only its token 1
+        model.word_presence.weight.zero_()
+        model.word_presence.bias.zero_()
+    mask = torch.zeros_like(inputs["text_mask"])
+    mask[:, 1] = True
+    cls = inputs["video_cls"].clone()
+    cls[:] = -word  # no frame shows the word ...
+    cls[0, 1] = word  # ... but frame 1 of clip 0
+    rows = torch.arange(2)
+    with torch.no_grad():
+        text = model.encode_text(inputs["text_tokens"], inputs["text_mask"])
+        term = model.word_presence_logit(text, mask.bool(), rows, inputs["text_words"], cls,
+                                         inputs["frame_mask"].bool(), rows)
+        term_shuffled = model.word_presence_logit(  # frames (and padding) in reverse
+            text, mask.bool(), rows, inputs["text_words"], cls.flip(1),
+            inputs["frame_mask"].bool().flip(1), rows)
+    assert term[0] > term[1] + 10.0  # cosine 1 against -1, at scale 20
+    torch.testing.assert_close(term_shuffled, term, atol=1e-4, rtol=0)
+    model.train()
+    model(**pair_inputs(bank, [0, 1], [0, 1])).sum().backward()
+    assert model.word_presence.weight.grad.abs().sum() > 0
+    assert model.presence_sharpness.grad is not None and model.presence_scale.grad is not None
+
+
+def test_word_presence_without_word_embeddings_is_refused() -> None:
+    bank = dataclasses.replace(random_bank(), text_words=None)
+    model = make_model(word_timing_term=False, word_presence_term=True)
+    model.fit_input_stats(bank)
+    assert model.reads_word_embeddings
+    with pytest.raises(ValueError, match="word_presence_term needs text_words"):
+        model(**pair_inputs(bank, [0], [0]))

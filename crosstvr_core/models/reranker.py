@@ -329,7 +329,8 @@ class CrossTVRReranker(nn.Module):
 
     _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale",
                           "ground_sharpness", "ground_scale", "frozen_scale", "ground_mention",
-                          "word_sharpness", "word_scale")
+                          "word_sharpness", "word_scale", "presence_sharpness",
+                          "presence_scale")
 
     def __init__(
         self,
@@ -474,6 +475,17 @@ class CrossTVRReranker(nn.Module):
             self.word_sharpness = nn.Parameter(torch.tensor(math.log(50.0)))
             self.word_scale = nn.Parameter(torch.tensor(2.0))
 
+        self.word_presence = None
+        if cfg.word_presence_term:
+            # per token: its importance (whether the clip shows it is read from frozen parts)
+            self.word_presence = nn.Linear(hidden, 1)
+            self.presence_sharpness = nn.Parameter(torch.tensor(math.log(50.0)))
+            # a token's presence moves by a few hundredths of a cosine between clips
+            self.presence_scale = nn.Parameter(torch.tensor(20.0))
+            # mean unit frame embedding of the training bank (fit_input_stats): a token's
+            # expected cosine with a frame, its presence baseline
+            self.register_buffer("unit_cls_mean", torch.zeros(embed_dim))
+
         def blocks() -> nn.ModuleList:
             return nn.ModuleList(
                 QueryBlock(hidden, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
@@ -541,6 +553,16 @@ class CrossTVRReranker(nn.Module):
             mean, std = moments.result(f"{kind} tokens")
             getattr(self, f"{kind}_mean").copy_(mean)
             getattr(self, f"{kind}_std").copy_(std)
+        if getattr(self, "word_presence", None) is not None:
+            unit = torch.zeros(self.embed_dim, dtype=torch.float64)
+            count = 0
+            for chunk in _row_chunks(len(sample), frames * self.embed_dim):
+                rows = sample[chunk]
+                frames_used = F.normalize(bank.video_cls[rows][bank.frame_mask[rows]].double(),
+                                          dim=-1)  # [n, D]
+                unit += frames_used.sum(dim=0)
+                count += len(frames_used)
+            self.unit_cls_mean.copy_((unit / max(count, 1)).float())
         self.input_stats_fitted.fill_(True)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
@@ -858,6 +880,43 @@ class CrossTVRReranker(nn.Module):
         (`word_times`), with a learned scale; a clip played backwards changes its sign."""
         return self.word_scale * (expected * importance * observed).sum(dim=1)
 
+    @property
+    def reads_word_embeddings(self) -> bool:
+        """Whether pairs need text_words (each caption token's own frozen embedding)."""
+        # getattr: re-rankers pickled before these terms existed have neither attribute
+        return (getattr(self, "word_when", None) is not None
+                or getattr(self, "word_presence", None) is not None)
+
+    def word_presence_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
+                            text_index: torch.Tensor, text_words: torch.Tensor | None,
+                            video_cls: torch.Tensor | None, frame_mask: torch.Tensor,
+                            video_index: torch.Tensor) -> torch.Tensor:
+        """Word presence [B]: sum over caption tokens of a learned importance (softmax over
+        the caption's real tokens) x how strongly the clip shows the token: the soft maximum
+        over real frames of its frozen embedding's cosine with the frame's frozen embedding,
+        less its cosine with the mean training frame (a word that resembles every frame
+        earns nothing). Only the importance, sharpness and scale are learned."""
+        if text_words is None or video_cls is None:
+            raise ValueError("reranker: reranker.word_presence_term needs text_words (each "
+                             "caption token's frozen embedding: attach_word_embeddings) and "
+                             "video_cls")
+        with torch.autocast(device_type=text.device.type, enabled=False):
+            words = F.normalize(text_words.float(), dim=-1)  # [U, L, D]
+            frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
+            similarity = torch.einsum("bld,bfd->blf", words[text_index], frames)
+            attendable = self._attendable_frames(frame_mask)[video_index]  # [B, F]
+            sharpness = self.presence_sharpness.exp()
+            soft_max = (similarity * sharpness).masked_fill(
+                ~attendable[:, None, :], float("-inf")).logsumexp(dim=-1)  # [B, L]
+            # minus log(frames): a clip showing a word in every frame scores its cosine
+            soft_max = (soft_max - attendable.sum(dim=1, keepdim=True).clamp(min=1).log()
+                        ) / sharpness
+            baseline = (words @ self.unit_cls_mean.float())[text_index]  # [B, L]
+            presence = (soft_max - baseline).masked_fill(~text_mask[text_index], 0.0)
+        importance = self.word_presence(text).float().squeeze(-1)  # [U, L]
+        importance = importance.masked_fill(~text_mask, float("-inf")).softmax(dim=1)
+        return self.presence_scale * (importance[text_index] * presence).sum(dim=1)
+
     def word_times(self, text: torch.Tensor, text_mask: torch.Tensor, text_index: torch.Tensor,
                    text_words: torch.Tensor | None, video_cls: torch.Tensor | None,
                    frame_mask: torch.Tensor, video_index: torch.Tensor
@@ -993,6 +1052,10 @@ class CrossTVRReranker(nn.Module):
             extra = extra + self._word_timing_logit(*self.word_times(
                 text, text_mask.bool(), text_index, text_words, video_cls, frame_mask.bool(),
                 video_index))
+        if getattr(self, "word_presence", None) is not None:
+            extra = extra + self.word_presence_logit(text, text_mask.bool(), text_index,
+                                                     text_words, video_cls, frame_mask.bool(),
+                                                     video_index)
         temporal_pos = self.temporal_pos[:frames]  # [F, H]
         nq = self.num_queries
 

@@ -237,7 +237,7 @@ class TextSearcher:
         else:
             embedding = head.eval().encode_text(eot, tokens, mask)
         encoded = {"embedding": embedding, "eot": eot, "tokens": tokens, "mask": mask}
-        if getattr(self.models.reranker, "word_when", None) is not None:
+        if self.models.reranker is not None and self.models.reranker.reads_word_embeddings:
             encoded["words"] = caption_word_embeddings(self.encoder, queries,
                                                        tokens.shape[1]).float()
         return encoded
