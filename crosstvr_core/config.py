@@ -679,6 +679,15 @@ class TrainConfig(_Section):
         "learns when what it names happens even after the ranking loss is satisfied. Needs "
         "reranker.grounding_term; 0: off.",
     )
+    word_timing_consistency: float = Field(
+        0.0,
+        ge=0,
+        description="listwise: weight of a loss on each caption's own pair that pulls every "
+        "caption token's expected time in the word-timing term (read from the text) towards "
+        "the time the frozen encoder observes that token at in the clip (held fixed). The "
+        "observed side is frozen, so the target is as right on the first step as on the "
+        "last. Needs reranker.word_timing_term; 0: off.",
+    )
     order_contrast_with: Literal["halves_swapped", "backwards"] = Field(
         "halves_swapped",
         description="The order contrast's rearrangement: 'halves_swapped' (words rotated by "

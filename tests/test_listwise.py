@@ -45,6 +45,7 @@ from crosstvr_core.training.reranker import (
     plan_listwise,
     read_pairs,
     train_reranker,
+    word_timing_consistency_loss,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -327,3 +328,39 @@ def test_grounding_consistency_reads_each_captions_own_pair_at_its_weight() -> N
     without.fit_input_stats(bank)
     with pytest.raises(ValueError, match="grounding_term"):
         listwise_loss(without, plan, inputs, cpu, "fp32", grounding_consistency=0.7)
+
+
+def test_word_timing_consistency_pulls_expected_time_towards_the_frozen_observed_time() -> None:
+    """The step's loss is the listwise loss plus the weight times the mean squared gap
+    between each real token's expected time and its frozen observed time in the caption's
+    own clip; the observed side gets no gradient (it is frozen anyway), the text side does."""
+    bank, lists, model = lists_and_model()
+    rows = torch.tensor([0, 3, 5])
+    cpu = torch.device("cpu")
+    plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0))
+    inputs = read_pairs(bank, *plan.pairs())
+    with torch.no_grad():
+        base, _ = listwise_loss(model, plan, inputs, cpu, "fp32")
+        total, stats = listwise_loss(model, plan, inputs, cpu, "fp32",
+                                     word_timing_consistency=0.5)
+        text = bank.text_batch(rows)
+        video = bank.video_batch(bank.caption_video[rows])
+        own = torch.arange(len(rows))
+        mask = text["text_mask"].bool()
+        expected, _, observed = model.word_times(
+            model.encode_text(text["text_tokens"], mask), mask, own, text["text_words"],
+            video["video_cls"], video["frame_mask"].bool(), own)
+    direct = ((expected - observed).square() * mask).sum() / mask.sum()
+    assert float(direct) > 0
+    torch.testing.assert_close(total, base + 0.5 * direct)
+    torch.testing.assert_close(stats[5], direct)
+    model.train()
+    loss = word_timing_consistency_loss(model, inputs, torch.arange(len(rows)) * plan.videos.shape[1],
+                                        cpu, "fp32")
+    loss.backward()
+    assert model.word_when.weight.grad.abs().sum() > 0
+    assert model.word_sharpness.grad is None  # the observed side is the teacher
+    without = make_model(hidden=32, word_timing_term=False)
+    without.fit_input_stats(bank)
+    with pytest.raises(ValueError, match="word_timing_term"):
+        listwise_loss(without, plan, inputs, cpu, "fp32", word_timing_consistency=0.5)

@@ -366,14 +366,42 @@ def grounding_consistency_loss(expected: torch.Tensor, observed: torch.Tensor,
     return gap.sum() / (mask.sum() * expected.shape[-1]).clamp(min=1.0)
 
 
+def word_timing_consistency_loss(model: CrossTVRReranker, inputs: PairInputs,
+                                 pairs: torch.Tensor, device: torch.device, precision: str
+                                 ) -> torch.Tensor:
+    """Mean squared gap, over the real tokens of the captions of `pairs` (indices into
+    inputs' pairs: each caption with its own clip), between the word-timing term's expected
+    time (read from the text) and the time the frozen encoder observes the token at in that
+    clip (held fixed). The observed side is frozen and right for most named things, so the
+    caption side is taught, word by word, that what is named first is seen first."""
+    if getattr(model, "word_when", None) is None:
+        raise ValueError("train.word_timing_consistency needs reranker.word_timing_term")
+    text = {name: value.to(device) for name, value in inputs.text.items()}
+    rows = inputs.pair_text.to(device)[pairs]
+    videos = inputs.pair_video.to(device)[pairs]
+    mask = text["text_mask"][rows].bool()
+    with autocast(device, precision):
+        states = model.encode_text(text["text_tokens"][rows], mask,
+                                   text["text_eot"][rows] if "text_eot" in text else None)
+    expected, _, observed = model.word_times(
+        states, mask, torch.arange(len(rows), device=device),
+        None if "text_words" not in text else text["text_words"][rows],
+        inputs.video["video_cls"].to(device), inputs.video["frame_mask"].to(device).bool(),
+        videos)
+    weights = mask.float()
+    gap = (expected.float() - observed.detach().float()).square() * weights
+    return gap.sum() / weights.sum().clamp(min=1.0)
+
+
 def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInputs,
-                  device: torch.device, precision: str, grounding_consistency: float = 0.0
-                  ) -> tuple[torch.Tensor, list[float]]:
+                  device: torch.device, precision: str, grounding_consistency: float = 0.0,
+                  word_timing_consistency: float = 0.0) -> tuple[torch.Tensor, list[float]]:
     """Softmax cross-entropy towards column 0 of both directions' lists, averaged, plus the
-    order contrast and the grounding consistency (on each caption's positive pair) at their
-    weights. Returns (loss, [t2v top-1 in list, positive probability, positive beats its
-    first rearrangement (0 without one), order contrast right (0 without it), grounding
-    consistency (0 without it)])."""
+    order contrast, the grounding consistency and the word-timing consistency (on each
+    caption's positive pair) at their weights. Returns (loss, [t2v top-1 in list, positive
+    probability, positive beats its first rearrangement (0 without one), order contrast
+    right (0 without it), grounding consistency, word-timing consistency (0 without
+    them)])."""
     logits, grounding = match_distinct(model, inputs.video, inputs.text, inputs.pair_video,
                                        inputs.pair_text, device, precision,
                                        return_grounding=True)
@@ -382,7 +410,8 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
     v2t = logits[videos.numel(): videos.numel() + captions.numel()].view(captions.shape)
     target = torch.zeros(len(videos), dtype=torch.long, device=t2v.device)
     loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
-    order_right = consistency = t2v.new_tensor(0.0)
+    order_right = consistency = word_consistency = t2v.new_tensor(0.0)
+    positives = torch.arange(len(videos), device=logits.device) * videos.shape[1]
     if batch.order_contrast > 0:
         contrast = logits[videos.numel() + captions.numel():].view(len(videos), -1)
         order_loss, order_right = order_contrast_loss(contrast)
@@ -391,12 +420,15 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
         if grounding is None:
             raise ValueError("train.grounding_consistency needs reranker.grounding_term")
         expected, _, observed = grounding
-        positives = torch.arange(len(videos), device=logits.device) * videos.shape[1]
         text_mask = inputs.text["text_mask"].to(logits.device)[
             inputs.pair_text.to(logits.device)[positives]].bool()
         consistency = grounding_consistency_loss(expected[positives].float(),
                                                  observed[positives].float(), text_mask)
         loss = loss + grounding_consistency * consistency
+    if word_timing_consistency > 0:
+        word_consistency = word_timing_consistency_loss(model, inputs, positives, device,
+                                                        precision)
+        loss = loss + word_timing_consistency * word_consistency
     with torch.no_grad():
         first_rearranged = videos.shape[1] - batch.num_rearranged
         stats = [
@@ -406,6 +438,7 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
             else t2v.new_tensor(0.0),
             order_right,
             consistency.detach(),
+            word_consistency.detach(),
         ]
     return loss, stats
 
@@ -563,8 +596,9 @@ def train_reranker(
         names = ("accuracy", "pos_prob", "pos_beats_neg_video")
         if listwise:  # (ListwiseBatch, its PairInputs), read ahead
             loss, stats = listwise_loss(model, *batch, device, cfg.precision,
-                                        cfg.grounding_consistency)
-            names += ("order_contrast_right", "grounding_consistency")
+                                        cfg.grounding_consistency, cfg.word_timing_consistency)
+            names += ("order_contrast_right", "grounding_consistency",
+                      "word_timing_consistency")
         else:  # caption rows
             loss, stats = _bce_step(model, dataset, bank, scores, batch, cfg, generator,
                                     hard_fraction_at(global_step), device)
