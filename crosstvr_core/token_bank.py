@@ -13,6 +13,41 @@ from typing import Protocol
 import torch
 
 
+@dataclass(frozen=True)
+class CaptionWords:
+    """Each caption token's own frozen embedding, stored once per distinct token: ids
+    [T, L] (int32) into table [U, D] (fp16). Dense [T, L, D] would double a bank's text
+    memory for real CLIP (D = Wt = 512), while the vocabulary of a corpus is small."""
+
+    ids: torch.Tensor
+    table: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.ids.ndim != 2 or self.table.ndim != 2:
+            raise ValueError(f"CaptionWords: ids {tuple(self.ids.shape)} must be [T, L] and "
+                             f"table {tuple(self.table.shape)} [U, D]")
+        if self.ids.numel() and (self.ids.min() < 0 or self.ids.max() >= len(self.table)):
+            raise ValueError(f"CaptionWords: ids point outside the {len(self.table)}-row table")
+
+    @classmethod
+    def from_dense(cls, words: torch.Tensor) -> CaptionWords:
+        """From dense embeddings [T, L, D] (each distinct vector stored once)."""
+        table, ids = torch.unique(words.flatten(0, 1), dim=0, return_inverse=True)
+        return cls(ids.view(words.shape[:2]).int(), table.half())
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.ids.shape, self.table.shape[1])
+
+    def __getitem__(self, rows: torch.Tensor) -> CaptionWords:
+        return CaptionWords(self.ids[rows], self.table)
+
+    def dense(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 embeddings [B, L, D] of caption rows (all captions without rows)."""
+        ids = self.ids if rows is None else self.ids[rows]
+        return self.table[ids.long()].float()
+
+
 class TokenSource(Protocol):
     """What the re-ranker reads: float32 inputs of caption rows and video rows."""
 
@@ -39,8 +74,8 @@ class TokenBank:
       frame, False = padding of a short clip), caption_ids [T], text_eot [T, D] (projected
       EOT embedding), text_tokens [T, L, Wt] (unprojected token features),
       text_mask [T, L] (True = real token), caption_video [T] (row of the caption's video);
-      optional text_words [T, L, D] (each token's own frozen embedding, for the re-ranker's
-      word-timing term; `attach_word_embeddings`).
+      optional text_words (each token's own frozen embedding, [T, L, D] as CaptionWords,
+      for the re-ranker's word-timing and word-presence terms; `attach_word_embeddings`).
     """
 
     video_ids: list[str]
@@ -52,7 +87,7 @@ class TokenBank:
     text_tokens: torch.Tensor
     text_mask: torch.Tensor
     caption_video: torch.Tensor
-    text_words: torch.Tensor | None = None
+    text_words: CaptionWords | None = None
 
     def __post_init__(self) -> None:
         v, f = self.frame_mask.shape
@@ -96,5 +131,5 @@ class TokenBank:
             "text_eot": self.text_eot[rows].float(),
             "text_tokens": self.text_tokens[rows].float(),
             "text_mask": self.text_mask[rows],
-            **({} if self.text_words is None else {"text_words": self.text_words[rows].float()}),
+            **({} if self.text_words is None else {"text_words": self.text_words.dense(rows)}),
         }

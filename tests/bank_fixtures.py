@@ -16,7 +16,7 @@ import torch
 from crosstvr_core.config import RerankerConfig
 from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.storage import TokenIndex, TokenShapes
-from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.token_bank import CaptionWords, TokenBank
 
 FRAMES, PATCHES, LENGTH = 4, 6, 6
 EMBED, VISION, TEXT = 12, 10, 8
@@ -40,7 +40,7 @@ def token_bank(video_cls: torch.Tensor, video_patches: torch.Tensor, frame_mask:
         text_tokens=text_tokens.half(),
         text_mask=text_mask,
         caption_video=caption_video,
-        text_words=(words * text_mask[..., None]).half(),
+        text_words=CaptionWords.from_dense(words * text_mask[..., None]),
     )
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from crosstvr_core.models.encoder import FrozenEncoder
-from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.token_bank import CaptionWords, TokenBank
 
 _ENCODE_CHUNK = 512
 
@@ -50,11 +50,11 @@ def single_token_embeddings(encoder: FrozenEncoder, token_ids: list[int]) -> tor
     return out
 
 
-def caption_word_embeddings(encoder: FrozenEncoder, texts: list[str], length: int,
-                            known: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """Per caption and token position (the first `length`), that token's frozen embedding
-    [C, length, D] fp16; each distinct token is encoded once (and not at all when it is in
-    `known`, token id -> embedding, which this call extends)."""
+def caption_words(encoder: FrozenEncoder, texts: list[str], length: int,
+                  known: dict[int, torch.Tensor] | None = None) -> CaptionWords:
+    """Per caption and token position (the first `length`), that token's frozen embedding,
+    as CaptionWords (one table row per distinct token); each distinct token is encoded once
+    (and not at all when it is in `known`, token id -> embedding, which this call extends)."""
     ids = encoder.tokenize(list(texts))[:, :length].long()  # [C, L]
     if ids.shape[1] < length:
         ids = F.pad(ids, (0, length - ids.shape[1]))
@@ -63,17 +63,23 @@ def caption_word_embeddings(encoder: FrozenEncoder, texts: list[str], length: in
     new = [t for t in vocabulary.tolist() if t not in known]
     known.update(zip(new, single_token_embeddings(encoder, new), strict=True))
     table = torch.stack([known[t] for t in vocabulary.tolist()])  # [U, D]
-    return table[where].half()
+    return CaptionWords(where.int(), table.half())
+
+
+def caption_word_embeddings(encoder: FrozenEncoder, texts: list[str], length: int,
+                            known: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """caption_words as dense float32 [C, length, D] (a batch of search queries)."""
+    return caption_words(encoder, texts, length, known).dense()
 
 
 def attach_word_embeddings(bank: TokenBank, encoder: FrozenEncoder, texts: dict[str, str],
                            known: dict[int, torch.Tensor] | None = None) -> TokenBank:
     """`bank` with text_words: its captions' (caption_id -> text in `texts`) token
-    embeddings, aligned with its cached token features (`known`: caption_word_embeddings)."""
+    embeddings, aligned with its cached token features (`known`: caption_words)."""
     missing = [c for c in bank.caption_ids if c not in texts]
     if missing:
         raise ValueError(f"word embeddings: {len(missing)} captions have no text, e.g. "
                          f"{missing[:3]}")
-    words = caption_word_embeddings(encoder, [texts[c] for c in bank.caption_ids],
-                                    bank.text_tokens.shape[1], known)
+    words = caption_words(encoder, [texts[c] for c in bank.caption_ids],
+                          bank.text_tokens.shape[1], known)
     return dataclasses.replace(bank, text_words=words)
