@@ -679,6 +679,14 @@ class TrainConfig(_Section):
         "learns when what it names happens even after the ranking loss is satisfied. Needs "
         "reranker.grounding_term; 0: off.",
     )
+    weight_average: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Decay of an exponential moving average of the re-ranker's weights "
+        "(0.99: about the last 100 steps); validation, early stopping and the saved model "
+        "read the average, training steps the live weights. None: off.",
+    )
     word_timing_consistency: float = Field(
         0.0,
         ge=0,

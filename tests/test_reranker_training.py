@@ -26,6 +26,7 @@ from crosstvr_core.retrieval.pair_scoring import score_pairs
 from crosstvr_core.retrieval.stage1 import stage1_training_bank
 from crosstvr_core.token_bank import TokenBank
 from crosstvr_core.training.checkpoint import latest_checkpoint, load_checkpoint
+from crosstvr_core.training.loop import WeightAverage
 from crosstvr_core.training.negatives import play_backwards
 from crosstvr_core.training.reranker import NegativeScores, Validation, train_reranker
 from crosstvr_core.training.token_dataset import VTMPairDataset
@@ -339,3 +340,42 @@ def test_training_runs_under_deterministic_algorithms_and_restores_the_setting()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
         raise RuntimeError("inside")
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_weight_average_follows_the_moving_average_and_restores_the_live_weights() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    average = WeightAverage(model, decay=0.5)
+    expected = model.weight.detach().clone()
+    for step, value in enumerate([1.0, 2.0, 3.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update(model)
+        decay = min(0.5, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * value
+    torch.testing.assert_close(average.shadow["weight"], expected)
+    with average.applied(model):
+        torch.testing.assert_close(model.weight.detach(), expected)
+    assert torch.equal(model.weight.detach(), torch.full((1, 2), 3.0))
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_resume_with_a_weight_average_gives_the_uninterrupted_average(tmp_path: Path) -> None:
+    """train.weight_average: the final weights are the average (not the last step's), and a
+    run killed after epoch 1 resumes to the same average."""
+    cfg = {"weight_average": 0.9}
+    straight, _ = toy_training(epochs=2, cfg=cfg, checkpoint_dir=tmp_path / "straight")
+    plain, _ = toy_training(epochs=2)
+    assert any(not torch.equal(a, b) for a, b in zip(straight.state_dict().values(),
+                                                      plain.state_dict().values(), strict=True))
+
+    def kill_after_first_epoch(epoch: int, record: dict, model: CrossTVRReranker) -> None:
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        toy_training(epochs=2, cfg=cfg, checkpoint_dir=tmp_path / "killed",
+                     on_epoch_end=kill_after_first_epoch)
+    resumed, _ = toy_training(epochs=2, cfg=cfg, checkpoint_dir=tmp_path / "killed",
+                              resume=True)
+    assert_same_weights(straight, resumed)

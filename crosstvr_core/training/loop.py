@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,56 @@ class EarlyStopping:
             self.stopped = self.stale_epochs >= self.patience
 
 
+class WeightAverage:
+    """Exponential moving average of a model's trainable weights (Polyak averaging): the
+    average of the last ~1 / (1 - decay) steps is evaluated and kept, not the last step's
+    weights, which a few noisy hard lists can pull around. Early steps average with a
+    shorter memory (decay ramps as (1 + t) / (10 + t)), so the start is not frozen in."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"weight average: decay must be in (0, 1), got {decay}")
+        self.decay, self.steps = decay, 0
+        self.shadow = {name: param.detach().clone() for name, param in model.named_parameters()
+                       if param.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for name, param in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(param.detach(), 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for name, param in model.named_parameters():
+            if name in self.shadow:
+                param.copy_(self.shadow[name])
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module):
+        """The averaged weights in the model for the block, the trained ones again after."""
+        live = {name: param.detach().clone() for name, param in model.named_parameters()
+                if name in self.shadow}
+        self.copy_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in live:
+                        param.copy_(live[name])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "steps": self.steps, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.steps = state["decay"], state["steps"]
+        for name, value in state["shadow"].items():
+            self.shadow[name].copy_(value)
+
+
 @dataclass
 class Trainer:
     """What differs between the heads.
@@ -125,6 +175,7 @@ def run_epochs(
     resume: bool = False,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
+    weight_average: float | None = None,
 ) -> list[dict]:
     """Train for `epochs` (counted from 1) and return every epoch's record.
 
@@ -133,6 +184,8 @@ def run_epochs(
     trainer.epoch_extras; then validation and early stopping; then a checkpoint in
     `checkpoint_dir` (its path in the record as "checkpoint"); then on_epoch_end(epoch,
     record, model). With `resume`, training continues after the latest checkpoint there.
+    With `weight_average` (a decay), validation, early stopping and the final weights read
+    the moving average of the weights (WeightAverage), training steps the live ones.
     The best validated weights are loaded at the end; the model is left in eval mode.
 
     Runs under torch's deterministic algorithms: the same config gives the same weights in
@@ -141,6 +194,7 @@ def run_epochs(
     """
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     history: list[dict] = []
+    average = None if weight_average is None else WeightAverage(model, weight_average)
     start_epoch = 1
     latest = latest_checkpoint(checkpoint_dir) if checkpoint_dir and resume else None
     if latest is not None:
@@ -150,6 +204,8 @@ def run_epochs(
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"], generator)
+        if average is not None and state.get("weight_average") is not None:
+            average.load_state_dict(state["weight_average"])
         history = state["history"]
         if early_stopping is not None and state.get("early_stopping") is not None:
             for key, value in state["early_stopping"].items():
@@ -175,6 +231,8 @@ def run_epochs(
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
+            if average is not None:
+                average.update(model)
             # summed on the device: one sync per epoch, or per step only when someone watches
             for key, value in {"loss": loss, **stats, "grad_norm": grad_norm}.items():
                 value = value.detach().float()
@@ -192,11 +250,12 @@ def run_epochs(
             **trainer.epoch_extras(epoch, seconds),
         }
         if trainer.validate is not None:
-            record.update(trainer.validate())
-            trainer.after_validation(record)
-            if early_stopping is not None:
-                early_stopping.update(record[trainer.score_key], epoch, model)
-                record["early_stopped"] = early_stopping.stopped
+            with average.applied(model) if average is not None else nullcontext():
+                record.update(trainer.validate())
+                trainer.after_validation(record)
+                if early_stopping is not None:
+                    early_stopping.update(record[trainer.score_key], epoch, model)
+                    record["early_stopped"] = early_stopping.stopped
         history.append(record)
         if checkpoint_dir is not None:
             state = {
@@ -208,10 +267,13 @@ def run_epochs(
                 "rng": rng_states(generator),
                 "history": history,
                 "early_stopping": asdict(early_stopping) if early_stopping else None,
+                "weight_average": None if average is None else average.state_dict(),
             }
             record["checkpoint"] = str(save_checkpoint(state, checkpoint_dir, epoch))
         if on_epoch_end is not None:
             on_epoch_end(epoch, record, model)
     if early_stopping is not None and early_stopping.state is not None:
         model.load_state_dict(early_stopping.state)  # the best validated epoch, not the last
+    elif average is not None:
+        average.copy_to(model)
     return history

@@ -633,7 +633,7 @@ def train_reranker(
         grad_clip=cfg.grad_clip, name="reranker", scaler=grad_scaler(device, cfg.precision),
         early_stopping=EarlyStopping(cfg.early_stopping_patience) if validation else None,
         checkpoint_dir=checkpoint_dir, resume=resume, on_epoch_end=on_epoch_end,
-        progress=progress,
+        progress=progress, weight_average=cfg.weight_average,
     )
     model.to(device).eval()
     return history
