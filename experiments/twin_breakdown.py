@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crosstvr_core import pipeline
 from crosstvr_core.config import load_config
+from crosstvr_core.models.word_embeddings import attach_word_embeddings
 from crosstvr_core.retrieval.pair_scoring import score_pairs
 from crosstvr_core.storage import TokenIndex
 from crosstvr_core.synthetic import video_key
@@ -66,6 +68,8 @@ def main() -> None:
     test = index.load_token_bank(cfg.data.eval_split, cfg.index.token_memory_gb)
     metas = index.caption_meta(test.caption_ids)
     texts = index.caption_texts()
+    if model.reads_word_embeddings:  # the word-timing / word-presence terms read them
+        test = attach_word_embeddings(test, pipeline.load_encoder(cfg), texts)
     row_of = {video_key(v): j for j, v in enumerate(test.video_ids)}
     first_caption = {}
     for i, v in enumerate(test.caption_video.tolist()):
@@ -97,7 +101,8 @@ def main() -> None:
 
     full = margins()
     parts = {"full": full}
-    for term, attribute in (("grounding", "ground_text"), ("match", "match_scale")):
+    for term, attribute in (("grounding", "ground_text"), ("match", "match_scale"),
+                            ("word timing", "word_when"), ("word presence", "word_presence")):
         if getattr(model, attribute, None) is not None:
             with without(model, attribute):
                 parts[term] = full - margins()
