@@ -35,6 +35,8 @@ from crosstvr_core.training.negatives import (
     swap_halves,
 )
 from crosstvr_core.training.reranker import (
+    ListwiseBatch,
+    PairInputs,
     Validation,
     grounding_consistency_loss,
     listwise_loss,
@@ -302,14 +304,21 @@ def test_grounding_consistency_is_the_gap_over_real_tokens_towards_a_fixed_targe
     assert float(grounding_consistency_loss(expected, observed, longer)) == pytest.approx(0.25)
 
 
+def one_listwise_batch() -> tuple[TokenBank, CrossTVRReranker, torch.Tensor, ListwiseBatch,
+                                  PairInputs]:
+    """Captions 0, 3 and 5 of lists_and_model's bank planned as one listwise batch, read:
+    (bank, model, their rows, the plan, its inputs)."""
+    bank, lists, model = lists_and_model()
+    rows = torch.tensor([0, 3, 5])
+    plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0))
+    return bank, model, rows, plan, read_pairs(bank, *plan.pairs())
+
+
 def test_grounding_consistency_reads_each_captions_own_pair_at_its_weight() -> None:
     """The step's loss is the listwise loss plus the weight times the consistency of each
     caption with its own video, computed here straight from the model's grounding times."""
-    bank, lists, model = lists_and_model()
-    rows = torch.tensor([0, 3, 5])
+    bank, model, rows, plan, inputs = one_listwise_batch()
     cpu = torch.device("cpu")
-    plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0))
-    inputs = read_pairs(bank, *plan.pairs())
     with torch.no_grad():
         base, _ = listwise_loss(model, plan, inputs, cpu, "fp32")
         total, stats = listwise_loss(model, plan, inputs, cpu, "fp32", grounding_consistency=0.7)
@@ -334,11 +343,8 @@ def test_word_timing_consistency_pulls_expected_time_towards_the_frozen_observed
     """The step's loss is the listwise loss plus the weight times the mean squared gap
     between each real token's expected time and its frozen observed time in the caption's
     own clip; the observed side gets no gradient (it is frozen anyway), the text side does."""
-    bank, lists, model = lists_and_model()
-    rows = torch.tensor([0, 3, 5])
+    bank, model, rows, plan, inputs = one_listwise_batch()
     cpu = torch.device("cpu")
-    plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0))
-    inputs = read_pairs(bank, *plan.pairs())
     with torch.no_grad():
         base, _ = listwise_loss(model, plan, inputs, cpu, "fp32")
         total, stats = listwise_loss(model, plan, inputs, cpu, "fp32",

@@ -541,28 +541,25 @@ class CrossTVRReranker(nn.Module):
         for rows in _row_chunks(num_captions, length * text_width):
             text.update(bank.text_tokens[rows][bank.text_mask[rows]])  # [n, Wt]
 
+        # the word-presence baseline: the mean unit frame embedding
+        unit_sum, unit_count = torch.zeros(self.embed_dim, dtype=torch.float64), 0
         num_videos, frames, num_patches, width = bank.video_patches.shape
         sample = torch.linspace(0, num_videos - 1, min(num_videos, _STATS_MAX_VIDEOS)).long()
         for chunk in _row_chunks(len(sample), frames * num_patches * width):
             rows = sample[chunk]
             valid = bank.frame_mask[rows]  # [c, F]
-            cls.update(bank.video_cls[rows][valid])  # [n, D]
+            frame_cls = bank.video_cls[rows][valid]  # [n, D]
+            cls.update(frame_cls)
             patches.update(bank.video_patches[rows][valid].flatten(0, 1))  # [n*P, Wv]
+            unit_sum += F.normalize(frame_cls.double(), dim=-1).sum(dim=0)
+            unit_count += len(frame_cls)
 
         for kind, moments in (("text", text), ("cls", cls), ("patch", patches)):
             mean, std = moments.result(f"{kind} tokens")
             getattr(self, f"{kind}_mean").copy_(mean)
             getattr(self, f"{kind}_std").copy_(std)
         if getattr(self, "word_presence", None) is not None:
-            unit = torch.zeros(self.embed_dim, dtype=torch.float64)
-            count = 0
-            for chunk in _row_chunks(len(sample), frames * self.embed_dim):
-                rows = sample[chunk]
-                frames_used = F.normalize(bank.video_cls[rows][bank.frame_mask[rows]].double(),
-                                          dim=-1)  # [n, D]
-                unit += frames_used.sum(dim=0)
-                count += len(frames_used)
-            self.unit_cls_mean.copy_((unit / max(count, 1)).float())
+            self.unit_cls_mean.copy_((unit_sum / max(unit_count, 1)).float())
         self.input_stats_fitted.fill_(True)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
@@ -887,6 +884,19 @@ class CrossTVRReranker(nn.Module):
         return (getattr(self, "word_when", None) is not None
                 or getattr(self, "word_presence", None) is not None)
 
+    def _word_frame_similarity(self, text_words: torch.Tensor, video_cls: torch.Tensor,
+                               frame_mask: torch.Tensor, text_index: torch.Tensor,
+                               video_index: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Float32 cosine [B, L, F] of each caption token's frozen embedding (text_words
+        [U, L, D], caption text_index[i]) with each frame's frozen embedding (video_cls
+        [V, F, D], video video_index[i]), the unit word embeddings [B, L, D] and the
+        attendable frames [B, F]. Call with autocast off."""
+        words = F.normalize(text_words.float(), dim=-1)[text_index]  # [B, L, D]
+        frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
+        similarity = torch.einsum("bld,bfd->blf", words, frames)
+        return similarity, words, self._attendable_frames(frame_mask)[video_index]
+
     def word_presence_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
                             text_index: torch.Tensor, text_words: torch.Tensor | None,
                             video_cls: torch.Tensor | None, frame_mask: torch.Tensor,
@@ -901,17 +911,15 @@ class CrossTVRReranker(nn.Module):
                              "caption token's frozen embedding: attach_word_embeddings) and "
                              "video_cls")
         with torch.autocast(device_type=text.device.type, enabled=False):
-            words = F.normalize(text_words.float(), dim=-1)  # [U, L, D]
-            frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
-            similarity = torch.einsum("bld,bfd->blf", words[text_index], frames)
-            attendable = self._attendable_frames(frame_mask)[video_index]  # [B, F]
+            similarity, words, attendable = self._word_frame_similarity(
+                text_words, video_cls, frame_mask, text_index, video_index)
             sharpness = self.presence_sharpness.exp()
             soft_max = (similarity * sharpness).masked_fill(
                 ~attendable[:, None, :], float("-inf")).logsumexp(dim=-1)  # [B, L]
             # minus log(frames): a clip showing a word in every frame scores its cosine
             soft_max = (soft_max - attendable.sum(dim=1, keepdim=True).clamp(min=1).log()
                         ) / sharpness
-            baseline = (words @ self.unit_cls_mean.float())[text_index]  # [B, L]
+            baseline = words @ self.unit_cls_mean.float()  # [B, L]
             presence = (soft_max - baseline).masked_fill(~text_mask[text_index], 0.0)
         importance = self.word_presence(text).float().squeeze(-1)  # [U, L]
         importance = importance.masked_fill(~text_mask, float("-inf")).softmax(dim=1)
@@ -933,11 +941,10 @@ class CrossTVRReranker(nn.Module):
                              "caption token's frozen embedding: attach_word_embeddings) and "
                              "video_cls")
         with torch.autocast(device_type=text.device.type, enabled=False):
-            words = F.normalize(text_words.float(), dim=-1)[text_index]  # [B, L, D]
-            frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
-            similarity = torch.einsum("bld,bfd->blf", words, frames) * self.word_sharpness.exp()
-            attendable = self._attendable_frames(frame_mask)[video_index]  # [B, F]
-            similarity = similarity.masked_fill(~attendable[:, None, :], float("-inf"))
+            similarity, _, attendable = self._word_frame_similarity(
+                text_words, video_cls, frame_mask, text_index, video_index)
+            similarity = (similarity * self.word_sharpness.exp()).masked_fill(
+                ~attendable[:, None, :], float("-inf"))
             place = _relative_places(attendable.float())  # [B, F]
             observed = torch.einsum("blf,bf->bl", similarity.softmax(dim=-1), place)
         when, importance = self.word_when(text).float().unbind(dim=-1)  # [U, L]

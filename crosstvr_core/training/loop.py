@@ -95,11 +95,15 @@ class WeightAverage:
             if name in self.shadow:
                 self.shadow[name].lerp_(param.detach(), 1.0 - decay)
 
+    @staticmethod
     @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
+    def _load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
         for name, param in model.named_parameters():
-            if name in self.shadow:
-                param.copy_(self.shadow[name])
+            if name in weights:
+                param.copy_(weights[name])
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        self._load(model, self.shadow)
 
     @contextmanager
     def applied(self, model: torch.nn.Module):
@@ -110,10 +114,7 @@ class WeightAverage:
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in live:
-                        param.copy_(live[name])
+            self._load(model, live)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "steps": self.steps, "shadow": self.shadow}
