@@ -522,6 +522,14 @@ class RerankerConfig(_Section):
         description="Add a multiplicative text x video term (cosine of pooled text and pooled "
         "temporal states, learned scale) to the query-mean head's logit.",
     )
+    match_video: Literal["temporal", "frames"] = Field(
+        "temporal",
+        description="What the match term pools on the video side: the frame states after "
+        "the temporal blocks ('temporal'), or each frame's own summary before them (CLS, "
+        "patch-grid map, keypoints) plus the clip's linear trend over time ('frames'): then "
+        "the order of the frames reaches the term only through that trend, and when things "
+        "happen is left to the timing terms.",
+    )
     caption_summary: bool = Field(
         False,
         description="Add the caption's frozen sentence embedding (the text tower's EOT output, "

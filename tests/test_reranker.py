@@ -699,3 +699,46 @@ def test_word_presence_without_word_embeddings_is_refused() -> None:
     assert model.reads_word_embeddings
     with pytest.raises(ValueError, match="word_presence_term needs text_words"):
         model(**pair_inputs(bank, [0], [0]))
+
+
+@pytest.mark.parametrize("match_video", ["temporal", "frames"])
+def test_frame_pooled_match_term_reads_order_only_through_motion(match_video: str) -> None:
+    """reranker.match_video=frames: the match term pools each frame's own summary (no
+    attention over time), so without keypoints (whose motion it reads) a clip with its
+    frames reordered gets the same term; the default (after the temporal blocks) tells them apart. Either way
+    it reads which video it is."""
+    bank = random_bank()
+    model = make_model(match_video=match_video, keypoints=0).eval()
+    model.fit_input_stats(bank)
+    inputs = pair_inputs(bank, [0, 0, 1], [0, 1, 0])
+
+    def match_term(video: dict) -> torch.Tensor:
+        with torch.no_grad():
+            text = model.encode_text(inputs["text_tokens"], inputs["text_mask"])
+            visual = model.encode_video(video["video_cls"], video["video_patches"],
+                                        video["frame_mask"])
+            rows = torch.arange(3)
+            return model._match_logit(text, inputs["text_mask"].bool(), rows, visual,
+                                      (video["video_cls"], video["video_patches"]),
+                                      video["frame_mask"].bool(), rows)
+
+    forwards = match_term(inputs)
+    backwards = match_term({name: inputs[name].flip(1)  # frames (and padding) in reverse
+                            for name in ("video_cls", "video_patches", "frame_mask")})
+    assert (forwards[0] - forwards[1]).abs() > 1e-3  # it reads which video
+    if match_video == "frames":
+        torch.testing.assert_close(backwards, forwards, atol=1e-5, rtol=0)
+    else:
+        assert (backwards - forwards).abs().max() > 1e-4
+
+
+def test_frame_pooled_match_term_is_refused_without_the_frames() -> None:
+    bank = random_bank()
+    model = make_model(match_video="frames")
+    model.fit_input_stats(bank)
+    inputs = pair_inputs(bank, [0], [0])
+    visual = model.encode_video(inputs["video_cls"], inputs["video_patches"],
+                                inputs["frame_mask"])
+    with pytest.raises(ValueError, match="match_video=frames needs"):
+        model.match(inputs["text_tokens"], inputs["text_mask"], visual, inputs["frame_mask"],
+                    video_cls=inputs["video_cls"], text_words=inputs["text_words"])

@@ -433,6 +433,12 @@ class CrossTVRReranker(nn.Module):
             self.match_text = nn.Linear(hidden, hidden)
             self.match_video = nn.Linear(hidden, hidden)
             self.match_scale = nn.Parameter(torch.tensor(math.log(5.0)))
+        self.match_reads_time = cfg.match_video == "temporal"
+        self.match_motion = None
+        if cfg.match_term and not self.match_reads_time and self.keypoint_saliency is not None:
+            # where the salient things go over the clip: direction, not the order of events
+            self.match_motion = nn.Sequential(nn.Linear(3 * cfg.keypoints, hidden),
+                                              nn.LayerNorm(hidden))
 
         self.caption_summary = None
         if cfg.caption_summary:  # the caption's frozen embedding into every token, from zero
@@ -591,7 +597,8 @@ class CrossTVRReranker(nn.Module):
         [B, L, D], each token's own frozen embedding, for the word-timing term)."""
         visual = self.encode_video(video_cls, video_patches, frame_mask)
         return self.match(text_tokens, text_mask, visual, frame_mask, text_eot=text_eot,
-                          video_cls=video_cls, text_words=text_words)
+                          video_cls=video_cls, text_words=text_words,
+                          video_patches=video_patches)
 
     @torch.no_grad()
     def attention_maps(
@@ -766,11 +773,7 @@ class CrossTVRReranker(nn.Module):
                 f"{tuple(frame_mask.shape)} do not match patches {tuple(video_patches.shape)}"
             )
         frame_mask = frame_mask.bool()
-        standard_cls = _standardize(video_cls, self.cls_mean, self.cls_std, frame_mask)
-        cls = self.cls_proj(standard_cls) + self.type_embed[0]  # [B, F, H]
-        patches = _standardize(
-            video_patches, self.patch_mean, self.patch_std, frame_mask.unsqueeze(-1)
-        )  # [B, F, P, Wv]
+        standard_cls, cls, patches = self._standard_frames(video_cls, video_patches, frame_mask)
         cls = self._temporal_context(cls, standard_cls, patches, frame_mask)
         if not self.uses_patches:
             return cls.unsqueeze(2)  # [B, F, 1, H]
@@ -790,14 +793,22 @@ class CrossTVRReranker(nn.Module):
         kept = kept.reshape(batch, frames, kept.shape[1], -1)  # [B, F, M, H]
         return torch.cat([cls.unsqueeze(2), kept], dim=2)  # [B, F, T, H]
 
-    def _temporal_context(self, cls: torch.Tensor, standard_cls: torch.Tensor,
-                          patches: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """Frame CLS tokens [B, F, H] -> the same tokens after self-attention over time
-        (temporal positions, frame differences of the standardised CLS [B, F, D], a map of
-        the standardised patch grid [B, F, P, Wv])."""
-        if not len(self.temporal_encoder):
-            return cls
-        x = cls + self.temporal_pos[: cls.shape[1]]
+    def _standard_frames(self, video_cls: torch.Tensor, video_patches: torch.Tensor,
+                         frame_mask: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The standardised CLS [B, F, D], its projection (+ the CLS type) [B, F, H] and the
+        standardised patches [B, F, P, Wv], padded frames zeroed."""
+        standard_cls = _standardize(video_cls, self.cls_mean, self.cls_std, frame_mask)
+        cls = self.cls_proj(standard_cls) + self.type_embed[0]  # [B, F, H]
+        patches = _standardize(
+            video_patches, self.patch_mean, self.patch_std, frame_mask.unsqueeze(-1)
+        )  # [B, F, P, Wv]
+        return standard_cls, cls, patches
+
+    def _frame_summaries(self, x: torch.Tensor, standard_cls: torch.Tensor,
+                         patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, F, H] plus what each frame shows on its own (a map of the patch grid, the
+        keypoints), and the series [B, F, W] whose slope over time is the trend."""
         if self.grid_proj is not None:
             x = x + self.grid_proj(patches.flatten(2))
         series = standard_cls
@@ -805,6 +816,17 @@ class CrossTVRReranker(nn.Module):
             keypoints = self._keypoints(patches)  # [B, F, 3K]
             x = x + self.keypoint_proj(keypoints)
             series = torch.cat([keypoints, standard_cls], dim=-1)
+        return x, series
+
+    def _temporal_context(self, cls: torch.Tensor, standard_cls: torch.Tensor,
+                          patches: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Frame CLS tokens [B, F, H] -> the same tokens after self-attention over time
+        (temporal positions, frame differences of the standardised CLS [B, F, D], a map of
+        the standardised patch grid [B, F, P, Wv])."""
+        if not len(self.temporal_encoder):
+            return cls
+        x, series = self._frame_summaries(cls + self.temporal_pos[: cls.shape[1]],
+                                          standard_cls, patches)
         if self.frame_diff_proj is not None:
             frames = standard_cls
             if self.grid_differences:
@@ -818,6 +840,21 @@ class CrossTVRReranker(nn.Module):
             x = x + self.trend_proj(temporal_slope(series, frame_mask)).unsqueeze(1)
         return x.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
 
+    def _pooled_frames(self, video_cls: torch.Tensor, video_patches: torch.Tensor,
+                       frame_mask: torch.Tensor) -> torch.Tensor:
+        """[V, H]: each frame's own summary (CLS, grid map, keypoints) averaged over the real
+        frames, plus the motion of the clip (the slope over time of its keypoints). No
+        attention over time: the order of the frames reaches it only through where the
+        salient things move, a linear read-out, not through what is seen when."""
+        standard_cls, cls, patches = self._standard_frames(video_cls, video_patches, frame_mask)
+        x, _ = self._frame_summaries(cls, standard_cls, patches)
+        frames = self._attendable_frames(frame_mask).to(x.dtype).unsqueeze(-1)
+        pooled = (x * frames).sum(1) / frames.sum(1)  # [V, H]
+        if self.match_motion is not None:
+            keypoints = self._keypoints(patches)  # [V, F, 3K]
+            pooled = pooled + self.match_motion(temporal_slope(keypoints, frame_mask))
+        return pooled
+
     def _keypoints(self, patches: torch.Tensor) -> torch.Tensor:
         """Standardised patches [B, F, P, Wv] -> per frame and keypoint its expected grid
         position (x, y in [-1, 1]) under a softmax saliency over patches, and the peak
@@ -830,14 +867,23 @@ class CrossTVRReranker(nn.Module):
 
     def _match_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
                      text_index: torch.Tensor, visual: torch.Tensor,
+                     video: tuple[torch.Tensor, torch.Tensor] | None,
                      frame_mask: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
         """Scaled cosine [B] of the pooled text states [U, L, H] (caption text_index[i])
-        and the pooled frame tokens visual[:, :, 0] [V, F, H] over real frames (video
-        video_index[i])."""
+        and the frame states of video video_index[i] pooled over its real frames: the frame
+        tokens visual[:, :, 0] [V, F, H] after the temporal blocks, or with
+        reranker.match_video=frames each frame's own summary before them (`_pooled_frames`
+        of video = (video_cls [V, F, D], video_patches [V, F, P, Wv]))."""
         weights = text_mask.to(text.dtype).unsqueeze(-1)
         pooled_text = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [U, H]
-        frames = self._attendable_frames(frame_mask).to(visual.dtype).unsqueeze(-1)
-        pooled_video = (visual[:, :, 0] * frames).sum(1) / frames.sum(1)  # [B, H]
+        if getattr(self, "match_reads_time", True):  # pickled before the option: temporal
+            frames = self._attendable_frames(frame_mask).to(visual.dtype).unsqueeze(-1)
+            pooled_video = (visual[:, :, 0] * frames).sum(1) / frames.sum(1)  # [V, H]
+        elif video is None:
+            raise ValueError("reranker: reranker.match_video=frames needs video_cls and "
+                             "video_patches")
+        else:
+            pooled_video = self._pooled_frames(*video, frame_mask).to(visual.dtype)
         t = F.normalize(self.match_text(pooled_text), dim=-1)[text_index]
         v = F.normalize(self.match_video(pooled_video), dim=-1)[video_index]
         return self.match_scale.exp() * (t * v).sum(-1)
@@ -1001,6 +1047,7 @@ class CrossTVRReranker(nn.Module):
         video_cls: torch.Tensor | None = None,
         return_grounding: bool = False,
         text_words: torch.Tensor | None = None,
+        video_patches: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """VTM logits [B] of encode_video's tokens visual [V, F, T, H] (frame_mask [V, F])
         with text tokens [U, L, Wt] (mask [U, L]); pair i reads caption text_index[i] and
@@ -1008,17 +1055,20 @@ class CrossTVRReranker(nn.Module):
         pairs has its own path (text states, memory keys) computed once. The
         frozen-similarity term reads the captions' embeddings text_eot [U, D] and the
         videos' frame embeddings video_cls [V, F, D]; the word-timing term reads those and
-        each caption token's own frozen embedding text_words [U, L, D]. With
+        each caption token's own frozen embedding text_words [U, L, D]; the match term
+        with reranker.match_video=frames reads video_cls and video_patches [V, F, P, Wv]. With
         `return_grounding`: (logits, the grounding term's `grounding_times` of every pair, or
         None without the term)."""
         logits, grounding = self._match(text_tokens, text_mask, visual, frame_mask, text_index,
-                                        video_index, text_eot, video_cls, text_words)
+                                        video_index, text_eot, video_cls, text_words,
+                                        video_patches)
         return (logits, grounding) if return_grounding else logits
 
     def _match(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, visual: torch.Tensor,
                frame_mask: torch.Tensor, text_index: torch.Tensor | None,
                video_index: torch.Tensor | None, text_eot: torch.Tensor | None,
-               video_cls: torch.Tensor | None, text_words: torch.Tensor | None = None
+               video_cls: torch.Tensor | None, text_words: torch.Tensor | None = None,
+               video_patches: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         num_videos, frames, per_frame, hidden = visual.shape
         if video_index is None:
@@ -1044,7 +1094,9 @@ class CrossTVRReranker(nn.Module):
         attendable = self._attendable_frames(frame_mask.bool())[video_index]  # [B, F]
         extra = 0.0
         if self.match_scale is not None:
-            extra = self._match_logit(text, text_mask.bool(), text_index, visual,
+            video = None if video_cls is None or video_patches is None else (
+                video_cls, video_patches)
+            extra = self._match_logit(text, text_mask.bool(), text_index, visual, video,
                                       frame_mask.bool(), video_index)
         # getattr: re-rankers pickled before the term existed have no such attribute
         if getattr(self, "frozen_scale", None) is not None:

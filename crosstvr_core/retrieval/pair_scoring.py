@@ -30,7 +30,8 @@ def match_distinct(model: CrossTVRReranker, video: dict[str, torch.Tensor],
         logits, grounding = model.match(
             text["text_tokens"], text["text_mask"], visual, video["frame_mask"],
             text_index=pair_text, video_index=pair_video, text_eot=text.get("text_eot"),
-            video_cls=video["video_cls"], return_grounding=True, text_words=text.get("text_words"))
+            video_cls=video["video_cls"], return_grounding=True, text_words=text.get("text_words"),
+            video_patches=video["video_patches"])
     if return_grounding:
         return logits.float(), grounding
     return logits.float()
