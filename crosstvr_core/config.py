@@ -526,9 +526,9 @@ class RerankerConfig(_Section):
         "temporal",
         description="What the match term pools on the video side: the frame states after "
         "the temporal blocks ('temporal'), or each frame's own summary before them (CLS, "
-        "patch-grid map, keypoints) plus the clip's linear trend over time ('frames'): then "
-        "the order of the frames reaches the term only through that trend, and when things "
-        "happen is left to the timing terms.",
+        "patch-grid map, keypoints) averaged over the clip, plus where its keypoints move "
+        "(their slope over time) ('frames'): then the order of the frames reaches the term "
+        "only through motion, and when things happen is left to the timing terms.",
     )
     caption_summary: bool = Field(
         False,
@@ -703,6 +703,16 @@ class TrainConfig(_Section):
         "the time the frozen encoder observes that token at in the clip (held fixed). The "
         "observed side is frozen, so the target is as right on the first step as on the "
         "last. Needs reranker.word_timing_term; 0: off.",
+    )
+    word_timing_ranking: float = Field(
+        0.0,
+        ge=0,
+        description="listwise: weight of a loss that asks the word-timing term on its own to "
+        "rank each caption's clip above the same clip played backwards (softplus(-2z) of its "
+        "logit z at its current scale): in the full logit the temporal states can already "
+        "reject a reversed clip, which leaves the timing term, the part that reads when each "
+        "named thing is seen, without a reason to learn. Needs reranker.word_timing_term; "
+        "0: off.",
     )
     order_contrast_with: Literal["halves_swapped", "backwards"] = Field(
         "halves_swapped",

@@ -48,6 +48,7 @@ from crosstvr_core.training.reranker import (
     read_pairs,
     train_reranker,
     word_timing_consistency_loss,
+    word_timing_ranking_loss,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -370,3 +371,42 @@ def test_word_timing_consistency_pulls_expected_time_towards_the_frozen_observed
     without.fit_input_stats(bank)
     with pytest.raises(ValueError, match="word_timing_term"):
         listwise_loss(without, plan, inputs, cpu, "fp32", word_timing_consistency=0.5)
+
+
+def test_word_timing_ranking_is_the_terms_own_choice_between_a_clip_and_its_reversal() -> None:
+    """The step's loss is the listwise loss plus the weight times the two-way cross-entropy
+    of the word-timing term alone between each caption's own clip and that clip played
+    backwards, computed here from the model on the reversed frames; it trains the caption
+    side and the importance, not the term's scale."""
+    bank, model, rows, plan, inputs = one_listwise_batch()
+    cpu = torch.device("cpu")
+    own = torch.arange(len(rows))
+    with torch.no_grad():
+        model.word_when.bias.add_(torch.tensor([0.3, 0.0]))  # a caption side that says when
+        base, _ = listwise_loss(model, plan, inputs, cpu, "fp32")
+        total, stats = listwise_loss(model, plan, inputs, cpu, "fp32", word_timing_ranking=0.4)
+        text = bank.text_batch(rows)
+        mask = text["text_mask"].bool()
+        states = model.encode_text(text["text_tokens"], mask)
+        terms = []
+        for video in (bank.video_batch(bank.caption_video[rows]),
+                      play_backwards(bank.video_batch(bank.caption_video[rows]))):
+            terms.append(model._word_timing_logit(*model.word_times(
+                states, mask, own, text["text_words"], video["video_cls"],
+                video["frame_mask"].bool(), own)))
+    forwards, backwards = terms
+    torch.testing.assert_close(backwards, -forwards)  # reversed: every observed time flips
+    direct = torch.nn.functional.cross_entropy(torch.stack([forwards, backwards], dim=1),
+                                               torch.zeros(len(rows), dtype=torch.long))
+    assert float(direct) != pytest.approx(float(np.log(2)))  # the term says something
+    torch.testing.assert_close(total, base + 0.4 * direct)
+    torch.testing.assert_close(stats[6], (forwards > 0).float().mean())
+    model.train()
+    loss, _ = word_timing_ranking_loss(model, inputs, own * plan.videos.shape[1], cpu, "fp32")
+    loss.backward()
+    assert model.word_when.weight.grad.abs().sum() > 0
+    assert model.word_scale.grad is None  # how loudly the term speaks is not its business
+    without = make_model(hidden=32, word_timing_term=False)
+    without.fit_input_stats(bank)
+    with pytest.raises(ValueError, match="word_timing_ranking needs"):
+        listwise_loss(without, plan, inputs, cpu, "fp32", word_timing_ranking=0.4)

@@ -366,6 +366,29 @@ def grounding_consistency_loss(expected: torch.Tensor, observed: torch.Tensor,
     return gap.sum() / (mask.sum() * expected.shape[-1]).clamp(min=1.0)
 
 
+def _own_clip_word_times(model: CrossTVRReranker, inputs: PairInputs, pairs: torch.Tensor,
+                         device: torch.device, precision: str, option: str
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The word-timing term's (expected, importance, observed) times [P, L] of `pairs`
+    (indices into inputs' pairs: each caption with its own clip), and their real tokens
+    [P, L]; `option` names the setting that asked, for the error without the term."""
+    if getattr(model, "word_when", None) is None:
+        raise ValueError(f"{option} needs reranker.word_timing_term")
+    text = {name: value.to(device) for name, value in inputs.text.items()}
+    rows = inputs.pair_text.to(device)[pairs]
+    videos = inputs.pair_video.to(device)[pairs]
+    mask = text["text_mask"][rows].bool()
+    with autocast(device, precision):
+        states = model.encode_text(text["text_tokens"][rows], mask,
+                                   text["text_eot"][rows] if "text_eot" in text else None)
+    expected, importance, observed = model.word_times(
+        states, mask, torch.arange(len(rows), device=device),
+        None if "text_words" not in text else text["text_words"][rows],
+        inputs.video["video_cls"].to(device), inputs.video["frame_mask"].to(device).bool(),
+        videos)
+    return expected.float(), importance.float(), observed.float(), mask
+
+
 def word_timing_consistency_loss(model: CrossTVRReranker, inputs: PairInputs,
                                  pairs: torch.Tensor, device: torch.device, precision: str
                                  ) -> torch.Tensor:
@@ -374,34 +397,40 @@ def word_timing_consistency_loss(model: CrossTVRReranker, inputs: PairInputs,
     time (read from the text) and the time the frozen encoder observes the token at in that
     clip (held fixed). The observed side is frozen and right for most named things, so the
     caption side is taught, word by word, that what is named first is seen first."""
-    if getattr(model, "word_when", None) is None:
-        raise ValueError("train.word_timing_consistency needs reranker.word_timing_term")
-    text = {name: value.to(device) for name, value in inputs.text.items()}
-    rows = inputs.pair_text.to(device)[pairs]
-    videos = inputs.pair_video.to(device)[pairs]
-    mask = text["text_mask"][rows].bool()
-    with autocast(device, precision):
-        states = model.encode_text(text["text_tokens"][rows], mask,
-                                   text["text_eot"][rows] if "text_eot" in text else None)
-    expected, _, observed = model.word_times(
-        states, mask, torch.arange(len(rows), device=device),
-        None if "text_words" not in text else text["text_words"][rows],
-        inputs.video["video_cls"].to(device), inputs.video["frame_mask"].to(device).bool(),
-        videos)
+    expected, _, observed, mask = _own_clip_word_times(model, inputs, pairs, device, precision,
+                                                       "train.word_timing_consistency")
     weights = mask.float()
-    gap = (expected.float() - observed.detach().float()).square() * weights
+    gap = (expected - observed.detach()).square() * weights
     return gap.sum() / weights.sum().clamp(min=1.0)
+
+
+def word_timing_ranking_loss(model: CrossTVRReranker, inputs: PairInputs,
+                             pairs: torch.Tensor, device: torch.device, precision: str
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, share right): the word-timing term on its own must rank each caption's clip
+    (`pairs`, as in word_timing_consistency_loss) above the same clip played backwards.
+    Backwards, every observed time changes sign, so the term's logit z does too, and the
+    two-way cross-entropy is softplus(-2 z) at the term's current scale (held fixed: the
+    loss trains what the caption says about time and which words count, not how loudly the
+    term speaks). In the full logit, the temporal states can already tell a clip from its
+    reversal, which leaves the term untrained; this asks it to be right by itself."""
+    expected, importance, observed, _ = _own_clip_word_times(
+        model, inputs, pairs, device, precision, "train.word_timing_ranking")
+    own = model.word_scale.detach().float() * (expected * importance * observed).sum(dim=1)
+    return F.softplus(-2.0 * own).mean(), (own > 0).float().mean()
 
 
 def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInputs,
                   device: torch.device, precision: str, grounding_consistency: float = 0.0,
-                  word_timing_consistency: float = 0.0) -> tuple[torch.Tensor, list[float]]:
+                  word_timing_consistency: float = 0.0, word_timing_ranking: float = 0.0
+                  ) -> tuple[torch.Tensor, list[float]]:
     """Softmax cross-entropy towards column 0 of both directions' lists, averaged, plus the
-    order contrast, the grounding consistency and the word-timing consistency (on each
-    caption's positive pair) at their weights. Returns (loss, [t2v top-1 in list, positive
-    probability, positive beats its first rearrangement (0 without one), order contrast
-    right (0 without it), grounding consistency, word-timing consistency (0 without
-    them)])."""
+    order contrast, the grounding consistency, the word-timing consistency and the
+    word-timing ranking (on each caption's positive pair) at their weights. Returns (loss,
+    [t2v top-1 in list, positive probability, positive beats its first rearrangement (0
+    without one), order contrast right (0 without it), grounding consistency, word-timing
+    consistency, word-timing term alone right against the clip played backwards (0
+    without them)])."""
     logits, grounding = match_distinct(model, inputs.video, inputs.text, inputs.pair_video,
                                        inputs.pair_text, device, precision,
                                        return_grounding=True)
@@ -410,7 +439,7 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
     v2t = logits[videos.numel(): videos.numel() + captions.numel()].view(captions.shape)
     target = torch.zeros(len(videos), dtype=torch.long, device=t2v.device)
     loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
-    order_right = consistency = word_consistency = t2v.new_tensor(0.0)
+    order_right = consistency = word_consistency = timing_right = t2v.new_tensor(0.0)
     positives = torch.arange(len(videos), device=logits.device) * videos.shape[1]
     if batch.order_contrast > 0:
         contrast = logits[videos.numel() + captions.numel():].view(len(videos), -1)
@@ -429,6 +458,10 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
         word_consistency = word_timing_consistency_loss(model, inputs, positives, device,
                                                         precision)
         loss = loss + word_timing_consistency * word_consistency
+    if word_timing_ranking > 0:
+        ranking, timing_right = word_timing_ranking_loss(model, inputs, positives, device,
+                                                         precision)
+        loss = loss + word_timing_ranking * ranking
     with torch.no_grad():
         first_rearranged = videos.shape[1] - batch.num_rearranged
         stats = [
@@ -439,6 +472,7 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
             order_right,
             consistency.detach(),
             word_consistency.detach(),
+            timing_right,
         ]
     return loss, stats
 
@@ -596,9 +630,10 @@ def train_reranker(
         names = ("accuracy", "pos_prob", "pos_beats_neg_video")
         if listwise:  # (ListwiseBatch, its PairInputs), read ahead
             loss, stats = listwise_loss(model, *batch, device, cfg.precision,
-                                        cfg.grounding_consistency, cfg.word_timing_consistency)
+                                        cfg.grounding_consistency, cfg.word_timing_consistency,
+                                        cfg.word_timing_ranking)
             names += ("order_contrast_right", "grounding_consistency",
-                      "word_timing_consistency")
+                      "word_timing_consistency", "word_timing_alone_right")
         else:  # caption rows
             loss, stats = _bce_step(model, dataset, bank, scores, batch, cfg, generator,
                                     hard_fraction_at(global_step), device)
