@@ -565,6 +565,14 @@ class RerankerConfig(_Section):
         "tower to encode each distinct caption token once. On the generated benchmark it "
         "took order twins from 66 / 72 to 74 / 79 (t2v / v2t), docs/benchmarks.md.",
     )
+    word_timing_mention_order: bool = Field(
+        False,
+        description="Let the word-timing term's expected time also read where in the caption "
+        "a token stands (a learned weight, from 0, on its place among the caption's tokens): "
+        "captions mostly name things in the order they happen ('A, then B', 'from red to "
+        "blue'), a rule that holds for unseen scenes and colours, where the text states "
+        "alone fit the training captions and stay at chance on new ones.",
+    )
     word_presence_term: bool = Field(
         False,
         description="Add a word-presence term: how strongly the clip shows each caption "
