@@ -565,6 +565,14 @@ class RerankerConfig(_Section):
         "tower to encode each distinct caption token once. On the generated benchmark it "
         "took order twins from 66 / 72 to 74 / 79 (t2v / v2t), docs/benchmarks.md.",
     )
+    word_timing_centred: bool = Field(
+        False,
+        description="Word timing observes each token against the frames after taking out "
+        "what all the caption's tokens share (their mean unit embedding): without it, a "
+        "frame that looks a little more like every word draws the observed time of most "
+        "tokens to itself, so the term reads a trend of the clip, not when each named "
+        "thing is seen.",
+    )
     word_timing_mention_order: bool = Field(
         False,
         description="Let the word-timing term's expected time also read where in the caption "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from bank_fixtures import FRAMES, PATCHES, make_model, random_bank
+from bank_fixtures import EMBED, FRAMES, PATCHES, make_model, random_bank
 
 from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.models.token_selection import PatchTokenSelector, hard_top_k
@@ -678,6 +679,36 @@ def test_word_timing_mention_order_starts_without_effect_and_puts_named_first_ea
     model.train()
     model(**inputs).sum().backward()
     assert model.word_mention.grad is not None
+
+
+def test_centred_word_timing_is_not_drawn_to_a_frame_like_every_word() -> None:
+    """reranker.word_timing_centred: every word of a caption shares one strong direction,
+    and the first frame shows only that, the last frame only word 1's own part. Plain, the
+    shared part draws word 1 to the first frame; centred (the caption's mean unit word
+    embedding taken out), word 1 is observed in the last frame."""
+    bank = random_bank()
+    words = torch.zeros(1, 4, EMBED)
+    words[0, :, 0] = 5.0  # the shared part ...
+    for token in range(3):
+        words[0, token, token + 1] = 1.0  # ... and each real token's own
+    text_mask = torch.tensor([[True, True, True, False]])
+    frames = torch.zeros(1, FRAMES, EMBED)
+    frames[0, :, EMBED - 1] = 1.0  # frames between: neither
+    frames[0, 0] = F.one_hot(torch.tensor(0), EMBED).float()
+    frames[0, -1] = F.one_hot(torch.tensor(2), EMBED).float()  # word 1's own direction
+    frame_mask = torch.ones(1, FRAMES, dtype=torch.bool)
+    one = torch.zeros(1, dtype=torch.long)
+    observed = {}
+    for centred in (False, True):
+        model = make_model(word_timing_centred=centred)
+        model.fit_input_stats(bank)
+        with torch.no_grad():
+            model.word_sharpness.fill_(math.log(200.0))
+            text = torch.zeros(1, 4, 16)
+            _, _, observed[centred] = model.word_times(text, text_mask, one, words, frames,
+                                                       frame_mask, one)
+    assert observed[False][0, 1] < -0.9  # drawn to the first frame by what all words share
+    assert observed[True][0, 1] > 0.9
 
 
 def test_word_timing_without_word_embeddings_is_refused() -> None:

@@ -477,6 +477,7 @@ class CrossTVRReranker(nn.Module):
         if cfg.word_timing_term and cfg.attention != "spatial_only":
             # per token: expected time, importance (the observed time is frozen)
             self.word_when = nn.Linear(hidden, 2)
+            self.word_centred = cfg.word_timing_centred
             self.word_mention = None
             if cfg.word_timing_mention_order:  # a learned weight, from no effect
                 self.word_mention = nn.Parameter(torch.zeros(()))
@@ -990,8 +991,16 @@ class CrossTVRReranker(nn.Module):
                              "caption token's frozen embedding: attach_word_embeddings) and "
                              "video_cls")
         with torch.autocast(device_type=text.device.type, enabled=False):
-            similarity, _, attendable = self._word_frame_similarity(
+            similarity, words, attendable = self._word_frame_similarity(
                 text_words, video_cls, frame_mask, text_index, video_index)
+            if getattr(self, "word_centred", False):  # pickled before the option: plain
+                # what every word of the caption shares (its mean unit embedding) is taken
+                # out, so a frame that resembles all words alike cannot draw them all to it
+                real = text_mask[text_index].float()  # [B, L]
+                shared = (words * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp(
+                    min=1.0)  # [B, D]
+                frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
+                similarity = similarity - torch.einsum("bd,bfd->bf", shared, frames).unsqueeze(1)
             similarity = (similarity * self.word_sharpness.exp()).masked_fill(
                 ~attendable[:, None, :], float("-inf"))
             place = _relative_places(attendable.float())  # [B, F]
