@@ -573,14 +573,6 @@ class RerankerConfig(_Section):
         "tokens to itself, so the term reads a trend of the clip, not when each named "
         "thing is seen.",
     )
-    word_timing_mention_order: bool = Field(
-        False,
-        description="Let the word-timing term's expected time also read where in the caption "
-        "a token stands (a learned weight, from 0, on its place among the caption's tokens): "
-        "captions mostly name things in the order they happen ('A, then B', 'from red to "
-        "blue'), a rule that holds for unseen scenes and colours, where the text states "
-        "alone fit the training captions and stay at chance on new ones.",
-    )
     word_presence_term: bool = Field(
         False,
         description="Add a word-presence term: how strongly the clip shows each caption "

@@ -649,38 +649,6 @@ def test_word_timing_reads_frozen_time_and_flips_when_played_backwards() -> None
     assert model.word_sharpness.grad is not None
 
 
-def test_word_timing_mention_order_starts_without_effect_and_puts_named_first_early() -> None:
-    """reranker.word_timing_mention_order adds a token's place among its caption's real
-    tokens to the word-timing term's expected time with a learned weight: at its initial 0
-    the logits are the plain model's; with a large weight and nothing else read from the
-    text, the first real token is expected first and the last one last, whatever the
-    batch's padding (assert_batch_free)."""
-    bank = random_bank()
-    plain = make_model()
-    plain.fit_input_stats(bank)
-    model = make_model(word_timing_mention_order=True)
-    model.fit_input_stats(bank)
-    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
-    torch.testing.assert_close(model(**inputs), plain(**inputs))
-    with torch.no_grad():
-        model.word_when.weight.zero_()
-        model.word_when.bias.zero_()
-        model.word_mention.fill_(20.0)
-        mask = inputs["text_mask"].bool()
-        text = model.encode_text(inputs["text_tokens"], mask)
-        rows = torch.arange(3)
-        expected, _, _ = model.word_times(text, mask, rows, inputs["text_words"],
-                                          inputs["video_cls"], inputs["frame_mask"].bool(), rows)
-    for row in range(3):
-        real = mask[row].nonzero().squeeze(1)
-        assert expected[row, real[0]] < -0.99 and expected[row, real[-1]] > 0.99
-    assert not torch.allclose(model(**inputs), plain(**inputs))
-    assert_batch_free(model, bank)
-    model.train()
-    model(**inputs).sum().backward()
-    assert model.word_mention.grad is not None
-
-
 def test_centred_word_timing_is_not_drawn_to_a_frame_like_every_word() -> None:
     """reranker.word_timing_centred: every word of a caption shares one strong direction,
     and the first frame shows only that, the last frame only word 1's own part. Plain, the

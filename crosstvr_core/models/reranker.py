@@ -330,7 +330,7 @@ class CrossTVRReranker(nn.Module):
     _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale",
                           "ground_sharpness", "ground_scale", "frozen_scale", "ground_mention",
                           "word_sharpness", "word_scale", "presence_sharpness",
-                          "presence_scale", "word_mention")
+                          "presence_scale")
 
     def __init__(
         self,
@@ -478,9 +478,6 @@ class CrossTVRReranker(nn.Module):
             # per token: expected time, importance (the observed time is frozen)
             self.word_when = nn.Linear(hidden, 2)
             self.word_centred = cfg.word_timing_centred
-            self.word_mention = None
-            if cfg.word_timing_mention_order:  # a learned weight, from no effect
-                self.word_mention = nn.Parameter(torch.zeros(()))
             # frozen word-frame cosines differ by a few hundredths over a clip
             self.word_sharpness = nn.Parameter(torch.tensor(math.log(50.0)))
             self.word_scale = nn.Parameter(torch.tensor(2.0))
@@ -1006,9 +1003,6 @@ class CrossTVRReranker(nn.Module):
             place = _relative_places(attendable.float())  # [B, F]
             observed = torch.einsum("blf,bf->bl", similarity.softmax(dim=-1), place)
         when, importance = self.word_when(text).float().unbind(dim=-1)  # [U, L]
-        if getattr(self, "word_mention", None) is not None:  # pickled before it: none
-            # each token's place among its caption's real tokens: -1 first, +1 last
-            when = when + _relative_places(text_mask.float()) * self.word_mention.float()
         importance = importance.masked_fill(~text_mask, float("-inf")).softmax(dim=1)
         return torch.tanh(when)[text_index], importance[text_index], observed
 
