@@ -566,12 +566,13 @@ class RerankerConfig(_Section):
         "took order twins from 66 / 72 to 74 / 79 (t2v / v2t), docs/benchmarks.md.",
     )
     word_timing_centred: bool = Field(
-        False,
+        True,
         description="Word timing observes each token against the frames after taking out "
-        "what all the caption's tokens share (their mean unit embedding): without it, a "
+        "what all the caption's tokens share (their mean unit embedding). Without it, a "
         "frame that looks a little more like every word draws the observed time of most "
-        "tokens to itself, so the term reads a trend of the clip, not when each named "
-        "thing is seen.",
+        "tokens to itself, and the term reads a trend of the clip, not when each named thing "
+        "is seen. On the generated benchmark over three seeds: order twins 72.4 / 79.6 "
+        "against 70.6 / 74.7 (t2v / v2t), two-stage R@1 70.4 / 74.4 against 71.9 / 72.8.",
     )
     word_presence_term: bool = Field(
         False,
