@@ -437,7 +437,7 @@ class CrossTVRReranker(nn.Module):
         self.match_motion = None
         if cfg.match_term and not self.match_reads_time and self.keypoint_saliency is not None:
             # where the salient things go over the clip: direction, not the order of events
-            self.match_motion = nn.Sequential(nn.Linear(2 * cfg.keypoints, hidden),
+            self.match_motion = nn.Sequential(nn.Linear(3 * cfg.keypoints, hidden),
                                               nn.LayerNorm(hidden))
 
         self.caption_summary = None
@@ -844,16 +844,16 @@ class CrossTVRReranker(nn.Module):
     def _pooled_frames(self, video_cls: torch.Tensor, video_patches: torch.Tensor,
                        frame_mask: torch.Tensor) -> torch.Tensor:
         """[V, H]: each frame's own summary (CLS, grid map, keypoints) averaged over the real
-        frames, plus the motion of the clip (the slope over time of its keypoints' places).
-        No attention over time: the order of the frames reaches it only through where the
+        frames, plus the motion of the clip (the slope over time of its keypoints). No
+        attention over time: the order of the frames reaches it only through where the
         salient things move, a linear read-out, not through what is seen when."""
         standard_cls, cls, patches = self._standard_frames(video_cls, video_patches, frame_mask)
         x, _ = self._frame_summaries(cls, standard_cls, patches)
         frames = self._attendable_frames(frame_mask).to(x.dtype).unsqueeze(-1)
         pooled = (x * frames).sum(1) / frames.sum(1)  # [V, H]
         if self.match_motion is not None:
-            places = self._keypoints(patches).unflatten(-1, (-1, 3))[..., :2]  # [V, F, K, 2]
-            pooled = pooled + self.match_motion(temporal_slope(places.flatten(2), frame_mask))
+            keypoints = self._keypoints(patches)  # [V, F, 3K]
+            pooled = pooled + self.match_motion(temporal_slope(keypoints, frame_mask))
         return pooled
 
     def _keypoints(self, patches: torch.Tensor) -> torch.Tensor:
