@@ -574,6 +574,13 @@ class RerankerConfig(_Section):
         "is seen. On the generated benchmark over three seeds: order twins 72.4 / 79.6 "
         "against 70.6 / 74.7 (t2v / v2t), two-stage R@1 70.4 / 74.4 against 71.9 / 72.8.",
     )
+    word_timing_salience: bool = Field(
+        False,
+        description="Weight each token's share of the word timing also by how far its frozen "
+        "similarity to the frames moves over the clip (highest less lowest, sharpened; a "
+        "learned weight from 1, added to the importance before its softmax): a token that "
+        "looks the same in every frame cannot say when anything happens.",
+    )
     word_presence_term: bool = Field(
         False,
         description="Add a word-presence term: how strongly the clip shows each caption "

@@ -773,3 +773,38 @@ def test_frame_pooled_match_term_is_refused_without_the_frames() -> None:
     with pytest.raises(ValueError, match="match_video=frames needs"):
         model.match(inputs["text_tokens"], inputs["text_mask"], visual, inputs["frame_mask"],
                     video_cls=inputs["video_cls"], text_words=inputs["text_words"])
+
+
+def test_word_timing_salience_weights_tokens_whose_frames_differ_and_keeps_the_sign_flip() -> None:
+    """reranker.word_timing_salience: a token whose frozen similarity moves over the clip
+    gets more of the word timing's importance than one that looks the same in every frame;
+    played backwards, the saliences are unchanged, so the term still changes sign."""
+    bank = random_bank()
+    model = make_model(word_timing_salience=True)
+    model.fit_input_stats(bank)
+    inputs = pair_inputs(bank, [0], [1])  # clip 1: all four frames real
+    words = torch.zeros_like(inputs["text_words"])
+    words[0, :, 0] = 1.0  # every token: the same direction as every frame ...
+    words[0, 1] = F.one_hot(torch.tensor(1), EMBED).float()  # ... but token 1
+    cls = torch.zeros_like(inputs["video_cls"])
+    cls[0, :, 0] = 1.0
+    cls[0, -1, 1] = 1.0  # the last frame also shows token 1
+    mask = inputs["text_mask"].bool()
+    one = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        model.word_when.weight.zero_()  # the text alone would weigh every token alike
+        model.word_when.bias.zero_()
+        text = model.encode_text(inputs["text_tokens"], mask)
+        frame_mask = inputs["frame_mask"].bool()
+        expected, importance, observed = model.word_times(text, mask, one, words, cls,
+                                                          frame_mask, one)
+        backwards = play_backwards({"video_cls": cls, "video_patches": inputs["video_patches"],
+                                    "frame_mask": frame_mask})
+        _, importance_back, observed_back = model.word_times(
+            text, mask, one, words, backwards["video_cls"], frame_mask, one)
+    others = importance[0, mask[0]].clone()
+    assert importance[0, 1] > 2 * others[torch.arange(len(others)) != 1].max()
+    torch.testing.assert_close(importance_back, importance)
+    torch.testing.assert_close(model._word_timing_logit(expected, importance_back,
+                                                        observed_back),
+                               -model._word_timing_logit(expected, importance, observed))

@@ -330,7 +330,7 @@ class CrossTVRReranker(nn.Module):
     _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale",
                           "ground_sharpness", "ground_scale", "frozen_scale", "ground_mention",
                           "word_sharpness", "word_scale", "presence_sharpness",
-                          "presence_scale")
+                          "presence_scale", "word_salience")
 
     def __init__(
         self,
@@ -478,6 +478,9 @@ class CrossTVRReranker(nn.Module):
             # per token: expected time, importance (the observed time is frozen)
             self.word_when = nn.Linear(hidden, 2)
             self.word_centred = cfg.word_timing_centred
+            self.word_salience = None
+            if cfg.word_timing_salience:  # a learned weight on each token's salience
+                self.word_salience = nn.Parameter(torch.tensor(1.0))
             # frozen word-frame cosines differ by a few hundredths over a clip
             self.word_sharpness = nn.Parameter(torch.tensor(math.log(50.0)))
             self.word_scale = nn.Parameter(torch.tensor(2.0))
@@ -998,13 +1001,23 @@ class CrossTVRReranker(nn.Module):
                     min=1.0)  # [B, D]
                 frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
                 similarity = similarity - torch.einsum("bd,bfd->bf", shared, frames).unsqueeze(1)
-            similarity = (similarity * self.word_sharpness.exp()).masked_fill(
-                ~attendable[:, None, :], float("-inf"))
+            similarity = similarity * self.word_sharpness.exp()
+            salience = None
+            if getattr(self, "word_salience", None) is not None:  # pickled before it: none
+                # how far the token's (sharpened) similarity moves over the real frames
+                high = similarity.masked_fill(~attendable[:, None, :], float("-inf")).amax(-1)
+                low = similarity.masked_fill(~attendable[:, None, :], float("inf")).amin(-1)
+                salience = (high - low).detach()  # [B, L]; the same played backwards
+            similarity = similarity.masked_fill(~attendable[:, None, :], float("-inf"))
             place = _relative_places(attendable.float())  # [B, F]
             observed = torch.einsum("blf,bf->bl", similarity.softmax(dim=-1), place)
         when, importance = self.word_when(text).float().unbind(dim=-1)  # [U, L]
-        importance = importance.masked_fill(~text_mask, float("-inf")).softmax(dim=1)
-        return torch.tanh(when)[text_index], importance[text_index], observed
+        if salience is None:
+            importance = importance.masked_fill(~text_mask, float("-inf")).softmax(dim=1)
+            return torch.tanh(when)[text_index], importance[text_index], observed
+        importance = importance[text_index] + self.word_salience.float() * salience  # [B, L]
+        importance = importance.masked_fill(~text_mask[text_index], float("-inf")).softmax(dim=1)
+        return torch.tanh(when)[text_index], importance, observed
 
     def grounding_times(self, text: torch.Tensor, text_mask: torch.Tensor,
                         text_index: torch.Tensor, visual: torch.Tensor,
