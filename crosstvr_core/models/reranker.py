@@ -851,11 +851,11 @@ class CrossTVRReranker(nn.Module):
         attention over time: the order of the frames reaches it only through where the
         salient things move, a linear read-out, not through what is seen when."""
         standard_cls, cls, patches = self._standard_frames(video_cls, video_patches, frame_mask)
-        x, _ = self._frame_summaries(cls, standard_cls, patches)
+        x, series = self._frame_summaries(cls, standard_cls, patches)
         frames = self._attendable_frames(frame_mask).to(x.dtype).unsqueeze(-1)
         pooled = (x * frames).sum(1) / frames.sum(1)  # [V, H]
-        if self.match_motion is not None:
-            keypoints = self._keypoints(patches)  # [V, F, 3K]
+        if self.match_motion is not None:  # the series starts with the keypoints [V, F, 3K]
+            keypoints = series[..., : self.match_motion[0].in_features]
             pooled = pooled + self.match_motion(temporal_slope(keypoints, frame_mask))
         return pooled
 
@@ -937,15 +937,16 @@ class CrossTVRReranker(nn.Module):
     def _word_frame_similarity(self, text_words: torch.Tensor, video_cls: torch.Tensor,
                                frame_mask: torch.Tensor, text_index: torch.Tensor,
                                video_index: torch.Tensor
-                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                               ) -> tuple[torch.Tensor, ...]:
         """Float32 cosine [B, L, F] of each caption token's frozen embedding (text_words
         [U, L, D], caption text_index[i]) with each frame's frozen embedding (video_cls
-        [V, F, D], video video_index[i]), the unit word embeddings [B, L, D] and the
-        attendable frames [B, F]. Call with autocast off."""
+        [V, F, D], video video_index[i]), the unit word embeddings [B, L, D], the
+        attendable frames [B, F] and the unit frame embeddings [B, F, D]. Call with
+        autocast off."""
         words = F.normalize(text_words.float(), dim=-1)[text_index]  # [B, L, D]
         frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
         similarity = torch.einsum("bld,bfd->blf", words, frames)
-        return similarity, words, self._attendable_frames(frame_mask)[video_index]
+        return similarity, words, self._attendable_frames(frame_mask)[video_index], frames
 
     def word_presence_logit(self, text: torch.Tensor, text_mask: torch.Tensor,
                             text_index: torch.Tensor, text_words: torch.Tensor | None,
@@ -961,7 +962,7 @@ class CrossTVRReranker(nn.Module):
                              "caption token's frozen embedding: attach_word_embeddings) and "
                              "video_cls")
         with torch.autocast(device_type=text.device.type, enabled=False):
-            similarity, words, attendable = self._word_frame_similarity(
+            similarity, words, attendable, _ = self._word_frame_similarity(
                 text_words, video_cls, frame_mask, text_index, video_index)
             sharpness = self.presence_sharpness.exp()
             soft_max = (similarity * sharpness).masked_fill(
@@ -991,7 +992,7 @@ class CrossTVRReranker(nn.Module):
                              "caption token's frozen embedding: attach_word_embeddings) and "
                              "video_cls")
         with torch.autocast(device_type=text.device.type, enabled=False):
-            similarity, words, attendable = self._word_frame_similarity(
+            similarity, words, attendable, frames = self._word_frame_similarity(
                 text_words, video_cls, frame_mask, text_index, video_index)
             if getattr(self, "word_centred", False):  # pickled before the option: plain
                 # what every word of the caption shares (its mean unit embedding) is taken
@@ -999,7 +1000,6 @@ class CrossTVRReranker(nn.Module):
                 real = text_mask[text_index].float()  # [B, L]
                 shared = (words * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp(
                     min=1.0)  # [B, D]
-                frames = F.normalize(video_cls.float(), dim=-1)[video_index]  # [B, F, D]
                 similarity = similarity - torch.einsum("bd,bfd->bf", shared, frames).unsqueeze(1)
             similarity = similarity * self.word_sharpness.exp()
             salience = None
