@@ -786,8 +786,17 @@ class EvalConfig(_Section):
     top_k: int = Field(15, ge=1, description="K: stage-1 candidates the re-ranker scores.")
     fusion_weight: float | None = Field(
         None,
-        description="stage1 + w * stage2 over the top K; None: w picked per direction on the "
-        "re-ranker's validation split (two_stage.FUSION_WEIGHT_GRID), stored with the model.",
+        description="stage1 + w * stage2 over the top K; None: w chosen per direction on the "
+        "re-ranker's validation split (fusion_pick), stored with the model.",
+    )
+    fusion_pick: Literal["likelihood", "recall"] = Field(
+        "likelihood",
+        description="How validation chooses w: 'likelihood' fits a listwise softmax of "
+        "a * stage1 + b * stage2 over the top K to the right items (w = b / a); 'recall' takes "
+        "the best validation R@1 of a grid (two_stage.FUSION_WEIGHT_GRID). R@1 over a few "
+        "hundred queries cannot tell neighbouring weights apart; the likelihood also counts "
+        "how far each right item is from first, so a confident stage-2 mistake against a "
+        "clear stage-1 margin weighs in.",
     )
     fusion_score: Literal["prob", "logit"] = Field(
         "logit",

@@ -215,7 +215,7 @@ def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
         else:
             val_sim = val_stage1_sim
         validation = Validation(split.val, val_sim, e.top_k, e.fusion_weight, e.fusion_score,
-                                e.batch_size)
+                                e.batch_size, e.fusion_pick)
     model.fit_input_stats(bank)
     history = train_reranker(model, bank, negatives if t.loss == "bce" else None, t,
                              lists=lists, device=device(), on_epoch_end=on_epoch_end,

@@ -11,6 +11,9 @@ from crosstvr_core.config import TrainConfig
 from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.retrieval.metrics import retrieval_metrics
 from crosstvr_core.retrieval.two_stage import (
+    STAGE2_ONLY_WEIGHT,
+    choose_fusion_weight,
+    fit_fusion_weight,
     fuse_top_k,
     fused_top1,
     pick_fusion_weight,
@@ -114,6 +117,43 @@ def test_stage2_only_and_fusion_helpers_agree_with_the_metrics() -> None:
     assert pick_fusion_weight(stage1, top_idx, -stage2, truth) == (0.0, pytest.approx(stage1_r1))
 
 
+def test_likelihood_fusion_recovers_the_weight_the_right_items_were_drawn_with() -> None:
+    # 4,000 lists of 8: the right item drawn from softmax(a * stage1 + b * stage2), a = 20,
+    # b = 3, so the fitted w should be b / a = 0.15; R@1 cannot see it this finely
+    gen = torch.Generator().manual_seed(0)
+    queries, k = 4000, 8
+    stage1 = 0.05 * torch.randn(queries, k, generator=gen)
+    stage2 = torch.randn(queries, k, generator=gen)
+    right = torch.multinomial(torch.softmax(20 * stage1 + 3 * stage2, dim=1), 1, generator=gen)
+    truth = torch.zeros(queries, k, dtype=torch.bool).scatter_(1, right, True)
+    top_idx = torch.arange(k).expand(queries, k)
+    weight, r1 = fit_fusion_weight(stage1, top_idx, stage2, truth)
+    assert weight == pytest.approx(0.15, rel=0.1)
+    assert r1 == pytest.approx(fused_top1(stage1, top_idx, stage2, truth, weight))
+    assert choose_fusion_weight(stage1, top_idx, stage2, truth) == (weight, r1)
+    # stage 2 that only misleads: stage 1 alone; stage 1 that only misleads: stage 2 alone
+    assert fit_fusion_weight(stage1, top_idx, -stage2, truth)[0] == 0.0
+    right = torch.multinomial(torch.softmax(-20 * stage1 + 3 * stage2, dim=1), 1, generator=gen)
+    truth = torch.zeros(queries, k, dtype=torch.bool).scatter_(1, right, True)
+    assert fit_fusion_weight(stage1, top_idx, stage2, truth)[0] == STAGE2_ONLY_WEIGHT
+    with pytest.raises(ValueError, match="'likelihood' or 'recall'"):
+        choose_fusion_weight(stage1, top_idx, stage2, truth, "best")
+
+
+def test_likelihood_fusion_on_perfect_and_empty_lists() -> None:
+    gen = torch.Generator().manual_seed(1)
+    stage1 = torch.randn(20, 10, generator=gen)
+    caption_video = torch.arange(20) % 10
+    truth = relevance(caption_video, 10)
+    top_idx, stage2 = text_to_video_candidates(
+        stage1, 5, lambda t, v: (caption_video[t] == v).float())  # a perfect re-ranker
+    listed = 100.0 * float(truth.gather(1, top_idx).any(1).float().mean())
+    weight, r1 = fit_fusion_weight(stage1, top_idx, stage2, truth)
+    assert 0 < weight < float("inf") and r1 == pytest.approx(listed)
+    nothing = torch.zeros_like(truth)  # no right item listed: nothing to fit, stage 1 alone
+    assert fit_fusion_weight(stage1, top_idx, stage2, nothing) == (0.0, 0.0)
+
+
 def test_listwise_training_learns_to_rank_the_lists() -> None:
     bank = toy_bank(num_videos=24)
     sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
@@ -126,9 +166,9 @@ def test_listwise_training_learns_to_rank_the_lists() -> None:
     assert last["loss"] < 0.6 * first["loss"]
     assert last["accuracy"] > 0.8  # the positive first in its training list
     assert last["val_t2v_stage2_top1"] > 50 and last["val_v2t_stage2_top1"] > 50
-    assert model.fusion_weights.tolist() == [
+    assert model.fusion_weights.tolist() == pytest.approx([  # kept in a float32 buffer
         history[int(np.argmax([r["val_mean_R1"] for r in history]))][k]
-        for k in ("val_t2v_fusion_weight", "val_v2t_fusion_weight")]
+        for k in ("val_t2v_fusion_weight", "val_v2t_fusion_weight")], rel=1e-6)
     with pytest.raises(ValueError, match="training lists"):
         train_reranker(make_model(), bank, None, cfg, progress=False)
     wrong = TrainingLists(lists.videos_per_caption[:3], lists.captions_per_video)

@@ -362,7 +362,7 @@ class CrossTVRReranker(nn.Module):
             self.register_buffer(f"{kind}_mean", torch.zeros(width))
             self.register_buffer(f"{kind}_std", torch.ones(width))
         self.register_buffer("input_stats_fitted", torch.tensor(False))
-        # stage1 + w * stage2 per direction (text->video, video->text), as picked on the
+        # stage1 + w * stage2 per direction (text->video, video->text), as chosen on the
         # validation split while training; saved with the weights
         self.register_buffer("fusion_weights", torch.ones(2))
 

@@ -30,8 +30,8 @@ from crosstvr_core.models.reranker import CrossTVRReranker
 from crosstvr_core.precision import autocast, grad_scaler
 from crosstvr_core.retrieval.pair_scoring import match_distinct, score_pairs
 from crosstvr_core.retrieval.two_stage import (
+    choose_fusion_weight,
     fused_top1,
-    pick_fusion_weight,
     relevance,
     stage2_only_top1,
     text_to_video_candidates,
@@ -86,9 +86,10 @@ class Validation:
     bank: TokenBank
     stage1_sim: torch.Tensor  # [T_val, V_val]
     top_k: int = 15
-    fusion_weight: float | None = None  # None: the best of FUSION_WEIGHT_GRID, per direction
+    fusion_weight: float | None = None  # None: chosen per direction (fusion_pick)
     fusion_score: str = "logit"  # "prob": + w * sigmoid(logit); "logit": + w * logit
     batch_size: int = 256
+    fusion_pick: str = "likelihood"  # two_stage.choose_fusion_weight's `how`
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def validate_two_stage(
     model: CrossTVRReranker, val: Validation, device: torch.device, precision: str = "bf16"
 ) -> dict[str, float]:
     """Both directions on the held-out slice: stage-1 R@1, two-stage R@1 at the fusion weight
-    (given, or the best of the grid: then it is reported too), and how often the re-ranker's
+    (given, or chosen on this slice: then it is reported too), and how often the re-ranker's
     own score puts the right item first within the top K. `val_mean_R1` is what early
     stopping and model selection compare."""
 
@@ -169,7 +170,8 @@ def validate_two_stage(
     ):
         top_idx, stage2 = candidates(sim, k, scorer)
         if val.fusion_weight is None:
-            weight, r1 = pick_fusion_weight(stage1, top_idx, stage2, relevant)
+            weight, r1 = choose_fusion_weight(stage1, top_idx, stage2, relevant,
+                                              val.fusion_pick)
         else:
             weight = val.fusion_weight
             r1 = fused_top1(stage1, top_idx, stage2, relevant, weight)
