@@ -683,6 +683,23 @@ class TrainConfig(_Section):
         "generated benchmark it did not raise order-twin accuracy (t2v 67.6 vs 68.8) and cost "
         "4 points of text-to-video R@1.",
     )
+    caption_variants: int = Field(
+        0,
+        ge=0,
+        description="listwise: per caption, this many variants that differ from it in one "
+        "word (a word replaced by another the training captions use between the same two "
+        "neighbours, or two such words of the caption exchanged) take the last places of "
+        "its video's caption list: negatives that only binding each attribute to its object "
+        "can reject. Encoded by the frozen text tower before training. 0: off.",
+    )
+    caption_variant_max_similarity: float = Field(
+        0.9,
+        gt=-1,
+        le=1,
+        description="Caption variants: a word is not replaced by, or exchanged with, one "
+        "whose one-word caption the frozen text tower embeds at a cosine above this (likely "
+        "a synonym: the variant could still be true). 1: no such check.",
+    )
     order_contrast: float = Field(
         0.0,
         ge=0,

@@ -40,6 +40,13 @@ from crosstvr_core.retrieval.two_stage import (
 )
 from crosstvr_core.storage import TokenIndex
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training.caption_variants import (
+    CaptionVariants,
+    embedding_too_close,
+    encode_variants,
+    make_variants,
+    word_contexts,
+)
 from crosstvr_core.training.encoder_pretraining import resolve_pretrained, resolve_text_tokens
 from crosstvr_core.training.lists import (
     TrainingLists,
@@ -180,6 +187,35 @@ def reranker_banks(cfg: CrossTVRConfig, index: TokenIndex,
             for bank in banks]
 
 
+def caption_variants(cfg: CrossTVRConfig, index: TokenIndex, bank: TokenBank,
+                     encoder: FrozenEncoder | None = None) -> CaptionVariants | None:
+    """train.caption_variants variants of each caption of `bank` (the training split),
+    through the frozen text tower the index was built with; None when off. Which words may
+    stand in for which comes from the bank's own captions, so no test caption is read."""
+    t = cfg.train
+    if t.caption_variants <= 0 or t.loss != "listwise":
+        return None
+    encoder = encoder or load_encoder(cfg)
+    texts = index.caption_texts()
+    missing = [c for c in bank.caption_ids if c not in texts]
+    if missing:
+        raise ValueError(f"caption variants: {len(missing)} captions have no text, e.g. "
+                         f"{missing[:3]}")
+    own = [texts[c] for c in bank.caption_ids]
+    of_video: dict[int, set[str]] = {}
+    for video, text in zip(bank.caption_video.tolist(), own, strict=True):
+        of_video.setdefault(video, set()).add(text)
+    too_close = None
+    if t.caption_variant_max_similarity < 1:
+        words = {w for choices in word_contexts(own).values() for w in choices}
+        too_close = embedding_too_close(lambda batch: encoder.encode_captions(batch)[0], words,
+                                        t.caption_variant_max_similarity)
+    made = make_variants(own, t.caption_variants, t.seed,
+                         [of_video[v] for v in bank.caption_video.tolist()], too_close)
+    return encode_variants(encoder, made, bank.caption_ids, bank.text_tokens.shape[1],
+                           bank.text_words is not None)
+
+
 def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> CrossTVRReranker:
     """A fresh re-ranker sized for the index's token shapes, initialised from train.seed
     (whatever ran before, the same config gives the same initial weights)."""
@@ -192,13 +228,14 @@ def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
                  split: BankSplit | None, *, val_stage1_sim: torch.Tensor | None = None,
                  negatives: NegativeScores | None = None,
                  on_epoch_end: EpochCallback | None = None,
-                 checkpoint_dir: str | Path | None = None, progress: bool = True
-                 ) -> list[dict]:
+                 checkpoint_dir: str | Path | None = None, progress: bool = True,
+                 variants: CaptionVariants | None = None) -> list[dict]:
     """Train the re-ranker on the split's training part (all of `train` without a split),
     validating on its validation videos: with the stage-1 similarity [T, V] of `train` when
     they were held out of it, with `val_stage1_sim` [T_val, V_val] when they are a split of
     their own. `lists` are the training part's (training_lists); `negatives` (bce only)
-    default to the stage-1 similarity."""
+    default to the stage-1 similarity; `variants` (caption_variants) of `train`'s captions
+    join the video->text lists."""
     t, e = cfg.train, cfg.eval
     bank, validation = train, None
     negatives = negatives or NegativeScores.from_similarity(stage1_train_sim)
@@ -220,7 +257,8 @@ def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
     history = train_reranker(model, bank, negatives if t.loss == "bce" else None, t,
                              lists=lists, device=device(), on_epoch_end=on_epoch_end,
                              validation=validation, checkpoint_dir=checkpoint_dir,
-                             resume=checkpoint_dir is not None, progress=progress)
+                             resume=checkpoint_dir is not None, progress=progress,
+                             caption_variants=variants)
     if e.fusion_weight is not None:
         model.set_fusion_weights(e.fusion_weight, e.fusion_weight)
     return history

@@ -24,6 +24,7 @@ from crosstvr_core import pipeline
 from crosstvr_core.config import CrossTVRConfig, load_config
 from crosstvr_core.storage import TokenIndex
 from crosstvr_core.token_bank import TokenBank
+from crosstvr_core.training.caption_variants import CaptionVariants
 
 
 class Banks(NamedTuple):
@@ -35,6 +36,7 @@ class Banks(NamedTuple):
     metas: list[dict]  # the eval captions' metadata
     shapes: dict
     index_id: str  # the encoder and the tables' versions: a re-indexed home invalidates caches
+    variants: CaptionVariants | None  # the training captions' variants (train.caption_variants)
 
 
 def load_banks(cfg: CrossTVRConfig) -> Banks:
@@ -46,7 +48,8 @@ def load_banks(cfg: CrossTVRConfig) -> Banks:
     index_id = f"{index.encoder_id}|{json.dumps(index.versions(), sort_keys=True)}"
     train, val, test = pipeline.reranker_banks(cfg, index, train, val, test)
     return Banks(train, val, test, index.caption_meta(test.caption_ids),
-                 dict(index.shapes.__dict__), index_id)
+                 dict(index.shapes.__dict__), index_id,
+                 pipeline.caption_variants(cfg, index, train))
 
 
 def stage1_key(cfg: CrossTVRConfig, index_id: str) -> str:
@@ -105,7 +108,8 @@ def run(cfg: CrossTVRConfig, banks: Banks, progress: bool = True, cache: Path | 
     started = time.perf_counter()
     model = pipeline.build_reranker(cfg, banks.shapes)
     history = pipeline.train_stage2(cfg, model, train, train_sim, lists, split,
-                                    val_stage1_sim=val_sim, progress=progress)
+                                    val_stage1_sim=val_sim, progress=progress,
+                                    variants=banks.variants)
     seconds["reranker"] = time.perf_counter() - started
     if save_model is not None:  # for experiments/twin_breakdown.py
         save_model.parent.mkdir(parents=True, exist_ok=True)

@@ -231,6 +231,7 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
         val = load_validation_bank(cfg, index)
         val_sim = torch.load(stage1_ref.sim_paths[VAL_SPLIT])
     full, val = pipeline.reranker_banks(cfg, index, full, val)
+    variants = pipeline.caption_variants(cfg, index, full)
     split = pipeline.reranker_split(cfg, full, val)
     bank = split.train if split else full  # train_stage2 cuts the negatives to it
     model, kwargs = build_reranker(cfg, index_ref)
@@ -241,6 +242,7 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
                            "train.num_videos": bank.num_videos,
                            "train.num_val_videos": split.val.num_videos if split else 0,
                            "train.validation": pipeline.describe_validation(split),
+                           "train.num_caption_variants": len(variants) if variants else 0,
                            "reranker.num_parameters": sum(p.numel() for p in model.parameters())})
         lists = None
         if t.loss == "listwise":
@@ -261,7 +263,7 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
         started = time.perf_counter()
         history = pipeline.train_stage2(
             cfg, model, full, sim, lists, split, val_stage1_sim=val_sim, negatives=negatives,
-            on_epoch_end=on_epoch_end,
+            on_epoch_end=on_epoch_end, variants=variants,
             checkpoint_dir=Path(run_dir) / "reranker_checkpoints")
         # not train/seconds: the epochs log their own seconds under that key, step by step
         mlflow.log_metric("train/total_seconds", time.perf_counter() - started)

@@ -38,6 +38,7 @@ from crosstvr_core.retrieval.two_stage import (
     video_to_text_candidates,
 )
 from crosstvr_core.token_bank import TokenBank, TokenSource
+from crosstvr_core.training.caption_variants import CaptionVariants, WithCaptionVariants
 from crosstvr_core.training.lists import TrainingLists
 from crosstvr_core.training.loop import (
     EarlyStopping,
@@ -277,6 +278,7 @@ class ListwiseBatch:
     num_rearranged: int  # trailing columns of `videos` that are the positive rearranged
     order_contrast: float = 0.0  # weight of `order_contrast_loss`; 0: no such pairs
     contrast_arrangement: int = HALVES_SWAPPED
+    caption_variant: torch.Tensor | None = None  # [B, K'] True where `captions` is a variant
 
     def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(text rows, video rows, frame arrangements, word arrangements) [N] of every pair:
@@ -325,15 +327,18 @@ def order_contrast_loss(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tensor,
                   hard_fraction: float, generator: torch.Generator,
                   reversed_negative: bool = True, swapped_negative: bool = False,
-                  order_contrast: float = 0.0, contrast_arrangement: int = HALVES_SWAPPED
-                  ) -> ListwiseBatch:
+                  order_contrast: float = 0.0, contrast_arrangement: int = HALVES_SWAPPED,
+                  variant_rows: torch.Tensor | None = None) -> ListwiseBatch:
     """Draw one step's lists for captions text_rows [B]: text->video, each caption's
     stage-1 list of K videos, its own first, then (with `reversed_negative`) its own video
     played backwards and (with `swapped_negative`) its own video with its halves exchanged;
     video->text, each caption's video with its stage-1 list of K captions, that caption first
     and the video's other captions taken out. The curriculum swaps list entries for random
     items with probability 1 - hard_fraction. `order_contrast` > 0 adds the order
-    contrast's pairs (`order_contrast_pairs` of contrast_arrangement) at that weight."""
+    contrast's pairs (`order_contrast_pairs` of contrast_arrangement) at that weight.
+    variant_rows [T, P] (rows of `WithCaptionVariants`, -1: none): each caption's variants
+    take the last columns of its video's caption list, the curriculum notwithstanding (a
+    variant is hard from the first step, but it is one of K')."""
     positive = bank.caption_video[text_rows]  # [B]
     batch = len(text_rows)
     videos = _curriculum(lists.videos_per_caption[text_rows], bank.num_videos, hard_fraction,
@@ -345,6 +350,13 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
     captions = _with_positive_first(captions, text_rows,
                                     bank.caption_video[captions] == positive.unsqueeze(1),
                                     bank.num_captions, generator)  # [B, K']
+    is_variant = None
+    if variant_rows is not None and variant_rows.shape[1] > 0:
+        mine = variant_rows[text_rows][:, : captions.shape[1] - 1]  # [B, P]
+        cut = captions.shape[1] - mine.shape[1]
+        captions = torch.cat([captions[:, :cut],
+                              torch.where(mine >= 0, mine, captions[:, cut:])], dim=1)
+        is_variant = torch.cat([torch.zeros(batch, cut, dtype=torch.bool), mine >= 0], dim=1)
     arrangement = torch.zeros_like(videos)  # AS_RECORDED
     rearranged = [code for code, wanted in ((BACKWARDS, reversed_negative),
                                             (HALVES_SWAPPED, swapped_negative)) if wanted]
@@ -352,7 +364,7 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
         videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)
         arrangement = torch.cat([arrangement, torch.full((batch, 1), code)], dim=1)
     return ListwiseBatch(text_rows, videos, arrangement, captions, len(rearranged),
-                         order_contrast, contrast_arrangement)
+                         order_contrast, contrast_arrangement, is_variant)
 
 
 def grounding_consistency_loss(expected: torch.Tensor, observed: torch.Tensor,
@@ -431,8 +443,8 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
     word-timing ranking (on each caption's positive pair) at their weights. Returns (loss,
     [t2v top-1 in list, positive probability, positive beats its first rearrangement (0
     without one), order contrast right (0 without it), grounding consistency, word-timing
-    consistency, word-timing term alone right against the clip played backwards (0
-    without them)])."""
+    consistency, word-timing term alone right against the clip played backwards, the caption
+    beats each of its variants in its video's list (0 without them)])."""
     logits, grounding = match_distinct(model, inputs.video, inputs.text, inputs.pair_video,
                                        inputs.pair_text, device, precision,
                                        return_grounding=True)
@@ -475,8 +487,18 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
             consistency.detach(),
             word_consistency.detach(),
             timing_right,
+            _beats_variants(v2t, batch.caption_variant),
         ]
     return loss, stats
+
+
+def _beats_variants(v2t: torch.Tensor, is_variant: torch.Tensor | None) -> torch.Tensor:
+    """Share of (caption, its variant) in the video->text lists [B, K'] where the caption
+    (column 0) scores higher; 0 without variants."""
+    if is_variant is None or not is_variant.any():
+        return v2t.new_tensor(0.0)
+    is_variant = is_variant.to(v2t.device)
+    return (v2t[:, :1] > v2t).float()[is_variant].mean()
 
 
 def listwise_step(model: CrossTVRReranker, bank: TokenSource, lists: TrainingLists,
@@ -564,6 +586,7 @@ def train_reranker(
     validation: Validation | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    caption_variants: CaptionVariants | None = None,
 ) -> list[dict]:
     """Train on cached tokens: listwise (cfg.loss, the default) over `lists`, the stage-1
     top-K lists of the bank's captions and videos (training_lists); or a binary VTM loss over
@@ -579,7 +602,8 @@ def train_reranker(
     the record as "checkpoint"), then `on_epoch_end(epoch, record, model)`. With `resume`,
     training continues after the latest checkpoint in `checkpoint_dir`, giving the weights
     an uninterrupted run would have. Returns every epoch's record (resumed ones included);
-    the model is left in eval mode on `device`.
+    the model is left in eval mode on `device`. `caption_variants` (listwise) put up to
+    cfg.caption_variants variants of each caption among its video's captions.
     """
     device = torch.device(device)
     listwise = cfg.loss == "listwise"
@@ -595,6 +619,11 @@ def train_reranker(
         batch_size = cfg.batch_size
     dataset = VTMPairDataset(bank)
     num_captions = bank.num_captions
+    source, variant_rows = bank, None
+    if listwise and caption_variants is not None and cfg.caption_variants > 0:
+        source = WithCaptionVariants(bank, caption_variants)
+        found = caption_variants.rows_for(bank.caption_ids, cfg.caption_variants)
+        variant_rows = torch.where(found >= 0, found + num_captions, found)
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -619,9 +648,9 @@ def train_reranker(
         first_step = (epoch - 1) * steps_per_epoch
         plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
                                generator, cfg.reversed_negatives, cfg.swapped_negatives,
-                               cfg.order_contrast, contrast_arrangement)
+                               cfg.order_contrast, contrast_arrangement, variant_rows)
                  for i, text_rows in enumerate(rows)]
-        return ReadAhead(plans, lambda plan: (plan, read_pairs(bank, *plan.pairs())))
+        return ReadAhead(plans, lambda plan: (plan, read_pairs(source, *plan.pairs())))
 
     def hard_fraction_at(step: int) -> float:
         fraction = hard_negative_fraction(step, total_steps, cfg.hard_negative_warmup)
@@ -635,7 +664,8 @@ def train_reranker(
                                         cfg.grounding_consistency, cfg.word_timing_consistency,
                                         cfg.word_timing_ranking)
             names += ("order_contrast_right", "grounding_consistency",
-                      "word_timing_consistency", "word_timing_alone_right")
+                      "word_timing_consistency", "word_timing_alone_right",
+                      "pos_beats_caption_variants")
         else:  # caption rows
             loss, stats = _bce_step(model, dataset, bank, scores, batch, cfg, generator,
                                     hard_fraction_at(global_step), device)
