@@ -232,6 +232,15 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
         val_sim = torch.load(stage1_ref.sim_paths[VAL_SPLIT])
     full, val = pipeline.reranker_banks(cfg, index, full, val)
     variants = pipeline.caption_variants(cfg, index, full)
+    if variants is not None:
+        made = len(variants) / max(1, full.num_captions)
+        log.info("caption variants: %d for %d captions (%.1f each, %d asked)", len(variants),
+                 full.num_captions, made, t.caption_variants)
+        if made < t.caption_variants / 2:
+            log.warning("caption variants: few could be made; the training captions share few "
+                        "word contexts, or train.caption_variant_max_similarity=%s finds "
+                        "most word pairs alike in the frozen text tower",
+                        t.caption_variant_max_similarity)
     split = pipeline.reranker_split(cfg, full, val)
     bank = split.train if split else full  # train_stage2 cuts the negatives to it
     model, kwargs = build_reranker(cfg, index_ref)
@@ -244,6 +253,13 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
                            "train.validation": pipeline.describe_validation(split),
                            "train.num_caption_variants": len(variants) if variants else 0,
                            "reranker.num_parameters": sum(p.numel() for p in model.parameters())})
+        if variants:  # what the negatives look like, next to the captions they came from
+            texts = index.caption_texts()
+            mlflow.log_dict({"caption_variants": [
+                {"caption": texts[source], "variant": text}
+                for source, text in list(zip(variants.source_ids, variants.texts,
+                                             strict=True))[:200]]},
+                "caption_variants_sample.json")
         lists = None
         if t.loss == "listwise":
             started = time.perf_counter()

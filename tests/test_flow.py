@@ -135,7 +135,8 @@ def test_pretrain_flow_reuses_the_benchmarks_encoder(flow_result, capsys):
 
 def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeypatch):
     """Train both heads again from the Lance cache with every encoder entry point disabled
-    but one: the word-timing term's text tower on single tokens, each distinct one once."""
+    but one: the text tower, on single tokens (word timing) and on caption variants."""
+    from crosstvr_core import pipeline
     from crosstvr_core.config import load_config
     from crosstvr_core.models.encoder import FrozenEncoder
     from tasks.index import IndexRef, load_encoder, token_shapes
@@ -154,13 +155,12 @@ def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeyp
         calls.append(args)
         raise AssertionError("the frozen encoder was called during training")
 
-    words: list[str] = []
+    texts: list[str] = []
     encode_captions = FrozenEncoder.encode_captions
 
-    def single_words_only(self, texts):
-        words.extend(texts)
-        assert all(t and " " not in t for t in texts), texts  # tokens decoded one by one
-        return encode_captions(self, texts)
+    def record(self, batch):
+        texts.extend(batch)
+        return encode_captions(self, batch)
 
     image_tokens = FrozenEncoder._image_tokens
 
@@ -170,15 +170,22 @@ def test_stage1_and_reranker_training_never_run_the_encoder(flow_result, monkeyp
 
     monkeypatch.setattr(FrozenEncoder, "encode_frames", forbidden)
     monkeypatch.setattr(FrozenEncoder, "_image_tokens", shape_probe_only)
-    monkeypatch.setattr(FrozenEncoder, "encode_captions", single_words_only)
+    monkeypatch.setattr(FrozenEncoder, "encode_captions", record)
     with parent_run(cfg, "no-encoder-check", {}) as parent_id:
         run_dir = str(home / "runs" / "no-encoder")
         stage1 = run_stage1(cfg, ref, run_dir, parent_id)
         reranker = run_train_reranker(cfg, ref, stage1, run_dir, parent_id)
     assert calls == []
-    # each distinct caption token once (two tokens may decode alike), plus the load probe
-    distinct = encoder.tokenize(list(index.caption_texts().values())).unique()
-    assert cfg.reranker.word_timing_term and 0 < len(words) <= len(distinct) + 1
+    # the text tower sees single tokens (word timing, each distinct one once per bank, plus
+    # the load probe), single words (which caption variants may swap) and the variants
+    # themselves; never a stored caption again
+    stored = set(index.caption_texts().values())
+    words = [t for t in texts if " " not in t]
+    sentences = [t for t in texts if " " in t]
+    assert cfg.reranker.word_timing_term and words
+    assert cfg.train.caption_variants > 0 and sentences and not set(sentences) & stored
+    variants = pipeline.caption_variants(cfg, index, index.load_token_bank("train"), encoder)
+    assert set(sentences) <= set(variants.texts)
     assert stage1.metrics["stage1/t2v_R1"] >= 0 and reranker.checkpoint.endswith("reranker.pt")
 
 
