@@ -690,7 +690,10 @@ class TrainConfig(_Section):
         "word (a word replaced by another the training captions use between the same two "
         "neighbours, or two such words of the caption exchanged) take the last places of "
         "its video's caption list: negatives that only binding each attribute to its object "
-        "can reject. Encoded by the frozen text tower before training. 0: off.",
+        "can reject. Encoded by the frozen text tower before training. 0: off. Off by "
+        "default: on the generated benchmark 3 variants lifted the re-ranker alone on colour "
+        "twins (94.5 against 91.8 over three seeds) but not the fused result (t2v R@1 70.3 "
+        "against 72.1, colour twins 97.6 against 98.0).",
     )
     caption_variant_max_similarity: float = Field(
         0.9,
