@@ -241,6 +241,8 @@ def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
     negatives = negatives or NegativeScores.from_similarity(stage1_train_sim)
     if split is not None:
         bank = split.train
+        if variants is not None:  # those of held-out validation captions never train
+            variants = variants.restricted_to(bank.caption_ids)
         negatives = NegativeScores(
             negatives.videos_per_caption[split.train_captions][:, split.train_videos],
             negatives.captions_per_video[split.train_videos][:, split.train_captions])

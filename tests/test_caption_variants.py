@@ -172,3 +172,29 @@ def test_encoded_variants_are_the_tokens_the_index_would_store(tiny_encoder) -> 
     assert encoded.text_words.shape == (3, length, tiny_encoder.embed_dim)
     none = encode_variants(tiny_encoder, [[]], ["c0"], length, with_words=True)
     assert len(none) == 0 and none.text_words.shape == (0, length, tiny_encoder.embed_dim)
+
+
+def test_variants_of_held_out_validation_captions_never_train() -> None:
+    """Variants are made from the whole train split; with validation videos held out of it,
+    training keeps those of its own captions only (a toy run, as with no validation split)."""
+    from crosstvr_core import pipeline
+    from crosstvr_core.config import CrossTVRConfig
+
+    bank = toy_bank(num_videos=16)
+    variants = _variants_of(bank, list(range(bank.num_captions)))
+    cfg = CrossTVRConfig.model_validate({"train": {
+        "val_fraction": 0.25, "epochs": 1, "list_batch_size": 4, "list_size": 4,
+        "caption_variants": 1, "loss": "listwise"}})
+    held = pipeline.reranker_split(cfg, bank)
+    kept = variants.restricted_to(held.train.caption_ids)
+    assert kept.source_ids == held.train.caption_ids
+    assert not set(kept.source_ids) & set(held.val.caption_ids)
+    torch.testing.assert_close(kept.text_eot, variants.text_eot[
+        [bank.caption_ids.index(c) for c in held.train.caption_ids]])
+    assert variants.restricted_to(bank.caption_ids) is variants
+    sim = torch.randn(bank.num_captions, bank.num_videos)
+    lists = lists_from_similarity(sim[held.train_captions][:, held.train_videos],
+                                  sim[held.train_captions][:, held.train_videos], 4)
+    history = pipeline.train_stage2(cfg, make_model(hidden=32), bank, sim, lists, held,
+                                    progress=False, variants=variants)
+    assert len(history) == 1 and 0 < history[0]["pos_beats_caption_variants"] <= 1

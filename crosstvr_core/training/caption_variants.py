@@ -151,6 +151,18 @@ class CaptionVariants:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def restricted_to(self, caption_ids: Sequence[str]) -> CaptionVariants:
+        """The variants made from `caption_ids` only: those of a bank's training part when
+        some of its videos are held out for validation."""
+        keep_ids = set(caption_ids)
+        keep = [i for i, source in enumerate(self.source_ids) if source in keep_ids]
+        if len(keep) == len(self):
+            return self
+        rows = torch.tensor(keep, dtype=torch.long)
+        return CaptionVariants([self.texts[i] for i in keep], [self.source_ids[i] for i in keep],
+                               self.text_eot[rows], self.text_tokens[rows], self.text_mask[rows],
+                               None if self.text_words is None else self.text_words[rows])
+
     def rows_for(self, caption_ids: Sequence[str], per_caption: int) -> torch.Tensor:
         """Per caption of a bank, the rows of up to `per_caption` of its variants [T, P],
         -1 where it has fewer."""
