@@ -756,6 +756,16 @@ class TrainConfig(_Section):
         "half their count, frames likewise: what was named or seen second comes first) or "
         "'backwards' (words and frames reversed: every two words named in the other order).",
     )
+    stage1_residual: float = Field(
+        0.0,
+        ge=0,
+        description="listwise: train on stage 1 + stage 2, as fusion will use them: every "
+        "list entry's logit gets this times stage 1's own score of it, at the temperature "
+        "that makes stage 1 its best listwise softmax on the training lists (fit there). The "
+        "re-ranker starts where stage 1 is and learns what it leaves; a confident stage-2 "
+        "mistake against a clear stage-1 margin costs in training as it will in fusion. The "
+        "fusion weight is still learned on validation (0: off).",
+    )
     hard_negative_warmup: float = Field(
         1.0,
         ge=0,

@@ -450,3 +450,80 @@ def test_word_timing_ranking_is_the_terms_own_choice_between_a_clip_and_its_reve
     without.fit_input_stats(bank)
     with pytest.raises(ValueError, match="word_timing_ranking needs"):
         listwise_loss(without, plan, inputs, cpu, "fp32", word_timing_ranking=0.4)
+
+
+def test_stage1_temperature_is_the_likelihood_fit_of_stage1_on_its_own_lists() -> None:
+    """Right items drawn from softmax(12 * stage 1) over each caption's list: the fitted
+    text->video multiplier is 12."""
+    gen = torch.Generator().manual_seed(0)
+    videos, k = 3000, 6
+    sim = 0.1 * torch.randn(videos, videos, generator=gen)  # one caption per video
+    lists = lists_from_similarity(sim, sim, k)
+    scores = sim.gather(1, lists.videos_per_caption)  # [T, K]
+    right = torch.multinomial(torch.softmax(12 * scores, dim=1), 1, generator=gen).squeeze(1)
+    own = lists.videos_per_caption[torch.arange(videos), right]  # the video caption c is of
+    t2v, _ = TrainingLists(lists.videos_per_caption, lists.captions_per_video, sim, sim
+                           ).stage1_temperatures(own)
+    assert t2v == pytest.approx(12.0, rel=0.1)
+    with pytest.raises(ValueError, match="kept no stage-1 scores"):
+        TrainingLists(lists.videos_per_caption, lists.captions_per_video
+                      ).stage1_temperatures(own)
+
+
+def test_stage1_residual_puts_stage1_scores_into_the_listwise_loss() -> None:
+    """With offsets, every list entry's logit is the re-ranker's plus the multiplier times
+    stage 1's score of that entry (the rearranged positive: the positive's); the loss is the
+    cross-entropy of those sums in both directions."""
+    bank, lists, model = lists_and_model()
+    assert lists.by_caption is not None and lists.by_video is not None
+    rows = torch.tensor([0, 3, 5])
+    plain = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0))
+    plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0),
+                         stage1_offsets=(2.0, 3.0))
+    assert torch.equal(plan.videos, plain.videos) and torch.equal(plan.captions, plain.captions)
+    positive = bank.caption_video[rows]
+    for i, row in enumerate(rows.tolist()):
+        for j, video in enumerate(plan.videos[i].tolist()):
+            assert float(plan.video_offsets[i, j]) == pytest.approx(
+                2.0 * float(lists.by_caption[row, video]))
+        for j, caption in enumerate(plan.captions[i].tolist()):
+            assert float(plan.caption_offsets[i, j]) == pytest.approx(
+                3.0 * float(lists.by_video[caption, positive[i]]))
+    assert plan.video_offsets[:, -1].tolist() == plan.video_offsets[:, 0].tolist()  # reversed
+    inputs = read_pairs(bank, *plan.pairs())
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        loss, _ = listwise_loss(model, plan, inputs, cpu, "fp32")
+        base, _ = listwise_loss(model, plain, inputs, cpu, "fp32")
+        logits = pair_logits(model, bank, *plan.pairs()[:3], cpu, "fp32")
+    t2v = logits[: plan.videos.numel()].view(plan.videos.shape) + plan.video_offsets
+    v2t = logits[plan.videos.numel():].view(plan.captions.shape) + plan.caption_offsets
+    target = torch.zeros(len(rows), dtype=torch.long)
+    want = (torch.nn.functional.cross_entropy(t2v, target)
+            + torch.nn.functional.cross_entropy(v2t, target)) / 2
+    torch.testing.assert_close(loss, want)
+    assert float(loss) != pytest.approx(float(base))
+    # a subset keeps each entry's score under its new numbering
+    captions, videos = torch.tensor([2, 3, 6, 7]), torch.tensor([1, 3])
+    sub = lists.subset(captions, videos)
+    assert torch.equal(sub.by_caption, lists.by_caption[captions][:, videos])
+    variants = torch.full((bank.num_captions, 1), -1)
+    variants[0, 0] = bank.num_captions  # caption 0 has one variant
+    with pytest.raises(ValueError, match="caption variants have no stage-1 score"):
+        plan_listwise(bank, lists, rows, 1.0, torch.Generator(), variant_rows=variants,
+                      stage1_offsets=(1.0, 1.0))
+
+
+def test_training_on_stage1_plus_stage2_logs_the_offsets_it_trained_with() -> None:
+    bank, lists, _ = lists_and_model()
+    cfg = TrainConfig(epochs=2, list_batch_size=4, list_size=4, stage1_residual=0.5)
+    history = train_reranker(make_model(hidden=32), bank, None, cfg, lists=lists,
+                             progress=False)
+    t2v, v2t = lists.stage1_temperatures(bank.caption_video)
+    assert history[-1]["stage1_offset_t2v"] == pytest.approx(0.5 * t2v)
+    assert history[-1]["stage1_offset_v2t"] == pytest.approx(0.5 * v2t)
+    assert all(np.isfinite(r["loss"]) for r in history)
+    off = train_reranker(make_model(hidden=32), bank, None,
+                         cfg.model_copy(update={"stage1_residual": 0.0}), lists=lists,
+                         progress=False)
+    assert "stage1_offset_t2v" not in off[-1] and off[-1]["loss"] != history[-1]["loss"]

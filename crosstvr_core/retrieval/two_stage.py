@@ -111,6 +111,38 @@ def fused_top1(stage1: torch.Tensor, top_idx: torch.Tensor, stage2: torch.Tensor
     return 100.0 * float(truth.gather(1, first).float().mean())
 
 
+def fit_list_softmax(scores: list[torch.Tensor], hits: torch.Tensor, ridge: float = 1e-5
+                     ) -> list[float]:
+    """Multipliers (c_1, ..., c_n) of the listwise softmax of `sum_i c_i * scores[i]` over
+    each list (rows of [N, K], hits [N, K] True at its right items) fit by maximum likelihood
+    of the right items; lists without one are left out (all []: zeros). Convex in c; each
+    score is scaled to unit spread within its lists first (an offset per list cancels in
+    the softmax), and a small ridge keeps lists the scores separate perfectly finite."""
+    listed = hits.any(dim=1)
+    if not listed.any():
+        return [0.0] * len(scores)
+    hits = hits[listed]
+    xs, spreads = [], []
+    for score in scores:
+        score = score.double()[listed]
+        spread = float((score - score.mean(1, keepdim=True)).std()) or 1.0
+        xs.append(score / spread)
+        spreads.append(spread)
+    params = torch.zeros(len(xs), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([params], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = sum(c * x for c, x in zip(params, xs, strict=True))
+        right = torch.logsumexp(logits.masked_fill(~hits, float("-inf")), dim=1)
+        loss = (torch.logsumexp(logits, dim=1) - right).mean() + ridge * params.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return [float(c) / spread for c, spread in zip(params.detach(), spreads, strict=True)]
+
+
 def fit_fusion_weight(stage1: torch.Tensor, top_idx: torch.Tensor, stage2: torch.Tensor,
                       truth: torch.Tensor, ridge: float = 1e-5) -> tuple[float, float]:
     """(weight, R@1) of the fusion learned on these (validation) queries: a listwise softmax
@@ -126,29 +158,11 @@ def fit_fusion_weight(stage1: torch.Tensor, top_idx: torch.Tensor, stage2: torch
     Where stage 2 does not help (b <= 0) w is 0; where stage 1 orders the lists worse than
     nothing (a <= 0) w is stage 2 alone (STAGE2_ONLY_WEIGHT)."""
     s1 = stage1.double().gather(1, top_idx)
-    s2 = stage2.double()
     hits = truth.gather(1, top_idx)
     listed = hits.any(dim=1)
     if not listed.any():  # nothing to learn from: stage 1 alone
         return 0.0, fused_top1(stage1, top_idx, stage2, truth, 0.0)
-    s1, s2, hits = s1[listed], s2[listed], hits[listed]
-    # spread within each list: what the softmax sees (an offset per query cancels)
-    spread1 = float((s1 - s1.mean(1, keepdim=True)).std()) or 1.0
-    spread2 = float((s2 - s2.mean(1, keepdim=True)).std()) or 1.0
-    x1, x2 = s1 / spread1, s2 / spread2
-    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([params], max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = params[0] * x1 + params[1] * x2
-        right = torch.logsumexp(logits.masked_fill(~hits, float("-inf")), dim=1)
-        loss = (torch.logsumexp(logits, dim=1) - right).mean() + ridge * params.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    a, b = (float(v) for v in params.detach() / torch.tensor([spread1, spread2]))
+    a, b = fit_list_softmax([s1, stage2.double()], hits, ridge)
     if b <= 0:
         weight = 0.0
     elif a <= 0:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from crosstvr_core.bank_split import bank_subset
+from crosstvr_core.retrieval.two_stage import fit_list_softmax
 from crosstvr_core.token_bank import TokenBank
 
 # a stage 1 trained on a bank, returned as a scorer: (captions of bank A, videos of bank B)
@@ -26,10 +27,14 @@ Stage1Trainer = Callable[[TokenBank], Callable[[TokenBank, TokenBank], torch.Ten
 @dataclass(frozen=True)
 class TrainingLists:
     """Per caption its stage-1 top-K video rows [T, K]; per video its top-K caption rows
-    [V, K]; both best first, rows of the same bank."""
+    [V, K]; both best first, rows of the same bank. With the similarities they were drawn
+    from ([T, V]: `by_caption` ranked the videos of each caption, `by_video` the captions of
+    each video), what stage 1 scored every entry, for `train.stage1_residual`."""
 
     videos_per_caption: torch.Tensor
     captions_per_video: torch.Tensor
+    by_caption: torch.Tensor | None = None
+    by_video: torch.Tensor | None = None
 
     def subset(self, caption_rows: torch.Tensor, video_rows: torch.Tensor) -> TrainingLists:
         """The lists of a sub-bank (its captions and videos, renumbered); entries outside it
@@ -38,8 +43,25 @@ class TrainingLists:
         video_map[video_rows] = torch.arange(len(video_rows))
         caption_map = torch.full((int(self.videos_per_caption.shape[0]),), -1, dtype=torch.long)
         caption_map[caption_rows] = torch.arange(len(caption_rows))
+        scores = [None if sim is None else sim[caption_rows][:, video_rows]
+                  for sim in (self.by_caption, self.by_video)]
         return TrainingLists(_remap(self.videos_per_caption[caption_rows], video_map),
-                             _remap(self.captions_per_video[video_rows], caption_map))
+                             _remap(self.captions_per_video[video_rows], caption_map), *scores)
+
+    def stage1_temperatures(self, caption_video: torch.Tensor) -> tuple[float, float]:
+        """(text->video, video->text) multipliers that make stage 1's own scores of these
+        lists their best listwise softmax (maximum likelihood of the right items): stage 1
+        as a calibrated logit, the offset `train.stage1_residual` trains the re-ranker on."""
+        if self.by_caption is None or self.by_video is None:
+            raise ValueError("train.stage1_residual: the training lists kept no stage-1 scores "
+                             "(by_caption, by_video)")
+        rows = torch.arange(len(caption_video)).unsqueeze(1)
+        t2v_hits = self.videos_per_caption == caption_video.unsqueeze(1)
+        (t2v,) = fit_list_softmax([self.by_caption[rows, self.videos_per_caption]], t2v_hits)
+        videos = torch.arange(self.captions_per_video.shape[0]).unsqueeze(1)
+        v2t_hits = caption_video[self.captions_per_video] == videos
+        (v2t,) = fit_list_softmax([self.by_video[self.captions_per_video, videos]], v2t_hits)
+        return t2v, v2t
 
 
 def _remap(lists: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
@@ -61,7 +83,7 @@ def lists_from_similarity(by_caption: torch.Tensor, by_video: torch.Tensor, k: i
     (columns); the two are the same matrix unless cross-fitted."""
     k_videos, k_captions = min(k, by_caption.shape[1]), min(k, by_video.shape[0])
     return TrainingLists(by_caption.topk(k_videos, dim=1).indices,
-                         by_video.T.topk(k_captions, dim=1).indices)
+                         by_video.T.topk(k_captions, dim=1).indices, by_caption, by_video)
 
 
 def fold_of_videos(num_videos: int, folds: int, seed: int) -> torch.Tensor:

@@ -279,6 +279,10 @@ class ListwiseBatch:
     order_contrast: float = 0.0  # weight of `order_contrast_loss`; 0: no such pairs
     contrast_arrangement: int = HALVES_SWAPPED
     caption_variant: torch.Tensor | None = None  # [B, K'] True where `captions` is a variant
+    # train.stage1_residual: stage 1's calibrated logit of every list entry, added to the
+    # re-ranker's before the softmax ([B, K (+ rearranged)] and [B, K'])
+    video_offsets: torch.Tensor | None = None
+    caption_offsets: torch.Tensor | None = None
 
     def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(text rows, video rows, frame arrangements, word arrangements) [N] of every pair:
@@ -328,7 +332,8 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
                   hard_fraction: float, generator: torch.Generator,
                   reversed_negative: bool = True, swapped_negative: bool = False,
                   order_contrast: float = 0.0, contrast_arrangement: int = HALVES_SWAPPED,
-                  variant_rows: torch.Tensor | None = None) -> ListwiseBatch:
+                  variant_rows: torch.Tensor | None = None,
+                  stage1_offsets: tuple[float, float] | None = None) -> ListwiseBatch:
     """Draw one step's lists for captions text_rows [B]: text->video, each caption's
     stage-1 list of K videos, its own first, then (with `reversed_negative`) its own video
     played backwards and (with `swapped_negative`) its own video with its halves exchanged;
@@ -363,8 +368,18 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
     for code in rearranged:  # the positive again, its frames rearranged: one more column
         videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)
         arrangement = torch.cat([arrangement, torch.full((batch, 1), code)], dim=1)
+    video_offsets = caption_offsets = None
+    if stage1_offsets is not None:
+        if lists.by_caption is None or lists.by_video is None:
+            raise ValueError("train.stage1_residual: the training lists kept no stage-1 scores")
+        if is_variant is not None:
+            raise ValueError("train.stage1_residual: caption variants have no stage-1 score; "
+                             "set train.caption_variants=0")
+        video_offsets = stage1_offsets[0] * lists.by_caption[text_rows.unsqueeze(1), videos]
+        caption_offsets = stage1_offsets[1] * lists.by_video[captions, positive.unsqueeze(1)]
     return ListwiseBatch(text_rows, videos, arrangement, captions, len(rearranged),
-                         order_contrast, contrast_arrangement, is_variant)
+                         order_contrast, contrast_arrangement, is_variant, video_offsets,
+                         caption_offsets)
 
 
 def grounding_consistency_loss(expected: torch.Tensor, observed: torch.Tensor,
@@ -451,6 +466,9 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
     videos, captions = batch.videos, batch.captions
     t2v = logits[: videos.numel()].view(videos.shape)
     v2t = logits[videos.numel(): videos.numel() + captions.numel()].view(captions.shape)
+    if batch.video_offsets is not None:  # the loss sees stage 1 + stage 2, as fusion will
+        t2v = t2v + batch.video_offsets.to(t2v.device, t2v.dtype)
+        v2t = v2t + batch.caption_offsets.to(v2t.device, v2t.dtype)
     target = torch.zeros(len(videos), dtype=torch.long, device=t2v.device)
     loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
     order_right = consistency = word_consistency = timing_right = t2v.new_tensor(0.0)
@@ -631,6 +649,11 @@ def train_reranker(
         model.fit_input_stats(bank)
     model.to(device)
 
+    stage1_offsets = None
+    if listwise and cfg.stage1_residual > 0:  # plan_listwise refuses caption variants
+        t2v_scale, v2t_scale = lists.stage1_temperatures(bank.caption_video)
+        stage1_offsets = (cfg.stage1_residual * t2v_scale, cfg.stage1_residual * v2t_scale)
+
     one_per_video = listwise and cfg.captions_per_epoch == "one_per_video"
     contrast_arrangement = CONTRAST_ARRANGEMENTS[cfg.order_contrast_with]
     rows_per_epoch = bank.num_videos if one_per_video else num_captions
@@ -648,7 +671,8 @@ def train_reranker(
         first_step = (epoch - 1) * steps_per_epoch
         plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
                                generator, cfg.reversed_negatives, cfg.swapped_negatives,
-                               cfg.order_contrast, contrast_arrangement, variant_rows)
+                               cfg.order_contrast, contrast_arrangement, variant_rows,
+                               stage1_offsets)
                  for i, text_rows in enumerate(rows)]
         return ReadAhead(plans, lambda plan: (plan, read_pairs(source, *plan.pairs())))
 
@@ -681,8 +705,11 @@ def train_reranker(
         pairs_per_caption = 3 + cfg.random_negatives + int(cfg.reversed_negatives)
 
     def epoch_extras(epoch: int, seconds: float) -> dict:
-        return {"hard_fraction": hard_fraction_at(epoch * steps_per_epoch - 1),
-                "pairs_per_second": pairs_per_caption * num_captions / seconds}
+        extras = {"hard_fraction": hard_fraction_at(epoch * steps_per_epoch - 1),
+                  "pairs_per_second": pairs_per_caption * num_captions / seconds}
+        if stage1_offsets is not None:
+            extras.update(stage1_offset_t2v=stage1_offsets[0], stage1_offset_v2t=stage1_offsets[1])
+        return extras
 
     def keep_fusion_weights(record: dict) -> None:
         model.set_fusion_weights(record["val_t2v_fusion_weight"],
