@@ -672,9 +672,17 @@ def train_reranker(
         plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
                                generator, cfg.reversed_negatives, cfg.swapped_negatives,
                                cfg.order_contrast, contrast_arrangement, variant_rows,
-                               stage1_offsets)
+                               offsets_at(first_step + i))
                  for i, text_rows in enumerate(rows)]
         return ReadAhead(plans, lambda plan: (plan, read_pairs(source, *plan.pairs())))
+
+    def offsets_at(step: int) -> tuple[float, float] | None:
+        """Stage 1's offsets grow with the curriculum: on the easy lists of the first steps,
+        which stage 1 already orders, they would leave stage 2 nothing to learn from."""
+        if stage1_offsets is None:
+            return None
+        share = hard_fraction_at(step)
+        return (share * stage1_offsets[0], share * stage1_offsets[1])
 
     def hard_fraction_at(step: int) -> float:
         fraction = hard_negative_fraction(step, total_steps, cfg.hard_negative_warmup)
