@@ -514,12 +514,28 @@ def test_stage1_residual_puts_stage1_scores_into_the_listwise_loss() -> None:
                       stage1_offsets=(1.0, 1.0))
 
 
-def test_training_on_stage1_plus_stage2_logs_the_offsets_it_trained_with() -> None:
+def test_training_on_stage1_plus_stage2_grows_the_offsets_with_the_curriculum(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The offsets are stage 1's fitted temperatures times train.stage1_residual times the
+    step's share of hard list entries: none on the random lists of the first step."""
+    import crosstvr_core.training.reranker as training
+
+    planned: list[tuple[float, tuple[float, float] | None]] = []
+
+    def recording_plan(*args, **kwargs):
+        planned.append((args[3], args[-1]))  # (hard fraction, stage1_offsets)
+        return plan_listwise(*args, **kwargs)
+
+    monkeypatch.setattr(training, "plan_listwise", recording_plan)
     bank, lists, _ = lists_and_model()
     cfg = TrainConfig(epochs=2, list_batch_size=4, list_size=4, stage1_residual=0.5)
     history = train_reranker(make_model(hidden=32), bank, None, cfg, lists=lists,
                              progress=False)
     t2v, v2t = lists.stage1_temperatures(bank.caption_video)
+    assert planned[0] == (0.0, (0.0, 0.0))
+    for share, offsets in planned:
+        assert offsets == pytest.approx((share * 0.5 * t2v, share * 0.5 * v2t))
+    assert max(share for share, _ in planned) > 0.5
     assert history[-1]["stage1_offset_t2v"] == pytest.approx(0.5 * t2v)
     assert history[-1]["stage1_offset_v2t"] == pytest.approx(0.5 * v2t)
     assert all(np.isfinite(r["loss"]) for r in history)
