@@ -142,9 +142,10 @@ def training_lists(cfg: CrossTVRConfig, bank: TokenBank, stage1_sim: torch.Tenso
     """
     k = cfg.train.list_size
     source = cfg.train.lists_from
+    keep = cfg.train.stage1_residual > 0  # the scores stay with the lists only when read
     if source == "zero_shot":
         sim = meanp_similarity(bank, bank)
-        return lists_from_similarity(sim, sim, k)
+        return lists_from_similarity(sim, sim, k, keep)
     if cfg.stage1.method == "seqTransf" and source == "cross_fitted":
         epochs = cfg.train.fold_epochs or cfg.stage1.epochs
         fold_cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(
@@ -155,8 +156,8 @@ def training_lists(cfg: CrossTVRConfig, bank: TokenBank, stage1_sim: torch.Tenso
 
         by_caption, by_video = cross_fitted_similarity(bank, cfg.train.stage1_folds,
                                                        cfg.train.seed, train_fold)
-        return lists_from_similarity(by_caption, by_video, k)
-    return lists_from_similarity(stage1_sim, stage1_sim, k)
+        return lists_from_similarity(by_caption, by_video, k, keep)
+    return lists_from_similarity(stage1_sim, stage1_sim, k, keep)
 
 
 # --------------------------------------------------------------------------- stage 2

@@ -57,7 +57,8 @@ def stage1_key(cfg: CrossTVRConfig, index_id: str) -> str:
     key = {"index": index_id, "data": cfg.data.model_dump(), "stage1": cfg.stage1.model_dump(),
            "train": {k: getattr(cfg.train, k) for k in ("seed", "val_fraction", "stage1_folds", "lists_from", "fold_epochs",
                                                         "list_size", "loss")},
-           "k": cfg.eval.top_k}
+           "k": cfg.eval.top_k,
+           "lists_keep_scores": cfg.train.stage1_residual > 0}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

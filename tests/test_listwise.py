@@ -216,7 +216,7 @@ def lists_and_model() -> tuple[TokenBank, TrainingLists, CrossTVRReranker]:
     re-ranker fitted to the bank's input statistics: what one listwise step reads."""
     bank = toy_bank(num_videos=12)
     sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
-    lists = lists_from_similarity(sim, sim, 4)
+    lists = lists_from_similarity(sim, sim, 4, keep_scores=True)
     model = make_model(hidden=32)
     model.fit_input_stats(bank)
     return bank, lists, model
@@ -459,6 +459,7 @@ def test_stage1_temperature_is_the_likelihood_fit_of_stage1_on_its_own_lists() -
     videos, k = 3000, 6
     sim = 0.1 * torch.randn(videos, videos, generator=gen)  # one caption per video
     lists = lists_from_similarity(sim, sim, k)
+    assert lists.by_caption is None  # not kept unless asked for
     scores = sim.gather(1, lists.videos_per_caption)  # [T, K]
     right = torch.multinomial(torch.softmax(12 * scores, dim=1), 1, generator=gen).squeeze(1)
     own = lists.videos_per_caption[torch.arange(videos), right]  # the video caption c is of
@@ -543,3 +544,17 @@ def test_training_on_stage1_plus_stage2_grows_the_offsets_with_the_curriculum(
                          cfg.model_copy(update={"stage1_residual": 0.0}), lists=lists,
                          progress=False)
     assert "stage1_offset_t2v" not in off[-1] and off[-1]["loss"] != history[-1]["loss"]
+
+
+def test_pipeline_keeps_the_stage1_scores_with_the_lists_only_when_they_are_read() -> None:
+    from crosstvr_core import pipeline
+    from crosstvr_core.config import CrossTVRConfig
+
+    bank, _, _ = lists_and_model()
+    sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
+    for residual, kept in ((0.0, False), (0.5, True)):
+        cfg = CrossTVRConfig(train={"lists_from": "stage1", "list_size": 4,
+                                    "stage1_residual": residual})
+        lists = pipeline.training_lists(cfg, bank, sim)
+        assert (lists.by_caption is not None) is kept
+        assert torch.equal(lists.videos_per_caption, sim.topk(4, dim=1).indices)

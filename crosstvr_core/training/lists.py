@@ -77,13 +77,16 @@ def _remap(lists: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def lists_from_similarity(by_caption: torch.Tensor, by_video: torch.Tensor, k: int
-                          ) -> TrainingLists:
+def lists_from_similarity(by_caption: torch.Tensor, by_video: torch.Tensor, k: int,
+                          keep_scores: bool = False) -> TrainingLists:
     """Top-K lists from a caption-side similarity [T, V] (rows) and a video-side one [T, V]
-    (columns); the two are the same matrix unless cross-fitted."""
+    (columns); the two are the same matrix unless cross-fitted. `keep_scores` keeps both
+    matrices with the lists (train.stage1_residual reads them); off, they can be freed,
+    which matters at hundreds of thousands of captions."""
     k_videos, k_captions = min(k, by_caption.shape[1]), min(k, by_video.shape[0])
+    scores = (by_caption, by_video) if keep_scores else (None, None)
     return TrainingLists(by_caption.topk(k_videos, dim=1).indices,
-                         by_video.T.topk(k_captions, dim=1).indices, by_caption, by_video)
+                         by_video.T.topk(k_captions, dim=1).indices, *scores)
 
 
 def fold_of_videos(num_videos: int, folds: int, seed: int) -> torch.Tensor:
