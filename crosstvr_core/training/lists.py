@@ -48,19 +48,24 @@ class TrainingLists:
         return TrainingLists(_remap(self.videos_per_caption[caption_rows], video_map),
                              _remap(self.captions_per_video[video_rows], caption_map), *scores)
 
+    def stage1_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(by_caption, by_video), or a clear error where the lists were made without them."""
+        if self.by_caption is None or self.by_video is None:
+            raise ValueError("train.stage1_residual: the training lists kept no stage-1 scores "
+                             "(by_caption, by_video)")
+        return self.by_caption, self.by_video
+
     def stage1_temperatures(self, caption_video: torch.Tensor) -> tuple[float, float]:
         """(text->video, video->text) multipliers that make stage 1's own scores of these
         lists their best listwise softmax (maximum likelihood of the right items): stage 1
         as a calibrated logit, the offset `train.stage1_residual` trains the re-ranker on."""
-        if self.by_caption is None or self.by_video is None:
-            raise ValueError("train.stage1_residual: the training lists kept no stage-1 scores "
-                             "(by_caption, by_video)")
+        by_caption, by_video = self.stage1_scores()
         rows = torch.arange(len(caption_video)).unsqueeze(1)
         t2v_hits = self.videos_per_caption == caption_video.unsqueeze(1)
-        (t2v,) = fit_list_softmax([self.by_caption[rows, self.videos_per_caption]], t2v_hits)
+        (t2v,) = fit_list_softmax([by_caption[rows, self.videos_per_caption]], t2v_hits)
         videos = torch.arange(self.captions_per_video.shape[0]).unsqueeze(1)
         v2t_hits = caption_video[self.captions_per_video] == videos
-        (v2t,) = fit_list_softmax([self.by_video[self.captions_per_video, videos]], v2t_hits)
+        (v2t,) = fit_list_softmax([by_video[self.captions_per_video, videos]], v2t_hits)
         return t2v, v2t
 
 

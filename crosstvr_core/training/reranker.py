@@ -370,13 +370,12 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
         arrangement = torch.cat([arrangement, torch.full((batch, 1), code)], dim=1)
     video_offsets = caption_offsets = None
     if stage1_offsets is not None:
-        if lists.by_caption is None or lists.by_video is None:
-            raise ValueError("train.stage1_residual: the training lists kept no stage-1 scores")
+        by_caption, by_video = lists.stage1_scores()
         if is_variant is not None:
             raise ValueError("train.stage1_residual: caption variants have no stage-1 score; "
                              "set train.caption_variants=0")
-        video_offsets = stage1_offsets[0] * lists.by_caption[text_rows.unsqueeze(1), videos]
-        caption_offsets = stage1_offsets[1] * lists.by_video[captions, positive.unsqueeze(1)]
+        video_offsets = stage1_offsets[0] * by_caption[text_rows.unsqueeze(1), videos]
+        caption_offsets = stage1_offsets[1] * by_video[captions, positive.unsqueeze(1)]
     return ListwiseBatch(text_rows, videos, arrangement, captions, len(rearranged),
                          order_contrast, contrast_arrangement, is_variant, video_offsets,
                          caption_offsets)
