@@ -199,6 +199,22 @@ class PretrainConfig(_Section):
         ge=0,
         description="Held-out stills, retrieved before and after pretraining (0: none).",
     )
+    moved_pairs: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of scenes whose second still is the same frame with one object "
+        "moved to a free region (a mover to another band), instead of another frame of the "
+        "scene. Both stills share a batch, so the contrastive loss must read where things "
+        "are; colours alone tell random captions apart, and an encoder trained on those "
+        "alone cannot tell a caption's region from another.",
+    )
+    pair_loss: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of a contrastive loss within each scene's two stills, where they "
+        "show different things (added to the batch's ClipLoss).",
+    )
     steps: int = Field(600, ge=1, description="Optimizer steps.")
     batch_size: int = Field(128, ge=2, description="Still-caption pairs per contrastive step.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate of the cosine schedule.")

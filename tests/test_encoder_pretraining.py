@@ -23,16 +23,21 @@ from crosstvr_core.synthetic.render import render_frames
 from crosstvr_core.synthetic.scenes import _LINE, COLOURS, REGIONS, SceneObject, VideoSpec
 from crosstvr_core.synthetic.stills import (
     generate_stills,
+    moved_object,
     still_caption,
     visible_objects,
 )
 from crosstvr_core.training.encoder_pretraining import (
+    StillsData,
     checkpoint_path,
     encode_text_trimmed,
+    pair_contrast_loss,
     pretrain_encoder,
     resolve_pretrained,
     resolve_text_tokens,
     stills_checkpoint,
+    swapped_caption,
+    swapped_caption_accuracy,
 )
 from crosstvr_core.training.encoder_pretraining import (  # an alias: pytest would collect test_*
     excluded_test_scenes as benchmark_test_scenes,
@@ -133,6 +138,52 @@ def test_generated_stills_are_deterministic_and_timeless():
         assert not set(re.findall(r"\w+", text)) & set(TIME_WORDS), text
 
 
+@pytest.mark.parametrize("spec", [
+    _spec("motion", SceneObject("square", "red", "large", "middle", "mover", direction="right"),
+          SceneObject("circle", "blue", "small", "top left", "still")),
+    _spec("motion", SceneObject("ring", "green", "small", "left", "mover", direction="up")),
+    _spec("events", SceneObject("circle", "red", "small", "top left", "leaves"),
+          SceneObject("ring", "yellow", "large", "centre", "changes", colour_after="purple")),
+])
+def test_a_moved_object_changes_only_its_own_place_in_pixels_and_caption(spec):
+    rng = np.random.default_rng(0)
+    for frame in (2, 12):
+        moved = moved_object(spec, frame, SIZE, rng)
+        before = {(o.shape, o.colour): o.region for o in visible_objects(spec, frame, SIZE)}
+        after = {(o.shape, o.colour): o.region for o in visible_objects(moved, frame, SIZE)}
+        assert before.keys() == after.keys()
+        changed = [look for look in before if before[look] != after[look]]
+        assert len(changed) == 1, (before, after)
+        assert sum(a != b for a, b in zip(spec.objects, moved.objects, strict=True)) == 1
+        assert moved.seed == spec.seed and moved.background == spec.background
+        image = render_frames(moved, SIZE, FRAMES)[frame]
+        for (_, colour), region in after.items():  # drawn where its caption says
+            assert _pixel_region(image, colour) == region, (frame, colour)
+    empty = _spec("events", SceneObject("circle", "red", "small", "top left", "arrives"))
+    assert moved_object(empty, 0, SIZE, rng) is None  # nothing shown in the first half
+
+
+def test_moved_pairs_keep_the_pair_together_and_zero_changes_nothing():
+    plain = list(generate_stills(20, SIZE, seed=4))
+    assert [c for _, c in generate_stills(20, SIZE, seed=4, moved_pairs=0.0)] == \
+        [c for _, c in plain]
+    moved = list(generate_stills(20, SIZE, seed=4, moved_pairs=1.0))
+    assert moved[0][1] == plain[0][1]  # the same first scene (later ones: other captions)
+    differs = 0
+    for (first, text_a), (second, text_b) in zip(moved[0::2], moved[1::2], strict=True):
+        regions = [set(re.findall(r"in the ([a-z ]+?)(?: and |$| on a )", t))
+                   for t in (text_a, text_b)]
+        colours = [set(re.findall("|".join(COLOURS), t)) for t in (text_a, text_b)]
+        if "nothing" in text_a:
+            continue
+        assert colours[0] == colours[1], (text_a, text_b)  # the same objects ...
+        assert regions[0] != regions[1], (text_a, text_b)  # ... one of them elsewhere
+        differs += int((first != second).any())
+    assert differs >= 8
+    with pytest.raises(ValueError, match="moved_pairs"):
+        next(generate_stills(2, SIZE, seed=4, moved_pairs=1.5))
+
+
 def test_excluded_scenes_never_appear(monkeypatch):
     """Record the scenes rendered without exclusion, exclude some, and they are never drawn."""
     rendered: list[tuple] = []
@@ -154,6 +205,79 @@ def test_excluded_scenes_never_appear(monkeypatch):
     # the benchmark's test scenes are what the pretraining step excludes
     test_scenes = benchmark_test_scenes(2, 0)
     assert len(test_scenes) == 16 and all(kind in ("motion", "events") for kind, _ in test_scenes)
+
+
+def test_swapped_captions_change_exactly_one_region_or_colour():
+    rng = np.random.default_rng(0)
+    text = "a big red disc in the top centre and a tiny blue ring in the centre"
+    for _ in range(20):
+        region = swapped_caption(text, "region", rng)
+        assert region.startswith("a big red disc in the ") and region.endswith(
+            " and a tiny blue ring in the centre")
+        assert region != text and "in the top centre" not in region
+        colour = swapped_caption(text, "colour", rng)
+        assert colour.replace(colour.split()[2], "red", 1) == text and colour.split()[2] not in (
+            "red", "blue")
+    assert swapped_caption("nothing but the background", "region", rng) is None
+
+
+class _Oracle(torch.nn.Module):
+    """Image side: which of two stills; text side: whether the caption says "top centre"
+    (factor region) - a model that reads the region, and one that reads nothing."""
+
+    def __init__(self, reads: bool) -> None:
+        super().__init__()
+        self.reads = reads
+        self.visual = type("V", (), {"preprocess_cfg": {"mean": (0, 0, 0), "std": (1, 1, 1)}})()
+
+    def encode_image(self, images, normalize=False):
+        return torch.tensor([[1.0, 0.0]]).expand(len(images), 2)
+
+    def encode_text(self, tokens, normalize=False):
+        said = torch.tensor([[1.0, 0.0] if t else [0.0, 1.0] for t in tokens[:, 0].tolist()])
+        return said if self.reads else torch.ones(len(tokens), 2)
+
+
+def test_swapped_caption_accuracy_is_100_for_a_reader_and_50_or_less_for_a_blind_model(
+        monkeypatch):
+    from crosstvr_core.training import encoder_pretraining as module
+
+    monkeypatch.setattr(module, "encode_text_trimmed",
+                        lambda model, tokens, normalize=False: model.encode_text(tokens))
+    captions = ["a red disc in the top centre"] * 6
+    data = StillsData(torch.zeros(6, 4, 4, 3, dtype=torch.uint8),
+                      torch.ones(6, 3, dtype=torch.long), captions)
+
+    def tokenizer(texts):  # first id 1 when the caption still says "top centre"
+        return torch.tensor([[int("top centre" in t), 0, 0] for t in texts])
+
+    assert swapped_caption_accuracy(_Oracle(True), data, tokenizer, "region") == 100.0
+    assert swapped_caption_accuracy(_Oracle(False), data, tokenizer, "region") == 0.0  # ties
+
+
+def test_pair_loss_is_open_clips_loss_within_each_pair_that_differs():
+    from open_clip.loss import ClipLoss
+
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(8, 5), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(8, 5), dim=-1)
+    scale = torch.tensor(7.0)
+    differ = torch.tensor([True, False, True, True])
+    expected = torch.stack([ClipLoss()(image[2 * p: 2 * p + 2], text[2 * p: 2 * p + 2], scale)
+                            for p in (0, 2, 3)]).mean()
+    assert torch.allclose(pair_contrast_loss(image, text, scale, differ), expected, atol=1e-6)
+    assert float(pair_contrast_loss(image, text, scale, torch.zeros(4, dtype=torch.bool))) == 0
+
+
+def test_pairs_that_differ_read_each_objects_colour_and_region():
+    captions = ["a big red disc in the top centre and a tiny blue plus sign in the centre",
+                "two objects: a small blue cross in the centre and a large red circle in the "
+                "top centre on a dark background",  # the same things, other words
+                "a big red disc in the top centre",
+                "a big red disc in the bottom left",  # moved
+                "nothing but the background", "a tiny pink ring in the centre"]
+    data = StillsData(torch.zeros(6, 1), torch.zeros(6, 1), captions)
+    assert data.pairs_that_differ().tolist() == [False, True, True]
 
 
 # --- the checkpoint's name and resolution ---------------------------------------------------
@@ -229,7 +353,7 @@ def test_pretraining_writes_a_checkpoint_and_a_summary(three_steps):
                for _, r in logged)
     assert summary["final_loss"] == logged[-1][1]["loss"]
     for phase in ("random_init", "pretrained"):
-        assert set(summary[phase]) == {"i2t_top1", "t2i_top1"}
+        assert set(summary[phase]) == {"i2t_top1", "t2i_top1", "region_swap", "colour_swap"}
         assert all(0.0 <= v <= 100.0 for v in summary[phase].values())
     start = torch.load(next((root / "weights").glob("*random*.pt")))
     trained = torch.load(root / "enc.pt")
@@ -328,6 +452,7 @@ def test_the_step_pretrains_once_registers_and_then_reuses(step_home):
     assert step.data.params["pretrain.steps"] == "2"
     assert step.data.params["pretrain.num_excluded_scenes"] == "16"
     for key in ("pretrain/random_init_i2t_top1", "pretrain/i2t_top1", "pretrain/t2i_top1",
+                "pretrain/region_swap", "pretrain/random_init_colour_swap",
                 "pretrain/final_loss", "pretrain/seconds"):
         assert key in step.data.metrics, key
     assert [m.step for m in client.get_metric_history(ref.mlflow_run_id, "pretrain/loss")] == [2]

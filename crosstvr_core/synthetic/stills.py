@@ -16,7 +16,7 @@ skipped (`excluded` contents), so pretraining never shows a test scene.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from crosstvr_core.synthetic.render import render_frames
 from crosstvr_core.synthetic.scenes import (
     _LINE,
     BACKGROUNDS,
+    BANDS,
     DIRECTIONS,
     KINDS,
     REGIONS,
@@ -105,14 +106,51 @@ def still_caption(objects: list[VisibleObject], background: str,
     return text
 
 
-def generate_stills(count: int, frame_size: int, seed: int,
-                    excluded: frozenset = frozenset()) -> Iterator[tuple[np.ndarray, str]]:
-    """`count` (uint8 [S, S, 3] frame, caption) pairs from scenes drawn for pretraining only.
+def moved_object(spec: VideoSpec, frame: int, frame_size: int,
+                 rng: np.random.Generator) -> VideoSpec | None:
+    """`spec` with one object that frame `frame` shows moved elsewhere: a still (or an event
+    object) to a region that no object of the scene takes, a mover to another band of its
+    axis. None when the frame shows nothing or the object has nowhere free to go.
 
-    A scene whose content (VideoSpec.content) is in `excluded` (the test set's) is skipped.
-    Deterministic from `seed`.
+    Rendered with the same seed, the frame differs from the original only in that object's
+    place, and so does its caption: the pair teaches where, which colour and shape alone never
+    need (random captions are told apart by their colours)."""
+    shown = visible_objects(spec, frame, frame_size)
+    if not shown:
+        return None
+    taken = {o.region for o in shown} | {o.place for o in spec.objects if o.role != "mover"}
+    looks = {(v.shape, v.colour) for v in shown}
+    candidates = [i for i, o in enumerate(spec.objects)
+                  if looks & {(o.shape, o.colour), (o.shape, o.colour_after)}]
+    for i in (candidates[int(k)] for k in rng.permutation(len(candidates))):
+        obj = spec.objects[i]
+        if obj.role == "mover":
+            free = [b for b in BANDS[DIRECTIONS[obj.direction][0]] if b != obj.place]
+        else:
+            free = [r for r in REGIONS if r not in taken]
+        if free:
+            place = free[int(rng.integers(len(free)))]
+            objects = spec.objects[:i] + (replace(obj, place=place),) + spec.objects[i + 1:]
+            return replace(spec, objects=objects)
+    return None
+
+
+def generate_stills(count: int, frame_size: int, seed: int,
+                    excluded: frozenset = frozenset(),
+                    moved_pairs: float = 0.0) -> Iterator[tuple[np.ndarray, str]]:
+    """`count` (uint8 [S, S, 3] frame, caption) pairs from scenes drawn for pretraining only,
+    two stills per scene, yielded one after the other: two frames of the scene, or (for a
+    share `moved_pairs` of the scenes) one frame and the same frame with one object moved
+    (`moved_object`).
+
+    A scene whose content (VideoSpec.content) is in `excluded` (the test set's) is skipped,
+    and so is a moved copy that would be one. Deterministic from `seed`.
     """
+    if not 0.0 <= moved_pairs <= 1.0:
+        raise ValueError(f"moved_pairs must be in [0, 1], got {moved_pairs}")
     rng = np.random.default_rng([seed, 31])
+    # a stream of its own: moved_pairs=0 draws exactly the stills it drew before the option
+    move_rng = np.random.default_rng([seed, 37])
     made = 0
     while made < count:
         kind = KINDS[int(rng.integers(len(KINDS)))]
@@ -124,9 +162,16 @@ def generate_stills(count: int, frame_size: int, seed: int,
                          int(rng.integers(2**31 - 1)))
         frames = render_frames(spec, frame_size, _STILL_CLIP_FRAMES)
         # two frames per scene: two positions of a mover, or the phases of an events scene
-        for frame in rng.choice(_STILL_CLIP_FRAMES, size=2, replace=False):
+        picked = [int(f) for f in rng.choice(_STILL_CLIP_FRAMES, size=2, replace=False)]
+        stills = [(spec, frames, picked[0]), (spec, frames, picked[1])]
+        if moved_pairs and move_rng.random() < moved_pairs:
+            moved = moved_object(spec, picked[0], frame_size, move_rng)
+            if moved is not None and moved.content not in excluded:
+                moved_frames = render_frames(moved, frame_size, _STILL_CLIP_FRAMES)
+                stills[1] = (moved, moved_frames, picked[0])
+        for shown_spec, shown_frames, frame in stills:
             if made == count:
                 break
-            shown = visible_objects(spec, int(frame), frame_size)
-            yield frames[int(frame)].copy(), still_caption(shown, background, rng)
+            shown = visible_objects(shown_spec, frame, frame_size)
+            yield shown_frames[frame].copy(), still_caption(shown, background, rng)
             made += 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,12 +36,14 @@ from crosstvr_core.models.encoder import (
     random_init_checkpoint,
     register_bundled_model_configs,
 )
-from crosstvr_core.synthetic.scenes import make_benchmark_specs
+from crosstvr_core.synthetic.scenes import COLOURS, REGIONS, make_benchmark_specs
 from crosstvr_core.synthetic.stills import generate_stills
 
 StepCallback = Callable[[int, dict], None]
 # bumped when the pretraining code changes what a config produces (part of the cache key)
 RECIPE_VERSION = 2
+# pretraining options added after RECIPE_VERSION 2, which change nothing when 0
+_LATER_OPTIONS = ("moved_pairs", "pair_loss")
 
 
 def excluded_test_scenes(num_test_groups: int, seed: int) -> frozenset:
@@ -53,8 +56,12 @@ def checkpoint_path(weights_dir: str | Path, model_name: str, cfg: PretrainConfi
     """Where the pretrained checkpoint of (model config, pretraining config, excluded test
     scenes) lives: the same inputs give the same path, so it is computed once per machine."""
     register_bundled_model_configs()
+    pretrain = cfg.model_dump()
+    for name in _LATER_OPTIONS:  # off, they leave the checkpoint where it was before them
+        if not pretrain[name]:
+            del pretrain[name]
     key = json.dumps({"recipe": RECIPE_VERSION, "model": open_clip.get_model_config(model_name),
-                      "pretrain": cfg.model_dump(), "excluded": excluded_key},
+                      "pretrain": pretrain, "excluded": excluded_key},
                      sort_keys=True).encode()
     digest = hashlib.sha256(key).hexdigest()[:10]
     return Path(weights_dir) / f"{model_name}-stills-{digest}.pt"
@@ -102,11 +109,39 @@ class StillsData:
     tokens: torch.Tensor
     captions: list[str]
 
+    def pairs_that_differ(self) -> torch.Tensor:
+        """[N // 2] bool: whether stills 2i and 2i+1 (one scene's pair) show different
+        things, by their captions' (colour, region) of each object."""
+        shown = [tuple(sorted(_PHRASE.findall(c))) for c in self.captions]
+        return torch.tensor([shown[2 * i] != shown[2 * i + 1]
+                             for i in range(len(shown) // 2)], dtype=torch.bool)
+
+
+# an object phrase of a still caption: "a <size> <colour> <shape words> in the <region>"
+_PHRASE = re.compile(r"\ba \w+ (\w+) [\w ]+? in the ([\w ]+?)(?= and | on a |$)")
+
+
+def pair_contrast_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+                       differ: torch.Tensor) -> torch.Tensor:
+    """ClipLoss's symmetric cross-entropy within each scene's pair: unit features [2P, D]
+    (rows 2i, 2i+1 one pair), over the pairs where `differ` [P]; 0 when none does. In a
+    batch of 128 the pair partner is one negative of 127, and colours alone settle the
+    rest: this term is where the encoder must read what the pair tells apart."""
+    if not bool(differ.any()):
+        return image.sum() * 0.0
+    i = image.unflatten(0, (-1, 2))[differ]  # [P, 2, D]
+    t = text.unflatten(0, (-1, 2))[differ]
+    logits = scale * torch.einsum("pad,pbd->pab", i, t)  # [P, 2 images, 2 captions]
+    labels = torch.arange(2, device=image.device).expand(len(i), 2)
+    ce = torch.nn.functional.cross_entropy
+    return (ce(logits.flatten(0, 1), labels.flatten())
+            + ce(logits.transpose(1, 2).flatten(0, 1), labels.flatten())) / 2
+
 
 def build_stills(count: int, frame_size: int, tokenizer, seed: int,
-                 excluded: frozenset) -> StillsData:
+                 excluded: frozenset, moved_pairs: float = 0.0) -> StillsData:
     images, captions = [], []
-    for image, text in generate_stills(count, frame_size, seed, excluded):
+    for image, text in generate_stills(count, frame_size, seed, excluded, moved_pairs):
         images.append(image)
         captions.append(text)
     return StillsData(torch.from_numpy(np.stack(images)), tokenizer(captions), captions)
@@ -175,6 +210,55 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
+def swapped_caption(caption: str, factor: str, rng: np.random.Generator) -> str | None:
+    """`caption` with one object's region (factor "region") or colour ("colour") replaced by
+    another the caption does not name; None when it names none."""
+    names = list(REGIONS) if factor == "region" else list(COLOURS)
+    said = [m for m in (re.search(rf"\bin the {n}\b" if factor == "region" else rf"\b{n}\b",
+                                  caption) for n in names) if m]
+    if not said:
+        return None
+    match = min(said, key=lambda m: m.start())  # the first one named
+    others = [n for n in names if not re.search(rf"\b{n}\b", caption)]
+    new = others[int(rng.integers(len(others)))]
+    text = f"in the {new}" if factor == "region" else new
+    return caption[:match.start()] + text + caption[match.end():]
+
+
+def swapped_caption_accuracy(model: torch.nn.Module, data: StillsData, tokenizer,
+                             factor: str, seed: int = 0) -> float | None:
+    """% of stills whose own caption scores above the same caption with one region (or
+    colour) swapped: a frame embedding that ignores where things are sits at 50."""
+    rng = np.random.default_rng(seed)
+    pairs = [(i, swapped_caption(c, factor, rng)) for i, c in enumerate(data.captions)]
+    pairs = [(i, text) for i, text in pairs if text]
+    if not pairs:
+        return None
+    rows = torch.tensor([i for i, _ in pairs])
+    model.eval()
+    wins = 0
+    with torch.no_grad():
+        for start in range(0, len(rows), 256):
+            chunk = rows[start:start + 256]
+            image = model.encode_image(_normalise(data.images[chunk], model), normalize=True)
+            own = encode_text_trimmed(model, data.tokens[chunk], normalize=True)
+            swapped = encode_text_trimmed(
+                model, tokenizer([text for _, text in pairs[start:start + 256]]), normalize=True)
+            wins += int(((image * own).sum(-1) > (image * swapped).sum(-1)).sum())
+    return 100.0 * wins / len(pairs)
+
+
+def still_accuracies(model: torch.nn.Module, data: StillsData, tokenizer) -> dict:
+    """Held-out retrieval top-1 (`retrieval_accuracy`) and, per factor, own caption above
+    a swapped one (`swapped_caption_accuracy`): region_swap, colour_swap."""
+    out = retrieval_accuracy(model, data)
+    for factor in ("region", "colour"):
+        value = swapped_caption_accuracy(model, data, tokenizer, factor)
+        if value is not None:
+            out[f"{factor}_swap"] = value
+    return out
+
+
 def retrieval_accuracy(model: torch.nn.Module, data: StillsData, batch: int = 256) -> dict:
     """Held-out image->text and text->image top-1 accuracy within batches of `batch` stills
     (a caption shared by two stills counts as right for either); fewer stills than `batch`
@@ -216,11 +300,12 @@ def pretrain_encoder(model_name: str, cfg: PretrainConfig, out_path: str | Path,
     frame_size = int(size[0] if isinstance(size, tuple | list) else size)
 
     started = time.perf_counter()
-    train = build_stills(cfg.num_stills, frame_size, tokenizer, cfg.seed, excluded)
+    train = build_stills(cfg.num_stills, frame_size, tokenizer, cfg.seed, excluded,
+                         cfg.moved_pairs)
     held_out = build_stills(cfg.num_eval_stills, frame_size, tokenizer, cfg.seed + 10_000,
-                            excluded) if cfg.num_eval_stills else None
+                            excluded, cfg.moved_pairs) if cfg.num_eval_stills else None
     data_seconds = time.perf_counter() - started
-    before = retrieval_accuracy(model, held_out) if held_out else {}
+    before = still_accuracies(model, held_out, tokenizer) if held_out else {}
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -232,6 +317,7 @@ def pretrain_encoder(model_name: str, cfg: PretrainConfig, out_path: str | Path,
     adjust_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.steps)
     per_epoch = max(1, len(train.captions) // cfg.batch_size)
     order = scene_pair_order(len(train.captions), generator)
+    differ = train.pairs_that_differ()
     model.train()
     running, history = [], []
     for step in tqdm(range(cfg.steps), desc="encoder pretraining", disable=not progress):
@@ -242,6 +328,9 @@ def pretrain_encoder(model_name: str, cfg: PretrainConfig, out_path: str | Path,
         image_features = model.encode_image(_normalise(train.images[rows], model), normalize=True)
         text_features = encode_text_trimmed(model, train.tokens[rows], normalize=True)
         loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        if cfg.pair_loss and len(rows) % 2 == 0 and not int(rows[0]) % 2:
+            loss = loss + cfg.pair_loss * pair_contrast_loss(
+                image_features, text_features, model.logit_scale.exp(), differ[rows[0::2] // 2])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -255,7 +344,7 @@ def pretrain_encoder(model_name: str, cfg: PretrainConfig, out_path: str | Path,
             history.append({"step": step + 1, **record})
             if on_log is not None:
                 on_log(step + 1, record)
-    after = retrieval_accuracy(model, held_out) if held_out else {}
+    after = still_accuracies(model, held_out, tokenizer) if held_out else {}
     model.eval()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
