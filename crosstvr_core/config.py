@@ -526,7 +526,7 @@ class RerankerConfig(_Section):
         "can see motion.",
     )
     keypoints: int = Field(
-        8,
+        16,
         ge=0,
         description="K spatial soft-argmax keypoints per frame (a learned saliency map over "
         "the patch grid, its expected (x, y) and peak), added to each frame's summary: a few "
