@@ -209,7 +209,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for n, p in named if not plain(n, p)], "weight_decay": weight_decay}]
 
 
-@torch.no_grad()
 def swapped_caption(caption: str, factor: str, rng: np.random.Generator) -> str | None:
     """`caption` with one object's region (factor "region") or colour ("colour") replaced by
     another the caption does not name; None when it names none."""
@@ -259,6 +258,7 @@ def still_accuracies(model: torch.nn.Module, data: StillsData, tokenizer) -> dic
     return out
 
 
+@torch.no_grad()
 def retrieval_accuracy(model: torch.nn.Module, data: StillsData, batch: int = 256) -> dict:
     """Held-out image->text and text->image top-1 accuracy within batches of `batch` stills
     (a caption shared by two stills counts as right for either); fewer stills than `batch`
