@@ -545,8 +545,8 @@ class RerankerConfig(_Section):
         "patch-grid map, keypoints) averaged over the clip, plus where its keypoints move "
         "(their slope over time) ('frames'): then the order of the frames reaches the term "
         "only through motion, and when things happen is left to the timing terms. On the "
-        "generated benchmark over four seeds 'frames' holds colour twins at or above stage "
-        "1's on every seed (t2v 98.5 against 98.1) and loses direction twins (93.3 against "
+        "generated benchmark with 8 keypoints, over four seeds 'frames' held colour twins at or above stage "
+        "1's on every seed (t2v 98.5 against 98.1) and lost direction twins (93.3 against "
         "96.7) at the same R@1 (71.5 / 73.9 against 72.2 / 73.9), docs/benchmarks.md.",
     )
     caption_summary: bool = Field(

@@ -3,7 +3,7 @@
 Scores stills-pretrained checkpoints on one fixed set of held-out stills (drawn as
 pretraining draws its own, never a test scene): image->text top-1 within batches of 256,
 and per factor the share of stills whose own caption scores above the same caption with one
-object's region (colour) swapped; 50 is blind. Each `--set` list is one pretraining config
+object's region (colour) swapped; 50 is blind. Each `--config` is one pretraining config
 whose checkpoint must exist under CROSSTVR_HOME (`crosstvr pretrain` with the same settings).
 
     CROSSTVR_HOME=.crosstvr .venv/bin/python experiments/encoder_probe.py \
@@ -22,6 +22,7 @@ from crosstvr_core.models.encoder import register_bundled_model_configs
 from crosstvr_core.training.encoder_pretraining import (
     build_stills,
     excluded_test_scenes,
+    image_size,
     resolve_pretrained,
     still_accuracies,
 )
@@ -41,9 +42,7 @@ def main() -> None:
         model = open_clip.create_model(cfg.encoder.name, pretrained=resolve_pretrained(cfg))
         tokenizer = open_clip.get_tokenizer(cfg.encoder.name)
         if held_out is None:
-            size = model.visual.preprocess_cfg["size"]
-            size = int(size[0] if isinstance(size, tuple | list) else size)
-            held_out = build_stills(args.stills, size, tokenizer, args.seed,
+            held_out = build_stills(args.stills, image_size(model), tokenizer, args.seed,
                                     excluded_test_scenes(cfg.data.num_test_groups,
                                                          cfg.data.seed))
         scores = still_accuracies(model.eval(), held_out, tokenizer)

@@ -147,6 +147,12 @@ def build_stills(count: int, frame_size: int, tokenizer, seed: int,
     return StillsData(torch.from_numpy(np.stack(images)), tokenizer(captions), captions)
 
 
+def image_size(model: torch.nn.Module) -> int:
+    """The side of the square images an open_clip model takes (its preprocess config)."""
+    size = model.visual.preprocess_cfg["size"]
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
 def _normalise(images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """uint8 [B, S, S, 3] -> the model's normalised float input [B, 3, S, S]."""
     cfg = model.visual.preprocess_cfg
@@ -296,8 +302,7 @@ def pretrain_encoder(model_name: str, cfg: PretrainConfig, out_path: str | Path,
     start_path = random_init_checkpoint(model_name, init_seed, weights_dir)
     model = open_clip.create_model(model_name, pretrained=str(start_path))
     tokenizer = open_clip.get_tokenizer(model_name)
-    size = model.visual.preprocess_cfg["size"]
-    frame_size = int(size[0] if isinstance(size, tuple | list) else size)
+    frame_size = image_size(model)
 
     started = time.perf_counter()
     train = build_stills(cfg.num_stills, frame_size, tokenizer, cfg.seed, excluded,
@@ -317,7 +322,7 @@ def pretrain_encoder(model_name: str, cfg: PretrainConfig, out_path: str | Path,
     adjust_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.steps)
     per_epoch = max(1, len(train.captions) // cfg.batch_size)
     order = scene_pair_order(len(train.captions), generator)
-    differ = train.pairs_that_differ()
+    differ = train.pairs_that_differ() if cfg.pair_loss else None
     model.train()
     running, history = [], []
     for step in tqdm(range(cfg.steps), desc="encoder pretraining", disable=not progress):
