@@ -555,9 +555,10 @@ class RerankerConfig(_Section):
         "what stage 1 ranks with) to every caption token through a zero-initialised "
         "projection, so stage 2's text side starts from the words and can learn to use what "
         "the tower's summary already knows (colour, shape). Off: on the generated benchmark "
-        "over four seeds it gains order twins (t2v 75.9 against 72.9) and loses direction "
-        "twins (91.9 against 96.7), with two-stage R@1 unchanged (72.0 / 74.1 against 72.2 "
-        "/ 73.9), see docs/benchmarks.md.",
+        "with 8 keypoints over four seeds it gains order twins (t2v 75.9 against 72.9) and "
+        "loses direction twins (91.9 against 96.7), with two-stage R@1 unchanged; with 16 "
+        "keypoints over three seeds it leaves order twins where they are (t2v 73.3 against "
+        "74.1) and costs text-to-video R@1 (73.2 against 75.5), see docs/benchmarks.md.",
     )
     frozen_similarity_term: bool = Field(
         False,
