@@ -18,11 +18,10 @@ import json
 import open_clip
 
 from crosstvr_core.config import load_config
-from crosstvr_core.models.encoder import register_bundled_model_configs
+from crosstvr_core.models.encoder import image_size, register_bundled_model_configs
 from crosstvr_core.training.encoder_pretraining import (
     build_stills,
     excluded_test_scenes,
-    image_size,
     resolve_pretrained,
     still_accuracies,
 )

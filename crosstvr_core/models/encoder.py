@@ -78,6 +78,12 @@ class EncoderSpec:
     text_tokens: str = "last"
 
 
+def image_size(model: torch.nn.Module) -> int:
+    """The side of the square images an open_clip model takes (its preprocess config)."""
+    size = model.visual.preprocess_cfg["size"]
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
 class FrozenEncoder:
     """An open_clip model in eval mode with gradients off, plus what callers need to know.
 
@@ -90,7 +96,7 @@ class FrozenEncoder:
         self.tokenizer = tokenizer
         self.spec = spec
         cfg = model.visual.preprocess_cfg
-        self.image_size = int(cfg["size"][0] if isinstance(cfg["size"], tuple | list) else cfg["size"])
+        self.image_size = image_size(model)
         self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
         # tokens of another text layer are other tokens: they must never share a table

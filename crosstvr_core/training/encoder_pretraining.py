@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from crosstvr_core.config import STILLS_PRETRAINED, CrossTVRConfig, PretrainConfig
 from crosstvr_core.models.encoder import (
     EncoderError,
+    image_size,
     random_init_checkpoint,
     register_bundled_model_configs,
 )
@@ -145,12 +146,6 @@ def build_stills(count: int, frame_size: int, tokenizer, seed: int,
         images.append(image)
         captions.append(text)
     return StillsData(torch.from_numpy(np.stack(images)), tokenizer(captions), captions)
-
-
-def image_size(model: torch.nn.Module) -> int:
-    """The side of the square images an open_clip model takes (its preprocess config)."""
-    size = model.visual.preprocess_cfg["size"]
-    return int(size[0] if isinstance(size, tuple | list) else size)
 
 
 def _normalise(images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
