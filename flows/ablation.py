@@ -37,16 +37,30 @@ from tasks.tracking import (
 # (column title, metric key) of the ablation table
 TABLE_METRICS = (("t2v R@1", "twostage/t2v_R1"), ("t2v R@5", "twostage/t2v_R5"),
                  ("v2t R@1", "twostage/v2t_R1"), ("v2t R@5", "twostage/v2t_R5"),
-                 ("t2v MnR", "twostage/t2v_MnR"))
+                 ("t2v MnR", "twostage/t2v_MnR"),
+                 # the re-ranker's own ranking of stage 1's top K: what it learned, unfused
+                 ("stage 2 alone t2v R@1", "stage2only/t2v_R1"),
+                 ("stage 2 alone v2t R@1", "stage2only/v2t_R1"))
+TWIN_PREFIX = "twostage/t2v_twin_acc_"
+
+
+def twin_columns(results: list[tuple[AblationVariant, dict]]) -> list[tuple[str, str]]:
+    """(title, key) of the two-stage t2v twin accuracy per factor, for the factors every
+    variant measured (a corpus whose captions name no twins has none)."""
+    keys = [{k for k in metrics if k.startswith(TWIN_PREFIX)} for _, metrics in results]
+    common = set.intersection(*keys) if keys else set()
+    return [(f"t2v {key[len(TWIN_PREFIX):]} twins", key) for key in sorted(common)]
 
 
 def ablation_rows(results: list[tuple[AblationVariant, dict]], stage1_t2v_r1: float
                   ) -> list[dict]:
-    """One row per variant: its overrides, two-stage metrics, and the gain over stage 1."""
+    """One row per variant: its overrides, two-stage metrics, the re-ranker alone, twin
+    accuracy per factor where measured, and the gain over stage 1."""
+    columns = [*TABLE_METRICS, *twin_columns(results)]
     rows = []
     for variant, metrics in results:
         row = {"variant": variant.name, "overrides": " ".join(variant.overrides) or "(base)"}
-        row.update({title: metrics[key] for title, key in TABLE_METRICS})
+        row.update({title: metrics[key] for title, key in columns})
         row["gain t2v R@1"] = metrics["twostage/t2v_R1"] - stage1_t2v_r1
         rows.append(row)
     return rows
