@@ -393,6 +393,12 @@ class Stage1Config(_Section):
         "text->video: the head must read frame order (direction, order swaps have the same "
         "frames).",
     )
+    frame_positions: bool = Field(
+        True,
+        description="Learned frame positions in the temporal transformer (CLIP4Clip). False: "
+        "the head is a set function of its frames, so a clip and any reordering of it score "
+        "the same (needs reversed_negatives off).",
+    )
     patch_branch: bool = Field(
         True,
         description="Read the cached patch tokens too (per-patch MLP, max over patches, added "

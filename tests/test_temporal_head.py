@@ -195,6 +195,26 @@ def test_reversed_negatives_teach_order_in_fewer_epochs() -> None:
     assert results[True] > results[False], results
 
 
+def test_without_frame_positions_the_head_is_blind_to_frame_order() -> None:
+    """A trained head without frame positions scores a clip and every reordering of it the
+    same: on order_bank it cannot beat a coin flip between the two orders, and it refuses
+    reversed negatives (each would equal its positive)."""
+    train, test = order_bank(32, seed=0), order_bank(16, seed=1)
+    cfg = small_cfg(epochs=8, batch_size=32, frame_positions=False)
+    head = TemporalHead.from_config(cfg, train.video_cls.shape[-1], 2)
+    assert head.frame_position is None
+    with pytest.raises(ValueError, match="reversed_negatives needs stage1.frame_positions"):
+        train_temporal_head(head, train, cfg.model_copy(update={"reversed_negatives": True}),
+                            progress=False)
+    train_temporal_head(head, train, cfg, progress=False)
+    assert head.residual_gate.abs().sum() > 0  # the head trained: it is not meanP
+    frames, mask = test.video_cls.float(), test.frame_mask
+    with torch.no_grad():
+        torch.testing.assert_close(head(frames.flip(1), mask), head(frames, mask))
+    trained = retrieval_metrics(temporal_similarity(head, test), test.caption_video)["t2v"]["R1"]
+    assert trained <= 75.0  # a coin flip between the two orders, where positions reach 95
+
+
 def object_in_one_patch_bank(num_videos: int, seed: int) -> TokenBank:
     """The caption names a code carried by ONE of 6 patches of each frame (a small object);
     the CLS embeddings are shared noise, so a CLS-only head cannot tell the videos apart."""

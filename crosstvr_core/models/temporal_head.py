@@ -54,13 +54,17 @@ class TemporalHead(nn.Module):
         context_length: int = 0,
         vision_width: int = 0,
         num_patches: int = 0,
+        frame_positions: bool = True,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"TemporalHead: embed_dim {embed_dim} not divisible by {num_heads}")
         self.embed_dim, self.num_frames = embed_dim, num_frames
         self.num_layers, self.num_heads = num_layers, num_heads
-        self.frame_position = nn.Parameter(torch.randn(num_frames, embed_dim) * 0.02)
+        # None: no frame positions, so the head is a set function of its frames and a clip
+        # scores exactly as any reordering of it (up to float rounding)
+        self.frame_position = (nn.Parameter(torch.randn(num_frames, embed_dim) * 0.02)
+                               if frame_positions else None)
         layer = nn.TransformerEncoderLayer(
             embed_dim,
             num_heads,
@@ -121,7 +125,8 @@ class TemporalHead(nn.Module):
                        text_width=text_width if cfg.text_adapter else 0,
                        context_length=context_length if cfg.text_adapter else 0,
                        vision_width=vision_width if patches else 0,
-                       num_patches=num_patches if patches else 0)
+                       num_patches=num_patches if patches else 0,
+                       frame_positions=cfg.frame_positions)
 
     @classmethod
     def for_bank(cls, cfg: Stage1Config, bank) -> TemporalHead:
@@ -212,7 +217,8 @@ class TemporalHead(nn.Module):
         # a clip with no real frame would make attention NaN: let it attend to its padding
         # (its pooled embedding is zero whatever the transformer says)
         padding = ~mask & mask.any(dim=1, keepdim=True)  # [B, F], True = ignore
-        hidden = self.transformer(x + self.frame_position[:frames], src_key_padding_mask=padding)
+        timed = x if self.frame_position is None else x + self.frame_position[:frames]
+        hidden = self.transformer(timed, src_key_padding_mask=padding)
         x = F.normalize(x + self.residual_gate * hidden.float(), dim=-1)  # [B, F, D]
         weights = mask.float().unsqueeze(-1)  # [B, F, 1]
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, D]

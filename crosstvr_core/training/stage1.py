@@ -78,6 +78,9 @@ def train_temporal_head(
     num_captions = bank.num_captions
     if bank.num_videos < 2:
         raise ValueError("train_temporal_head: need at least 2 training videos")
+    if cfg.reversed_negatives and head.frame_position is None:
+        raise ValueError("stage1.reversed_negatives needs stage1.frame_positions: without frame "
+                         "positions a clip played backwards scores exactly as the clip")
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     head.to(device)
