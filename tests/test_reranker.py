@@ -649,6 +649,35 @@ def test_word_timing_reads_frozen_time_and_flips_when_played_backwards() -> None
     assert model.word_sharpness.grad is not None
 
 
+def test_log_term_scales_start_at_the_same_logits_and_learn_multiplicatively() -> None:
+    """reranker.log_term_scales: the grounding and word-timing scales are stored as logs, so
+    the untrained model gives the plain one's logits, and one AdamW step moves each scale
+    by a factor (exp of about the learning rate) instead of by about the learning rate."""
+    bank = random_bank()
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
+    models = {}
+    for log in (False, True):
+        model = make_model(word_timing_term=True, grounding_term=True, log_term_scales=log)
+        model.fit_input_stats(bank)
+        models[log] = model
+    plain, logged = models[False], models[True]
+    assert logged.word_scale.item() == pytest.approx(math.log(2.0))
+    assert logged.term_scale(logged.ground_scale).item() == pytest.approx(2.0)
+    with torch.no_grad():
+        torch.testing.assert_close(logged(**inputs), plain(**inputs))
+    moved = {}
+    for log, model in models.items():
+        model.train()
+        optimizer = torch.optim.AdamW([model.word_scale, model.ground_scale], lr=0.1)
+        (-model(**inputs).sum()).backward()  # a gradient that wants every term louder
+        before = model.term_scale(model.word_scale).item()
+        optimizer.step()
+        moved[log] = model.term_scale(model.word_scale).item() - before
+    assert abs(moved[False]) == pytest.approx(0.1, rel=0.05)  # AdamW's first step: +-lr
+    # in log space the same step is a factor exp(+-0.1): 2 x 0.105 up or 2 x 0.095 down
+    assert abs(moved[True]) == pytest.approx(0.21, abs=0.02)
+
+
 def test_centred_word_timing_is_not_drawn_to_a_frame_like_every_word() -> None:
     """reranker.word_timing_centred: every word of a caption shares one strong direction,
     and the first frame shows only that, the last frame only word 1's own part. Plain, the

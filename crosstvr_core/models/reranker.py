@@ -471,7 +471,7 @@ class CrossTVRReranker(nn.Module):
                 self.ground_cursor = nn.Linear(hidden, heads)
                 nn.init.zeros_(self.ground_cursor.weight)
                 nn.init.zeros_(self.ground_cursor.bias)
-            self.ground_scale = nn.Parameter(torch.tensor(2.0))
+            self.ground_scale = nn.Parameter(self._scale_init(cfg, 2.0))
 
         self.word_when = None
         if cfg.word_timing_term and cfg.attention != "spatial_only":
@@ -483,7 +483,7 @@ class CrossTVRReranker(nn.Module):
                 self.word_salience = nn.Parameter(torch.tensor(1.0))
             # frozen word-frame cosines differ by a few hundredths over a clip
             self.word_sharpness = nn.Parameter(torch.tensor(math.log(50.0)))
-            self.word_scale = nn.Parameter(torch.tensor(2.0))
+            self.word_scale = nn.Parameter(self._scale_init(cfg, 2.0))
 
         self.word_presence = None
         if cfg.word_presence_term:
@@ -918,14 +918,24 @@ class CrossTVRReranker(nn.Module):
         """Temporal grounding [B]: sum over caption tokens (and heads) of importance x
         expected time x observed time (`grounding_times`), with a learned scale. Playing a
         clip backwards flips every observed time, so the term changes sign."""
-        return self.ground_scale * torch.einsum("blg,bgl->b", expected * importance,
+        return self.term_scale(self.ground_scale) * torch.einsum("blg,bgl->b", expected * importance,
                                                 observed) / expected.shape[-1]
+
+    def _scale_init(self, cfg: RerankerConfig, value: float) -> torch.Tensor:
+        """A temporal term's scale parameter: `value`, or its log with cfg.log_term_scales."""
+        self.log_term_scales = cfg.log_term_scales
+        return torch.tensor(math.log(value) if cfg.log_term_scales else value)
+
+    def term_scale(self, parameter: torch.Tensor) -> torch.Tensor:
+        """The multiplier a temporal term's scale parameter stands for."""
+        # getattr: re-rankers pickled before log scales existed stored the plain value
+        return parameter.exp() if getattr(self, "log_term_scales", False) else parameter
 
     def _word_timing_logit(self, expected: torch.Tensor, importance: torch.Tensor,
                            observed: torch.Tensor) -> torch.Tensor:
         """Word timing [B]: sum over caption tokens of importance x expected x observed time
         (`word_times`), with a learned scale; a clip played backwards changes its sign."""
-        return self.word_scale * (expected * importance * observed).sum(dim=1)
+        return self.term_scale(self.word_scale) * (expected * importance * observed).sum(dim=1)
 
     @property
     def reads_word_embeddings(self) -> bool:
