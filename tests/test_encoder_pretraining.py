@@ -16,7 +16,12 @@ import pytest
 import torch
 
 from crosstvr_core.config import STILLS_PRETRAINED, PretrainConfig, load_config
-from crosstvr_core.models.encoder import EncoderError, EncoderSpec, load_frozen_encoder
+from crosstvr_core.models.encoder import (
+    EncoderError,
+    EncoderSpec,
+    load_frozen_encoder,
+    register_bundled_model_configs,
+)
 from crosstvr_core.synthetic import stills as stills_module
 from crosstvr_core.synthetic.grammar import SHAPE_WORDS, SIZE_WORDS
 from crosstvr_core.synthetic.render import render_frames
@@ -385,6 +390,7 @@ def test_the_index_loads_the_checkpoint_as_open_clip_does(three_steps):
 def test_trimmed_text_forward_matches_open_clip_features_and_gradients():
     """Pretraining runs the text tower only up to the batch's longest caption: the features
     and every parameter's gradient must be open_clip's encode_text over the full context."""
+    register_bundled_model_configs()  # run alone, no earlier test has registered the model
     torch.manual_seed(0)
     model = open_clip.create_model(MODEL)
     texts = ["a red cube", "a large blue sphere in the top left and a small green cone moving"]
@@ -401,7 +407,11 @@ def test_trimmed_text_forward_matches_open_clip_features_and_gradients():
     full, trimmed = grads
     assert full.keys() == trimmed.keys() and "token_embedding.weight" in full
     for name in full:
-        torch.testing.assert_close(trimmed[name], full[name], atol=1e-6, rtol=1e-4, msg=name)
+        # float summation order differs between the two lengths and between CPUs: allow a
+        # millionth of the tensor's largest entry (gradients reach 13 here)
+        scale = max(1.0, float(full[name].abs().max()))
+        torch.testing.assert_close(trimmed[name], full[name], atol=1e-6 * scale, rtol=1e-4,
+                                   msg=name)
     model.attn_mask = None  # without the causal mask padding is attended to: no trimming
     torch.testing.assert_close(encode_text_trimmed(model, tokens), model.encode_text(tokens))
 
