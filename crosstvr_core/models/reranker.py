@@ -434,6 +434,8 @@ class CrossTVRReranker(nn.Module):
             self.match_video = nn.Linear(hidden, hidden)
             self.match_scale = nn.Parameter(torch.tensor(math.log(5.0)))
         self.match_reads_time = cfg.match_video == "temporal"
+        # the temporal terms' scale parameters hold logs (term_scale reads them)
+        self.log_term_scales = cfg.log_term_scales
         self.match_motion = None
         if cfg.match_term and not self.match_reads_time and self.keypoint_saliency is not None:
             # where the salient things go over the clip: direction, not the order of events
@@ -471,7 +473,7 @@ class CrossTVRReranker(nn.Module):
                 self.ground_cursor = nn.Linear(hidden, heads)
                 nn.init.zeros_(self.ground_cursor.weight)
                 nn.init.zeros_(self.ground_cursor.bias)
-            self.ground_scale = nn.Parameter(self._scale_init(cfg, 2.0))
+            self.ground_scale = nn.Parameter(self._scale_init(2.0))
 
         self.word_when = None
         if cfg.word_timing_term and cfg.attention != "spatial_only":
@@ -483,7 +485,7 @@ class CrossTVRReranker(nn.Module):
                 self.word_salience = nn.Parameter(torch.tensor(1.0))
             # frozen word-frame cosines differ by a few hundredths over a clip
             self.word_sharpness = nn.Parameter(torch.tensor(math.log(50.0)))
-            self.word_scale = nn.Parameter(self._scale_init(cfg, 2.0))
+            self.word_scale = nn.Parameter(self._scale_init(2.0))
 
         self.word_presence = None
         if cfg.word_presence_term:
@@ -918,13 +920,12 @@ class CrossTVRReranker(nn.Module):
         """Temporal grounding [B]: sum over caption tokens (and heads) of importance x
         expected time x observed time (`grounding_times`), with a learned scale. Playing a
         clip backwards flips every observed time, so the term changes sign."""
-        return self.term_scale(self.ground_scale) * torch.einsum("blg,bgl->b", expected * importance,
-                                                observed) / expected.shape[-1]
+        terms = torch.einsum("blg,bgl->b", expected * importance, observed)
+        return self.term_scale(self.ground_scale) * terms / expected.shape[-1]
 
-    def _scale_init(self, cfg: RerankerConfig, value: float) -> torch.Tensor:
-        """A temporal term's scale parameter: `value`, or its log with cfg.log_term_scales."""
-        self.log_term_scales = cfg.log_term_scales
-        return torch.tensor(math.log(value) if cfg.log_term_scales else value)
+    def _scale_init(self, value: float) -> torch.Tensor:
+        """A temporal term's scale parameter: `value`, or its log with log_term_scales."""
+        return torch.tensor(math.log(value) if self.log_term_scales else value)
 
     def term_scale(self, parameter: torch.Tensor) -> torch.Tensor:
         """The multiplier a temporal term's scale parameter stands for."""

@@ -444,7 +444,8 @@ def word_timing_ranking_loss(model: CrossTVRReranker, inputs: PairInputs,
     reversal, which leaves the term untrained; this asks it to be right by itself."""
     expected, importance, observed, _ = _own_clip_word_times(
         model, inputs, pairs, device, precision, "train.word_timing_ranking")
-    own = model.term_scale(model.word_scale).detach().float() * (expected * importance * observed).sum(dim=1)
+    scale = model.term_scale(model.word_scale).detach().float()
+    own = scale * (expected * importance * observed).sum(dim=1)
     return F.softplus(-2.0 * own).mean(), (own > 0).float().mean()
 
 
