@@ -324,7 +324,12 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(2, description="CPUs of a local runtime (only).")
     include_dashboard: bool = Field(False, description="Start the Ray dashboard.")
     decode_num_cpus: float = Field(
-        0.5, gt=0, description="CPUs per decode task: two decode tasks beside one encoder actor."
+        0.25,
+        gt=0,
+        description="CPUs each decode task asks Ray for. A task mostly waits on its ffmpeg "
+        "processes, and Ray Data lets an operator use only its share of the CPUs: 0.25 runs "
+        "two decode tasks at once on 2 CPUs, where 0.5 ran one and left a CPU idle a third "
+        "of the time (docs/benchmarks.md, indexing).",
     )
     decode_batch_size: int = Field(16, ge=1, description="Videos per decode batch.")
     decode_threads: int = Field(
@@ -341,7 +346,14 @@ class RayConfig(_Section):
         "cannot vouch for, or a batch that fails, is decoded on its own, so every file keeps "
         "its own failure reason; 1 = one ffprobe and one ffmpeg per file.",
     )
-    encode_num_cpus: float = Field(1.0, ge=0, description="CPUs per encoder actor.")
+    encode_num_cpus: float = Field(
+        0.5,
+        ge=0,
+        description="CPUs each encoder actor asks Ray for (its torch threads are "
+        "encoder.torch_threads). The video and the caption actors run at once, and each "
+        "spends much of its time waiting for decoded batches or loading the encoder: at 1.0 "
+        "the two held both CPUs of a 2-core machine and decoding stalled.",
+    )
     encode_num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor.")
     encode_pool_size: int = Field(1, ge=1, description="Encoder actors in the pool.")
     encode_max_restarts: int = Field(

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -198,17 +199,26 @@ def _actor_stage_args(cfg: CrossTVRConfig) -> dict:
     }
 
 
+def remove_missing_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset,
+                          index: TokenIndex) -> int:
+    """Delete the videos (their tokens and captions) that left the corpus, when
+    index.remove_missing; returns how many."""
+    if not cfg.index.remove_missing:
+        return 0
+    removed = sorted(set(index.video_states()) - {v.video_id for v in dataset.videos})
+    index.delete_videos(removed)
+    return len(removed)
+
+
 def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
                  size: int, failures: dict[str, list[tuple[str, str]]] | None = None,
-                 ) -> dict[str, int]:
+                 removed: int = 0) -> dict[str, int]:
     """Decode + encode every new, changed or previously failed video; skip the rest.
 
-    `failures`, when given, collects reason -> [(video_id, error)] for the run's summary.
+    `failures`, when given, collects reason -> [(video_id, error)] for the run's summary;
+    `removed` (remove_missing_videos) is reported in the counts.
     """
     states = index.video_states()
-    wanted = {v.video_id for v in dataset.videos}
-    removed = sorted(set(states) - wanted) if cfg.index.remove_missing else []
-    index.delete_videos(removed)
     failed_before = {vid for vid, (_, status) in states.items() if status == "failed"}
     items = [
         {"video_id": v.video_id, "path": v.path, "split": v.split,
@@ -217,7 +227,7 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
          else ""}
         for v in dataset.videos
     ]
-    counts = {"ok": 0, "failed": 0, "skip": 0, "removed": len(removed), "retried": 0,
+    counts = {"ok": 0, "failed": 0, "skip": 0, "removed": removed, "retried": 0,
               "still_failing": 0}
     if not items:
         return counts
@@ -255,14 +265,21 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
     return counts
 
 
-def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex) -> dict:
-    existing = index.caption_texts()
-    todo = [c for c in dataset.captions if existing.get(c.caption_id) != c.text]
-    stale = index.delete_captions_except(
+def remove_stale_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset,
+                          index: TokenIndex) -> int:
+    """Delete the captions no longer in the dataset's annotations; returns how many."""
+    return index.delete_captions_except(
         {c.caption_id for c in dataset.captions},
         of_videos=None if cfg.index.remove_missing else {v.video_id for v in dataset.videos},
     )
-    counts = {"encoded": 0, "unchanged": len(dataset.captions) - len(todo), "removed": stale}
+
+
+def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
+                   removed: int = 0) -> dict:
+    """Encode every new or edited caption; `removed` (remove_stale_captions) is reported."""
+    existing = index.caption_texts()
+    todo = [c for c in dataset.captions if existing.get(c.caption_id) != c.text]
+    counts = {"encoded": 0, "unchanged": len(dataset.captions) - len(todo), "removed": removed}
     if not todo:
         return counts
     items = [
@@ -280,6 +297,26 @@ def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenI
     return counts
 
 
+def _index_videos_and_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset,
+                               index: TokenIndex, size: int,
+                               failures: dict[str, list[tuple[str, str]]]) -> tuple[dict, dict]:
+    """Deletions first, one at a time (both touch the captions table); then the videos and
+    the captions are encoded at once, each into its own tables.
+
+    Each pass alone leaves a CPU idle much of the time (decoding waits on ffmpeg, each
+    actor spends seconds loading the encoder), so together they take about the longer one's
+    time, not the sum. A pass that fails lets the other finish (what it committed stays),
+    then its error is raised.
+    """
+    removed_videos = remove_missing_videos(cfg, dataset, index)
+    removed_captions = remove_stale_captions(cfg, dataset, index)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="index") as pool:
+        videos = pool.submit(index_videos, cfg, dataset, index, size, failures, removed_videos)
+        captions = pool.submit(index_captions, cfg, dataset, index, removed_captions)
+        wait([videos, captions])
+    return videos.result(), captions.result()
+
+
 def index_dataset(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexResult:
     """Bring the Lance tables of `dataset` up to date with its files and captions."""
     encoder = load_encoder(cfg)  # driver side: identity and shapes only
@@ -289,8 +326,8 @@ def index_dataset(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexResult
     failures: dict[str, list[tuple[str, str]]] = {}
     stopped = None
     try:
-        video_counts = index_videos(cfg, dataset, index, encoder.image_size, failures)
-        caption_counts = index_captions(cfg, dataset, index)
+        video_counts, caption_counts = _index_videos_and_captions(
+            cfg, dataset, index, encoder.image_size, failures)
         index.compact()
     except Exception as exc:
         stopped = index_stopped(exc, cfg, dataset.name)

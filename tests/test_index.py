@@ -74,6 +74,25 @@ def test_index_then_reindex_is_an_upsert(corpus, tmp_path, ray_local):
     assert sorted(token_ids) == sorted(corpus["good"] + ["videos/empty"])
 
 
+def test_a_failed_video_pass_lets_the_caption_pass_finish(corpus, tmp_path, ray_local,
+                                                          monkeypatch):
+    """Videos and captions are encoded at once: when the video pass fails, the captions
+    pass still commits, then the video pass's error is raised (a rerun does the videos)."""
+    import tasks.index
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("video pass broke")
+
+    cfg = _cfg(tmp_path / "home")
+    monkeypatch.setattr(tasks.index, "index_videos", broken)
+    with pytest.raises(RuntimeError, match="video pass broke"):
+        index_dataset(cfg, _dataset(corpus))
+    monkeypatch.undo()
+    again = index_dataset(cfg, _dataset(corpus)).ref
+    assert again.counts["captions_unchanged"] == NUM_VIDEOS + 3  # committed by the first run
+    assert again.counts["captions_encoded"] == 0 and again.counts["videos_ok"] == NUM_VIDEOS
+
+
 def test_keep_patches_stores_the_cls_attended_subset(corpus, tmp_path, ray_local):
     """M patches per frame: exactly the full index's tokens at the stored grid positions."""
     full = index_dataset(_cfg(tmp_path / "full"), _dataset(corpus)).ref.open()
