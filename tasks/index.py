@@ -13,7 +13,7 @@ import gc
 import json
 import logging
 import warnings
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -199,26 +199,26 @@ def _actor_stage_args(cfg: CrossTVRConfig) -> dict:
     }
 
 
-def remove_missing_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset,
-                          index: TokenIndex) -> int:
+def remove_missing_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
+                          states: dict[str, tuple[str, str]]) -> int:
     """Delete the videos (their tokens and captions) that left the corpus, when
-    index.remove_missing; returns how many."""
+    index.remove_missing; `states` is index.video_states(). Returns how many."""
     if not cfg.index.remove_missing:
         return 0
-    removed = sorted(set(index.video_states()) - {v.video_id for v in dataset.videos})
+    removed = sorted(set(states) - {v.video_id for v in dataset.videos})
     index.delete_videos(removed)
     return len(removed)
 
 
 def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
                  size: int, failures: dict[str, list[tuple[str, str]]] | None = None,
-                 removed: int = 0) -> dict[str, int]:
+                 states: dict[str, tuple[str, str]] | None = None) -> dict[str, int]:
     """Decode + encode every new, changed or previously failed video; skip the rest.
 
     `failures`, when given, collects reason -> [(video_id, error)] for the run's summary;
-    `removed` (remove_missing_videos) is reported in the counts.
+    `states` is index.video_states() when the caller has read it already.
     """
-    states = index.video_states()
+    states = index.video_states() if states is None else states
     failed_before = {vid for vid, (_, status) in states.items() if status == "failed"}
     items = [
         {"video_id": v.video_id, "path": v.path, "split": v.split,
@@ -227,7 +227,7 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
          else ""}
         for v in dataset.videos
     ]
-    counts = {"ok": 0, "failed": 0, "skip": 0, "removed": removed, "retried": 0,
+    counts = {"ok": 0, "failed": 0, "skip": 0, "removed": 0, "retried": 0,
               "still_failing": 0}
     if not items:
         return counts
@@ -274,12 +274,11 @@ def remove_stale_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset,
     )
 
 
-def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
-                   removed: int = 0) -> dict:
-    """Encode every new or edited caption; `removed` (remove_stale_captions) is reported."""
+def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex) -> dict:
+    """Encode every new or edited caption."""
     existing = index.caption_texts()
     todo = [c for c in dataset.captions if existing.get(c.caption_id) != c.text]
-    counts = {"encoded": 0, "unchanged": len(dataset.captions) - len(todo), "removed": removed}
+    counts = {"encoded": 0, "unchanged": len(dataset.captions) - len(todo), "removed": 0}
     if not todo:
         return counts
     items = [
@@ -308,13 +307,14 @@ def _index_videos_and_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset,
     time, not the sum. A pass that fails lets the other finish (what it committed stays),
     then its error is raised.
     """
-    removed_videos = remove_missing_videos(cfg, dataset, index)
+    states = index.video_states()
+    removed_videos = remove_missing_videos(cfg, dataset, index, states)
     removed_captions = remove_stale_captions(cfg, dataset, index)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="index") as pool:
-        videos = pool.submit(index_videos, cfg, dataset, index, size, failures, removed_videos)
-        captions = pool.submit(index_captions, cfg, dataset, index, removed_captions)
-        wait([videos, captions])
-    return videos.result(), captions.result()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="index") as pool:  # waits for both
+        videos = pool.submit(index_videos, cfg, dataset, index, size, failures, states)
+        captions = pool.submit(index_captions, cfg, dataset, index)
+    return ({**videos.result(), "removed": removed_videos},
+            {**captions.result(), "removed": removed_captions})
 
 
 def index_dataset(cfg: CrossTVRConfig, dataset: RetrievalDataset) -> IndexResult:
