@@ -12,8 +12,9 @@ import datetime as dt
 import gc
 import json
 import logging
+import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -212,11 +213,13 @@ def remove_missing_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index:
 
 def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
                  size: int, failures: dict[str, list[tuple[str, str]]] | None = None,
-                 states: dict[str, tuple[str, str]] | None = None) -> dict[str, int]:
+                 states: dict[str, tuple[str, str]] | None = None,
+                 stop: threading.Event | None = None) -> dict[str, int]:
     """Decode + encode every new, changed or previously failed video; skip the rest.
 
     `failures`, when given, collects reason -> [(video_id, error)] for the run's summary;
-    `states` is index.video_states() when the caller has read it already.
+    `states` is index.video_states() when the caller has read it already; once `stop` is
+    set the pass returns after the batch it is writing (what it committed stays).
     """
     states = index.video_states() if states is None else states
     failed_before = {vid for vid, (_, status) in states.items() if status == "failed"}
@@ -262,6 +265,8 @@ def index_videos(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenInd
                 failures.setdefault(str(batch["error_reason"][i]), []).append(
                     (str(batch["video_id"][i]), str(batch["error"][i]))
                 )
+        if stop is not None and stop.is_set():
+            break
     return counts
 
 
@@ -274,8 +279,10 @@ def remove_stale_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset,
     )
 
 
-def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex) -> dict:
-    """Encode every new or edited caption."""
+def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenIndex,
+                   stop: threading.Event | None = None) -> dict:
+    """Encode every new or edited caption; once `stop` is set, return after the batch
+    being written."""
     existing = index.caption_texts()
     todo = [c for c in dataset.captions if existing.get(c.caption_id) != c.text]
     counts = {"encoded": 0, "unchanged": len(dataset.captions) - len(todo), "removed": 0}
@@ -293,6 +300,8 @@ def index_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset, index: TokenI
     )
     for batch in ds.iter_batches(batch_size=CAPTION_WRITE_ROWS, batch_format="numpy"):
         counts["encoded"] += _write_caption_batch(index, batch)
+        if stop is not None and stop.is_set():
+            break
     return counts
 
 
@@ -310,9 +319,18 @@ def _index_videos_and_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset,
     states = index.video_states()
     removed_videos = remove_missing_videos(cfg, dataset, index, states)
     removed_captions = remove_stale_captions(cfg, dataset, index)
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="index") as pool:  # waits for both
-        videos = pool.submit(index_videos, cfg, dataset, index, size, failures, states)
-        captions = pool.submit(index_captions, cfg, dataset, index)
+        videos = pool.submit(index_videos, cfg, dataset, index, size, failures, states, stop)
+        captions = pool.submit(index_captions, cfg, dataset, index, stop)
+        try:
+            wait([videos, captions])
+        except BaseException:
+            # Ctrl-C (or any signal turned into an exception) reaches this thread only: the
+            # passes would otherwise run to their end before it surfaces. They stop after the
+            # batch they are writing; what they committed stays, and a rerun does the rest.
+            stop.set()
+            raise
     return ({**videos.result(), "removed": removed_videos},
             {**captions.result(), "removed": removed_captions})
 

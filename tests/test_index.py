@@ -93,6 +93,46 @@ def test_a_failed_video_pass_lets_the_caption_pass_finish(corpus, tmp_path, ray_
     assert again.counts["captions_encoded"] == 0 and again.counts["videos_ok"] == NUM_VIDEOS
 
 
+def test_ctrl_c_stops_the_passes_after_the_batch_they_write(corpus, tmp_path, ray_local,
+                                                            monkeypatch):
+    """Ctrl-C reaches the main thread only, while both passes run in their own: they must
+    stop after the batch they are writing (not run to the end), keep what they committed,
+    and a rerun must finish the rest without duplicates."""
+    import signal
+    import threading
+    import time
+
+    import tasks.index
+
+    real_write = tasks.index._write_video_batch
+    writes = []
+
+    def write_then_interrupt(*args, **kwargs):
+        counts = real_write(*args, **kwargs)
+        writes.append(counts)
+        if len(writes) == 1:  # as if the user pressed Ctrl-C now
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(1.0)  # the main thread's handler runs before the next batch
+        return counts
+
+    cfg = _cfg(tmp_path / "home", "index.write_batch_rows=1")
+    monkeypatch.setattr(tasks.index, "_write_video_batch", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        index_dataset(cfg, _dataset(corpus))
+    assert len(writes) == 1  # 11 one-row batches were there to write
+    # no pass left writing behind the interrupt (it would race the rerun into duplicates)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("index")]
+    monkeypatch.undo()
+    done_first = writes[0]["ok"]
+    again = index_dataset(cfg, _dataset(corpus)).ref
+    assert again.counts["videos_skip"] == done_first
+    assert again.counts["videos_ok"] == NUM_VIDEOS - done_first
+    index = again.open()
+    ids = index.video_tokens.to_arrow().column("video_id").to_pylist()
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == NUM_VIDEOS
+    assert index.captions.count_rows() == NUM_VIDEOS + 3
+
+
 def test_keep_patches_stores_the_cls_attended_subset(corpus, tmp_path, ray_local):
     """M patches per frame: exactly the full index's tokens at the stored grid positions."""
     full = index_dataset(_cfg(tmp_path / "full"), _dataset(corpus)).ref.open()
