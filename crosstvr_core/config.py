@@ -584,6 +584,14 @@ class RerankerConfig(_Section):
         "keypoints over three seeds it leaves order twins where they are (t2v 73.3 against "
         "74.1) and costs text-to-video R@1 (73.2 against 75.5), see docs/benchmarks.md.",
     )
+    word_features: bool = Field(
+        False,
+        description="Add each caption token's own frozen embedding (the token alone through "
+        "the text tower, in the image space: what the word-timing term reads) to that token "
+        "through a zero-initialised projection, so stage 2's text side can read a word the "
+        "way the frozen towers align it with frames (colour, shape) instead of learning that "
+        "from its own training captions.",
+    )
     frozen_similarity_term: bool = Field(
         False,
         description="Add the frozen encoder's own text-video cosine (the caption's EOT "

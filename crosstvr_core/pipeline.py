@@ -179,9 +179,10 @@ def load_encoder(cfg: CrossTVRConfig, device: str = "cpu") -> FrozenEncoder:
 def reranker_banks(cfg: CrossTVRConfig, index: TokenIndex,
                    *banks: TokenBank | None) -> list[TokenBank | None]:
     """The banks as the configured re-ranker reads them: with each caption token's own
-    frozen embedding when reranker.word_timing_term or word_presence_term is on (the frozen
-    text tower encodes each distinct token once), unchanged otherwise."""
-    if not (cfg.reranker.word_timing_term or cfg.reranker.word_presence_term):
+    frozen embedding when reranker.word_timing_term, word_presence_term or word_features is
+    on (the frozen text tower encodes each distinct token once), unchanged otherwise."""
+    r = cfg.reranker
+    if not (r.word_timing_term or r.word_presence_term or r.word_features):
         return list(banks)
     encoder, texts, known = load_encoder(cfg), index.caption_texts(), {}
     return [None if bank is None else attach_word_embeddings(bank, encoder, texts, known)

@@ -613,6 +613,34 @@ def test_caption_summary_starts_without_effect_and_reads_the_frozen_embedding() 
         model.encode_text(inputs["text_tokens"], inputs["text_mask"])
 
 
+def test_word_features_reach_each_token_from_a_zero_start() -> None:
+    """reranker.word_features: at its zero init the plain model's logits; then each token's
+    own frozen embedding reaches it (the logit moves with text_words alone), padding stays
+    zero, and it learns. Without text_words it says what is missing."""
+    bank = random_bank()  # with random word embeddings
+    plain = make_model(word_timing_term=False)
+    plain.fit_input_stats(bank)
+    model = make_model(word_timing_term=False, word_features=True)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["word_features.bias", "word_features.weight"]
+    assert not unexpected and model.reads_word_embeddings and not plain.reads_word_embeddings
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
+    torch.testing.assert_close(model(**inputs), plain(**inputs))
+    with torch.no_grad():
+        model.word_features.weight.normal_()
+        other = {**inputs, "text_words": inputs["text_words"].flip(1)}
+        assert not torch.allclose(model(**inputs), model(**other))
+        text = model.encode_text(inputs["text_tokens"], inputs["text_mask"], None,
+                                 inputs["text_words"])
+    assert text[~inputs["text_mask"].bool()].abs().sum() == 0
+    assert_batch_free(model, bank)
+    model.train()
+    model(**inputs).sum().backward()
+    assert model.word_features.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="word_features needs text_words"):
+        model.encode_text(inputs["text_tokens"], inputs["text_mask"])
+
+
 def test_word_timing_reads_frozen_time_and_flips_when_played_backwards() -> None:
     """reranker.word_timing_term: a token's observed time is where the frames' frozen
     embeddings look most like its own frozen embedding (nothing learned but a sharpness):

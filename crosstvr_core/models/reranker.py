@@ -448,6 +448,12 @@ class CrossTVRReranker(nn.Module):
             nn.init.zeros_(self.caption_summary.weight)
             nn.init.zeros_(self.caption_summary.bias)
 
+        self.word_features = None
+        if cfg.word_features:  # each token's own frozen embedding into it, from zero
+            self.word_features = nn.Linear(embed_dim, hidden)
+            nn.init.zeros_(self.word_features.weight)
+            nn.init.zeros_(self.word_features.bias)
+
         self.frozen_scale = None
         if cfg.frozen_similarity_term:
             # meanP's cosine spans ~0.1 between a caption's best and worst candidates
@@ -722,9 +728,11 @@ class CrossTVRReranker(nn.Module):
         return chosen.argmax(dim=-1).view(batch, frames, -1)
 
     def encode_text(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                    text_eot: torch.Tensor | None = None) -> torch.Tensor:
+                    text_eot: torch.Tensor | None = None,
+                    text_words: torch.Tensor | None = None) -> torch.Tensor:
         """Standardised, projected text tokens [U, L, H] (padding zeroed). With the caption
-        summary, every token also gets the caption's frozen embedding text_eot [U, D]."""
+        summary, every token also gets the caption's frozen embedding text_eot [U, D]; with
+        word features, its own frozen embedding text_words [U, L, D]."""
         self._check_widths(text_tokens.shape[-1], self.embed_dim, self.vision_width)
         if text_mask.shape != text_tokens.shape[:2]:
             raise ValueError(f"reranker: text_mask {tuple(text_mask.shape)} does not match "
@@ -739,6 +747,15 @@ class CrossTVRReranker(nn.Module):
                                  f"{None if text_eot is None else tuple(text_eot.shape)}")
             eot = F.normalize(text_eot.float(), dim=-1).to(text.dtype)
             text = (text + summary(eot).unsqueeze(1)).masked_fill(~text_mask.unsqueeze(-1), 0.0)
+        words = getattr(self, "word_features", None)  # re-rankers pickled before it: none
+        if words is not None:
+            if text_words is None or text_words.shape[:2] != text.shape[:2]:
+                raise ValueError("reranker: reranker.word_features needs text_words [U, L, "
+                                 f"{self.embed_dim}] (each caption token's frozen embedding: "
+                                 "attach_word_embeddings), got "
+                                 f"{None if text_words is None else tuple(text_words.shape)}")
+            unit = F.normalize(text_words.float(), dim=-1).to(text.dtype)
+            text = (text + words(unit)).masked_fill(~text_mask.unsqueeze(-1), 0.0)
         if len(self.text_encoder):
             text = text + sinusoidal_positions(text.shape[1], text.shape[2]).to(text)
             text = _run_stack(self.text_encoder, text, ~self._attendable_frames(text_mask))
@@ -942,8 +959,8 @@ class CrossTVRReranker(nn.Module):
     def reads_word_embeddings(self) -> bool:
         """Whether pairs need text_words (each caption token's own frozen embedding)."""
         # getattr: re-rankers pickled before these terms existed have neither attribute
-        return (getattr(self, "word_when", None) is not None
-                or getattr(self, "word_presence", None) is not None)
+        return any(getattr(self, name, None) is not None
+                   for name in ("word_when", "word_presence", "word_features"))
 
     def _word_frame_similarity(self, text_words: torch.Tensor, video_cls: torch.Tensor,
                                frame_mask: torch.Tensor, text_index: torch.Tensor,
@@ -1122,7 +1139,7 @@ class CrossTVRReranker(nn.Module):
         text_tokens, text_mask = text_tokens[:, :length], text_mask[:, :length]
         if text_words is not None:
             text_words = text_words[:, :length]
-        text = self.encode_text(text_tokens, text_mask, text_eot)  # [U, L, H]
+        text = self.encode_text(text_tokens, text_mask, text_eot, text_words)  # [U, L, H]
         text_padding = ~text_mask.bool()  # [U, L]
         attendable = self._attendable_frames(frame_mask.bool())[video_index]  # [B, F]
         extra = 0.0

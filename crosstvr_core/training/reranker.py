@@ -408,7 +408,8 @@ def _own_clip_word_times(model: CrossTVRReranker, inputs: PairInputs, pairs: tor
     mask = text["text_mask"][rows].bool()
     with autocast(device, precision):
         states = model.encode_text(text["text_tokens"][rows], mask,
-                                   text["text_eot"][rows] if "text_eot" in text else None)
+                                   text["text_eot"][rows] if "text_eot" in text else None,
+                                   text["text_words"][rows] if "text_words" in text else None)
     expected, importance, observed = model.word_times(
         states, mask, torch.arange(len(rows), device=device),
         None if "text_words" not in text else text["text_words"][rows],
