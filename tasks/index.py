@@ -326,9 +326,10 @@ def _index_videos_and_captions(cfg: CrossTVRConfig, dataset: RetrievalDataset,
         try:
             wait([videos, captions])
         except BaseException:
-            # Ctrl-C (or any signal turned into an exception) reaches this thread only: the
-            # passes would otherwise run to their end before it surfaces. They stop after the
-            # batch they are writing; what they committed stays, and a rerun does the rest.
+            # Ctrl-C (or a cancellation raised here) reaches this thread only: left alone,
+            # the passes would write on to their end (the process waits for them at exit, and
+            # a rerun in the same process would race them into duplicate rows). They stop
+            # after the batch they are writing; what they committed stays for the rerun.
             stop.set()
             raise
     return ({**videos.result(), "removed": removed_videos},
