@@ -586,19 +586,27 @@ def test_time_cursor_starts_without_effect_and_moves_later_tokens() -> None:
     assert model.ground_cursor.weight.grad.abs().sum() > 0
 
 
+def _zero_started(option: str, **plain_kwargs):
+    """(bank, plain model, model with `option` on and the plain weights, pair inputs): the
+    option's module is the only thing the plain model lacks, and at its zero start the two
+    give the same logits."""
+    bank = random_bank()
+    plain = make_model(**plain_kwargs)
+    plain.fit_input_stats(bank)
+    model = make_model(**plain_kwargs, **{option: True})
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == [f"{option}.bias", f"{option}.weight"]
+    assert not unexpected
+    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
+    torch.testing.assert_close(model(**inputs), plain(**inputs))
+    return bank, plain, model, inputs
+
+
 def test_caption_summary_starts_without_effect_and_reads_the_frozen_embedding() -> None:
     """reranker.caption_summary: at its zero init the plain model's logits; then the caption's
     frozen embedding reaches every real token (the logit moves with text_eot alone), padding
     stays zero, and it learns. Without text_eot it says what is missing."""
-    bank = random_bank()
-    plain = make_model()
-    plain.fit_input_stats(bank)
-    model = make_model(caption_summary=True)
-    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == ["caption_summary.bias", "caption_summary.weight"]
-    assert not unexpected
-    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
-    torch.testing.assert_close(model(**inputs), plain(**inputs))
+    bank, _, model, inputs = _zero_started("caption_summary")
     with torch.no_grad():
         model.caption_summary.weight.normal_()
         other = {**inputs, "text_eot": inputs["text_eot"].flip(0)}
@@ -617,15 +625,8 @@ def test_word_features_reach_each_token_from_a_zero_start() -> None:
     """reranker.word_features: at its zero init the plain model's logits; then each token's
     own frozen embedding reaches it (the logit moves with text_words alone), padding stays
     zero, and it learns. Without text_words it says what is missing."""
-    bank = random_bank()  # with random word embeddings
-    plain = make_model(word_timing_term=False)
-    plain.fit_input_stats(bank)
-    model = make_model(word_timing_term=False, word_features=True)
-    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == ["word_features.bias", "word_features.weight"]
-    assert not unexpected and model.reads_word_embeddings and not plain.reads_word_embeddings
-    inputs = pair_inputs(bank, [0, 1, 2], [0, 1, 2])
-    torch.testing.assert_close(model(**inputs), plain(**inputs))
+    bank, plain, model, inputs = _zero_started("word_features", word_timing_term=False)
+    assert model.reads_word_embeddings and not plain.reads_word_embeddings
     with torch.no_grad():
         model.word_features.weight.normal_()
         other = {**inputs, "text_words": inputs["text_words"].flip(1)}

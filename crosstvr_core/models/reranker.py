@@ -301,6 +301,15 @@ def temporal_slope(series: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tens
     return (centred_time * centred).sum(dim=1) / spread
 
 
+def _zero_linear(width_in: int, width_out: int) -> nn.Linear:
+    """A linear map that starts as zero: an optional input added through it leaves a
+    model's outputs as they were until training finds a use for it."""
+    linear = nn.Linear(width_in, width_out)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
 def _encoder_stack(hidden: int, heads: int, dropout: float, layers: int) -> nn.ModuleList:
     """Pre-LN self-attention blocks (batch first) for the text and temporal contexts."""
     return nn.ModuleList(
@@ -444,15 +453,11 @@ class CrossTVRReranker(nn.Module):
 
         self.caption_summary = None
         if cfg.caption_summary:  # the caption's frozen embedding into every token, from zero
-            self.caption_summary = nn.Linear(embed_dim, hidden)
-            nn.init.zeros_(self.caption_summary.weight)
-            nn.init.zeros_(self.caption_summary.bias)
+            self.caption_summary = _zero_linear(embed_dim, hidden)
 
         self.word_features = None
         if cfg.word_features:  # each token's own frozen embedding into it, from zero
-            self.word_features = nn.Linear(embed_dim, hidden)
-            nn.init.zeros_(self.word_features.weight)
-            nn.init.zeros_(self.word_features.bias)
+            self.word_features = _zero_linear(embed_dim, hidden)
 
         self.frozen_scale = None
         if cfg.frozen_similarity_term:
@@ -476,9 +481,7 @@ class CrossTVRReranker(nn.Module):
                 self.ground_mention = nn.Parameter(torch.zeros(heads))
             self.ground_cursor = None
             if cfg.grounding_cursor:  # each token's move of the time cursor, from no effect
-                self.ground_cursor = nn.Linear(hidden, heads)
-                nn.init.zeros_(self.ground_cursor.weight)
-                nn.init.zeros_(self.ground_cursor.bias)
+                self.ground_cursor = _zero_linear(hidden, heads)
             self.ground_scale = nn.Parameter(self._scale_init(2.0))
 
         self.word_when = None

@@ -406,13 +406,12 @@ def _own_clip_word_times(model: CrossTVRReranker, inputs: PairInputs, pairs: tor
     rows = inputs.pair_text.to(device)[pairs]
     videos = inputs.pair_video.to(device)[pairs]
     mask = text["text_mask"][rows].bool()
+    words = text["text_words"][rows] if "text_words" in text else None
     with autocast(device, precision):
         states = model.encode_text(text["text_tokens"][rows], mask,
-                                   text["text_eot"][rows] if "text_eot" in text else None,
-                                   text["text_words"][rows] if "text_words" in text else None)
+                                   text["text_eot"][rows] if "text_eot" in text else None, words)
     expected, importance, observed = model.word_times(
-        states, mask, torch.arange(len(rows), device=device),
-        None if "text_words" not in text else text["text_words"][rows],
+        states, mask, torch.arange(len(rows), device=device), words,
         inputs.video["video_cls"].to(device), inputs.video["frame_mask"].to(device).bool(),
         videos)
     return expected.float(), importance.float(), observed.float(), mask
