@@ -8,7 +8,7 @@ note, so one bad file never costs the whole gallery.
 
 `two_stage_gallery` picks the evaluation queries worth a look (the re-ranker's biggest fixes
 and breaks, and twins it ranks above the truth) and builds them with the re-ranker's attention
-maps (CrossTVRReranker.attention_maps).
+maps (CrossTVRReranker.attention_maps; an ensemble shows its first member's).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from crosstvr_core.data.video_decode import VideoDecodeError, decode_uniform_frames
 from crosstvr_core.gallery import GalleryHit, GalleryQuery
-from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker_ensemble import Reranker
 from crosstvr_core.synthetic import video_key
 from crosstvr_core.token_bank import TokenBank
 
@@ -103,7 +103,7 @@ def heat_on_grid(patch_heat: np.ndarray, patch_index: np.ndarray | None,
     return patch_heat if side * side == patch_heat.shape[1] else None
 
 
-def gallery_hits(model: CrossTVRReranker | None, query_tokens: torch.Tensor,
+def gallery_hits(model: Reranker | None, query_tokens: torch.Tensor,
                  query_mask: torch.Tensor, videos: Sequence[GalleryVideo | tuple],
                  video_tokens: dict[str, torch.Tensor], frame_size: int, *,
                  frame_cache: FrameCache | None = None,
@@ -209,7 +209,7 @@ def _rank(scores: torch.Tensor | np.ndarray, column: int) -> int:
 
 
 @torch.no_grad()
-def _stage2_scores(model: CrossTVRReranker, text: dict[str, torch.Tensor],
+def _stage2_scores(model: Reranker, text: dict[str, torch.Tensor],
                    video_tokens: dict[str, torch.Tensor], fusion_score: str) -> torch.Tensor:
     """The re-ranker's score [N] of one caption (text: batch of 1) with N videos, in eval
     mode as evaluation scores it (sigmoid of the logit when fusion_score is "prob")."""
@@ -230,7 +230,7 @@ def _stage2_scores(model: CrossTVRReranker, text: dict[str, torch.Tensor],
     return torch.sigmoid(logits) if fusion_score == "prob" else logits
 
 
-def two_stage_gallery(model: CrossTVRReranker, bank: TokenBank, stage1_sim: torch.Tensor,
+def two_stage_gallery(model: Reranker, bank: TokenBank, stage1_sim: torch.Tensor,
                       fused_t2v: torch.Tensor, ranks: dict[str, np.ndarray], metas: list[dict],
                       uris: dict[str, str], texts: dict[str, str], *, top_k: int,
                       fusion_weight: float, fusion_score: str, frame_size: int,
@@ -264,7 +264,7 @@ def two_stage_gallery(model: CrossTVRReranker, bank: TokenBank, stage1_sim: torc
         torch.set_num_threads(threads)
 
 
-def _two_stage_gallery(model: CrossTVRReranker, bank: TokenBank, stage1_sim: torch.Tensor,
+def _two_stage_gallery(model: Reranker, bank: TokenBank, stage1_sim: torch.Tensor,
                        fused_t2v: torch.Tensor, ranks: dict[str, np.ndarray],
                        metas: list[dict], uris: dict[str, str], texts: dict[str, str], *,
                        top_k: int, fusion_weight: float, fusion_score: str, frame_size: int,

@@ -19,7 +19,8 @@ from crosstvr_core import synthetic
 from crosstvr_core.bank_split import BankSplit, separate_validation, split_validation
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.models.encoder import EncoderSpec, FrozenEncoder, load_frozen_encoder
-from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
+from crosstvr_core.models.reranker import reranker_shape_kwargs
+from crosstvr_core.models.reranker_ensemble import Reranker, new_reranker, reranker_members
 from crosstvr_core.models.temporal_head import TemporalHead, dual_softmax
 from crosstvr_core.models.word_embeddings import attach_word_embeddings
 from crosstvr_core.report import flat_metrics, per_family_recall
@@ -58,6 +59,7 @@ from crosstvr_core.training.reranker import (
     NegativeScores,
     Validation,
     train_reranker,
+    validate_two_stage,
 )
 from crosstvr_core.training.stage1 import temporal_similarity, train_temporal_head
 
@@ -218,14 +220,14 @@ def caption_variants(cfg: CrossTVRConfig, index: TokenIndex, bank: TokenBank,
                            bank.text_words is not None)
 
 
-def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> CrossTVRReranker:
+def build_reranker(cfg: CrossTVRConfig, shapes: dict) -> Reranker:
     """A fresh re-ranker sized for the index's token shapes, initialised from train.seed
-    (whatever ran before, the same config gives the same initial weights)."""
-    torch.manual_seed(cfg.train.seed)
-    return CrossTVRReranker(cfg.reranker, **reranker_shape_kwargs(shapes))
+    (whatever ran before, the same config gives the same initial weights); an ensemble of
+    reranker.ensemble_size members from train.seed, train.seed + 1, ..."""
+    return new_reranker(cfg.reranker, cfg.train.seed, **reranker_shape_kwargs(shapes))
 
 
-def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
+def train_stage2(cfg: CrossTVRConfig, model: Reranker, train: TokenBank,
                  stage1_train_sim: torch.Tensor, lists: TrainingLists | None,
                  split: BankSplit | None, *, val_stage1_sim: torch.Tensor | None = None,
                  negatives: NegativeScores | None = None,
@@ -237,7 +239,12 @@ def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
     they were held out of it, with `val_stage1_sim` [T_val, V_val] when they are a split of
     their own. `lists` are the training part's (training_lists); `negatives` (bce only)
     default to the stage-1 similarity; `variants` (caption_variants) of `train`'s captions
-    join the video->text lists."""
+    join the video->text lists.
+
+    An ensemble trains its members one after another, member i as a single re-ranker of
+    seed train.seed + i would train (its checkpoints under `checkpoint_dir/member-i`, its
+    records marked "member": i), then validates the averaged logits once more for the
+    ensemble's own fusion weights (a last record, "member": "ensemble")."""
     t, e = cfg.train, cfg.eval
     bank, validation = train, None
     negatives = negatives or NegativeScores.from_similarity(stage1_train_sim)
@@ -257,15 +264,37 @@ def train_stage2(cfg: CrossTVRConfig, model: CrossTVRReranker, train: TokenBank,
             val_sim = val_stage1_sim
         validation = Validation(split.val, val_sim, e.top_k, e.fusion_weight, e.fusion_score,
                                 e.batch_size, e.fusion_pick)
-    model.fit_input_stats(bank)
-    history = train_reranker(model, bank, negatives if t.loss == "bce" else None, t,
-                             lists=lists, device=device(), on_epoch_end=on_epoch_end,
-                             validation=validation, checkpoint_dir=checkpoint_dir,
-                             resume=checkpoint_dir is not None, progress=progress,
-                             caption_variants=variants)
+    members = reranker_members(model)
+    history: list[dict] = []
+    for i, member in enumerate(members):
+        member.fit_input_stats(bank)
+        if len(members) == 1:
+            member_train, member_dir, callback = t, checkpoint_dir, on_epoch_end
+        else:
+            member_train = t.model_copy(update={"seed": t.seed + i})
+            member_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"member-{i}"
+            callback = None if on_epoch_end is None else _as_member(on_epoch_end, i)
+        records = train_reranker(member, bank, negatives if t.loss == "bce" else None,
+                                 member_train, lists=lists, device=device(),
+                                 on_epoch_end=callback, validation=validation,
+                                 checkpoint_dir=member_dir, resume=member_dir is not None,
+                                 progress=progress, caption_variants=variants)
+        history += records if len(members) == 1 else [{**r, "member": i} for r in records]
+    if len(members) > 1 and validation is not None:
+        record = validate_two_stage(model, validation, torch.device(device()), t.precision)
+        model.set_fusion_weights(record["val_t2v_fusion_weight"],
+                                 record["val_v2t_fusion_weight"])
+        history.append({"member": "ensemble", **record})
+    elif len(members) > 1:  # nothing to fit them on: the members' own, averaged
+        model.set_fusion_weights(*torch.stack([m.fusion_weights for m in members]).mean(0).tolist())
     if e.fusion_weight is not None:
         model.set_fusion_weights(e.fusion_weight, e.fusion_weight)
     return history
+
+
+def _as_member(on_epoch_end: EpochCallback, member: int) -> EpochCallback:
+    """The epoch callback of one ensemble member: its records say which member they are."""
+    return lambda epoch, record, model: on_epoch_end(epoch, {**record, "member": member}, model)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -290,7 +319,7 @@ def _twin_accuracy(matrix: torch.Tensor, bank: TokenBank, metas: list[dict],
                                              bank.video_ids, metas, direction=direction)
 
 
-def evaluate_two_stage(cfg: CrossTVRConfig, model: CrossTVRReranker, bank: TokenBank,
+def evaluate_two_stage(cfg: CrossTVRConfig, model: Reranker, bank: TokenBank,
                        stage1_sim: torch.Tensor, metas: list[dict] | None = None, *,
                        progress: bool = False) -> TwoStageResult:
     """Stage 1 vs two-stage on `bank` in both directions, with the model's fusion weights

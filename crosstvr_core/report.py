@@ -98,9 +98,18 @@ def family_bar_figure(recall_by_label: dict[str, dict[str, float]], title: str):
 
 
 def training_curve_figure(history: list[dict], title: str = "re-ranker training"):
+    """Training loss per epoch; one line per member of an ensemble (records with "member")."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    ax.plot(epochs, [h["loss"] for h in history], marker="o", label="VTM loss")
+    curves: dict[object, list[dict]] = {}
+    for record in history:
+        if "loss" in record:  # not an ensemble's own validation record
+            curves.setdefault(record.get("member"), []).append(record)
+    for member, records in curves.items():
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(records)]
+        label = "VTM loss" if member is None else f"VTM loss, member {member}"
+        ax.plot(epochs, [h["loss"] for h in records], marker="o", label=label)
+    if len(curves) > 1:
+        ax.legend()
     ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()

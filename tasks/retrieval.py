@@ -23,7 +23,8 @@ from crosstvr_core import pipeline, report
 from crosstvr_core.config import CrossTVRConfig
 from crosstvr_core.gallery import write_gallery
 from crosstvr_core.gallery_data import two_stage_gallery
-from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
+from crosstvr_core.models.reranker import reranker_shape_kwargs
+from crosstvr_core.models.reranker_ensemble import Reranker, new_reranker
 from crosstvr_core.models.temporal_head import TemporalHead
 from crosstvr_core.retrieval.external_similarity import load_external_similarity
 from crosstvr_core.retrieval.stage1 import meanp_similarity, top_k_candidates
@@ -184,7 +185,7 @@ def run_stage1(cfg: CrossTVRConfig, index_ref: IndexRef, run_dir: str, parent_ru
     return Stage1Ref(paths, metrics, model_id)
 
 
-def build_reranker(cfg: CrossTVRConfig, index_ref: IndexRef) -> tuple[CrossTVRReranker, dict]:
+def build_reranker(cfg: CrossTVRConfig, index_ref: IndexRef) -> tuple[Reranker, dict]:
     return (pipeline.build_reranker(cfg, index_ref.shapes),
             reranker_shape_kwargs(index_ref.shapes))
 
@@ -270,11 +271,14 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
                                    for k, v in pipeline.list_recall(lists, bank).items()}})
 
         def on_epoch_end(epoch: int, record: dict, _model) -> None:
-            numeric = {f"train/{k}": float(v) for k, v in record.items()
-                       if isinstance(v, int | float) and k != "epoch"}
+            # an ensemble member's curves and checkpoints under train/member<i>/...
+            member = "" if "member" not in record else f"member{record['member']}/"
+            numeric = {f"train/{member}{k}": float(v) for k, v in record.items()
+                       if isinstance(v, int | float) and k not in ("epoch", "member")}
             mlflow.log_metrics(numeric, step=epoch)
             if "checkpoint" in record:
-                mlflow.log_artifact(record["checkpoint"], artifact_path="checkpoints")
+                mlflow.log_artifact(record["checkpoint"],
+                                    artifact_path=f"checkpoints/{member}".rstrip("/"))
 
         started = time.perf_counter()
         history = pipeline.train_stage2(
@@ -283,12 +287,19 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
             checkpoint_dir=Path(run_dir) / "reranker_checkpoints")
         # not train/seconds: the epochs log their own seconds under that key, step by step
         mlflow.log_metric("train/total_seconds", time.perf_counter() - started)
-        best = max(history, key=lambda r: r.get("val_mean_R1", 0.0)) if split else history[-1]
+        best_epochs = _best_epochs(history, split is not None)
         mlflow.log_metrics({"train/fusion_weight_t2v": model.fusion_weight_t2v,
                             "train/fusion_weight_v2t": model.fusion_weight_v2t})
-        mlflow.log_metric("train/best_epoch", best["epoch"])
+        if len(best_epochs) == 1:
+            mlflow.log_metric("train/best_epoch", best_epochs[0])
+        else:
+            mlflow.log_metrics({f"train/member{i}/best_epoch": epoch
+                                for i, epoch in enumerate(best_epochs)})
+            mlflow.log_metrics({f"train/ensemble_{k}": v for k, v in history[-1].items()
+                                if k.startswith("val_")})
         tmp = checkpoint.with_suffix(".pt.tmp")
-        torch.save({"state_dict": model.state_dict(), "kwargs": kwargs, "epoch": best["epoch"],
+        epoch = best_epochs[0] if len(best_epochs) == 1 else best_epochs
+        torch.save({"state_dict": model.state_dict(), "kwargs": kwargs, "epoch": epoch,
                     "reranker": cfg.reranker.model_dump()}, tmp)
         tmp.replace(checkpoint)  # the weights the evaluation reads, never half written
         mlflow.log_figure(report.training_curve_figure(history), "figures/training_curve.png")
@@ -301,9 +312,20 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
     return RerankerRef(str(checkpoint), kwargs, model_uri)
 
 
-def load_reranker(cfg: CrossTVRConfig, ref: RerankerRef) -> CrossTVRReranker:
+def _best_epochs(history: list[dict], validated: bool) -> list[int]:
+    """The epoch each member kept (the one of its best validation score, else its last); one
+    entry for a single re-ranker."""
+    members: dict[object, list[dict]] = {}
+    for record in history:
+        if "epoch" in record:  # not the ensemble's own validation record
+            members.setdefault(record.get("member"), []).append(record)
+    return [(max(records, key=lambda r: r.get("val_mean_R1", 0.0)) if validated
+             else records[-1])["epoch"] for records in members.values()]
+
+
+def load_reranker(cfg: CrossTVRConfig, ref: RerankerRef) -> Reranker:
     state = torch.load(ref.checkpoint, map_location="cpu")
-    model = CrossTVRReranker(cfg.reranker, **ref.model_kwargs)
+    model = new_reranker(cfg.reranker, cfg.train.seed, **ref.model_kwargs)
     model.load_state_dict(state["state_dict"])
     return model.eval()
 
@@ -381,7 +403,7 @@ def _patch_grid(index: TokenIndex, shapes: dict, bank: TokenBank
 
 
 def log_eval_gallery(cfg: CrossTVRConfig, index: TokenIndex, index_ref: IndexRef,
-                     model: CrossTVRReranker, bank: TokenBank, sim: torch.Tensor,
+                     model: Reranker, bank: TokenBank, sim: torch.Tensor,
                      result: pipeline.TwoStageResult, metas: list[dict], parent_run_id: str
                      ) -> None:
     """The evaluation gallery (gallery_data.two_stage_gallery: the queries the re-ranker fixed

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker_ensemble import Reranker, reranker_members
 from crosstvr_core.precision import autocast
 from crosstvr_core.token_bank import TokenSource
 
@@ -38,7 +39,7 @@ def match_distinct(model: CrossTVRReranker, video: dict[str, torch.Tensor],
 
 
 def score_pairs(
-    model: CrossTVRReranker,
+    model: Reranker,
     bank_text: TokenSource,
     text_rows: torch.Tensor,
     bank_video: TokenSource,
@@ -51,7 +52,8 @@ def score_pairs(
     """VTM logits [N] (float32, CPU) of pairs (bank_text row text_rows[i], bank_video row
     video_rows[i]); batched, eval mode, no grad. Each distinct video of a batch is encoded
     (standardised, projected, tokens selected) once, and each distinct caption's text path
-    runs once, however many pairs they are in. The model's train/eval mode is restored."""
+    runs once, however many pairs they are in; an ensemble's members read the same batch and
+    their logits are averaged. The model's train/eval mode is restored."""
     device = torch.device(device)
     text_rows, video_rows = text_rows.long().cpu(), video_rows.long().cpu()
     if text_rows.shape != video_rows.shape or text_rows.ndim != 1:
@@ -61,6 +63,7 @@ def score_pairs(
         )
     was_training = model.training
     model.to(device).eval()
+    members = reranker_members(model)
     scores = torch.empty(text_rows.shape[0], dtype=torch.float32)
     starts = range(0, text_rows.shape[0], batch_size)
     # inference mode only around the forward: moving the model inside it would turn its
@@ -70,8 +73,9 @@ def score_pairs(
             rows = slice(start, start + batch_size)
             videos, pair_video = torch.unique(video_rows[rows], return_inverse=True)  # [U], [n]
             captions, pair_text = torch.unique(text_rows[rows], return_inverse=True)  # [C], [n]
-            scores[rows] = match_distinct(
-                model, bank_video.video_batch(videos), bank_text.text_batch(captions),
-                pair_video, pair_text, device, precision).cpu()
+            video, text = bank_video.video_batch(videos), bank_text.text_batch(captions)
+            scores[rows] = torch.stack([
+                match_distinct(member, video, text, pair_video, pair_text, device, precision)
+                for member in members]).mean(0).cpu()
     model.train(was_training)
     return scores

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from crosstvr_core.models.encoder import FrozenEncoder
-from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker_ensemble import Reranker
 from crosstvr_core.models.temporal_head import TemporalHead
 from crosstvr_core.models.word_embeddings import caption_word_embeddings
 from crosstvr_core.retrieval.pair_scoring import score_pairs
@@ -78,7 +78,7 @@ class SearchModels:
     stage 1 only), and a description of where they came from (registry versions, run id)."""
 
     stage1: TemporalHead | None
-    reranker: CrossTVRReranker | None
+    reranker: Reranker | None
     stage1_key: str  # identifies the stage-1 weights: names their embedding table
     provenance: dict[str, str] = field(default_factory=dict)
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from crosstvr_core.config import TrainConfig
 from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker_ensemble import Reranker
 from crosstvr_core.precision import autocast, grad_scaler
 from crosstvr_core.retrieval.pair_scoring import match_distinct, score_pairs
 from crosstvr_core.retrieval.two_stage import (
@@ -149,7 +150,7 @@ def _check_inputs(bank: TokenBank, scores: NegativeScores) -> None:
 
 
 def validate_two_stage(
-    model: CrossTVRReranker, val: Validation, device: torch.device, precision: str = "bf16"
+    model: Reranker, val: Validation, device: torch.device, precision: str = "bf16"
 ) -> dict[str, float]:
     """Both directions on the held-out slice: stage-1 R@1, two-stage R@1 at the fusion weight
     (given, or chosen on this slice: then it is reported too), and how often the re-ranker's
