@@ -19,7 +19,8 @@ import torch
 from video_fixtures import HAVE_FFMPEG, make_clip
 
 from crosstvr_core.config import load_config
-from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs
+from crosstvr_core.models.reranker import reranker_shape_kwargs
+from crosstvr_core.models.reranker_ensemble import new_reranker
 from crosstvr_core.storage import TokenIndex, TokenShapes, fixed_list
 from tasks.index import IndexRef
 from tasks.retrieval import (
@@ -94,9 +95,8 @@ def eval_inputs(tmp_path, shared):
                                     "reranker.word_timing_term=false"])
     index = write_index(tmp_path, uris, rng)
     index_ref = IndexRef(index.uri, ENCODER_ID, asdict(SHAPES), index.versions(), {})
-    torch.manual_seed(0)
-    model = CrossTVRReranker(cfg.reranker, **reranker_shape_kwargs(asdict(SHAPES)))
     kwargs = reranker_shape_kwargs(asdict(SHAPES))
+    model = new_reranker(cfg.reranker, 0, **kwargs)  # the default: an ensemble
     torch.save({"state_dict": model.state_dict(), "kwargs": kwargs}, tmp_path / "reranker.pt")
     sim = torch.from_numpy(rng.random((NUM_VIDEOS, NUM_VIDEOS)).astype(np.float32))
     torch.save(sim, tmp_path / "stage1_test.pt")
