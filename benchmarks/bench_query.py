@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 from crosstvr_core.config import load_config  # noqa: E402
 from crosstvr_core.models.encoder import EncoderSpec, load_frozen_encoder  # noqa: E402
-from crosstvr_core.models.reranker import CrossTVRReranker, reranker_shape_kwargs  # noqa: E402
+from crosstvr_core.models.reranker import reranker_shape_kwargs  # noqa: E402
+from crosstvr_core.models.reranker_ensemble import new_reranker  # noqa: E402
 from crosstvr_core.models.temporal_head import TemporalHead  # noqa: E402
 from crosstvr_core.retrieval.text_search import SearchModels, TextSearcher, stage1_key  # noqa: E402
 from crosstvr_core.storage import TokenIndex, TokenShapes  # noqa: E402
@@ -96,7 +97,9 @@ def main() -> None:
         head = TemporalHead.from_config(cfg.stage1, shapes.embed_dim, shapes.num_frames,
                                         shapes.text_width, shapes.context_length,
                                         shapes.vision_width, shapes.num_patches).eval()
-        reranker = CrossTVRReranker(cfg.reranker, **reranker_shape_kwargs(shapes.__dict__)).eval()
+        # the configured re-ranker: two members by default, each scoring every candidate
+        reranker = new_reranker(cfg.reranker, cfg.train.seed,
+                                **reranker_shape_kwargs(shapes.__dict__)).eval()
         models = SearchModels(head, reranker, stage1_key(head), {})
         started = time.perf_counter()
         searcher = TextSearcher(index, encoder, models, brute_force_below=args.exact_below)
