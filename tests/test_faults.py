@@ -441,8 +441,11 @@ def test_encoder_actor_killed_for_memory_on_every_batch(ray_local, tmp_path):
     from tasks.index import IndexStepError, index_dataset
 
     corpus = write_corpus(tmp_path / "corpus", 12, broken=False)
-    # one encode batch of 12 videos x 8 frames: long enough to be caught encoding
+    # one encode batch of 12 videos x 8 frames through a random-init ViT-B/32 (224 px): about
+    # a second on CPU, long enough to be caught encoding however fast the machine (the tiny
+    # encoder's 64 px batch can end between two looks of the killer)
     cfg = load_config(None, [f"home={tmp_path / 'home'}", "encoder.pretrained=null",
+                             "encoder.name=ViT-B-32",
                              "sampling.num_frames=8", "data.kind=folder",
                              f"data.root={corpus['root'] / 'videos'}", "data.name=oom",
                              "ray.decode_batch_size=4", "ray.encode_max_restarts=1"])

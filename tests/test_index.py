@@ -117,8 +117,14 @@ def test_ctrl_c_stops_the_passes_after_the_batch_they_write(corpus, tmp_path, ra
 
     cfg = _cfg(tmp_path / "home", "index.write_batch_rows=1")
     monkeypatch.setattr(tasks.index, "_write_video_batch", write_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        index_dataset(cfg, _dataset(corpus))
+    # Python raises KeyboardInterrupt on SIGINT only if SIGINT was not ignored when it started,
+    # and a run started in the background by a shell without job control starts ignoring it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            index_dataset(cfg, _dataset(corpus))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(writes) == 1  # 11 one-row batches were there to write
     # no pass left writing behind the interrupt (it would race the rerun into duplicates)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("index")]
