@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--keep-patches", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=64, help="reranker.hidden_size")
+    parser.add_argument("--members", type=int, default=None,
+                        help="reranker.ensemble_size (default: the config's)")
     parser.add_argument("--exact-below", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=100, help="timed single queries")
     parser.add_argument("--batch", type=int, default=10_000, help="queries in the batch run")
@@ -74,7 +76,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = load_config(None, [f"reranker.hidden_size={args.hidden}"])
+    cfg = load_config(None, [f"reranker.hidden_size={args.hidden}"]
+                      + ([] if args.members is None else [f"reranker.ensemble_size={args.members}"]))
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench-query-"))
     encoder = load_frozen_encoder(EncoderSpec(args.encoder), weights_dir=root / "weights")
     shapes = TokenShapes(args.frames, encoder.embed_dim, args.keep_patches or encoder.num_patches,
