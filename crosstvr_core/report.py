@@ -97,13 +97,20 @@ def family_bar_figure(recall_by_label: dict[str, dict[str, float]], title: str):
     return fig
 
 
+def member_histories(history: list[dict]) -> dict[object, list[dict]]:
+    """A training history's epoch records per ensemble member (their "member"; None for a
+    single re-ranker), without the ensemble's own validation record."""
+    members: dict[object, list[dict]] = {}
+    for record in history:
+        if record.get("member") != "ensemble":
+            members.setdefault(record.get("member"), []).append(record)
+    return members
+
+
 def training_curve_figure(history: list[dict], title: str = "re-ranker training"):
     """Training loss per epoch; one line per member of an ensemble (records with "member")."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    curves: dict[object, list[dict]] = {}
-    for record in history:
-        if "loss" in record:  # not an ensemble's own validation record
-            curves.setdefault(record.get("member"), []).append(record)
+    curves = member_histories(history)
     for member, records in curves.items():
         epochs = [h.get("epoch", i + 1) for i, h in enumerate(records)]
         label = "VTM loss" if member is None else f"VTM loss, member {member}"

@@ -315,12 +315,8 @@ def run_train_reranker(cfg: CrossTVRConfig, index_ref: IndexRef, stage1_ref: Sta
 def _best_epochs(history: list[dict], validated: bool) -> list[int]:
     """The epoch each member kept (the one of its best validation score, else its last); one
     entry for a single re-ranker."""
-    members: dict[object, list[dict]] = {}
-    for record in history:
-        if "epoch" in record:  # not the ensemble's own validation record
-            members.setdefault(record.get("member"), []).append(record)
     return [(max(records, key=lambda r: r.get("val_mean_R1", 0.0)) if validated
-             else records[-1])["epoch"] for records in members.values()]
+             else records[-1])["epoch"] for records in report.member_histories(history).values()]
 
 
 def load_reranker(cfg: CrossTVRConfig, ref: RerankerRef) -> Reranker:

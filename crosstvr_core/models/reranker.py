@@ -333,7 +333,27 @@ def reranker_shape_kwargs(shapes: dict) -> dict[str, int]:
             for name in ("embed_dim", "vision_width", "text_width", "num_frames", "num_patches")}
 
 
-class CrossTVRReranker(nn.Module):
+class FusionWeights:
+    """The w of `stage1 + w * stage2` per direction (text->video, video->text) of an
+    nn.Module re-ranker, as chosen on the validation split while training: a buffer, so it is
+    saved with the weights."""
+
+    def _register_fusion_weights(self) -> None:
+        self.register_buffer("fusion_weights", torch.ones(2))
+
+    def set_fusion_weights(self, text_to_video: float, video_to_text: float) -> None:
+        self.fusion_weights.copy_(torch.tensor([text_to_video, video_to_text]))
+
+    @property
+    def fusion_weight_t2v(self) -> float:
+        return float(self.fusion_weights[0])
+
+    @property
+    def fusion_weight_v2t(self) -> float:
+        return float(self.fusion_weights[1])
+
+
+class CrossTVRReranker(FusionWeights, nn.Module):
     """Video-text matching logit from frozen tokens: hierarchical decoupled cross attention."""
 
     _NO_DECAY_SUFFIXES = ("queries", "type_embed", "patch_pos", "temporal_pos", "match_scale",
@@ -371,9 +391,7 @@ class CrossTVRReranker(nn.Module):
             self.register_buffer(f"{kind}_mean", torch.zeros(width))
             self.register_buffer(f"{kind}_std", torch.ones(width))
         self.register_buffer("input_stats_fitted", torch.tensor(False))
-        # stage1 + w * stage2 per direction (text->video, video->text), as chosen on the
-        # validation split while training; saved with the weights
-        self.register_buffer("fusion_weights", torch.ones(2))
+        self._register_fusion_weights()
 
         self.text_proj = nn.Sequential(nn.Linear(text_width, hidden), nn.LayerNorm(hidden))
         self.cls_proj = nn.Sequential(nn.Linear(embed_dim, hidden), nn.LayerNorm(hidden))
@@ -531,17 +549,6 @@ class CrossTVRReranker(nn.Module):
             if param is not None:
                 nn.init.trunc_normal_(param, std=0.02)
         nn.init.trunc_normal_(self.temporal_pos, std=cfg.temporal_pos_std)
-
-    def set_fusion_weights(self, text_to_video: float, video_to_text: float) -> None:
-        self.fusion_weights.copy_(torch.tensor([text_to_video, video_to_text]))
-
-    @property
-    def fusion_weight_t2v(self) -> float:
-        return float(self.fusion_weights[0])
-
-    @property
-    def fusion_weight_v2t(self) -> float:
-        return float(self.fusion_weights[1])
 
     @property
     def has_input_stats(self) -> bool:

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from crosstvr_core.config import RerankerConfig
-from crosstvr_core.models.reranker import CrossTVRReranker
+from crosstvr_core.models.reranker import CrossTVRReranker, FusionWeights
 from crosstvr_core.token_bank import TokenBank
 
 
-class RerankerEnsemble(nn.Module):
+class RerankerEnsemble(FusionWeights, nn.Module):
     """The mean logit of `members`; what scoring, search and the gallery read of a
     re-ranker (forward, fusion weights, input statistics) behaves as for one of them."""
 
@@ -27,21 +27,10 @@ class RerankerEnsemble(nn.Module):
         if len(members) < 2:
             raise ValueError(f"RerankerEnsemble: needs at least 2 members, got {len(members)}")
         self.members = nn.ModuleList(members)
-        self.register_buffer("fusion_weights", torch.ones(2))
+        self._register_fusion_weights()
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         return torch.stack([member(*args, **kwargs) for member in self.members]).mean(0)
-
-    def set_fusion_weights(self, text_to_video: float, video_to_text: float) -> None:
-        self.fusion_weights.copy_(torch.tensor([text_to_video, video_to_text]))
-
-    @property
-    def fusion_weight_t2v(self) -> float:
-        return float(self.fusion_weights[0])
-
-    @property
-    def fusion_weight_v2t(self) -> float:
-        return float(self.fusion_weights[1])
 
     @property
     def has_input_stats(self) -> bool:
