@@ -7,7 +7,7 @@ by half of y, captioned "<caption of x>, then <caption of y>" (or another templa
 training lists put first the composite played the other way round (and its caption), then
 x and y alone, then x's own stage-1 list. The composites join the training bank for the
 re-ranker only; stage 1 and the lists of real captions come from `two_stage.py`'s cache
-(run it once first on the same config). Each epoch then has 2N more steps' worth of rows.
+(run it once first on the same config). Each epoch then visits 2N more captions.
 
     CROSSTVR_HOME=.crosstvr .venv/bin/python experiments/clip_concat_probe.py --pairs 500 \
         --set reranker.ensemble_size=1 --tag concat500
