@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from crosstvr_core import pipeline
+from crosstvr_core.storage import TokenIndex
 from crosstvr_core.token_bank import CaptionWords, TokenBank
 from crosstvr_core.training.caption_variants import encode_variants
 from crosstvr_core.training.lists import TrainingLists
@@ -115,7 +116,7 @@ def patch(pairs: int) -> None:
         if key not in state:  # every member trains on the same composites
             full = state["cfg"]
             encoder = pipeline.load_encoder(full)
-            texts = pipeline.TokenIndex.open_existing(full.lance_uri).caption_texts()
+            texts = TokenIndex.open_existing(full.lance_uri).caption_texts()
             joined, made = composite_bank(bank, texts, encoder, pairs, full.train.seed)
             print(f"[clip_concat_probe] {len(made)} pairs of clips", flush=True)
             state[key] = (joined, composite_lists(lists, made, bank.num_videos,

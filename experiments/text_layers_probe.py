@@ -28,17 +28,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import two_stage  # noqa: E402  (this folder's script, not a package)
 
 
-def last_layer_tokens(encoder, texts: list[str], length: int, chunk: int = 256) -> torch.Tensor:
-    """The frozen text tower's last-layer token features [N, length, Wt] (after ln_final, as
-    encoder.text_tokens=last caches them), fp16."""
-    out = []
-    for start in range(0, len(texts), chunk):
-        ids = encoder.tokenize(texts[start: start + chunk])
-        with torch.no_grad():
-            states = encoder.model.forward_intermediates(
-                text=ids, text_indices=1, normalize=False, normalize_intermediates=True)
-        out.append(states["text_intermediates"][-1].float()[:, :length].half())
-    return torch.cat(out)
+def last_layer_tokens(cfg, texts: list[str], length: int, chunk: int = 256) -> torch.Tensor:
+    """The frozen text tower's last-layer token features [N, length, Wt], fp16: what the
+    index caches with encoder.text_tokens=last, through the same encoder path."""
+    encoder = pipeline.load_encoder(
+        cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"text_tokens": "last"})}))
+    return torch.cat([encoder.encode_captions(texts[start: start + chunk])[1][:, :length].half()
+                      for start in range(0, len(texts), chunk)])
 
 
 def patch(mode: str, drop: float) -> None:
@@ -46,10 +42,10 @@ def patch(mode: str, drop: float) -> None:
 
     def reranker_banks(cfg, index, *banks):
         banks = banks_as_read(cfg, index, *banks)
-        encoder, texts = pipeline.load_encoder(cfg), index.caption_texts()
+        texts = index.caption_texts()
         for bank in banks:
             if bank is not None:
-                last = last_layer_tokens(encoder, [texts[c] for c in bank.caption_ids],
+                last = last_layer_tokens(cfg, [texts[c] for c in bank.caption_ids],
                                          bank.text_tokens.shape[1])
                 bank.text_tokens = (torch.cat([bank.text_tokens, last], -1) if mode == "both"
                                     else last).contiguous()

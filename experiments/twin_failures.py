@@ -21,6 +21,7 @@ import torch
 
 from crosstvr_core import pipeline
 from crosstvr_core.config import load_config
+from crosstvr_core.gallery_data import pick_twin_failures
 from crosstvr_core.models.reranker_ensemble import new_reranker
 from crosstvr_core.retrieval.metrics import retrieval_metrics
 from crosstvr_core.retrieval.pair_scoring import score_pairs
@@ -32,7 +33,7 @@ from crosstvr_core.retrieval.two_stage import (
     video_to_text_candidates,
 )
 from crosstvr_core.storage import TokenIndex
-from crosstvr_core.synthetic import FACTORS, near_duplicate_accuracy, video_key
+from crosstvr_core.synthetic import FACTORS, near_duplicate_accuracy
 
 
 def candidates(model, bank, sim: torch.Tensor, k: int) -> dict[str, tuple]:
@@ -70,27 +71,21 @@ def main() -> None:
     fused = {d: fuse_top_k(s1, idx, weights[d] * s2, 1.0)
              for d, (s1, idx, s2) in scored["test"].items()}
 
-    column = {video_key(v): j for j, v in enumerate(test.video_ids)}
     first_caption = {}
     for row, video in enumerate(test.caption_video.tolist()):
         first_caption.setdefault(video, row)
     sim, (_, idx, s2) = sims["test"], scored["test"]["t2v"]
-    wrong = 0
-    for row, meta in enumerate(metas):
-        twin = meta.get(f"twin_{args.factor}")
-        if not twin or video_key(str(twin)) not in column:
-            continue
-        own, other = int(test.caption_video[row]), column[video_key(str(twin))]
-        if fused["t2v"][row, own] > fused["t2v"][row, other]:
-            continue
-        wrong += 1
-        listed = idx[row].tolist()
+    failures = pick_twin_failures(fused["t2v"], test.caption_video, test.video_ids, metas,
+                                  count=len(metas)).get(args.factor, [])
+    for row, other in failures:
+        own, listed = int(test.caption_video[row]), idx[row].tolist()
         logit = {v: (f"{float(s2[row, listed.index(v)]):.2f}" if v in listed else "not listed")
                  for v in (own, other)}
         print(f"stage-1 margin {float(sim[row, own] - sim[row, other]):+.4f}  stage 2 own "
-              f"{logit[own]} twin {logit[other]}  [{meta.get('variant', '')}]\n"
+              f"{logit[own]} twin {logit[other]}  [{metas[row].get('variant', '')}]\n"
               f"  own:  {texts[test.caption_ids[row]]}\n"
               f"  twin: {texts[test.caption_ids[first_caption[other]]]}")
+    wrong = len(failures)
     print(f"{wrong} captions rank their {args.factor} twin above their own video (t2v)")
 
     if args.meanp:
