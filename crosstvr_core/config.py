@@ -846,6 +846,18 @@ class TrainConfig(_Section):
         "70.1 / 68.6 against 72.1 / 73.8 (t2v / v2t) and colour twins t2v 97.9 against 98.0, "
         "see docs/benchmarks.md.",
     )
+    stage1_distillation: float = Field(
+        0.0,
+        ge=0,
+        description="listwise: weight of a distillation term that asks the re-ranker to order "
+        "each list's negatives as stage 1 does: the KL divergence from stage 1's softmax over a "
+        "list's negatives (its own scores at the temperature fit on the training lists, as for "
+        "stage1_residual) to the re-ranker's over the same negatives. The right item and the "
+        "rearranged clips are left out, so it never argues with the label: stage 1 reads "
+        "colour and shape from the frozen tower's sentence embedding and is at chance on "
+        "position and direction, and the term passes on only how it ranks wrong answers. "
+        "0: off.",
+    )
     hard_negative_warmup: float = Field(
         1.0,
         ge=0,
@@ -888,6 +900,12 @@ class TrainConfig(_Section):
     torch_threads: int = Field(
         2, ge=1, description="torch threads of stage-1 and re-ranker training."
     )
+
+    @property
+    def reads_stage1_scores(self) -> bool:
+        """Whether training reads stage 1's score of every list entry (stage1_residual,
+        stage1_distillation): only then do the training lists keep their similarities."""
+        return self.stage1_residual > 0 or self.stage1_distillation > 0
 
 
 class EvalConfig(_Section):

@@ -144,7 +144,7 @@ def training_lists(cfg: CrossTVRConfig, bank: TokenBank, stage1_sim: torch.Tenso
     """
     k = cfg.train.list_size
     source = cfg.train.lists_from
-    keep = cfg.train.stage1_residual > 0  # the scores stay with the lists only when read
+    keep = cfg.train.reads_stage1_scores  # the scores stay with the lists only when read
     if source == "zero_shot":
         sim = meanp_similarity(bank, bank)
         return lists_from_similarity(sim, sim, k, keep)

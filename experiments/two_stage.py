@@ -58,7 +58,7 @@ def stage1_key(cfg: CrossTVRConfig, index_id: str) -> str:
            "train": {k: getattr(cfg.train, k) for k in ("seed", "val_fraction", "stage1_folds", "lists_from", "fold_epochs",
                                                         "list_size", "loss")},
            "k": cfg.eval.top_k,
-           "lists_keep_scores": cfg.train.stage1_residual > 0}
+           "lists_keep_scores": cfg.train.reads_stage1_scores}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

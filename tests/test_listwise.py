@@ -44,6 +44,7 @@ from crosstvr_core.training.reranker import (
     grounding_consistency_loss,
     listwise_loss,
     listwise_step,
+    negatives_distillation,
     order_contrast_loss,
     order_contrast_pairs,
     pair_logits,
@@ -524,7 +525,7 @@ def test_training_on_stage1_plus_stage2_grows_the_offsets_with_the_curriculum(
     planned: list[tuple[float, tuple[float, float] | None]] = []
 
     def recording_plan(*args, **kwargs):
-        planned.append((args[3], args[-1]))  # (hard fraction, stage1_offsets)
+        planned.append((args[3], args[10]))  # (hard fraction, stage1_offsets)
         return plan_listwise(*args, **kwargs)
 
     monkeypatch.setattr(training, "plan_listwise", recording_plan)
@@ -552,9 +553,93 @@ def test_pipeline_keeps_the_stage1_scores_with_the_lists_only_when_they_are_read
 
     bank, _, _ = lists_and_model()
     sim = torch.randn(bank.num_captions, bank.num_videos, generator=torch.Generator())
-    for residual, kept in ((0.0, False), (0.5, True)):
+    for residual, distillation, kept in ((0.0, 0.0, False), (0.5, 0.0, True),
+                                         (0.0, 0.5, True)):
         cfg = CrossTVRConfig(train={"lists_from": "stage1", "list_size": 4,
-                                    "stage1_residual": residual})
+                                    "stage1_residual": residual,
+                                    "stage1_distillation": distillation})
         lists = pipeline.training_lists(cfg, bank, sim)
         assert (lists.by_caption is not None) is kept
         assert torch.equal(lists.videos_per_caption, sim.topk(4, dim=1).indices)
+
+
+def test_negatives_distillation_is_the_kl_over_the_negatives_alone() -> None:
+    """KL(teacher || student) of the softmaxes over columns 1: (column 0 is the right item):
+    zero when the two order and space the negatives alike (a shift per list is free), blind
+    to column 0, and the textbook KL otherwise."""
+    teacher = torch.tensor([[5.0, 2.0, 1.0, -1.0], [0.0, 0.5, 0.5, 3.0]])
+    assert float(negatives_distillation(teacher + 7.0, teacher)) == pytest.approx(0.0, abs=1e-6)
+    moved = teacher.clone()
+    moved[:, 0] = torch.tensor([-9.0, 9.0])
+    assert float(negatives_distillation(moved, teacher)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.tensor([[0.0, -1.0, 2.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    p, q = teacher[:, 1:].softmax(1), student[:, 1:].softmax(1)
+    want = (p * (p.log() - q.log())).sum(1).mean()
+    assert float(negatives_distillation(student, teacher)) == pytest.approx(float(want))
+    assert float(want) > 0.1
+
+
+def test_stage1_distillation_adds_the_negatives_kl_to_the_listwise_loss() -> None:
+    """The teachers are stage 1's scores of the lists proper (not the rearranged clip) times
+    the multipliers; the loss is the plain listwise loss plus the weight times the mean of
+    both directions' negatives KL against the re-ranker's own logits."""
+    bank, lists, model = lists_and_model()
+    rows = torch.tensor([0, 3, 5])
+    plain = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0))
+    plan = plan_listwise(bank, lists, rows, 1.0, torch.Generator().manual_seed(0),
+                         distillation=(0.7, 2.0, 3.0))
+    assert torch.equal(plan.videos, plain.videos) and torch.equal(plan.captions, plain.captions)
+    listed = plan.videos.shape[1] - plan.num_rearranged
+    assert plan.num_rearranged == 1 and plan.video_teacher.shape == (3, listed)
+    positive = bank.caption_video[rows]
+    for i, row in enumerate(rows.tolist()):
+        for j, video in enumerate(plan.videos[i, :listed].tolist()):
+            assert float(plan.video_teacher[i, j]) == pytest.approx(
+                2.0 * float(lists.by_caption[row, video]))
+        for j, caption in enumerate(plan.captions[i].tolist()):
+            assert float(plan.caption_teacher[i, j]) == pytest.approx(
+                3.0 * float(lists.by_video[caption, positive[i]]))
+    assert plan.video_offsets is None  # distillation alone adds no offset
+    inputs = read_pairs(bank, *plan.pairs())
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        loss, _ = listwise_loss(model, plan, inputs, cpu, "fp32")
+        base, _ = listwise_loss(model, plain, inputs, cpu, "fp32")
+        logits = pair_logits(model, bank, *plan.pairs()[:3], cpu, "fp32")
+    t2v = logits[: plan.videos.numel()].view(plan.videos.shape)[:, :listed]
+    v2t = logits[plan.videos.numel():].view(plan.captions.shape)
+    want = base + 0.7 * (negatives_distillation(t2v, plan.video_teacher)
+                         + negatives_distillation(v2t, plan.caption_teacher)) / 2
+    torch.testing.assert_close(loss, want)
+    assert float(loss) > float(base)
+    variants = torch.full((bank.num_captions, 1), -1)
+    variants[0, 0] = bank.num_captions
+    with pytest.raises(ValueError, match="caption variants have no stage-1 score"):
+        plan_listwise(bank, lists, rows, 1.0, torch.Generator(), variant_rows=variants,
+                      distillation=(1.0, 1.0, 1.0))
+
+
+def test_training_with_stage1_distillation_passes_the_fitted_teacher(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.stage1_distillation plans every step with (weight, stage 1's fitted t2v and
+    v2t temperatures) and trains to a different, finite loss."""
+    import crosstvr_core.training.reranker as training
+
+    planned: list = []
+
+    def recording_plan(*args, **kwargs):
+        planned.append(args[11])  # distillation
+        return plan_listwise(*args, **kwargs)
+
+    monkeypatch.setattr(training, "plan_listwise", recording_plan)
+    bank, lists, _ = lists_and_model()
+    cfg = TrainConfig(epochs=1, list_batch_size=4, list_size=4, stage1_distillation=0.5)
+    history = train_reranker(make_model(hidden=32), bank, None, cfg, lists=lists,
+                             progress=False)
+    t2v, v2t = lists.stage1_temperatures(bank.caption_video)
+    assert planned and all(d == pytest.approx((0.5, t2v, v2t)) for d in planned)
+    assert np.isfinite(history[-1]["loss"])
+    off = train_reranker(make_model(hidden=32), bank, None,
+                         cfg.model_copy(update={"stage1_distillation": 0.0}), lists=lists,
+                         progress=False)
+    assert off[-1]["loss"] != pytest.approx(history[-1]["loss"])

@@ -29,7 +29,8 @@ class TrainingLists:
     """Per caption its stage-1 top-K video rows [T, K]; per video its top-K caption rows
     [V, K]; both best first, rows of the same bank. With the similarities they were drawn
     from ([T, V]: `by_caption` ranked the videos of each caption, `by_video` the captions of
-    each video), what stage 1 scored every entry, for `train.stage1_residual`."""
+    each video), what stage 1 scored every entry, for `train.stage1_residual` and
+    `train.stage1_distillation`."""
 
     videos_per_caption: torch.Tensor
     captions_per_video: torch.Tensor
@@ -51,14 +52,15 @@ class TrainingLists:
     def stage1_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(by_caption, by_video), or a clear error where the lists were made without them."""
         if self.by_caption is None or self.by_video is None:
-            raise ValueError("train.stage1_residual: the training lists kept no stage-1 scores "
-                             "(by_caption, by_video)")
+            raise ValueError("train.stage1_residual / stage1_distillation: the training lists "
+                             "kept no stage-1 scores (by_caption, by_video)")
         return self.by_caption, self.by_video
 
     def stage1_temperatures(self, caption_video: torch.Tensor) -> tuple[float, float]:
         """(text->video, video->text) multipliers that make stage 1's own scores of these
         lists their best listwise softmax (maximum likelihood of the right items): stage 1
-        as a calibrated logit, the offset `train.stage1_residual` trains the re-ranker on."""
+        as a calibrated logit: the offset `train.stage1_residual` trains the re-ranker on, the
+        teacher of `train.stage1_distillation`."""
         by_caption, by_video = self.stage1_scores()
         rows = torch.arange(len(caption_video)).unsqueeze(1)
         t2v_hits = self.videos_per_caption == caption_video.unsqueeze(1)
@@ -86,7 +88,7 @@ def lists_from_similarity(by_caption: torch.Tensor, by_video: torch.Tensor, k: i
                           keep_scores: bool = False) -> TrainingLists:
     """Top-K lists from a caption-side similarity [T, V] (rows) and a video-side one [T, V]
     (columns); the two are the same matrix unless cross-fitted. `keep_scores` keeps both
-    matrices with the lists (train.stage1_residual reads them); off, they can be freed,
+    matrices with the lists (train.stage1_residual and stage1_distillation read them); off, they can be freed,
     which matters at hundreds of thousands of captions."""
     k_videos, k_captions = min(k, by_caption.shape[1]), min(k, by_video.shape[0])
     scores = (by_caption, by_video) if keep_scores else (None, None)

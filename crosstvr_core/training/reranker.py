@@ -284,6 +284,11 @@ class ListwiseBatch:
     # re-ranker's before the softmax ([B, K (+ rearranged)] and [B, K'])
     video_offsets: torch.Tensor | None = None
     caption_offsets: torch.Tensor | None = None
+    # train.stage1_distillation: its weight, and stage 1's calibrated logit of every entry of
+    # the lists proper ([B, K] and [B, K'], rearranged columns not included)
+    distillation: float = 0.0
+    video_teacher: torch.Tensor | None = None
+    caption_teacher: torch.Tensor | None = None
 
     def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(text rows, video rows, frame arrangements, word arrangements) [N] of every pair:
@@ -334,7 +339,8 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
                   reversed_negative: bool = True, swapped_negative: bool = False,
                   order_contrast: float = 0.0, contrast_arrangement: int = HALVES_SWAPPED,
                   variant_rows: torch.Tensor | None = None,
-                  stage1_offsets: tuple[float, float] | None = None) -> ListwiseBatch:
+                  stage1_offsets: tuple[float, float] | None = None,
+                  distillation: tuple[float, float, float] | None = None) -> ListwiseBatch:
     """Draw one step's lists for captions text_rows [B]: text->video, each caption's
     stage-1 list of K videos, its own first, then (with `reversed_negative`) its own video
     played backwards and (with `swapped_negative`) its own video with its halves exchanged;
@@ -344,7 +350,9 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
     contrast's pairs (`order_contrast_pairs` of contrast_arrangement) at that weight.
     variant_rows [T, P] (rows of `WithCaptionVariants`, -1: none): each caption's variants
     take the last columns of its video's caption list, the curriculum notwithstanding (a
-    variant is hard from the first step, but it is one of K')."""
+    variant is hard from the first step, but it is one of K'). `stage1_offsets` (t2v, v2t
+    multipliers of stage 1's scores): train.stage1_residual's offsets; `distillation`
+    (weight, t2v, v2t multipliers): train.stage1_distillation's teacher logits."""
     positive = bank.caption_video[text_rows]  # [B]
     batch = len(text_rows)
     videos = _curriculum(lists.videos_per_caption[text_rows], bank.num_videos, hard_fraction,
@@ -369,17 +377,34 @@ def plan_listwise(bank: TokenSource, lists: TrainingLists, text_rows: torch.Tens
     for code in rearranged:  # the positive again, its frames rearranged: one more column
         videos = torch.cat([videos, positive.unsqueeze(1)], dim=1)
         arrangement = torch.cat([arrangement, torch.full((batch, 1), code)], dim=1)
-    video_offsets = caption_offsets = None
-    if stage1_offsets is not None:
+    video_offsets = caption_offsets = video_teacher = caption_teacher = None
+    if stage1_offsets is not None or distillation is not None:
         by_caption, by_video = lists.stage1_scores()
         if is_variant is not None:
-            raise ValueError("train.stage1_residual: caption variants have no stage-1 score; "
-                             "set train.caption_variants=0")
-        video_offsets = stage1_offsets[0] * by_caption[text_rows.unsqueeze(1), videos]
-        caption_offsets = stage1_offsets[1] * by_video[captions, positive.unsqueeze(1)]
+            raise ValueError("train.stage1_residual / stage1_distillation: caption variants "
+                             "have no stage-1 score; set train.caption_variants=0")
+        video_scores = by_caption[text_rows.unsqueeze(1), videos]
+        caption_scores = by_video[captions, positive.unsqueeze(1)]
+        if stage1_offsets is not None:
+            video_offsets = stage1_offsets[0] * video_scores
+            caption_offsets = stage1_offsets[1] * caption_scores
+        if distillation is not None:
+            listed = videos.shape[1] - len(rearranged)
+            video_teacher = distillation[1] * video_scores[:, :listed]
+            caption_teacher = distillation[2] * caption_scores
     return ListwiseBatch(text_rows, videos, arrangement, captions, len(rearranged),
                          order_contrast, contrast_arrangement, is_variant, video_offsets,
-                         caption_offsets)
+                         caption_offsets, 0.0 if distillation is None else distillation[0],
+                         video_teacher, caption_teacher)
+
+
+def negatives_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of the softmaxes over each list's negatives: logits [B, K] of
+    a list whose column 0 is the right item, which is left out (only how the wrong answers
+    are ordered is passed on, never a vote against the label)."""
+    teacher_logp = teacher[:, 1:].float().log_softmax(dim=1)
+    student_logp = student[:, 1:].float().log_softmax(dim=1)
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(dim=1).mean()
 
 
 def grounding_consistency_loss(expected: torch.Tensor, observed: torch.Tensor,
@@ -472,6 +497,13 @@ def listwise_loss(model: CrossTVRReranker, batch: ListwiseBatch, inputs: PairInp
         v2t = v2t + batch.caption_offsets.to(v2t.device, v2t.dtype)
     target = torch.zeros(len(videos), dtype=torch.long, device=t2v.device)
     loss = (F.cross_entropy(t2v, target) + F.cross_entropy(v2t, target)) / 2
+    if batch.distillation > 0:  # stage 2's own logits, before any stage-1 offset
+        listed = videos.shape[1] - batch.num_rearranged
+        own_t2v = logits[: videos.numel()].view(videos.shape)[:, :listed]
+        own_v2t = logits[videos.numel(): videos.numel() + captions.numel()].view(captions.shape)
+        loss = loss + batch.distillation * (
+            negatives_distillation(own_t2v, batch.video_teacher.to(own_t2v.device))
+            + negatives_distillation(own_v2t, batch.caption_teacher.to(own_v2t.device))) / 2
     order_right = consistency = word_consistency = timing_right = t2v.new_tensor(0.0)
     positives = torch.arange(len(videos), device=logits.device) * videos.shape[1]
     if batch.order_contrast > 0:
@@ -650,10 +682,13 @@ def train_reranker(
         model.fit_input_stats(bank)
     model.to(device)
 
-    stage1_offsets = None
-    if listwise and cfg.stage1_residual > 0:  # plan_listwise refuses caption variants
+    stage1_offsets = distillation = None
+    if listwise and cfg.reads_stage1_scores:  # plan_listwise refuses caption variants
         t2v_scale, v2t_scale = lists.stage1_temperatures(bank.caption_video)
-        stage1_offsets = (cfg.stage1_residual * t2v_scale, cfg.stage1_residual * v2t_scale)
+        if cfg.stage1_residual > 0:
+            stage1_offsets = (cfg.stage1_residual * t2v_scale, cfg.stage1_residual * v2t_scale)
+        if cfg.stage1_distillation > 0:
+            distillation = (cfg.stage1_distillation, t2v_scale, v2t_scale)
 
     one_per_video = listwise and cfg.captions_per_epoch == "one_per_video"
     contrast_arrangement = CONTRAST_ARRANGEMENTS[cfg.order_contrast_with]
@@ -673,7 +708,7 @@ def train_reranker(
         plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
                                generator, cfg.reversed_negatives, cfg.swapped_negatives,
                                cfg.order_contrast, contrast_arrangement, variant_rows,
-                               offsets_at(first_step + i))
+                               offsets_at(first_step + i), distillation)
                  for i, text_rows in enumerate(rows)]
         return ReadAhead(plans, lambda plan: (plan, read_pairs(source, *plan.pairs())))
 
