@@ -25,6 +25,7 @@ from crosstvr_core.models.temporal_head import TemporalHead, dual_softmax
 from crosstvr_core.models.word_embeddings import attach_word_embeddings
 from crosstvr_core.report import flat_metrics, per_family_recall
 from crosstvr_core.retrieval.metrics import (
+    mcnemar_exact_p,
     retrieval_metrics,
     text_to_video_ranks,
     video_to_text_ranks,
@@ -319,6 +320,23 @@ def _twin_accuracy(matrix: torch.Tensor, bank: TokenBank, metas: list[dict],
                                              bank.video_ids, metas, direction=direction)
 
 
+def twin_changes_metrics(before: torch.Tensor, after: torch.Tensor, bank: TokenBank,
+                         metas: list[dict], direction: str) -> dict[str, float]:
+    """Two-stage against stage 1 on the twins, caption by caption: per factor the twins won
+    only by two-stage (`twostage/<d>_twin_gained_<f>`), only by stage 1 (`..._lost_<f>`), and
+    the exact McNemar p-value of the difference (`..._p_<f>`). "At least stage 1's accuracy"
+    a few captions apart is noise unless that p-value is small."""
+    outcomes = [synthetic.near_duplicate_outcomes(m.float().numpy(), bank.caption_video.numpy(),
+                                                  bank.video_ids, metas, direction=direction)
+                for m in (before, after)]
+    metrics = {}
+    for factor, (gained, lost) in synthetic.paired_twin_changes(*outcomes).items():
+        metrics[f"twostage/{direction}_twin_gained_{factor}"] = float(gained)
+        metrics[f"twostage/{direction}_twin_lost_{factor}"] = float(lost)
+        metrics[f"twostage/{direction}_twin_p_{factor}"] = mcnemar_exact_p(gained, lost)
+    return metrics
+
+
 def evaluate_two_stage(cfg: CrossTVRConfig, model: Reranker, bank: TokenBank,
                        stage1_sim: torch.Tensor, metas: list[dict] | None = None, *,
                        progress: bool = False) -> TwoStageResult:
@@ -377,6 +395,8 @@ def evaluate_two_stage(cfg: CrossTVRConfig, model: Reranker, bank: TokenBank,
                 metrics[f"{key}/t2v_twin_acc_{factor}"] = value
             for factor, value in _twin_accuracy(v2t, bank, metas, "v2t").items():
                 metrics[f"{key}/v2t_twin_acc_{factor}"] = value
+        for direction, before, after in (("t2v", sim, fused_t2v), ("v2t", sim, fused_v2t)):
+            metrics.update(twin_changes_metrics(before, after, bank, metas, direction))
     return TwoStageResult(metrics, fused_t2v, fused_v2t, ranks, v2t_ranks, families, twins)
 
 

@@ -4,9 +4,11 @@ benchmark only)
 Reads a finished `make benchmark` run's files (`.crosstvr/runs/<run id>/`: reranker.pt,
 stage1_test.pt, stage1_val.pt) and lists every caption whose one-factor twin the fused score
 ranks above its own video: stage 1's margin (own - twin), the re-ranker's logits of both,
-and the two captions. With `--meanp` it also fits `a * stage1 + b * stage2 + c * meanP`
-(the frozen encoder's zero-shot score as a third fused score) on the validation split, as
-the flow fits its two-score fusion, and prints the twin accuracies of both fusions.
+and the two captions; then, per factor and direction, the twins two-stage wins and loses
+against stage 1 caption by caption, with the exact McNemar p-value. With `--meanp` it also
+fits `a * stage1 + b * stage2 + c * meanP` (the frozen encoder's zero-shot score as a third
+fused score) on the validation split, as the flow fits its two-score fusion, and prints the
+twin accuracies of both fusions.
 
     CROSSTVR_HOME=.crosstvr .venv/bin/python experiments/twin_failures.py \
         .crosstvr/runs/<run id> --factor colour --meanp [--set data.name=... --set data.seed=...]
@@ -87,6 +89,14 @@ def main() -> None:
               f"  twin: {texts[test.caption_ids[first_caption[other]]]}")
     wrong = len(failures)
     print(f"{wrong} captions rank their {args.factor} twin above their own video (t2v)")
+    for d in ("t2v", "v2t"):
+        after = fused[d] if d == "t2v" else fused[d].T
+        changes = pipeline.twin_changes_metrics(sims["test"], after, test, metas, d)
+        print(f"{d} against stage 1, caption by caption: " + "; ".join(
+            f"{f} +{changes[f'twostage/{d}_twin_gained_{f}']:.0f} "
+            f"-{changes[f'twostage/{d}_twin_lost_{f}']:.0f} "
+            f"(p {changes[f'twostage/{d}_twin_p_{f}']:.2f})" for f in FACTORS
+            if f"twostage/{d}_twin_p_{f}" in changes))
 
     if args.meanp:
         scored["val"] = candidates(model, val, sims["val"], k)

@@ -406,6 +406,15 @@ def test_ablation_base_variant_reproduces_the_benchmark(flow_result):
         assert base[title] == pytest.approx(flow[key]), title
     assert base["gain t2v R@1"] == pytest.approx(flow["twostage/t2v_R1"]
                                                  - flow["stage1/t2v_R1"])
+    # the paired twin comparison agrees with the two accuracies it explains
+    for direction in ("t2v", "v2t"):
+        for factor in ("colour", "position"):
+            gained = flow[f"twostage/{direction}_twin_gained_{factor}"]
+            lost = flow[f"twostage/{direction}_twin_lost_{factor}"]
+            change = (flow[f"twostage/{direction}_twin_acc_{factor}"]
+                      - flow[f"stage1/{direction}_twin_acc_{factor}"])
+            assert np.sign(change) == np.sign(gained - lost), (direction, factor)
+            assert 0.0 < flow[f"twostage/{direction}_twin_p_{factor}"] <= 1.0
     # the default ensemble of two through the flow's own tasks: its first member is the
     # single re-ranker, weight for weight; each member kept its own checkpoints and best epoch
     runs = Path(home) / "runs" / out["mlflow_run_id"]

@@ -6,6 +6,7 @@ import torch
 
 from crosstvr_core.retrieval.metrics import (
     MetricsInputError,
+    mcnemar_exact_p,
     retrieval_metrics,
     text_to_video_ranks,
     video_to_text_ranks,
@@ -86,3 +87,15 @@ def test_multi_caption_both_directions():
 def test_bad_input_is_named(sim, caption_video, needle):
     with pytest.raises(MetricsInputError, match=needle):
         retrieval_metrics(sim, caption_video)
+
+
+def test_mcnemar_exact_p_is_the_two_sided_binomial_test_of_the_changed_queries() -> None:
+    """Golden check against scipy's exact binomial test, and the textbook value 7 vs 2."""
+    stats = pytest.importorskip("scipy.stats")
+    assert mcnemar_exact_p(7, 2) == pytest.approx(2 * (1 + 9 + 36) / 512)
+    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(3, 3) == 1.0
+    for gained, lost in ((7, 2), (2, 7), (0, 5), (12, 30), (1, 0), (40, 41)):
+        want = stats.binomtest(min(gained, lost), gained + lost, 0.5).pvalue
+        assert mcnemar_exact_p(gained, lost) == pytest.approx(want), (gained, lost)
+    with pytest.raises(ValueError, match=">= 0"):
+        mcnemar_exact_p(-1, 2)

@@ -321,6 +321,26 @@ def test_near_duplicate_accuracy():
         syn.near_duplicate_accuracy(sim[:2], [0, 1, 2], ids, metas)
 
 
+def test_paired_twin_changes_count_the_captions_that_changed():
+    """Caption by caption: gained = won only after, lost = won only before; the accuracies'
+    difference is (gained - lost) over the captions with that twin."""
+    metas = [{"twin_colour": "videos/test/b.mp4"}, {"twin_colour": "videos/test/a.mp4"},
+             {"twin_colour": "videos/test/a.mp4"}]
+    ids = ["videos/test/a", "videos/test/b", "videos/test/c"]
+    before = np.array([[0.9, 0.1, 0.0], [0.5, 0.3, 0.0], [0.5, 0.5, 0.4]])
+    after = np.array([[0.9, 0.1, 0.0], [0.2, 0.3, 0.0], [0.5, 0.5, 0.6]])
+    outcomes = [syn.near_duplicate_outcomes(m, [0, 1, 2], ids, metas) for m in (before, after)]
+    assert outcomes[0] == {"colour": {0: True, 1: False, 2: False}}
+    assert outcomes[1] == {"colour": {0: True, 1: True, 2: True}}
+    assert syn.paired_twin_changes(*outcomes) == {"colour": (2, 0)}
+    assert syn.paired_twin_changes(outcomes[1], outcomes[0]) == {"colour": (0, 2)}
+    accuracy = [syn.near_duplicate_accuracy(m, [0, 1, 2], ids, metas)["colour"]
+                for m in (before, after)]
+    assert accuracy[1] - accuracy[0] == pytest.approx(100.0 * 2 / 3)
+    with pytest.raises(ValueError, match="not the same captions"):
+        syn.paired_twin_changes(outcomes[0], {"colour": {0: True}})
+
+
 # --------------------------------------------------------------------------- frames
 
 

@@ -10,6 +10,8 @@ caption row to its video column).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -105,3 +107,17 @@ def recall_at_k_curve(ranks: np.ndarray, max_k: int) -> np.ndarray:
     """R@1..R@max_k in percent, for recall curves."""
     ranks = np.asarray(ranks)
     return np.array([100.0 * np.mean(ranks < k) for k in range(1, max_k + 1)])
+
+
+def mcnemar_exact_p(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value of a paired comparison in which `gained` queries are
+    right only under the new method and `lost` only under the old: the binomial test of
+    min(gained, lost) of their sum at 1/2. Why: two accuracies a few queries apart are only
+    told apart by the queries that changed, not by the totals."""
+    if gained < 0 or lost < 0:
+        raise MetricsInputError(f"mcnemar_exact_p: counts must be >= 0, got {gained}, {lost}")
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)

@@ -147,36 +147,37 @@ def video_key(path_or_id: str) -> str:
     return path_or_id[: -len(".mp4")] if path_or_id.endswith(".mp4") else path_or_id
 
 
-def near_duplicate_accuracy(
+def near_duplicate_outcomes(
     similarity: np.ndarray,
     caption_video: Sequence[int],
     video_ids: Sequence[str],
     caption_meta: Sequence[dict],
     direction: str = "t2v",
-) -> dict[str, float]:
-    """Per factor: % of test captions scoring their own video above its one-factor twin
-    (direction "t2v"), or of videos scoring their own caption above the twin's caption
-    ("v2t": column-wise; the twin's first caption stands for it).
+) -> dict[str, dict[int, bool]]:
+    """Per factor, per caption row i that has a twin for it: whether caption i scores its
+    own video above the one-factor twin (direction "t2v"), or whether its video scores
+    caption i above the twin's caption ("v2t": column-wise; the twin's first caption
+    stands for it).
 
     similarity [num_captions, num_videos]; caption_video[i] is caption i's video column;
     video_ids name the columns (dataset ids or relative paths); caption_meta[i] holds the
     `twin_<factor>` paths written by caption_rows. Captions without a twin for a factor do
-    not count for it; chance is 50. A twin missing from `video_ids` is an error.
+    not count for it. A twin missing from `video_ids` is an error.
     """
     similarity = np.asarray(similarity)
     if similarity.ndim != 2 or similarity.shape[0] != len(caption_meta):
-        raise ValueError(f"near_duplicate_accuracy: similarity {similarity.shape} does not fit "
+        raise ValueError(f"near_duplicate_outcomes: similarity {similarity.shape} does not fit "
                          f"{len(caption_meta)} captions")
     if similarity.shape[1] != len(video_ids) or len(caption_video) != len(caption_meta):
-        raise ValueError(f"near_duplicate_accuracy: {len(video_ids)} video ids and "
+        raise ValueError(f"near_duplicate_outcomes: {len(video_ids)} video ids and "
                          f"{len(caption_video)} caption videos for a {similarity.shape} matrix")
     if direction not in ("t2v", "v2t"):
-        raise ValueError(f"near_duplicate_accuracy: direction must be t2v or v2t, got {direction!r}")
+        raise ValueError(f"near_duplicate_outcomes: direction must be t2v or v2t, got {direction!r}")
     column = {video_key(v): j for j, v in enumerate(video_ids)}
     caption_of: dict[int, int] = {}
     for i, v in enumerate(caption_video):
         caption_of.setdefault(int(v), i)
-    wins: dict[str, list[bool]] = {}
+    wins: dict[str, dict[int, bool]] = {}
     for i, meta in enumerate(caption_meta):
         own_video = int(caption_video[i])
         own = similarity[i, own_video]
@@ -185,7 +186,7 @@ def near_duplicate_accuracy(
             if not twin:
                 continue
             if video_key(twin) not in column:
-                raise ValueError(f"near_duplicate_accuracy: caption {i}'s {factor} twin "
+                raise ValueError(f"near_duplicate_outcomes: caption {i}'s {factor} twin "
                                  f"{twin!r} is not among the videos")
             twin_video = column[video_key(twin)]
             if direction == "t2v":
@@ -194,5 +195,36 @@ def near_duplicate_accuracy(
                 other = similarity[caption_of[twin_video], own_video]
             else:
                 continue
-            wins.setdefault(factor, []).append(bool(own > other))
-    return {factor: 100.0 * float(np.mean(w)) for factor, w in sorted(wins.items())}
+            wins.setdefault(factor, {})[i] = bool(own > other)
+    return dict(sorted(wins.items()))
+
+
+def near_duplicate_accuracy(
+    similarity: np.ndarray,
+    caption_video: Sequence[int],
+    video_ids: Sequence[str],
+    caption_meta: Sequence[dict],
+    direction: str = "t2v",
+) -> dict[str, float]:
+    """Per factor: % of `near_duplicate_outcomes` won, that is of test captions scoring their
+    own video above its one-factor twin (t2v), or of videos scoring their own caption above
+    the twin's (v2t); chance is 50."""
+    outcomes = near_duplicate_outcomes(similarity, caption_video, video_ids, caption_meta,
+                                       direction)
+    return {factor: 100.0 * float(np.mean(list(won.values())))
+            for factor, won in outcomes.items()}
+
+
+def paired_twin_changes(before: dict[str, dict[int, bool]], after: dict[str, dict[int, bool]]
+                        ) -> dict[str, tuple[int, int]]:
+    """Per factor, (gained, lost) from `before` to `after` (two `near_duplicate_outcomes` of
+    the same captions): twins won only after, and twins won only before."""
+    changes = {}
+    for factor, old in before.items():
+        new = after.get(factor, {})
+        if set(new) != set(old):
+            raise ValueError(f"paired_twin_changes: the {factor} twins differ between the two "
+                             "outcomes (not the same captions)")
+        changes[factor] = (sum(new[i] and not old[i] for i in old),
+                           sum(old[i] and not new[i] for i in old))
+    return changes
