@@ -708,7 +708,7 @@ def train_reranker(
         plans = [plan_listwise(bank, lists, text_rows, hard_fraction_at(first_step + i),
                                generator, cfg.reversed_negatives, cfg.swapped_negatives,
                                cfg.order_contrast, contrast_arrangement, variant_rows,
-                               offsets_at(first_step + i), distillation_at(first_step + i))
+                               offsets_at(first_step + i), distillation)
                  for i, text_rows in enumerate(rows)]
         return ReadAhead(plans, lambda plan: (plan, read_pairs(source, *plan.pairs())))
 
@@ -719,13 +719,6 @@ def train_reranker(
             return None
         share = hard_fraction_at(step)
         return (share * stage1_offsets[0], share * stage1_offsets[1])
-
-    def distillation_at(step: int) -> tuple[float, float, float] | None:
-        """The distillation grows with the curriculum too: stage 1's ordering of random
-        entries is the colour-and-shape shortcut that starves the rest."""
-        if distillation is None:
-            return None
-        return (hard_fraction_at(step) * distillation[0], *distillation[1:])
 
     def hard_fraction_at(step: int) -> float:
         fraction = hard_negative_fraction(step, total_steps, cfg.hard_negative_warmup)
