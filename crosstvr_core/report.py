@@ -41,6 +41,37 @@ def results_table(metrics: dict[str, float]) -> str:
                 continue
             cells = " ".join(f"{v:7.1f}" if v is not None else f"{'-':>7}" for v in values)
             lines.append(f"{label:<12} {direction:<4} {cells}")
+    twins = twin_table(metrics)
+    return "\n".join(lines) + ("\n\n" + twins if twins else "")
+
+
+def twin_table(metrics: dict[str, float]) -> str:
+    """Twin accuracy per factor and direction, stage 1 against two-stage, with the twins
+    only two-stage wins, only stage 1 wins, and the exact McNemar p-value of the two
+    (pipeline.twin_changes_metrics); empty when the run's captions name no twins."""
+    factors = sorted({key.rsplit("_", 1)[1] for key in metrics
+                      if key.startswith("twostage/") and "_twin_acc_" in key})
+    if not factors:
+        return ""
+    header = (f"{'twin':<10} {'dir':<4} {'stage 1':>8} {'two-stage':>10} {'won':>5} "
+              f"{'lost':>5} {'p':>7}")
+    lines = ["twins, two-stage against stage 1 caption by caption (won: only two-stage right; "
+             "lost: only stage 1)", header, "-" * len(header)]
+    for factor in factors:
+        for d in ("t2v", "v2t"):
+            cells = [metrics.get(f"stage1/{d}_twin_acc_{factor}"),
+                     metrics.get(f"twostage/{d}_twin_acc_{factor}"),
+                     metrics.get(f"twostage/{d}_twin_gained_{factor}"),
+                     metrics.get(f"twostage/{d}_twin_lost_{factor}"),
+                     metrics.get(f"twostage/{d}_twin_p_{factor}")]
+            if all(c is None for c in cells):
+                continue
+            widths, formats = (8, 10, 5, 5), (".1f", ".1f", ".0f", ".0f")
+            text = " ".join(f"{c:{w}{f}}" if c is not None else f"{'-':>{w}}"
+                            for c, w, f in zip(cells, widths, formats, strict=False))
+            p = cells[-1]
+            p_text = "-" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+            lines.append(f"{factor:<10} {d:<4} {text} {p_text:>7}")
     return "\n".join(lines)
 
 
