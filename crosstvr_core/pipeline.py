@@ -314,23 +314,27 @@ class TwoStageResult:
     twins: dict[str, dict[str, float]]  # label -> factor -> accuracy
 
 
-def _twin_accuracy(matrix: torch.Tensor, bank: TokenBank, metas: list[dict],
-                   direction: str) -> dict[str, float]:
-    return synthetic.near_duplicate_accuracy(matrix.float().numpy(), bank.caption_video.numpy(),
+def twin_outcomes(matrix: torch.Tensor, bank: TokenBank, metas: list[dict],
+                  direction: str) -> dict[str, dict[int, bool]]:
+    """`synthetic.near_duplicate_outcomes` of a [T, V] score matrix over `bank`."""
+    return synthetic.near_duplicate_outcomes(matrix.float().numpy(), bank.caption_video.numpy(),
                                              bank.video_ids, metas, direction=direction)
 
 
-def twin_changes_metrics(before: torch.Tensor, after: torch.Tensor, bank: TokenBank,
-                         metas: list[dict], direction: str) -> dict[str, float]:
-    """Two-stage against stage 1 on the twins, caption by caption: per factor the twins won
-    only by two-stage (`twostage/<d>_twin_gained_<f>`), only by stage 1 (`..._lost_<f>`), and
-    the exact McNemar p-value of the difference (`..._p_<f>`). "At least stage 1's accuracy"
-    a few captions apart is noise unless that p-value is small."""
-    outcomes = [synthetic.near_duplicate_outcomes(m.float().numpy(), bank.caption_video.numpy(),
-                                                  bank.video_ids, metas, direction=direction)
-                for m in (before, after)]
+def _twin_accuracy(matrix: torch.Tensor, bank: TokenBank, metas: list[dict],
+                   direction: str) -> dict[str, float]:
+    return synthetic.twin_accuracy(twin_outcomes(matrix, bank, metas, direction))
+
+
+def twin_changes_metrics(before: dict[str, dict[int, bool]], after: dict[str, dict[int, bool]],
+                         direction: str) -> dict[str, float]:
+    """Two-stage (`after`) against stage 1 (`before`, both `twin_outcomes` of one direction)
+    on the twins, caption by caption: per factor the twins won only by two-stage
+    (`twostage/<d>_twin_gained_<f>`), only by stage 1 (`..._lost_<f>`), and the exact
+    McNemar p-value of the difference (`..._p_<f>`). "At least stage 1's accuracy" a few
+    captions apart is noise unless that p-value is small."""
     metrics = {}
-    for factor, (gained, lost) in synthetic.paired_twin_changes(*outcomes).items():
+    for factor, (gained, lost) in synthetic.paired_twin_changes(before, after).items():
         metrics[f"twostage/{direction}_twin_gained_{factor}"] = float(gained)
         metrics[f"twostage/{direction}_twin_lost_{factor}"] = float(lost)
         metrics[f"twostage/{direction}_twin_p_{factor}"] = mcnemar_exact_p(gained, lost)
@@ -388,15 +392,18 @@ def evaluate_two_stage(cfg: CrossTVRConfig, model: Reranker, bank: TokenBank,
     if any(k.startswith("twin_") for m in metas for k in m):
         matrices = {"stage 1": (sim, sim), "two-stage": (fused_t2v, fused_v2t),
                     "stage 2 only": (only_t2v, only_v2t)}
+        outcomes: dict[str, dict[str, dict]] = {}
         for label, (t2v, v2t) in matrices.items():
             key = {"stage 1": "stage1", "two-stage": "twostage", "stage 2 only": "stage2only"}[label]
-            twins[label] = _twin_accuracy(t2v, bank, metas, "t2v")
-            for factor, value in twins[label].items():
-                metrics[f"{key}/t2v_twin_acc_{factor}"] = value
-            for factor, value in _twin_accuracy(v2t, bank, metas, "v2t").items():
-                metrics[f"{key}/v2t_twin_acc_{factor}"] = value
-        for direction, before, after in (("t2v", sim, fused_t2v), ("v2t", sim, fused_v2t)):
-            metrics.update(twin_changes_metrics(before, after, bank, metas, direction))
+            outcomes[label] = {d: twin_outcomes(m, bank, metas, d)
+                               for d, m in (("t2v", t2v), ("v2t", v2t))}
+            twins[label] = synthetic.twin_accuracy(outcomes[label]["t2v"])
+            for direction in ("t2v", "v2t"):
+                for factor, value in synthetic.twin_accuracy(outcomes[label][direction]).items():
+                    metrics[f"{key}/{direction}_twin_acc_{factor}"] = value
+        for direction in ("t2v", "v2t"):
+            metrics.update(twin_changes_metrics(outcomes["stage 1"][direction],
+                                                outcomes["two-stage"][direction], direction))
     return TwoStageResult(metrics, fused_t2v, fused_v2t, ranks, v2t_ranks, families, twins)
 
 

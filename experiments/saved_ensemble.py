@@ -28,19 +28,17 @@ from crosstvr_core import pipeline
 from crosstvr_core.config import load_config
 from crosstvr_core.models.reranker_ensemble import RerankerEnsemble
 from crosstvr_core.retrieval.metrics import retrieval_metrics
-from crosstvr_core.retrieval.pair_scoring import score_pairs
 from crosstvr_core.retrieval.two_stage import (
     fit_list_softmax,
     fuse_top_k,
     relevance,
-    text_to_video_candidates,
-    video_to_text_candidates,
 )
 from crosstvr_core.synthetic import FACTORS, near_duplicate_accuracy
 from crosstvr_core.training.reranker import Validation, validate_two_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
-import two_stage  # noqa: E402  (this folder's script, not a package)
+import two_stage  # noqa: E402  (this folder's scripts, not a package)
+from twin_failures import candidates  # noqa: E402
 
 
 def averaged(cfg, banks, saved: dict, models: list) -> dict[str, float]:
@@ -62,25 +60,22 @@ def fused_apart(cfg, banks, saved: dict, models: list) -> dict[str, float]:
     k = cfg.eval.top_k
     splits = {"val": (banks.val, saved["val_sim"].float()),
               "test": (banks.test, saved["test_sim"].float())}
+    scored = {name: [candidates(model, bank, sim, k, cfg.eval.batch_size, cfg.train.precision)
+                     for model in models]
+              for name, (bank, sim) in splits.items()}
     matrices = {}
-    for direction, candidates in (("t2v", text_to_video_candidates),
-                                  ("v2t", video_to_text_candidates)):
-        lists = {}
-        for name, (bank, sim) in splits.items():
-            scores = []
-            for model in models:
-                def scorer(text_rows, video_rows, model=model, bank=bank):
-                    return score_pairs(model, bank, text_rows, bank, video_rows,
-                                       cfg.eval.batch_size, device="cpu",
-                                       precision=cfg.train.precision)
-                top, logits = candidates(sim, k, scorer)
-                scores.append(logits.float())
+    for direction in ("t2v", "v2t"):
+        def parts(name: str, direction: str = direction) -> tuple:
+            """(stage 1 oriented, top-K rows, each member's logits, right items oriented)."""
+            bank = splits[name][0]
+            stage1, top, _ = scored[name][0][direction]
             truth = relevance(bank.caption_video, bank.num_videos)
-            oriented = (sim, truth) if direction == "t2v" else (sim.T, truth.T)
-            lists[name] = (oriented[0], top, scores, oriented[1])
-        stage1, top, scores, truth = lists["val"]
+            return (stage1, top, [member[direction][2].float() for member in scored[name]],
+                    truth if direction == "t2v" else truth.T)
+
+        stage1, top, scores, truth = parts("val")
         first, *rest = fit_list_softmax([stage1.gather(1, top), *scores], truth.gather(1, top))
-        stage1, top, scores, _ = lists["test"]
+        stage1, top, scores, _ = parts("test")
         fused = fuse_top_k(stage1, top, sum(b / first * s for b, s in zip(rest, scores, strict=True)),
                            1.0)
         matrices[direction] = fused if direction == "t2v" else fused.T

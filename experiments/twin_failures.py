@@ -38,11 +38,12 @@ from crosstvr_core.storage import TokenIndex
 from crosstvr_core.synthetic import FACTORS, near_duplicate_accuracy
 
 
-def candidates(model, bank, sim: torch.Tensor, k: int) -> dict[str, tuple]:
+def candidates(model, bank, sim: torch.Tensor, k: int, batch_size: int = 256,
+               precision: str = "fp32") -> dict[str, tuple]:
     """Per direction: (stage-1 matrix oriented as queries x items, top-K rows, stage-2 logits)."""
     def scorer(text_rows, video_rows):
-        return score_pairs(model, bank, text_rows, bank, video_rows, 256, device="cpu",
-                           precision="fp32")
+        return score_pairs(model, bank, text_rows, bank, video_rows, batch_size, device="cpu",
+                           precision=precision)
     return {"t2v": (sim, *text_to_video_candidates(sim, k, scorer)),
             "v2t": (sim.T, *video_to_text_candidates(sim, k, scorer))}
 
@@ -91,7 +92,9 @@ def main() -> None:
     print(f"{wrong} captions rank their {args.factor} twin above their own video (t2v)")
     for d in ("t2v", "v2t"):
         after = fused[d] if d == "t2v" else fused[d].T
-        changes = pipeline.twin_changes_metrics(sims["test"], after, test, metas, d)
+        changes = pipeline.twin_changes_metrics(
+            pipeline.twin_outcomes(sims["test"], test, metas, d),
+            pipeline.twin_outcomes(after, test, metas, d), d)
         print(f"{d} against stage 1, caption by caption: " + "; ".join(
             f"{f} +{changes[f'twostage/{d}_twin_gained_{f}']:.0f} "
             f"-{changes[f'twostage/{d}_twin_lost_{f}']:.0f} "

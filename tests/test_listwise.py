@@ -516,23 +516,30 @@ def test_stage1_residual_puts_stage1_scores_into_the_listwise_loss() -> None:
                       stage1_offsets=(1.0, 1.0))
 
 
+def record_plans(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Have training's plan_listwise record the positional arguments of every call."""
+    import crosstvr_core.training.reranker as training
+
+    calls: list[tuple] = []
+
+    def recording_plan(*args, **kwargs):
+        calls.append(args)
+        return plan_listwise(*args, **kwargs)
+
+    monkeypatch.setattr(training, "plan_listwise", recording_plan)
+    return calls
+
+
 def test_training_on_stage1_plus_stage2_grows_the_offsets_with_the_curriculum(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The offsets are stage 1's fitted temperatures times train.stage1_residual times the
     step's share of hard list entries: none on the random lists of the first step."""
-    import crosstvr_core.training.reranker as training
-
-    planned: list[tuple[float, tuple[float, float] | None]] = []
-
-    def recording_plan(*args, **kwargs):
-        planned.append((args[3], args[10]))  # (hard fraction, stage1_offsets)
-        return plan_listwise(*args, **kwargs)
-
-    monkeypatch.setattr(training, "plan_listwise", recording_plan)
+    calls = record_plans(monkeypatch)
     bank, lists, _ = lists_and_model()
     cfg = TrainConfig(epochs=2, list_batch_size=4, list_size=4, stage1_residual=0.5)
     history = train_reranker(make_model(hidden=32), bank, None, cfg, lists=lists,
                              progress=False)
+    planned = [(args[3], args[10]) for args in calls]  # (hard fraction, stage1_offsets)
     t2v, v2t = lists.stage1_temperatures(bank.caption_video)
     assert planned[0] == (0.0, (0.0, 0.0))
     for share, offsets in planned:
@@ -623,19 +630,12 @@ def test_training_with_stage1_distillation_passes_the_fitted_teacher(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """train.stage1_distillation plans every step with (weight, stage 1's fitted t2v and
     v2t temperatures) and trains to a different, finite loss."""
-    import crosstvr_core.training.reranker as training
-
-    planned: list = []
-
-    def recording_plan(*args, **kwargs):
-        planned.append(args[11])  # distillation
-        return plan_listwise(*args, **kwargs)
-
-    monkeypatch.setattr(training, "plan_listwise", recording_plan)
+    calls = record_plans(monkeypatch)
     bank, lists, _ = lists_and_model()
     cfg = TrainConfig(epochs=1, list_batch_size=4, list_size=4, stage1_distillation=0.5)
     history = train_reranker(make_model(hidden=32), bank, None, cfg, lists=lists,
                              progress=False)
+    planned = [args[11] for args in calls]  # distillation
     t2v, v2t = lists.stage1_temperatures(bank.caption_video)
     assert planned and all(d == pytest.approx((0.5, t2v, v2t)) for d in planned)
     assert np.isfinite(history[-1]["loss"])

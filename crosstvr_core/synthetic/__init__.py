@@ -48,9 +48,10 @@ __all__ = [
     "KINDS", "REGIONS",
     "REVERSE", "SHAPES", "SIZES", "SPLITS", "SceneObject", "VideoSpec", "caption",
     "caption_rows", "captions_for", "draw_style", "encode_clips", "encode_mp4",
-    "make_benchmark_specs", "near_duplicate_accuracy", "render_frames", "render_video",
+    "make_benchmark_specs", "near_duplicate_accuracy", "near_duplicate_outcomes",
+    "paired_twin_changes", "render_frames", "render_video",
     "render_videos", "single_factor_difference", "spec_from_json", "spec_to_json",
-    "twin_corner", "video_key", "video_relpath", "write_captions_file",
+    "twin_accuracy", "twin_corner", "video_key", "video_relpath", "write_captions_file",
 ]
 
 
@@ -209,8 +210,12 @@ def near_duplicate_accuracy(
     """Per factor: % of `near_duplicate_outcomes` won, that is of test captions scoring their
     own video above its one-factor twin (t2v), or of videos scoring their own caption above
     the twin's (v2t); chance is 50."""
-    outcomes = near_duplicate_outcomes(similarity, caption_video, video_ids, caption_meta,
-                                       direction)
+    return twin_accuracy(near_duplicate_outcomes(similarity, caption_video, video_ids,
+                                                 caption_meta, direction))
+
+
+def twin_accuracy(outcomes: dict[str, dict[int, bool]]) -> dict[str, float]:
+    """Per factor, % of `near_duplicate_outcomes` won."""
     return {factor: 100.0 * float(np.mean(list(won.values())))
             for factor, won in outcomes.items()}
 
